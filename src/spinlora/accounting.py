@@ -1,0 +1,178 @@
+"""Honest accounting: trainable parameters, peak memory over the post-load baseline, wall time
+and tokens/s per phase.
+
+Peak memory is CUDA ``max_memory_allocated`` on a GPU and peak RSS on a CPU. On Linux the RSS peak
+(VmHWM) is reset per phase by writing 5 to /proc/self/clear_refs; where that is not allowed a
+sampling thread records the highest RSS it sees every 20 ms instead.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+
+def count_parameters(model) -> dict:
+    """Trainable and total parameters. 4-bit packed weights (bitsandbytes) count two per byte."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            n *= 2
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return {"trainable": trainable, "total": total,
+            "trainable_pct": round(100.0 * trainable / max(total, 1), 4)}
+
+
+def _read_status(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def current_rss() -> int:
+    rss = _read_status("VmRSS")
+    if rss is None:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return rss
+
+
+class MemoryMeter:
+    """Peak memory of a phase, in bytes, measured against a baseline taken after model load."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.baseline = self.now()
+        self._sampler = None
+        self._peak = 0
+        self._stop = threading.Event()
+
+    def now(self) -> int:
+        if self.cuda:
+            return torch.cuda.memory_allocated(self.device)
+        return current_rss()
+
+    def start(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self._sampler = None
+        except OSError:
+            self._peak = current_rss()
+            self._stop.clear()
+            self._sampler = threading.Thread(target=self._sample, daemon=True)
+            self._sampler.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self._peak = max(self._peak, current_rss())
+
+    def peak(self) -> int:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.device)
+        if self._sampler is not None:
+            self._stop.set()
+            self._sampler.join()
+            return max(self._peak, current_rss())
+        return _read_status("VmHWM") or current_rss()
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: float = 0.0
+    tokens: int = 0
+    peak_bytes: int = 0
+    peak_over_baseline_bytes: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Accountant:
+    """Collects phases of one stage; ``summary()`` goes into that stage's result JSON."""
+
+    device: torch.device
+    phases: dict[str, Phase] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.meter = MemoryMeter(self.device)
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Time a phase and record its peak memory; add tokens via the yielded Phase."""
+        ph = self.phases.setdefault(name, Phase(name))
+        self.meter.start()
+        if self.meter.cuda:
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        try:
+            yield ph
+        finally:
+            if self.meter.cuda:
+                torch.cuda.synchronize(self.device)
+            ph.seconds += time.perf_counter() - t0
+            peak = self.meter.peak()
+            ph.peak_bytes = max(ph.peak_bytes, peak)
+            ph.peak_over_baseline_bytes = max(ph.peak_over_baseline_bytes,
+                                              peak - self.meter.baseline)
+
+    def summary(self) -> dict:
+        out = {}
+        for name, ph in self.phases.items():
+            d = asdict(ph)
+            d["tokens_per_s"] = round(ph.tokens_per_s, 2)
+            d["seconds"] = round(ph.seconds, 3)
+            out[name] = d
+        return {
+            "memory_kind": "cuda_max_allocated" if self.meter.cuda else "peak_rss",
+            "baseline_bytes": self.meter.baseline,
+            "peak_over_baseline_bytes": max((p.peak_over_baseline_bytes for p in self.phases.values()),
+                                            default=0),
+            "seconds_total": round(sum(p.seconds for p in self.phases.values()), 3),
+            "phases": out,
+        }
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def environment() -> dict:
+    """Package versions and git commit, for the result file."""
+    import importlib.metadata as md
+    import platform
+    import subprocess
+
+    versions = {}
+    for pkg in ("torch", "transformers", "peft", "datasets", "accelerate", "safetensors", "spinlora"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(__file__), timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"versions": versions, "git_commit": commit, "python": platform.python_version(),
+            "cpu_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

@@ -1,0 +1,304 @@
+"""Run configuration: dataclasses are the one source of truth, YAML files are saved instances.
+
+Load a recipe and apply command-line overrides::
+
+    cfg = load_config("configs/demo.yaml", ["spin.iterations=3", "lora.r=16"])
+    save_config(cfg, "runs/x/config.yaml")
+
+Keys are strict: an unknown key raises ``ConfigError`` naming the key and the nearest valid one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+
+
+class ConfigError(ValueError):
+    """A configuration value or key the user supplied is invalid."""
+
+
+@dataclass
+class ModelConfig:
+    """Which base model to load and how."""
+
+    name: str = DEFAULT_MODEL  # Hub id, local directory, or the embedded default's name
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (auto: fp32 on CPU, bf16 on GPU)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    revision: str | None = None  # Hub revision, for reproducible downloads
+
+
+@dataclass
+class DataConfig:
+    """The SFT set (prompts + gold answers) and the held-out / evaluation split."""
+
+    train: str = "../shared/data/gsm8k/train.jsonl"  # local jsonl/json or a Hub id (openai/gsm8k)
+    eval: str = "../shared/data/gsm8k/test.jsonl"
+    hub_config: str = "main"  # dataset config name when loading from the Hub
+    prompt_field: str = "question"
+    answer_field: str = "answer"
+    strip_calculator_notes: bool = True  # remove GSM8K's <<a*b=c>> notes from gold answers
+    system_prompt: str | None = None  # None: the chat template's own default
+    max_length: int = 512  # prompt + answer tokens
+    overlong: str = "truncate"  # truncate | drop: what to do with longer sequences
+    sft_examples: int | None = 64  # None = all rows
+    seed: int = 0  # seeds the subset choice and shuffling
+
+
+@dataclass
+class LoraConfig:
+    """The adapter. LoRA in q/k/v by default (W = W0 + (alpha/r)·B·A)."""
+
+    method: str = "lora"
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0  # >0 makes the SPIN step-0 check (loss = ln 2) approximate
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by SFT and every SPIN iteration."""
+
+    lr: float = 2e-4
+    epochs: float = 1.0
+    batch_size: int = 8  # examples per optimizer step (micro_batch_size x accumulation)
+    micro_batch_size: int = 8  # examples per forward pass; accumulation = batch/micro
+    optimizer: str = "adamw"  # adamw | rmsprop (SPIN paper uses RMSProp)
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    schedule: str = "linear"  # linear | constant | cosine (after warmup)
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = False
+    log_every: int = 5  # one summary line every N optimizer steps
+
+
+@dataclass
+class GenerationConfig:
+    """How the opponent (and evaluation) generates. Greedy by default, as in the SPIN paper."""
+
+    max_new_tokens: int = 256
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 32  # prompts per generate call; prompts are grouped by length
+    seed: int = 0
+
+
+@dataclass
+class SpinConfig:
+    """Self-play fine-tuning (Chen et al. 2024, arXiv 2401.01335) on the adapter."""
+
+    iterations: int = 2
+    prompts: int | None = 32  # SFT prompts used per iteration (None = all SFT rows)
+    beta: Union[float, list[float]] = 0.1  # λ; a list gives one value per iteration
+    lr: Union[float, list[float]] = 5e-5  # a list gives one value per iteration
+    epochs: float = 1.0
+    mix_previous: bool = False  # also train on the previous iteration's generated pairs
+    keep_best: str | None = "heldout_gold_logp"  # heldout_gold_logp | heldout_win_rate | None
+    heldout: int = 16  # held-out prompts (from the eval split) for keep_best and diagnostics
+    drop_truncated: bool = False  # drop pairs whose generation hit max_new_tokens without EOS
+
+    def per_iteration(self, name: str, t: int) -> float:
+        """Value of ``beta`` or ``lr`` for iteration ``t`` (0-based); lists repeat their last."""
+        v = getattr(self, name)
+        if isinstance(v, list):
+            return float(v[min(t, len(v) - 1)])
+        return float(v)
+
+
+@dataclass
+class EvalConfig:
+    """GSM8K evaluation of base, SFT and every SPIN iteration."""
+
+    limit: int | None = 50  # test questions (None = all 1319)
+    seed: int = 0  # picks the subset
+    models: list[str] = field(default_factory=lambda: ["base", "sft", "spin"])
+
+
+@dataclass
+class RunConfig:
+    """A whole run: SFT -> SPIN -> eval. Every stage reads the sections it needs."""
+
+    output_dir: str = "runs/demo"
+    seed: int = 0
+    overwrite: bool = False
+    stages: list[str] = field(default_factory=lambda: ["sft", "spin", "eval"])
+    sft_adapter: str | None = None  # start SPIN / eval from this saved adapter instead of SFT
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    spin: SpinConfig = field(default_factory=SpinConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> "RunConfig":
+        """Check value ranges; messages name the key as the user types it."""
+        checks = [
+            ("train.lr", self.train.lr > 0, "must be > 0"),
+            ("train.batch_size", self.train.batch_size > 0, "must be > 0"),
+            ("train.micro_batch_size", 0 < self.train.micro_batch_size <= self.train.batch_size
+             and self.train.batch_size % self.train.micro_batch_size == 0,
+             "must divide train.batch_size"),
+            ("train.epochs", self.train.epochs > 0, "must be > 0"),
+            ("train.optimizer", self.train.optimizer in ("adamw", "rmsprop"), "adamw or rmsprop"),
+            ("train.schedule", self.train.schedule in ("linear", "constant", "cosine"),
+             "linear, constant or cosine"),
+            ("data.overlong", self.data.overlong in ("truncate", "drop"), "truncate or drop"),
+            ("data.max_length", self.data.max_length > 8, "must be > 8"),
+            ("lora.r", self.lora.r > 0, "must be > 0"),
+            ("lora.dropout", 0 <= self.lora.dropout < 1, "must be in [0, 1)"),
+            ("spin.iterations", self.spin.iterations >= 0, "must be >= 0"),
+            ("spin.epochs", self.spin.epochs > 0, "must be > 0"),
+            ("spin.keep_best", self.spin.keep_best in (None, "heldout_gold_logp", "heldout_win_rate"),
+             "heldout_gold_logp, heldout_win_rate or null"),
+            ("generation.max_new_tokens", self.generation.max_new_tokens > 0, "must be > 0"),
+            ("generation.batch_size", self.generation.batch_size > 0, "must be > 0"),
+        ]
+        for name in ("beta", "lr"):
+            v = getattr(self.spin, name)
+            vals = v if isinstance(v, list) else [v]
+            checks.append((f"spin.{name}", len(vals) > 0 and all(
+                isinstance(x, (int, float)) and math.isfinite(x) and x > 0 for x in vals),
+                "a positive number or a list of them"))
+        for stage in self.stages:
+            checks.append(("stages", stage in ("sft", "spin", "eval"),
+                           f"unknown stage {stage!r}: use sft, spin, eval"))
+        for stage in self.eval.models:
+            checks.append(("eval.models", stage in ("base", "sft", "spin"),
+                           f"unknown entry {stage!r}: use base, sft, spin"))
+        for key, ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"{key}: {msg} (got {_get(self, key)!r})")
+        return self
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _nearest(key: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert a YAML value to the annotated type; raise ConfigError naming ``where``."""
+    origin = get_origin(tp)
+    if origin is Union or origin is types.UnionType:
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is list:
+        (item,) = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads "5e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def _build(cls: type, data: Any, where: str = "") -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key '{full}'{_nearest(str(key), names)}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    """Build and validate a RunConfig from a nested dict (strict keys)."""
+    return _build(RunConfig, data).validate()
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else None
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: '{part}' is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML recipe (or defaults when ``path`` is None) and apply overrides."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found; recipes live in configs/")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections")
+    return config_from_dict(apply_overrides(data, overrides or []))
+
+
+def config_to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

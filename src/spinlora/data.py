@@ -1,0 +1,196 @@
+"""Datasets -> chat-formatted token sequences, and the batching shared by every stage.
+
+A row is a prompt (question) and a gold answer. Sources: a local ``.jsonl``/``.json`` file (read
+here, so a malformed row is reported with file and line), or anything ``datasets.load_dataset``
+takes (a Hub id such as ``openai/gsm8k``, or a local directory), with ``id:split`` to pick a split.
+
+Sequences are ``prompt_ids + answer_ids``: the prompt is the model's chat template with the
+generation prompt, the answer ends with the template's end-of-turn token. Generation uses exactly
+the same prompt ids, so gold and generated answers are scored in the same format.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import DataConfig
+
+CALC_NOTE = re.compile(r"<<[^<>]*>>")
+
+
+class DataError(ValueError):
+    """A data file or row the user supplied is missing or malformed."""
+
+
+@dataclass
+class Example:
+    """One prompt with its gold answer, as text and as token ids."""
+
+    prompt: str
+    answer: str
+    prompt_ids: list[int]
+    answer_ids: list[int]
+    truncated: bool = False  # the answer was cut to fit max_length (then it has no end token)
+    meta: dict = field(default_factory=dict)
+
+
+def strip_calculator_notes(text: str) -> str:
+    """GSM8K gold answers carry ``<<48/2=24>>`` notes the opponent never writes: remove them."""
+    return CALC_NOTE.sub("", text)
+
+
+def _read_local(path: Path, cfg: DataConfig) -> list[dict]:
+    rows = []
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of rows")
+        items = [(i + 1, r) for i, r in enumerate(data)]
+        unit = "row"
+    else:
+        items = []
+        with path.open() as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    items.append((lineno, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: malformed JSON line ({e.msg}); "
+                                    "each line must be one JSON object") from None
+        unit = "line"
+    for lineno, row in items:
+        rows.append(_check_row(row, cfg, f"{path}:{lineno}" if unit == "line" else f"{path} row {lineno}"))
+    return rows
+
+
+def _check_row(row, cfg: DataConfig, where: str) -> dict:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object with '{cfg.prompt_field}' and "
+                        f"'{cfg.answer_field}', got {type(row).__name__}")
+    for key in (cfg.prompt_field, cfg.answer_field):
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            raise DataError(f"{where}: field '{key}' is missing or empty (fields present: "
+                            f"{sorted(row)}); set data.prompt_field / data.answer_field")
+    return {"prompt": row[cfg.prompt_field], "answer": row[cfg.answer_field]}
+
+
+def load_rows(source: str, cfg: DataConfig, default_split: str) -> list[dict]:
+    """Read ``{prompt, answer}`` rows from a local file, a local dataset directory or the Hub."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return _read_local(path, cfg)
+    name, _, split = source.partition(":")
+    split = split or default_split
+    looks_local = source.startswith((".", "/", "~")) or path.suffix in (".jsonl", ".json")
+    if looks_local and not Path(name).expanduser().exists():
+        raise DataError(f"data file {source} not found. Point data.train / data.eval at a jsonl "
+                        "file, a dataset directory, or a Hub id such as openai/gsm8k")
+    import datasets
+
+    local = Path(name).expanduser()
+    target, config = (str(local), None) if local.exists() else (name, cfg.hub_config)
+    try:
+        ds = datasets.load_dataset(target, config, split=split)
+    except Exception as e:  # datasets raises many types (offline, missing split, bad config)
+        raise DataError(f"could not load dataset {source!r} (split {split!r}): {e}. Offline? "
+                        "Use a local jsonl file (see ../shared/data/) or download it first") from None
+    return [_check_row(r, cfg, f"{source} split {split} row {i}") for i, r in enumerate(ds)]
+
+
+class ChatFormat:
+    """Turns prompts and answers into token ids with the tokenizer's own chat template."""
+
+    def __init__(self, tokenizer, system_prompt: str | None = None):
+        self.tok = tokenizer
+        self.system_prompt = system_prompt
+        self.end_id = self._end_of_turn_id()
+        ids = {self.end_id, tokenizer.eos_token_id}
+        self.stop_ids = sorted(i for i in ids if i is not None)
+
+    def _messages(self, prompt: str) -> list[dict]:
+        msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return msgs + [{"role": "user", "content": prompt}]
+
+    def _end_of_turn_id(self) -> int:
+        """The token the template puts after an assistant turn (<|im_end|>, <|eot_id|>, ...)."""
+        mark = "XQZMARK"
+        text = self.tok.apply_chat_template(
+            self._messages("hi") + [{"role": "assistant", "content": mark}], tokenize=False)
+        suffix = text.split(mark, 1)[1]
+        ids = self.tok(suffix, add_special_tokens=False).input_ids
+        return ids[0] if ids else self.tok.eos_token_id
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return list(self.tok.apply_chat_template(
+            self._messages(prompt), add_generation_prompt=True, tokenize=True, return_dict=False))
+
+    def answer_ids(self, answer: str) -> list[int]:
+        return self.tok(answer, add_special_tokens=False).input_ids + [self.end_id]
+
+
+def build_examples(rows: list[dict], fmt: ChatFormat, cfg: DataConfig) -> tuple[list[Example], dict]:
+    """Tokenize rows, applying the overlong policy. Returns (examples, counts for the report)."""
+    examples, dropped, truncated = [], 0, 0
+    for r in rows:
+        answer = strip_calculator_notes(r["answer"]) if cfg.strip_calculator_notes else r["answer"]
+        p_ids, a_ids = fmt.prompt_ids(r["prompt"]), fmt.answer_ids(answer)
+        cut = False
+        if len(p_ids) + len(a_ids) > cfg.max_length:
+            room = cfg.max_length - len(p_ids)
+            if cfg.overlong == "drop" or room < 1:
+                dropped += 1
+                continue
+            a_ids, cut = a_ids[:room], True
+            truncated += 1
+        examples.append(Example(r["prompt"], answer, p_ids, a_ids, cut))
+    return examples, {"rows": len(rows), "kept": len(examples), "dropped_overlong": dropped,
+                      "truncated_overlong": truncated, "policy": cfg.overlong,
+                      "max_length": cfg.max_length}
+
+
+def subset(items: list, n: int | None, seed: int) -> list:
+    """A reproducible random subset of ``n`` items (all when n is None or >= len)."""
+    if n is None or n >= len(items):
+        return list(items)
+    idx = sorted(random.Random(seed).sample(range(len(items)), n))
+    return [items[i] for i in idx]
+
+
+@dataclass
+class Batch:
+    """Right-padded sequences; ``answer_mask`` marks answer tokens (the ones that are scored)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    answer_mask: torch.Tensor
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    def to(self, device) -> "Batch":
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device),
+                     self.answer_mask.to(device))
+
+
+def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> Batch:
+    """Pad (prompt_ids, answer_ids) pairs dynamically to the longest in the batch."""
+    length = max(len(p) + len(a) for p, a in pairs)
+    ids = torch.full((len(pairs), length), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(pairs), length), dtype=torch.long)
+    ans = torch.zeros((len(pairs), length), dtype=torch.bool)
+    for i, (p, a) in enumerate(pairs):
+        n = len(p) + len(a)
+        ids[i, :n] = torch.tensor(p + a)
+        attn[i, :n] = 1
+        ans[i, len(p):n] = True
+    return Batch(ids, attn, ans)

@@ -1,0 +1,73 @@
+"""GSM8K evaluation: greedy generation, final-number extraction, and two cheap held-out signals.
+
+Accuracy follows the usual normalisation (lm-evaluation-harness ``gsm8k`` strict/flexible
+extraction; nanochat ``tasks/gsm8k.py``): take the number after ``#### ``, else the last number
+in the answer; drop commas, ``$`` and a trailing ``.``. The two signals that move even when
+accuracy is at the floor: mean log-prob per token of the gold answers, and the share of questions
+where the model prefers the gold answer to its own greedy answer (higher mean log-prob per token).
+"""
+from __future__ import annotations
+
+import math
+import re
+
+from .accounting import Accountant
+from .config import GenerationConfig
+from .data import ChatFormat, Example
+from .generate import generate
+from .losses import score_sequences
+
+_HASH = re.compile(r"####\s*\$?\s*(-?[\d,]*\.?\d+)")
+_NUM = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+
+
+def normalize_number(s: str) -> str:
+    s = s.strip().replace(",", "").replace("$", "").rstrip(".")
+    try:
+        v = float(s)
+    except ValueError:
+        return s
+    return str(int(v)) if v == int(v) else str(v)
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer of a GSM8K-style solution: ``#### N`` if present, else the last number."""
+    m = _HASH.search(text)
+    if m:
+        return normalize_number(m.group(1))
+    nums = _NUM.findall(text)
+    return normalize_number(nums[-1]) if nums else None
+
+
+def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
+                   gen_cfg: GenerationConfig, acct: Accountant, label: str) -> dict:
+    """Score the model as it is (adapters as set by the caller) on ``examples``."""
+    with acct.phase(f"eval_generate[{label}]") as ph:
+        gens, produced = generate(model, tokenizer, [e.prompt_ids for e in examples], gen_cfg,
+                                  fmt.stop_ids, desc=f"eval {label}")
+        ph.tokens += produced
+    golds = [extract_answer(e.answer) for e in examples]
+    correct = [g.text and extract_answer(g.text) == gold for g, gold in zip(gens, golds)]
+    with acct.phase(f"eval_score[{label}]") as ph:
+        pairs = [(e.prompt_ids, e.answer_ids) for e in examples]
+        pairs += [(e.prompt_ids, g.ids or [fmt.end_id]) for e, g in zip(examples, gens)]
+        lps, counts = score_sequences(model, pairs, tokenizer.pad_token_id)
+        ph.tokens += sum(len(p) + len(a) for p, a in pairs)
+    n = len(examples)
+    gold_pt = [lps[i] / max(counts[i], 1) for i in range(n)]
+    gen_pt = [lps[n + i] / max(counts[n + i], 1) for i in range(n)]
+    acc = sum(map(bool, correct)) / max(n, 1)
+    win = sum(g > o for g, o in zip(gold_pt, gen_pt)) / max(n, 1)
+    return {
+        "label": label, "n": n,
+        "accuracy": acc, "accuracy_stderr": math.sqrt(acc * (1 - acc) / max(n - 1, 1)),
+        "gold_logp_per_token": sum(gold_pt) / max(n, 1),
+        "win_rate_gold_vs_own": win,
+        "own_logp_per_token": sum(gen_pt) / max(n, 1),
+        "own_finished_rate": sum(g.finished for g in gens) / max(n, 1),
+        "own_mean_tokens": sum(len(g.ids) for g in gens) / max(n, 1),
+        "samples": [{"question": e.prompt, "gold": gold, "output": g.text,
+                     "extracted": extract_answer(g.text), "correct": bool(c),
+                     "finished": g.finished}
+                    for e, g, gold, c in zip(examples, gens, golds, correct)],
+    }

