@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test suite: install, then every test (fast tiny-model tests + slow real-model tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+PY=${PYTHON:-python3}
+$PY -m pytest -q "$@"

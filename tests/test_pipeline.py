@@ -1,0 +1,71 @@
+"""Run folders: refuse to overwrite, keep finished stages on interrupt, clear CLI errors."""
+import json
+from pathlib import Path
+
+import pytest
+
+from spinlora import cli
+from spinlora.pipeline import OutputExistsError, run
+
+
+def test_refuses_existing_run_without_overwrite(tiny_cfg):
+    out = Path(tiny_cfg.output_dir)
+    out.mkdir(parents=True)
+    (out / "config.yaml").write_text("x: 1\n")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        run(tiny_cfg)
+    assert (out / "config.yaml").read_text() == "x: 1\n"  # untouched
+
+
+def test_interrupt_keeps_finished_stages(tiny_cfg, monkeypatch):
+    """Ctrl-C during evaluation: SFT and both SPIN iterations stay intact on disk."""
+    import spinlora.pipeline as pl
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pl, "run_eval", boom)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_cfg)
+    out = Path(tiny_cfg.output_dir)
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    for d in ("sft", "spin/iter_1", "spin/iter_2"):
+        assert (out / d / "adapter" / "adapter_model.safetensors").is_file(), d
+        assert (out / d / "result.json").is_file(), d
+    assert (out / "eval.partial").is_dir() and not (out / "eval").exists()
+
+
+def test_crash_mid_iteration_leaves_partial_not_final(tiny_cfg, monkeypatch):
+    import spinlora.stages.spin as sp
+
+    real = sp.reference_pass
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash in iteration 2")
+        return real(*a, **k)
+
+    monkeypatch.setattr(sp, "reference_pass", flaky)
+    with pytest.raises(RuntimeError, match="simulated"):
+        run(tiny_cfg)
+    out = Path(tiny_cfg.output_dir)
+    assert (out / "spin" / "iter_1" / "result.json").is_file()
+    assert (out / "spin" / "iter_2.partial").is_dir() and not (out / "spin" / "iter_2").exists()
+    status = json.loads((out / "run.json").read_text())
+    assert status["status"] == "error" and "simulated" in status["error"]
+
+
+def test_cli_reports_unknown_key_and_missing_model(capsys, tmp_path):
+    assert cli.main(["run", "spin.iteratons=2", "--output-dir", str(tmp_path / "a")]) == 2
+    assert "did you mean 'iterations'" in capsys.readouterr().err
+    assert cli.main(["sft", "--model", str(tmp_path / "missing-model"),
+                     "--output-dir", str(tmp_path / "b")]) == 2
+    assert "not a local directory" in capsys.readouterr().err
+
+
+def test_cli_missing_dataset_is_clear(capsys, tmp_path, tiny_model_dir):
+    rc = cli.main(["sft", "--model", str(tiny_model_dir), "data.train=./missing/train.jsonl",
+                   "--output-dir", str(tmp_path / "c")])
+    assert rc == 2 and "not found" in capsys.readouterr().err

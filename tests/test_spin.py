@@ -1,0 +1,142 @@
+"""LoRA-SPIN on the tiny model: the reference is exactly θ0 + Δθ_t, step 0 is ln 2, the base
+never changes, only adapter weights get gradients, accumulation matches a full batch."""
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from spinlora.accounting import Accountant
+from spinlora.adapters import attach
+from spinlora.data import ChatFormat, build_examples, load_rows
+from spinlora.models import load_model
+from spinlora.stages.sft import sft_objective
+from spinlora.stages.spin import make_pairs, reference_pass, spin_objective
+from spinlora.train import MetricsLog, train_loop
+
+
+def _setup(cfg):
+    model, tok = load_model(cfg.model)
+    fmt = ChatFormat(tok)
+    rows = load_rows(cfg.data.train, cfg.data, "train")
+    examples, _ = build_examples(rows[:8], fmt, cfg.data)
+    return attach(model, cfg.lora), tok, fmt, examples
+
+
+def _sft(model, tok, examples, cfg, steps=2):
+    cfg.train.epochs = steps * cfg.train.batch_size / len(examples)
+    train_loop(model, examples, sft_objective(tok.pad_token_id), cfg.train, cfg.train.lr,
+               cfg.train.epochs, Accountant(torch.device("cpu")), MetricsLog(None), 0, "sft")
+
+
+def _base_state(model):
+    return {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" not in k}
+
+
+def test_reference_is_theta0_plus_delta_t_through_plain_peft(tiny_cfg, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model, tok, fmt, examples = _setup(tiny_cfg)
+    _sft(model, tok, examples, tiny_cfg)  # Δθ_0 ≠ 0, so θ0 + Δθ_0 differs from the bare base
+    pairs, _, _ = make_pairs(model, tok, fmt, examples, tiny_cfg,
+                             Accountant(torch.device("cpu")), "opp")
+    reference_pass(model, pairs, tok.pad_token_id, Accountant(torch.device("cpu")))
+    model.save_pretrained(tmp_path / "delta_t")
+
+    # an independent θ0 + Δθ_t: fresh base from disk + the saved adapter through plain peft
+    base = AutoModelForCausalLM.from_pretrained(tiny_cfg.model.name).eval()
+    plain = PeftModel.from_pretrained(base, str(tmp_path / "delta_t")).eval()
+    bare = AutoModelForCausalLM.from_pretrained(tiny_cfg.model.name).eval()
+
+    def seq_logp(m, prompt, answer):
+        ids = torch.tensor([prompt + answer])
+        with torch.no_grad():
+            lp = m(ids).logits[0, :-1].log_softmax(-1)
+        pos = torch.arange(len(prompt) - 1, len(prompt) + len(answer) - 1)
+        return lp[pos, torch.tensor(answer)].sum().item()
+
+    far = 0.0
+    for p in pairs:
+        assert p.ref_real == pytest.approx(seq_logp(plain, p.prompt_ids, p.real_ids), abs=1e-3)
+        assert p.ref_gen == pytest.approx(seq_logp(plain, p.prompt_ids, p.gen_ids), abs=1e-3)
+        far = max(far, abs(p.ref_real - seq_logp(bare, p.prompt_ids, p.real_ids)))
+    assert far > 1e-2, "reference equals the bare base model: the adapter was ignored"
+
+
+def test_only_adapter_gets_gradients_and_base_never_changes(tiny_cfg):
+    model, tok, fmt, examples = _setup(tiny_cfg)
+    before = _base_state(model)
+    _sft(model, tok, examples, tiny_cfg)
+    pairs, _, _ = make_pairs(model, tok, fmt, examples, tiny_cfg, Accountant(torch.device("cpu")), "o")
+    reference_pass(model, pairs, tok.pad_token_id, Accountant(torch.device("cpu")))
+    model.train()
+    loss, _ = spin_objective(tok.pad_token_id, 0.1).loss(model, pairs[:4])
+    loss.backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    lora = {n for n, p in model.named_parameters() if "lora_" in n}
+    assert with_grad == lora and lora
+    model.zero_grad()
+    for k, v in _base_state(model).items():
+        assert torch.equal(v, before[k]), f"base weight {k} changed"
+
+
+@pytest.mark.parametrize("objective", ["sft", "spin"])
+def test_grad_accumulation_equals_full_batch(tiny_cfg, objective):
+    model, tok, fmt, examples = _setup(tiny_cfg)
+    with torch.no_grad():  # make B non-zero so the step depends on A and B alike
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    items = examples
+    if objective == "spin":
+        items, _, _ = make_pairs(model, tok, fmt, examples, tiny_cfg, Accountant(torch.device("cpu")), "o")
+        reference_pass(model, items, tok.pad_token_id, Accountant(torch.device("cpu")))
+    obj = (sft_objective(tok.pad_token_id) if objective == "sft"
+           else spin_objective(tok.pad_token_id, 0.5))
+    start = {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k}
+    results = []
+    for micro in (8, 2):  # batch 8 x accumulation 1, then batch 2 x accumulation 4
+        model.load_state_dict(start, strict=False)
+        cfg = copy.deepcopy(tiny_cfg.train)
+        cfg.batch_size, cfg.micro_batch_size, cfg.warmup_ratio = 8, micro, 0.0
+        train_loop(model, items[:8], obj, cfg, 1e-2, 1, Accountant(torch.device("cpu")),
+                   MetricsLog(None), 0, f"micro{micro}")
+        results.append({k: v.clone() for k, v in model.state_dict().items() if "lora_" in k})
+    moved = max((results[0][k] - start[k]).abs().max().item() for k in start)
+    assert moved > 1e-4, "the step did not move the adapter"
+    for k in start:
+        torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-4, atol=1e-6)
+
+
+def test_full_pipeline_on_tiny_model(tiny_cfg):
+    """SFT -> 2 SPIN iterations -> eval: step 0 of every iteration is ln 2, every output exists."""
+    from spinlora.pipeline import run
+
+    summary = run(tiny_cfg)
+    out = tiny_cfg.output_dir
+    assert summary["status"] == "ok"
+    from pathlib import Path
+    out = Path(out)
+    for t in (1, 2):
+        r = json.loads((out / "spin" / f"iter_{t}" / "result.json").read_text())
+        assert abs(r["step0_loss"] - math.log(2)) < 1e-4, r["step0_loss"]
+        assert r["beta"] == [0.1, 0.5][t - 1]
+        assert (out / "spin" / f"iter_{t}" / "adapter" / "adapter_model.safetensors").is_file()
+        assert (out / "spin" / f"iter_{t}" / "adapter" / "adapter_config.json").is_file()
+        gens = (out / "spin" / f"iter_{t}" / "generations.jsonl").read_text().splitlines()
+        assert len(gens) == 6 and "finished" in json.loads(gens[0])
+        steps = [json.loads(line) for line in
+                 (out / "spin" / f"iter_{t}" / "metrics.jsonl").read_text().splitlines()]
+        assert {"loss", "margin", "logp_real", "logp_gen", "disc_accuracy"} <= set(steps[0])
+    ev = json.loads((out / "eval" / "result.json").read_text())
+    assert [r["label"] for r in ev["rows"]] == ["base", "lora_sft", "lora_spin_iter_1",
+                                                 "lora_spin_iter_2"]
+    sft = json.loads((out / "sft" / "result.json").read_text())
+    # LoRA r=8 on q (64->64), k and v (64->32), 2 layers: r·(in + out) each
+    assert sft["parameters"]["trainable"] == 2 * 8 * ((64 + 64) + 2 * (64 + 32))
+    assert sft["accounting"]["phases"]["train"]["tokens"] > 0
+    assert (out / "summary.md").read_text().count("lora_spin_iter") >= 2
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.rglob("*.partial"))
