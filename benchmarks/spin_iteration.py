@@ -29,6 +29,7 @@ from spinlora.adapters import attach, load  # noqa: E402
 from spinlora.config import RunConfig  # noqa: E402
 from spinlora.data import ChatFormat, build_examples, load_rows, subset  # noqa: E402
 from spinlora.models import load_model, pick_device  # noqa: E402
+from spinlora.stages.sft import sft_objective  # noqa: E402
 from spinlora.stages.spin import make_pairs, reference_pass, spin_objective  # noqa: E402
 from spinlora.train import MetricsLog, train_loop  # noqa: E402
 
@@ -37,6 +38,18 @@ def model_with_adapter(cfg: RunConfig, adapter: str | None):
     model, tok = load_model(cfg.model)
     model = load(model, adapter) if adapter else attach(model, cfg.lora)
     return model, tok
+
+
+def sft_adapter(cfg: RunConfig, args, dest: Path) -> dict:
+    """SPIN always starts from an SFT adapter: make Δθ_0 on other GSM8K rows (not timed)."""
+    model, tok = model_with_adapter(cfg, None)
+    rows = load_rows(cfg.data.train, cfg.data, "train")
+    examples, _ = build_examples(subset(rows, args.sft_examples, 1), ChatFormat(tok), cfg.data)
+    t0 = time.perf_counter()
+    train_loop(model, examples, sft_objective(tok.pad_token_id), cfg.train, 2e-4, 1,
+               Accountant(pick_device(cfg.model.device)), MetricsLog(None), 0, "sft")
+    model.save_pretrained(dest)
+    return {"sft_examples": len(examples), "sft_seconds": round(time.perf_counter() - t0, 1)}
 
 
 def run_spinlora(cfg: RunConfig, args) -> tuple[dict, list[dict]]:
@@ -119,7 +132,10 @@ def main() -> None:
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--adapter", help="start from this adapter (Δθ_t); default a fresh LoRA")
+    p.add_argument("--adapter", help="start from this adapter (Δθ_t); default: a quick SFT")
+    p.add_argument("--sft-examples", type=int, default=64,
+                   help="without --adapter: SFT examples for Δθ_0 (0 = start from a fresh LoRA)")
+    p.add_argument("--micro-batch-size", type=int, default=None)
     p.add_argument("--model", default="SmolLM2-135M-Instruct")
     p.add_argument("--trl", action="store_true", help="also run the TRL pipeline, print the ratio")
     p.add_argument("--out", help="also write the JSON here")
@@ -131,8 +147,14 @@ def main() -> None:
     cfg.generation.max_new_tokens = args.max_new_tokens
     cfg.generation.batch_size = args.gen_batch_size
     cfg.train.batch_size = cfg.train.micro_batch_size = args.batch_size
+    if args.micro_batch_size:
+        cfg.train.micro_batch_size = args.micro_batch_size
     cfg.train.log_every = 1000
     result = {"benchmark": "one SPIN iteration", "args": vars(args), "environment": environment()}
+    tmp = tempfile.TemporaryDirectory()
+    if not args.adapter and args.sft_examples > 0:
+        result["start_adapter"] = sft_adapter(cfg, args, Path(tmp.name) / "sft")
+        args.adapter = str(Path(tmp.name) / "sft")
     result["spinlora"], _ = run_spinlora(cfg, args)
     print(json.dumps({"spinlora": result["spinlora"]}, indent=2), flush=True)
     if args.trl:

@@ -78,6 +78,7 @@ class TrainConfig:
     schedule: str = "linear"  # linear | constant | cosine (after warmup)
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
+    group_by_length: bool = True  # batches of similar length: less padding, same expectation
     log_every: int = 5  # one summary line every N optimizer steps
 
 

@@ -34,6 +34,24 @@ class Objective:
     loss: Callable[[Any, list], tuple[torch.Tensor, dict]]
     weight: Callable[[list], float]
     tokens: Callable[[list], int]
+    length: Callable[[Any], int] | None = None  # one item's padded length, for group_by_length
+
+
+def epoch_batches(n: int, batch_size: int, rng: random.Random,
+                  lengths: list[int] | None = None) -> list[list[int]]:
+    """Shuffled batches of indices. With ``lengths``, batches hold items of similar length
+    (sorted inside groups of 8 batches, then the batch order is shuffled: HF's group_by_length),
+    so dynamic padding wastes little compute."""
+    order = list(range(n))
+    rng.shuffle(order)
+    if lengths is not None:
+        group = 8 * batch_size
+        order = [i for g in range(0, n, group)
+                 for i in sorted(order[g:g + group], key=lambda i: -lengths[i])]
+    batches = [order[k:k + batch_size] for k in range(0, n, batch_size)]
+    if lengths is not None:
+        rng.shuffle(batches)
+    return batches
 
 
 class MetricsLog:
@@ -83,6 +101,8 @@ def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: f
         raise RuntimeError("the model has no trainable parameters: was the adapter loaded with "
                            "is_trainable=True?")
     steps_per_epoch = math.ceil(len(items) / cfg.batch_size)
+    lengths = ([objective.length(x) for x in items]
+               if cfg.group_by_length and objective.length else None)
     total = max(1, math.ceil(steps_per_epoch * epochs))
     opt = make_optimizer(params, cfg, lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total))
@@ -91,15 +111,13 @@ def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: f
     if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    records, order = [], []
+    records, batches = [], []
     bar = tqdm(total=total, desc=desc, unit="step", leave=False)
     with acct.phase("train") as ph:
         for step in range(total):
             if step % steps_per_epoch == 0:
-                order = list(range(len(items)))
-                rng.shuffle(order)
-            k = step % steps_per_epoch
-            batch = [items[i] for i in order[k * cfg.batch_size:(k + 1) * cfg.batch_size]]
+                batches = epoch_batches(len(items), cfg.batch_size, rng, lengths)
+            batch = [items[i] for i in batches[step % steps_per_epoch]]
             t0 = time.perf_counter()
             weight = objective.weight(batch)
             sums: dict[str, float] = {}

@@ -28,7 +28,8 @@ def sft_objective(pad_id: int) -> Objective:
 
     return Objective(loss=loss,
                      weight=lambda items: float(sum(len(e.answer_ids) for e in items)),
-                     tokens=lambda items: sum(len(e.prompt_ids) + len(e.answer_ids) for e in items))
+                     tokens=lambda items: sum(len(e.prompt_ids) + len(e.answer_ids) for e in items),
+                     length=lambda e: len(e.prompt_ids) + len(e.answer_ids))
 
 
 def run_sft(cfg: RunConfig, model, tokenizer, examples: list[Example], out: Path,

@@ -46,11 +46,12 @@ def spin_objective(pad_id: int, beta: float) -> Objective:
 
     def loss(model, pairs: list[Pair]):
         device = next(model.parameters()).device
-        n = len(pairs)
-        batch = collate([(p.prompt_ids, p.real_ids) for p in pairs]
-                        + [(p.prompt_ids, p.gen_ids) for p in pairs], pad_id).to(device)
-        logps, _ = answer_logps(model, batch)
-        real, gen = logps[:n], logps[n:]
+        # two forward passes, each padded to its own longest sequence: gold answers are often
+        # much shorter than generated ones, and one shared batch would pad them to that length
+        real, _ = answer_logps(model, collate([(p.prompt_ids, p.real_ids) for p in pairs],
+                                              pad_id).to(device))
+        gen, _ = answer_logps(model, collate([(p.prompt_ids, p.gen_ids) for p in pairs],
+                                             pad_id).to(device))
         ref_real = torch.tensor([p.ref_real for p in pairs], device=device, dtype=real.dtype)
         ref_gen = torch.tensor([p.ref_gen for p in pairs], device=device, dtype=real.dtype)
         losses, margins = spin_loss(real, gen, ref_real, ref_gen, beta)
@@ -63,7 +64,8 @@ def spin_objective(pad_id: int, beta: float) -> Objective:
 
     return Objective(loss=loss, weight=lambda pairs: float(len(pairs)),
                      tokens=lambda pairs: sum(2 * len(p.prompt_ids) + len(p.real_ids)
-                                              + len(p.gen_ids) for p in pairs))
+                                              + len(p.gen_ids) for p in pairs),
+                     length=lambda p: len(p.prompt_ids) + max(len(p.real_ids), len(p.gen_ids)))
 
 
 def make_pairs(model, tokenizer, fmt, examples: list[Example], cfg: RunConfig,
