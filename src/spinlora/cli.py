@@ -28,8 +28,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         s.add_argument("--model", help="Hub id, local directory, or SmolLM2-135M-Instruct")
         s.add_argument("--adapter", help="start from this saved adapter (sft_adapter)")
         s.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    r = sub.add_parser("report", help="summary.md + loss.png from a run folder")
+    r = sub.add_parser("report", help="comparison table (md, csv), plots, HTML from run folders")
     r.add_argument("run_dirs", nargs="+")
+    r.add_argument("--out", help="folder for the report (default: the first run folder)")
     args = p.parse_args(argv)
     if getattr(args, "config", None) and "=" in args.config:  # no config file, only overrides
         args.overrides.insert(0, args.config)
@@ -48,9 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from .report import write_report
 
-            for d in args.run_dirs:
-                for k, v in write_report(d).items():
-                    print(f"{k}: {v}")
+            for k, v in write_report(*args.run_dirs, out=args.out).items():
+                print(f"{k}: {v}")
             return 0
         from .config import load_config
         from .pipeline import run

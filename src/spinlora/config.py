@@ -120,9 +120,13 @@ class SpinConfig:
 class EvalConfig:
     """GSM8K evaluation of base, SFT and every SPIN iteration."""
 
-    limit: int | None = 50  # test questions (None = all 1319)
+    limit: int | None = 50  # questions per task (None = all); a seeded random subset
     seed: int = 0  # picks the subset
     models: list[str] = field(default_factory=lambda: ["base", "sft", "spin"])
+    tasks: list[str] = field(default_factory=lambda: ["gsm8k"])  # + mmlu, arc_challenge,
+    # arc_easy, hellaswag, winogrande (log-likelihood, lm-evaluation-harness prompt formats)
+    data_root: str | None = "../shared/data"  # local benchmark files; null = load from the Hub
+    shots: int | None = None  # few-shot examples for the multiple-choice tasks (None: task default)
 
 
 @dataclass
@@ -174,6 +178,10 @@ class RunConfig:
         for stage in self.stages:
             checks.append(("stages", stage in ("sft", "spin", "eval"),
                            f"unknown stage {stage!r}: use sft, spin, eval"))
+        known_tasks = ("gsm8k", "mmlu", "arc_challenge", "arc_easy", "hellaswag", "winogrande")
+        for task in self.eval.tasks:
+            checks.append(("eval.tasks", task in known_tasks,
+                           f"unknown task {task!r}: use {', '.join(known_tasks)}"))
         for stage in self.eval.models:
             checks.append(("eval.models", stage in ("base", "sft", "spin"),
                            f"unknown entry {stage!r}: use base, sft, spin"))

@@ -18,6 +18,7 @@ final name.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -30,6 +31,8 @@ from .adapters import attach, load
 from .config import ConfigError, RunConfig, save_config
 from .data import ChatFormat, build_examples, load_rows, subset
 from .evaluate import evaluate_gsm8k
+from .evaluate.choice import evaluate_choice_task
+from .evaluate.tasks import DEFAULT_SHOTS, load_task
 from .models import load_model, pick_device
 from .report import write_report
 from .stages.sft import run_sft
@@ -105,7 +108,7 @@ def run(cfg: RunConfig) -> dict:
             except Exception as e:  # a broken report must not hide the run's own error
                 print(f"[spinlora] report failed: {e}")
     print(f"[spinlora] done in {summary['wall_seconds']:.0f}s. Outputs: {out.resolve()}")
-    for name in ("summary.md", "loss.png"):
+    for name in ("summary.md", "report.html", "loss.png"):
         if (out / name).exists():
             print(f"  {out.resolve() / name}")
     return summary
@@ -171,8 +174,10 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    rows = subset(load_rows(cfg.data.eval, cfg.data, "test"), cfg.eval.limit, cfg.eval.seed)
-    examples, _ = build_examples(rows, fmt, cfg.data)
+    examples = []
+    if "gsm8k" in cfg.eval.tasks:
+        rows = subset(load_rows(cfg.data.eval, cfg.data, "test"), cfg.eval.limit, cfg.eval.seed)
+        examples, _ = build_examples(rows, fmt, cfg.data)
     targets: list[tuple[str, Path | None]] = []
     if "base" in cfg.eval.models:
         targets.append(("base", None))
@@ -186,23 +191,36 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
         its = sorted((run_dir / "spin").glob("iter_*/adapter"),
                      key=lambda p: int(p.parent.name.split("_")[1]))
         targets += [(f"lora_spin_{p.parent.name}", p) for p in its]
+    choice_items = {t: subset(load_task(t, cfg.eval.data_root, cfg.eval.shots), cfg.eval.limit,
+                              cfg.eval.seed) for t in cfg.eval.tasks if t != "gsm8k"}
     results = []
     for label, path in targets:
-        if path is None:
-            with model.disable_adapter():
-                r = evaluate_gsm8k(model, tok, fmt, examples, cfg.generation, acct, label)
-        else:
+        if path is not None:
             # load the saved weights into the one adapter in memory: no second model
             set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
-            r = evaluate_gsm8k(model, tok, fmt, examples, cfg.generation, acct, label)
-        with open(part / f"samples_{label}.jsonl", "w") as f:
-            for s in r.pop("samples"):
-                f.write(json.dumps(s) + "\n")
-        r["adapter"] = str(path) if path else None
+        with model.disable_adapter() if path is None else contextlib.nullcontext():
+            r = {"label": label, "adapter": str(path) if path else None, "tasks": {}}
+            if "gsm8k" in cfg.eval.tasks:
+                g = evaluate_gsm8k(model, tok, fmt, examples, cfg.generation, acct, label)
+                with open(part / f"samples_{label}.jsonl", "w") as f:
+                    for s in g.pop("samples"):
+                        f.write(json.dumps(s) + "\n")
+                r.update(g)  # GSM8K fields stay at the top level of the row
+                r["tasks"]["gsm8k"] = {"n": g["n"], "acc": g["accuracy"],
+                                       "acc_stderr": g["accuracy_stderr"]}
+                print(f"[spinlora] eval {label}: GSM8K accuracy {g['accuracy']:.3f} "
+                      f"± {g['accuracy_stderr']:.3f} (n={g['n']}), gold logp/token "
+                      f"{g['gold_logp_per_token']:.3f}, prefers gold {g['win_rate_gold_vs_own']:.2f}")
+            for task, items in choice_items.items():
+                with acct.phase(f"eval_{task}[{label}]"):
+                    c = evaluate_choice_task(model, tok, task, items, label)
+                r["tasks"][task] = c
+                print(f"[spinlora] eval {label}: {task} acc {c['acc']:.3f} ± {c['acc_stderr']:.3f}"
+                      f" acc_norm {c['acc_norm']:.3f} (n={c['n']}, {c['examples_per_s']} ex/s)")
         results.append(r)
-        print(f"[spinlora] eval {label}: GSM8K accuracy {r['accuracy']:.3f} "
-              f"± {r['accuracy_stderr']:.3f} (n={r['n']}), gold logp/token "
-              f"{r['gold_logp_per_token']:.3f}, prefers gold {r['win_rate_gold_vs_own']:.2f}")
+    shots = {t: (cfg.eval.shots if cfg.eval.shots is not None else DEFAULT_SHOTS[t])
+             for t in choice_items}
     return {"stage": "eval", "task": "gsm8k", "shots": 0, "prompt": "chat template, zero-shot",
+            "tasks": cfg.eval.tasks, "task_shots": {"gsm8k": 0, **shots},
             "limit": cfg.eval.limit, "seed": cfg.eval.seed, "n": len(examples),
             "rows": results, "accounting": acct.summary()}

@@ -1,12 +1,22 @@
-"""Tables and plots from a run folder's result files (nothing here recomputes a number).
+"""The comparison report, from result files only (nothing here recomputes a number).
 
-    spinlora report runs/demo
+    spinlora report runs/demo [runs/other ...]
 
-Writes ``summary.md`` (GSM8K table with resources, SPIN diagnostics per iteration, per-phase
-time and memory) and ``loss.png`` (training loss by epoch for SFT and each SPIN iteration).
+Writes into the first run folder (or ``--out``):
+- ``summary.md`` / ``comparison.csv``: rows = run + model/method (+ SPIN iteration); columns =
+  task scores ± standard error (shots, subset size and seed in the header), trainable parameters,
+  peak memory over the post-load baseline, training time; then GSM8K diagnostics, SPIN iterations
+  and per-phase time and memory;
+- ``loss.png`` (loss by epoch, SFT and each SPIN iteration), ``scores.png`` (score by SPIN
+  iteration per task), ``spin_diagnostics.png`` (reward margin, gold vs generated log-probs by
+  step: likelihood displacement shows as both falling while the margin grows);
+- ``report.html``: the tables and the plots in one page that opens offline.
 """
 from __future__ import annotations
 
+import base64
+import csv
+import html
 import json
 from pathlib import Path
 
@@ -29,13 +39,71 @@ def _mb(n: int | None) -> str:
     return "–" if n is None else f"{n / 2**20:.0f}"
 
 
-def plot_losses(run: Path, dest: Path) -> None:
-    """Loss by epoch: SFT, then each SPIN iteration offset by the epochs before it."""
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _stage_result(run: Path, label: str) -> dict | None:
+    if label == "lora_sft":
+        return _load(run / "sft" / "result.json")
+    if label.startswith("lora_spin_iter_"):
+        return _load(run / "spin" / f"iter_{label.rsplit('_', 1)[1]}" / "result.json")
+    return None
+
+
+def comparison_rows(runs: list[Path]) -> tuple[list[str], list[dict]]:
+    """One row per (run, evaluated model); task columns from the eval result files."""
+    tasks: list[str] = []
+    rows = []
+    for run in runs:
+        ev = _load(run / "eval" / "result.json")
+        if not ev:
+            continue
+        for r in ev["rows"]:
+            res = _stage_result(run, r["label"]) or {}
+            acc = res.get("accounting", {})
+            row = {"run": run.name, "model": r["label"],
+                   "trainable_params": res.get("parameters", {}).get("trainable"),
+                   "train_seconds": acc.get("phases", {}).get("train", {}).get("seconds"),
+                   "peak_MB_over_baseline": (round(acc["peak_over_baseline_bytes"] / 2**20)
+                                             if acc else None)}
+            task_scores = r.get("tasks") or {"gsm8k": {"acc": r.get("accuracy"),
+                                                       "acc_stderr": r.get("accuracy_stderr"),
+                                                       "n": r.get("n")}}
+            for task, sc in task_scores.items():
+                if task not in tasks:
+                    tasks.append(task)
+                row[task] = sc.get("acc")
+                row[f"{task}_stderr"] = sc.get("acc_stderr")
+                row[f"{task}_n"] = sc.get("n")
+                if "acc_norm" in sc:
+                    row[f"{task}_acc_norm"] = sc["acc_norm"]
+                if "acc_macro" in sc:
+                    row[f"{task}_macro"] = sc["acc_macro"]
+            rows.append(row)
+    return tasks, rows
+
+
+def _column_notes(runs: list[Path]) -> list[str]:
+    notes = []
+    for run in runs:
+        ev = _load(run / "eval" / "result.json")
+        if ev:
+            shots = ev.get("task_shots", {"gsm8k": ev.get("shots", 0)})
+            notes.append(f"{run.name}: " + ", ".join(
+                f"{t} {k}-shot" for t, k in shots.items()) +
+                f"; subset limit {ev['limit']} (seed {ev['seed']}); GSM8K {ev['prompt']}, greedy")
+    return notes
+
+
+def plot_losses(run: Path, dest: Path) -> None:
+    """Loss by epoch: SFT, then each SPIN iteration offset by the epochs before it."""
+    plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     sft = _jsonl(run / "sft" / "metrics.jsonl")
     if sft:
@@ -56,39 +124,124 @@ def plot_losses(run: Path, dest: Path) -> None:
     plt.close(fig)
 
 
-def write_report(run: str | Path) -> dict:
-    """Build summary.md and loss.png in ``run``; return their paths."""
-    run = Path(run)
+def plot_scores(tasks: list[str], rows: list[dict], dest: Path) -> None:
+    """Score by SPIN iteration per task (0 = LoRA-SFT; base as a dotted line)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for run in dict.fromkeys(r["run"] for r in rows):
+        mine = [r for r in rows if r["run"] == run]
+        for task in tasks:
+            pts = []
+            for r in mine:
+                if r["model"] == "lora_sft":
+                    pts.append((0, r.get(task)))
+                elif r["model"].startswith("lora_spin_iter_"):
+                    pts.append((int(r["model"].rsplit("_", 1)[1]), r.get(task)))
+            pts = sorted(p for p in pts if p[1] is not None)
+            if pts:
+                line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                               label=f"{run}: {task}")[0]
+                base = next((r.get(task) for r in mine if r["model"] == "base"), None)
+                if base is not None:
+                    ax.axhline(base, color=line.get_color(), linestyle=":", linewidth=1)
+    ax.set(title="score by SPIN iteration (0 = LoRA-SFT, dotted = base)",
+           xlabel="SPIN iteration", ylabel="accuracy")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
+
+
+def plot_spin_diagnostics(run: Path, dest: Path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    step = 0
+    for it in _iterations(run):
+        recs = _jsonl(it / "metrics.jsonl")
+        xs = list(range(step, step + len(recs)))
+        step += len(recs)
+        if not recs:
+            continue
+        axes[0].plot(xs, [r["margin"] for r in recs], marker=".", label=f"{it.name} margin")
+        axes[1].plot(xs, [r["logp_real"] for r in recs], marker=".", label=f"{it.name} gold y")
+        axes[1].plot(xs, [r["logp_gen"] for r in recs], marker="x", label=f"{it.name} generated y'")
+    axes[0].set(title="reward margin λ·Δ (mean per pair)", xlabel="step")
+    axes[1].set(title="log p(answer | prompt), mean per pair", xlabel="step")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(v, nd=3) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def write_report(*runs: str | Path, out: str | Path | None = None) -> dict:
+    """Build the report for one or more run folders; return the paths written."""
+    runs_p = [Path(r) for r in runs]
+    for r in runs_p:
+        if not r.is_dir():
+            raise FileNotFoundError(f"run folder {r} not found")
+    dest = Path(out) if out else runs_p[0]
+    dest.mkdir(parents=True, exist_ok=True)
+    tasks, rows = comparison_rows(runs_p)
+    lines = [f"# spinlora report: {', '.join(r.name for r in runs_p)}", ""]
+    if rows:
+        lines += ["## Comparison", ""] + [f"- {n}" for n in _column_notes(runs_p)] + [""]
+        head = ["run", "model"] + [f"{t} (± se, n)" for t in tasks] + [
+            "trainable params", "train s", "peak MB over baseline"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            cells = [r["run"], r["model"]] + [
+                f"{_fmt(r.get(t))} ± {_fmt(r.get(t + '_stderr'))} ({r.get(t + '_n')})"
+                if r.get(t) is not None else "–" for t in tasks] + [
+                _fmt(r["trainable_params"]), _fmt(r["train_seconds"], 1),
+                _fmt(r["peak_MB_over_baseline"])]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    for run in runs_p:
+        lines += _run_details(run)
+    md = dest / "summary.md"
+    md.write_text("\n".join(lines) + "\n")
+    out_csv = dest / "comparison.csv"
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(out_csv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    pngs = {"loss": dest / "loss.png", "scores": dest / "scores.png",
+            "spin_diagnostics": dest / "spin_diagnostics.png"}
+    plot_losses(runs_p[0], pngs["loss"])
+    plot_scores(tasks, rows, pngs["scores"])
+    plot_spin_diagnostics(runs_p[0], pngs["spin_diagnostics"])
+    page = dest / "report.html"
+    page.write_text(_html(lines, pngs))
+    return {"summary": str(md), "csv": str(out_csv), "html": str(page),
+            **{k: str(v) for k, v in pngs.items()}}
+
+
+def _run_details(run: Path) -> list[str]:
     sft = _load(run / "sft" / "result.json")
     ev = _load(run / "eval" / "result.json")
     its = [(_load(p / "result.json") or {}) for p in _iterations(run)]
     spin = _load(run / "spin" / "result.json")
-    lines = [f"# spinlora run: {run.name}", ""]
-    if ev:
-        lines += [f"## GSM8K ({ev['prompt']}, {ev['shots']}-shot, greedy; n={ev['n']}, "
-                  f"subset seed {ev['seed']})", "",
+    lines = [f"## Run {run.name}", ""]
+    gsm_rows = [r for r in (ev or {}).get("rows", []) if "gold_logp_per_token" in r]
+    if gsm_rows:
+        lines += [f"### GSM8K ({ev['prompt']}, greedy; n={ev['n']}, subset seed {ev['seed']})", "",
                   "| model | accuracy | ± stderr | gold logp/token | prefers gold | own answers "
-                  "finished | trainable params | train s | peak MB over baseline |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in ev["rows"]:
-            res = None
-            if r["label"] == "lora_sft":
-                res = sft
-            elif r["label"].startswith("lora_spin_iter_"):
-                k = int(r["label"].rsplit("_", 1)[1])
-                res = its[k - 1] if k <= len(its) else None
-            acc = (res or {}).get("accounting", {})
-            train_s = acc.get("phases", {}).get("train", {}).get("seconds")
-            params = (res or {}).get("parameters", {}).get("trainable")
-            lines.append(
-                f"| {r['label']} | {r['accuracy']:.3f} | {r['accuracy_stderr']:.3f} | "
-                f"{r['gold_logp_per_token']:.3f} | {r['win_rate_gold_vs_own']:.2f} | "
-                f"{r['own_finished_rate']:.2f} | {params if params is not None else '–'} | "
-                f"{train_s if train_s is not None else '–'} | "
-                f"{_mb(acc.get('peak_over_baseline_bytes')) if acc else '–'} |")
+                  "finished | own mean tokens |", "|---|---|---|---|---|---|---|"]
+        for r in gsm_rows:
+            lines.append(f"| {r['label']} | {r['accuracy']:.3f} | {r['accuracy_stderr']:.3f} | "
+                         f"{r['gold_logp_per_token']:.3f} | {r['win_rate_gold_vs_own']:.2f} | "
+                         f"{r['own_finished_rate']:.2f} | {r['own_mean_tokens']:.0f} |")
         lines.append("")
     if its:
-        lines += ["## SPIN iterations", "",
+        lines += ["### SPIN iterations", "",
                   "| iter | λ | lr | pairs | unfinished gens | step-0 loss (ln 2 = 0.6931) | "
                   "last loss | last margin | disc. acc | held-out gold logp/token | "
                   "held-out prefers gold |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -104,7 +257,7 @@ def write_report(run: str | Path) -> dict:
             lines += ["", f"Best iteration by `{spin['keep_best']}`: {spin['best_iteration']} "
                       "(0 = the starting adapter)."]
         lines.append("")
-    lines += ["## Time, throughput and memory per phase", "",
+    lines += ["### Time, throughput and memory per phase", "",
               "| stage | phase | seconds | tokens | tokens/s | peak MB over baseline |",
               "|---|---|---|---|---|---|"]
     stages = [("sft", sft)] + [(f"spin iter {r.get('iteration')}", r) for r in its] + [("eval", ev)]
@@ -112,8 +265,40 @@ def write_report(run: str | Path) -> dict:
         for ph, d in ((res or {}).get("accounting", {}).get("phases", {})).items():
             lines.append(f"| {name} | {ph} | {d['seconds']:.1f} | {d['tokens']} | "
                          f"{d['tokens_per_s']:.1f} | {_mb(d['peak_over_baseline_bytes'])} |")
-    out_md = run / "summary.md"
-    out_md.write_text("\n".join(lines) + "\n")
-    out_png = run / "loss.png"
-    plot_losses(run, out_png)
-    return {"summary": str(out_md), "plot": str(out_png)}
+    lines.append("")
+    return lines
+
+
+def _html(md_lines: list[str], pngs: dict[str, Path]) -> str:
+    """A self-contained page: Markdown tables rendered as HTML tables, plots inlined as base64."""
+    body, table = [], []
+
+    def flush():
+        if table:
+            rows = [r.strip().strip("|").split("|") for r in table if not set(r) <= set("|-: ")]
+            body.append("<table>" + "".join(
+                "<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{html.escape(c.strip())}"
+                                 f"</{'th' if i == 0 else 'td'}>" for c in r) + "</tr>"
+                for i, r in enumerate(rows)) + "</table>")
+            table.clear()
+
+    for line in md_lines:
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush()
+        if line.startswith("#"):
+            level = min(len(line) - len(line.lstrip("#")), 4)
+            body.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line.lstrip('- '))}</p>")
+    flush()
+    for name, p in pngs.items():
+        if p.is_file():
+            data = base64.b64encode(p.read_bytes()).decode()
+            body.append(f"<h3>{name}</h3><img alt='{name}' src='data:image/png;base64,{data}'>")
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:"
+             "collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
+             "img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>spinlora report</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
