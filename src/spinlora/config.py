@@ -127,6 +127,8 @@ class EvalConfig:
     # arc_easy, hellaswag, winogrande (log-likelihood, lm-evaluation-harness prompt formats)
     data_root: str | None = "../shared/data"  # local benchmark files; null = load from the Hub
     shots: int | None = None  # few-shot examples for the multiple-choice tasks (None: task default)
+    gsm8k_shots: int = 0  # 0: zero-shot in the training chat template; k: k shots from data.train
+    gsm8k_style: str = "plain"  # with shots: plain (lm-eval "Question: … Answer: …") | chat
 
 
 @dataclass
@@ -178,6 +180,8 @@ class RunConfig:
         for stage in self.stages:
             checks.append(("stages", stage in ("sft", "spin", "eval"),
                            f"unknown stage {stage!r}: use sft, spin, eval"))
+        checks.append(("eval.gsm8k_style", self.eval.gsm8k_style in ("plain", "chat"),
+                       "plain or chat"))
         known_tasks = ("gsm8k", "mmlu", "arc_challenge", "arc_easy", "hellaswag", "winogrande")
         for task in self.eval.tasks:
             checks.append(("eval.tasks", task in known_tasks,

@@ -80,7 +80,8 @@ class Generation:
 
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, stop_ids: list[int],
-             desc: str = "generate") -> tuple[list[Generation], int]:
+             desc: str = "generate", stop_strings: list[str] | None = None
+             ) -> tuple[list[Generation], int]:
     """Generate one answer per prompt (token ids). Returns (generations, new tokens produced)."""
     was_training = model.training
     model.eval()
@@ -100,6 +101,8 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
             attn[row, width - len(prompts[i]):] = 1
         kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
                       eos_token_id=stop_ids, pad_token_id=pad)
+        if stop_strings:
+            kwargs.update(stop_strings=stop_strings, tokenizer=tokenizer)
         if cfg.do_sample:
             kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
             torch.manual_seed(cfg.seed + b)
@@ -114,7 +117,7 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
             toks, finished = [], False
             for t in new[row]:
                 toks.append(t)
-                if t in stop_ids:
+                if t in stop_ids or (t == pad and stop_strings):  # pad after a stop string
                     finished = True
                     break
             produced += len(toks)

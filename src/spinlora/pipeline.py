@@ -191,6 +191,9 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
         its = sorted((run_dir / "spin").glob("iter_*/adapter"),
                      key=lambda p: int(p.parent.name.split("_")[1]))
         targets += [(f"lora_spin_{p.parent.name}", p) for p in its]
+    # k-shot exemplars: a seeded sample of the training split, raw answers as lm-eval uses them
+    shots = (subset(load_rows(cfg.data.train, cfg.data, "train"), cfg.eval.gsm8k_shots, 1234)
+             if cfg.eval.gsm8k_shots else None)
     choice_items = {t: subset(load_task(t, cfg.eval.data_root, cfg.eval.shots), cfg.eval.limit,
                               cfg.eval.seed) for t in cfg.eval.tasks if t != "gsm8k"}
     results = []
@@ -201,7 +204,8 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
         with model.disable_adapter() if path is None else contextlib.nullcontext():
             r = {"label": label, "adapter": str(path) if path else None, "tasks": {}}
             if "gsm8k" in cfg.eval.tasks:
-                g = evaluate_gsm8k(model, tok, fmt, examples, cfg.generation, acct, label)
+                g = evaluate_gsm8k(model, tok, fmt, examples, cfg.generation, acct, label,
+                                   shots, cfg.eval.gsm8k_style)
                 with open(part / f"samples_{label}.jsonl", "w") as f:
                     for s in g.pop("samples"):
                         f.write(json.dumps(s) + "\n")
@@ -218,9 +222,11 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
                 print(f"[spinlora] eval {label}: {task} acc {c['acc']:.3f} ± {c['acc_stderr']:.3f}"
                       f" acc_norm {c['acc_norm']:.3f} (n={c['n']}, {c['examples_per_s']} ex/s)")
         results.append(r)
-    shots = {t: (cfg.eval.shots if cfg.eval.shots is not None else DEFAULT_SHOTS[t])
-             for t in choice_items}
-    return {"stage": "eval", "task": "gsm8k", "shots": 0, "prompt": "chat template, zero-shot",
-            "tasks": cfg.eval.tasks, "task_shots": {"gsm8k": 0, **shots},
+    mc_shots = {t: (cfg.eval.shots if cfg.eval.shots is not None else DEFAULT_SHOTS[t])
+                for t in choice_items}
+    prompt = (f"{cfg.eval.gsm8k_shots}-shot, {cfg.eval.gsm8k_style}" if cfg.eval.gsm8k_shots
+              else "chat template, zero-shot")
+    return {"stage": "eval", "task": "gsm8k", "shots": cfg.eval.gsm8k_shots, "prompt": prompt,
+            "tasks": cfg.eval.tasks, "task_shots": {"gsm8k": cfg.eval.gsm8k_shots, **mc_shots},
             "limit": cfg.eval.limit, "seed": cfg.eval.seed, "n": len(examples),
             "rows": results, "accounting": acct.summary()}

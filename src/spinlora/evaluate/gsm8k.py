@@ -30,24 +30,68 @@ def normalize_number(s: str) -> str:
     return str(int(v)) if v == int(v) else str(v)
 
 
-def extract_answer(text: str) -> str | None:
-    """The final answer of a GSM8K-style solution: ``#### N`` if present, else the last number."""
+def extract_strict(text: str) -> str | None:
+    """lm-eval's strict match: only the number after ``#### ``."""
     m = _HASH.search(text)
-    if m:
-        return normalize_number(m.group(1))
+    return normalize_number(m.group(1)) if m else None
+
+
+def extract_flexible(text: str) -> str | None:
+    """lm-eval's flexible extract: the last number in the text."""
     nums = _NUM.findall(text)
     return normalize_number(nums[-1]) if nums else None
 
 
+def extract_answer(text: str) -> str | None:
+    """The final answer of a GSM8K-style solution: ``#### N`` if present, else the last number."""
+    return extract_strict(text) or extract_flexible(text)
+
+
+STOP_STRINGS = ["Question:", "</s>", "<|im_end|>"]  # lm-eval gsm8k `until`
+
+
+def fewshot_prompt_ids(tokenizer, fmt: ChatFormat, question: str, shots: list[dict],
+                       style: str) -> list[int]:
+    """GSM8K k-shot prompts. ``plain``: lm-eval's "Question: …\nAnswer: …" text, no chat
+    template; ``chat``: the shots as earlier user/assistant turns of the chat template
+    (lm-eval's --apply_chat_template --fewshot_as_multiturn)."""
+    if style == "plain":
+        text = "".join(f"Question: {s['prompt']}\nAnswer: {s['answer']}\n\n" for s in shots)
+        return tokenizer(text + f"Question: {question}\nAnswer:").input_ids
+    msgs = [{"role": "system", "content": fmt.system_prompt}] if fmt.system_prompt else []
+    for s in shots:
+        msgs += [{"role": "user", "content": s["prompt"]}, {"role": "assistant", "content": s["answer"]}]
+    msgs.append({"role": "user", "content": question})
+    return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
+                                              return_dict=False))
+
+
 def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
-                   gen_cfg: GenerationConfig, acct: Accountant, label: str) -> dict:
-    """Score the model as it is (adapters as set by the caller) on ``examples``."""
+                   gen_cfg: GenerationConfig, acct: Accountant, label: str,
+                   shots: list[dict] | None = None, style: str = "chat") -> dict:
+    """Score the model as it is (adapters as set by the caller) on ``examples``.
+
+    Zero-shot (no ``shots``) uses the training chat template; with shots, ``style`` picks the
+    plain lm-eval text or the multi-turn chat prompt, and generation stops at lm-eval's stop
+    strings. The log-prob signals always use the zero-shot chat prompt (the training format).
+    """
+    prompts = [e.prompt_ids for e in examples]
+    stop_strings = None
+    if shots:
+        prompts = [fewshot_prompt_ids(tokenizer, fmt, e.prompt, shots, style) for e in examples]
+        stop_strings = STOP_STRINGS
     with acct.phase(f"eval_generate[{label}]") as ph:
-        gens, produced = generate(model, tokenizer, [e.prompt_ids for e in examples], gen_cfg,
-                                  fmt.stop_ids, desc=f"eval {label}")
+        gens, produced = generate(model, tokenizer, prompts, gen_cfg, fmt.stop_ids,
+                                  desc=f"eval {label}", stop_strings=stop_strings)
         ph.tokens += produced
+    if stop_strings:  # cut the stop string itself, as lm-eval does
+        for g in gens:
+            for s in stop_strings:
+                g.text = g.text.split(s)[0]
     golds = [extract_answer(e.answer) for e in examples]
     correct = [g.text and extract_answer(g.text) == gold for g, gold in zip(gens, golds)]
+    strict = [extract_strict(g.text) == gold for g, gold in zip(gens, golds)]
+    flexible = [extract_flexible(g.text) == gold for g, gold in zip(gens, golds)]
     with acct.phase(f"eval_score[{label}]") as ph:
         pairs = [(e.prompt_ids, e.answer_ids) for e in examples]
         pairs += [(e.prompt_ids, g.ids or [fmt.end_id]) for e, g in zip(examples, gens)]
@@ -61,6 +105,8 @@ def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
     return {
         "label": label, "n": n,
         "accuracy": acc, "accuracy_stderr": math.sqrt(acc * (1 - acc) / max(n - 1, 1)),
+        "accuracy_strict": sum(strict) / max(n, 1), "accuracy_flexible": sum(flexible) / max(n, 1),
+        "shots": len(shots or []), "style": style if shots else "chat",
         "gold_logp_per_token": sum(gold_pt) / max(n, 1),
         "win_rate_gold_vs_own": win,
         "own_logp_per_token": sum(gen_pt) / max(n, 1),
