@@ -71,7 +71,7 @@ def tiny_cfg(tiny_model_dir, tiny_data, tmp_path):
     from spinlora.config import load_config
 
     return load_config(None, [
-        f"output_dir={tmp_path / 'run'}", f"model.name={tiny_model_dir}",
+        f"output_dir={tmp_path / 'run'}", f"model.name={tiny_model_dir}", "model.dtype=float32",
         f"data.train={tiny_data / 'train.jsonl'}", f"data.eval={tiny_data / 'test.jsonl'}",
         "data.sft_examples=12", "data.max_length=160", "train.batch_size=4",
         "train.micro_batch_size=4", "train.lr=1e-2", "train.log_every=100",
