@@ -47,3 +47,30 @@ def test_answer_logps_equals_full_logits_and_ignores_padding(tiny_model_dir):
             want = logits[torch.arange(len(p) - 1, len(p) + len(a) - 1), torch.tensor(a)].sum()
             assert lp[i].item() == pytest.approx(want.item(), abs=1e-4)
             assert counts[i].item() == len(a)
+
+
+def test_shared_prompt_logps_equal_separate_passes(tiny_model_dir):
+    """One prompt pass for several answers gives the same log-probs and gradients as
+    separate full passes."""
+    from transformers import AutoModelForCausalLM
+
+    from spinlora.losses import shared_prompt_logps
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    prompts = [[1, 5, 6, 7, 8], [1, 9], [1, 10, 11]]
+    answers = [[[20, 21, 2], [22, 23, 24, 25]], [[30, 2], [31, 32, 33, 34, 35, 2]], [[40], [41, 42]]]
+    shared = shared_prompt_logps(model, prompts, answers, pad_id=2)
+    shared.sum().backward()
+    g_shared = model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+    model.zero_grad()
+    total = 0
+    for i, p in enumerate(prompts):
+        for j, a in enumerate(answers[i]):
+            sep, _ = answer_logps(model, collate([(p, a)], pad_id=2))
+            assert shared[i, j].item() == pytest.approx(sep.item(), abs=1e-4)
+            total = total + sep.sum()
+    total.backward()
+    torch.testing.assert_close(g_shared, model.model.layers[0].self_attn.q_proj.weight.grad,
+                               rtol=1e-4, atol=1e-6)
+    model.gradient_checkpointing_enable()
+    assert shared_prompt_logps(model, prompts, answers, pad_id=2) is None  # falls back

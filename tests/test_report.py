@@ -19,7 +19,10 @@ def _fixture_run(root, name, sft_acc, spin_accs):
         "\n".join(json.dumps({"epoch": e / 4, "loss": 2 - e / 4}) for e in range(1, 5)))
     rows = [{"label": "base", "tasks": {"gsm8k": {"acc": 0.01, "acc_stderr": 0.01, "n": 100},
                                         "arc_challenge": {"acc": 0.25, "acc_stderr": 0.02, "n": 200,
-                                                          "acc_norm": 0.27}}},
+                                                          "acc_norm": 0.27},
+                                        "mmlu": {"acc": 0.3, "acc_stderr": 0.01, "n": 40,
+                                                 "per_subject": {"anatomy": 0.35, "virology": 0.45},
+                                                 "acc_macro": 0.4}}},
             {"label": "lora_sft", "tasks": {"gsm8k": {"acc": sft_acc, "acc_stderr": 0.02, "n": 100}}}]
     for t, a in enumerate(spin_accs, 1):
         d = run / "spin" / f"iter_{t}"
@@ -47,6 +50,7 @@ def test_report_from_fixture_files(tmp_path):
     md = (tmp_path / "rep" / "summary.md").read_text()
     assert "0.123 ± 0.020 (100)" in md and "0.250 ± 0.020 (200)" in md
     assert "arc_challenge 25-shot" in md and "seed 3" in md
+    assert "| virology | 0.450 |" in md and "| **macro average** | 0.400 |" in md
     with open(out["csv"]) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 + 3

@@ -140,3 +140,22 @@ def test_full_pipeline_on_tiny_model(tiny_cfg):
     assert (out / "summary.md").read_text().count("lora_spin_iter") >= 2
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.rglob("*.partial"))
+
+
+def test_mix_previous_and_drop_truncated(tiny_cfg):
+    """Iteration 2 trains on its own pairs plus iteration 1's; unfinished generations can be
+    dropped (the tiny model never ends within 12 tokens, so all would be)."""
+    from pathlib import Path
+
+    from spinlora.pipeline import run
+
+    tiny_cfg.spin.mix_previous = True
+    tiny_cfg.stages = ["sft", "spin"]
+    run(tiny_cfg)
+    r2 = json.loads((Path(tiny_cfg.output_dir) / "spin" / "iter_2" / "result.json").read_text())
+    assert r2["new_pairs"] == 6 and r2["mixed_previous"] == 6 and r2["pairs"] == 12
+    assert r2["generation"]["unfinished"] == 6
+
+    tiny_cfg.spin.drop_truncated, tiny_cfg.overwrite = True, True
+    with pytest.raises(RuntimeError, match="no pairs left"):
+        run(tiny_cfg)

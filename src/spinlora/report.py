@@ -240,6 +240,19 @@ def _run_details(run: Path) -> list[str]:
                          f"{r['gold_logp_per_token']:.3f} | {r['win_rate_gold_vs_own']:.2f} | "
                          f"{r['own_finished_rate']:.2f} | {r['own_mean_tokens']:.0f} |")
         lines.append("")
+    mmlu = [(r["label"], r["tasks"]["mmlu"]) for r in (ev or {}).get("rows", [])
+            if "per_subject" in r.get("tasks", {}).get("mmlu", {})]
+    if mmlu:
+        subjects = list(mmlu[0][1]["per_subject"])
+        lines += ["### MMLU per subject (accuracy)", "",
+                  "| subject | " + " | ".join(label for label, _ in mmlu) + " |",
+                  "|---|" + "---|" * len(mmlu)]
+        for subj in subjects:
+            lines.append(f"| {subj} | " + " | ".join(
+                _fmt(m["per_subject"].get(subj)) for _, m in mmlu) + " |")
+        lines.append("| **macro average** | " + " | ".join(_fmt(m["acc_macro"]) for _, m in mmlu)
+                     + " |")
+        lines.append("")
     if its:
         lines += ["### SPIN iterations", "",
                   "| iter | λ | lr | pairs | unfinished gens | step-0 loss (ln 2 = 0.6931) | "

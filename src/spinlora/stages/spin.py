@@ -26,7 +26,7 @@ from ..config import RunConfig
 from ..data import Example, collate, subset
 from ..evaluate import evaluate_gsm8k
 from ..generate import generate
-from ..losses import LN2, answer_logps, score_sequences, spin_loss
+from ..losses import LN2, answer_logps, score_sequences, shared_prompt_logps, spin_loss
 from ..train import MetricsLog, Objective, train_loop
 
 
@@ -46,12 +46,15 @@ def spin_objective(pad_id: int, beta: float) -> Objective:
 
     def loss(model, pairs: list[Pair]):
         device = next(model.parameters()).device
-        # two forward passes, each padded to its own longest sequence: gold answers are often
-        # much shorter than generated ones, and one shared batch would pad them to that length
-        real, _ = answer_logps(model, collate([(p.prompt_ids, p.real_ids) for p in pairs],
-                                              pad_id).to(device))
-        gen, _ = answer_logps(model, collate([(p.prompt_ids, p.gen_ids) for p in pairs],
-                                             pad_id).to(device))
+        both = shared_prompt_logps(model, [p.prompt_ids for p in pairs],
+                                   [[p.real_ids, p.gen_ids] for p in pairs], pad_id)
+        if both is not None:  # the prompt runs once for y and y'
+            real, gen = both[:, 0], both[:, 1]
+        else:  # two passes, each padded to its own longest sequence
+            real, _ = answer_logps(model, collate([(p.prompt_ids, p.real_ids) for p in pairs],
+                                                  pad_id).to(device))
+            gen, _ = answer_logps(model, collate([(p.prompt_ids, p.gen_ids) for p in pairs],
+                                                 pad_id).to(device))
         ref_real = torch.tensor([p.ref_real for p in pairs], device=device, dtype=real.dtype)
         ref_gen = torch.tensor([p.ref_gen for p in pairs], device=device, dtype=real.dtype)
         losses, margins = spin_loss(real, gen, ref_real, ref_gen, beta)
@@ -63,7 +66,8 @@ def spin_objective(pad_id: int, beta: float) -> Objective:
         return losses.sum(), metrics
 
     return Objective(loss=loss, weight=lambda pairs: float(len(pairs)),
-                     tokens=lambda pairs: sum(2 * len(p.prompt_ids) + len(p.real_ids)
+                     # tokens of a pair: its prompt once (shared by y and y') and both answers
+                     tokens=lambda pairs: sum(len(p.prompt_ids) + len(p.real_ids)
                                               + len(p.gen_ids) for p in pairs),
                      length=lambda p: len(p.prompt_ids) + max(len(p.real_ids), len(p.gen_ids)))
 
@@ -96,14 +100,28 @@ def make_pairs(model, tokenizer, fmt, examples: list[Example], cfg: RunConfig,
     return pairs, records, counts
 
 
-def reference_pass(model, pairs: list[Pair], pad_id: int, acct: Accountant) -> None:
+def reference_pass(model, pairs: list[Pair], pad_id: int, acct: Accountant,
+                   batch_size: int = 8) -> None:
     """Fill ref_real / ref_gen with log p_θt under the current adapter (θ0 + Δθ_t), once."""
-    with acct.phase("reference") as ph:
-        seqs = [(p.prompt_ids, p.real_ids) for p in pairs] + [(p.prompt_ids, p.gen_ids) for p in pairs]
-        lps, _ = score_sequences(model, seqs, pad_id)
-        ph.tokens += sum(len(a) + len(b) for a, b in seqs)
-    for i, p in enumerate(pairs):
-        p.ref_real, p.ref_gen = lps[i], lps[len(pairs) + i]
+    with acct.phase("reference") as ph, torch.inference_mode():
+        was_training = model.training
+        model.eval()
+        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt_ids)
+                       + max(len(pairs[i].real_ids), len(pairs[i].gen_ids)))
+        for start in range(0, len(order), batch_size):
+            chunk = [pairs[i] for i in order[start:start + batch_size]]
+            both = shared_prompt_logps(model, [p.prompt_ids for p in chunk],
+                                       [[p.real_ids, p.gen_ids] for p in chunk], pad_id)
+            if both is None:
+                seqs = [(p.prompt_ids, p.real_ids) for p in chunk] + [
+                    (p.prompt_ids, p.gen_ids) for p in chunk]
+                lps, _ = score_sequences(model, seqs, pad_id)
+                both = torch.tensor(lps).view(2, -1).T
+            for p, (r, g) in zip(chunk, both.tolist()):
+                p.ref_real, p.ref_gen = r, g
+        ph.tokens += sum(len(p.prompt_ids) + len(p.real_ids) + len(p.gen_ids) for p in pairs)
+        if was_training:
+            model.train()
 
 
 def _heldout(model, tokenizer, fmt, heldout: list[Example], cfg: RunConfig, acct, label) -> dict:
