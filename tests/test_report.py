@@ -33,7 +33,8 @@ def _fixture_run(root, name, sft_acc, spin_accs):
             "heldout": {}, "parameters": {"trainable": 645120}, "accounting": acct}))
         (d / "metrics.jsonl").write_text("\n".join(json.dumps(
             {"epoch": s / 2, "loss": 0.69 - s / 10, "margin": s / 10, "logp_real": -100 - s,
-             "logp_gen": -80 - 3 * s}) for s in (1, 2)))
+             "logp_gen": -80 - 3 * s, "beta": 0.1, "reward_real": -0.1 * s,
+             "reward_gen": -0.3 * s}) for s in (1, 2)))
         rows.append({"label": f"lora_spin_iter_{t}",
                      "tasks": {"gsm8k": {"acc": a, "acc_stderr": 0.02, "n": 100}}})
     (run / "eval").mkdir()

@@ -52,10 +52,10 @@ def current_rss() -> int:
 class MemoryMeter:
     """Peak memory of a phase, in bytes, measured against a baseline taken after model load."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, baseline: int | None = None):
         self.cuda = device.type == "cuda"
         self.device = device
-        self.baseline = self.now()
+        self.baseline = self.now() if baseline is None else baseline
         self._sampler = None
         self._peak = 0
         self._stop = threading.Event()
@@ -111,10 +111,11 @@ class Accountant:
     """Collects phases of one stage; ``summary()`` goes into that stage's result JSON."""
 
     device: torch.device
+    baseline: int | None = None  # bytes after model load; None: measured now
     phases: dict[str, Phase] = field(default_factory=dict)
 
     def __post_init__(self):
-        self.meter = MemoryMeter(self.device)
+        self.meter = MemoryMeter(self.device, self.baseline)
 
     @contextlib.contextmanager
     def phase(self, name: str):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .accounting import Accountant, count_parameters, environment
+from .accounting import Accountant, MemoryMeter, count_parameters, environment
 from .adapters import attach, load
 from .config import ConfigError, RunConfig, save_config
 from .data import ChatFormat, build_examples, load_rows, subset
@@ -120,6 +120,8 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     t0 = time.perf_counter()
     model, tok = load_model(cfg.model)
     summary["load_seconds"] = round(time.perf_counter() - t0, 2)
+    baseline = MemoryMeter(device).baseline  # every stage's peak is measured against this
+    summary["post_load_baseline_bytes"] = baseline
     fmt = ChatFormat(tok, cfg.data.system_prompt)
 
     # The SFT set, a held-out slice of the same split (for keep-best), the evaluation subset.
@@ -141,7 +143,7 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     summary["parameters"] = params
     print(f"[spinlora] trainable parameters: {params['trainable']:,} of {params['total']:,} "
           f"({params['trainable_pct']:.3f} %)")
-    new_acct = lambda: Accountant(device)  # noqa: E731  (one accountant per stage/iteration)
+    new_acct = lambda: Accountant(device, baseline)  # noqa: E731  (one per stage/iteration)
 
     if "sft" in cfg.stages:
         part = out / "sft.partial"

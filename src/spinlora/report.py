@@ -8,8 +8,9 @@ Writes into the first run folder (or ``--out``):
   peak memory over the post-load baseline, training time; then GSM8K diagnostics, SPIN iterations
   and per-phase time and memory;
 - ``loss.png`` (loss by epoch, SFT and each SPIN iteration), ``scores.png`` (score by SPIN
-  iteration per task), ``spin_diagnostics.png`` (reward margin, gold vs generated log-probs by
-  step: likelihood displacement shows as both falling while the margin grows);
+  iteration per task), ``spin_diagnostics.png`` (reward margin, and the change of gold and
+  generated log-probs against the reference by step: likelihood displacement shows as both
+  falling while the margin grows; raw log-probs per step are in metrics.jsonl);
 - ``report.html``: the tables and the plots in one page that opens offline.
 """
 from __future__ import annotations
@@ -146,7 +147,8 @@ def plot_scores(tasks: list[str], rows: list[dict], dest: Path) -> None:
                     ax.axhline(base, color=line.get_color(), linestyle=":", linewidth=1)
     ax.set(title="score by SPIN iteration (0 = LoRA-SFT, dotted = base)",
            xlabel="SPIN iteration", ylabel="accuracy")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(dest, dpi=110)
     plt.close(fig)
@@ -163,12 +165,19 @@ def plot_spin_diagnostics(run: Path, dest: Path) -> None:
         if not recs:
             continue
         axes[0].plot(xs, [r["margin"] for r in recs], marker=".", label=f"{it.name} margin")
-        axes[1].plot(xs, [r["logp_real"] for r in recs], marker=".", label=f"{it.name} gold y")
-        axes[1].plot(xs, [r["logp_gen"] for r in recs], marker="x", label=f"{it.name} generated y'")
+        # change of log p against the reference, not raw log p: batches differ in length, so
+        # raw sums jump from batch to batch while the change is comparable
+        axes[1].plot(xs, [r["reward_real"] / r["beta"] for r in recs], marker=".",
+                     label=f"{it.name} gold y")
+        axes[1].plot(xs, [r["reward_gen"] / r["beta"] for r in recs], marker="x",
+                     label=f"{it.name} generated y'")
     axes[0].set(title="reward margin λ·Δ (mean per pair)", xlabel="step")
-    axes[1].set(title="log p(answer | prompt), mean per pair", xlabel="step")
+    axes[1].axhline(0, color="grey", linestyle=":")
+    axes[1].set(title="log p(y|x) − log p_t(y|x), mean per pair\n(both below 0 = likelihood "
+                "displacement)", xlabel="step")
     for ax in axes:
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(dest, dpi=110)
     plt.close(fig)
@@ -233,11 +242,12 @@ def _run_details(run: Path) -> list[str]:
     gsm_rows = [r for r in (ev or {}).get("rows", []) if "gold_logp_per_token" in r]
     if gsm_rows:
         lines += [f"### GSM8K ({ev['prompt']}, greedy; n={ev['n']}, subset seed {ev['seed']})", "",
-                  "| model | accuracy | ± stderr | gold logp/token | prefers gold | own answers "
-                  "finished | own mean tokens |", "|---|---|---|---|---|---|---|"]
+                  "| model | accuracy | ± stderr | gold logp/token | own logp/token | prefers gold "
+                  "| own answers finished | own mean tokens |", "|---|---|---|---|---|---|---|---|"]
         for r in gsm_rows:
             lines.append(f"| {r['label']} | {r['accuracy']:.3f} | {r['accuracy_stderr']:.3f} | "
-                         f"{r['gold_logp_per_token']:.3f} | {r['win_rate_gold_vs_own']:.2f} | "
+                         f"{r['gold_logp_per_token']:.3f} | {r['own_logp_per_token']:.3f} | "
+                         f"{r['win_rate_gold_vs_own']:.2f} | "
                          f"{r['own_finished_rate']:.2f} | {r['own_mean_tokens']:.0f} |")
         lines.append("")
     mmlu = [(r["label"], r["tasks"]["mmlu"]) for r in (ev or {}).get("rows", [])

@@ -50,7 +50,7 @@ def score_choices(model, tok, context_list: list[str], continuations: list[str])
         p += 1
     p = max(p, 1)  # at least one token of context must run first
     prefix = torch.tensor([seqs[0][:p]], device=device)
-    out = model(input_ids=prefix, use_cache=True)
+    out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)  # only the last is needed
     cache = out.past_key_values
     last_logp = out.logits[0, -1].float().log_softmax(-1)
     n = len(seqs)
