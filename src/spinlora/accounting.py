@@ -153,10 +153,6 @@ class Accountant:
         }
 
 
-def gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB"
-
-
 def environment() -> dict:
     """Package versions and git commit, for the result file."""
     import importlib.metadata as md

@@ -173,10 +173,6 @@ class Batch:
     attention_mask: torch.Tensor
     answer_mask: torch.Tensor
 
-    @property
-    def n_tokens(self) -> int:
-        return int(self.attention_mask.sum())
-
     def to(self, device) -> "Batch":
         return Batch(self.input_ids.to(device), self.attention_mask.to(device),
                      self.answer_mask.to(device))
