@@ -34,3 +34,24 @@ def test_generate_keeps_caller_order_and_flags_unfinished(tiny_model_dir):
     assert n == sum(len(g.ids) for g in gens)
     for g in gens:
         assert g.finished == (g.ids[-1] == 2) and (g.finished or len(g.ids) == 5)
+
+
+def test_shared_prefix_runs_once_and_gives_the_same_tokens(tiny_model_dir):
+    from spinlora.models import load_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = load_tokenizer(str(tiny_model_dir))
+    shots = list(range(10, 50))  # a 40-token "few-shot" prefix
+    prompts = [shots + [60, 61, 62], shots + [70], shots + [80, 81, 82, 83, 84, 85]]
+    cfg = GenerationConfig(max_new_tokens=12, batch_size=8)
+    seen = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda m, a, o: seen.append(a[0].shape))
+    shared, _ = generate(model, tok, prompts, cfg, stop_ids=[2], min_shared=32)
+    hook.remove()
+    assert seen[0] == (1, 40)  # the prefix alone, once
+    assert seen[1] == (3, 6)  # then only the differing parts, middle-padded
+    plain, _ = generate(model, tok, prompts, cfg, stop_ids=[2], share_prefix=False)
+    singles = [generate(model, tok, [p], cfg, stop_ids=[2], share_prefix=False)[0][0]
+               for p in prompts]
+    assert [g.ids for g in shared] == [g.ids for g in plain] == [g.ids for g in singles]

@@ -73,6 +73,42 @@ def test_shared_prefix_scores_equal_brute_force(tiny_model_dir):
             assert s.n_chars == len(k)
 
 
+def test_many_questions_per_pass_equal_brute_force(tiny_model_dir):
+    """Several questions in one batch (and one that differs at its first token, and a small
+    budget that splits them) score as brute force does; so does the full-sequence fallback."""
+    from transformers import AutoModelForCausalLM
+
+    from spinlora.evaluate import loglik
+    from spinlora.models import load_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = load_tokenizer(str(tiny_model_dir))
+    questions = [(["Question: 2+2?\nAnswer:"] * 3, [" 4", " five", " 22"]),
+                 (["The cup fell, so Tom", "The cup fell, so Ann"], [" ran.", " ran."]),
+                 (["Tom", "Ann"], [" ran off.", " ran off."]),            # differ at token 0
+                 (["A long question about nothing at all:"] * 2, [" yes", " no, never"])]
+    want = [[_brute(model, tok, c, k) for c, k in zip(*q)] for q in questions]
+    for budget in (4096, 40):
+        got = loglik.score_questions(model, tok, questions, token_budget=budget)
+        assert [[s.logprob for s in q] for q in got] == [pytest.approx(w, abs=1e-4) for w in want]
+    calls = []
+    orig = loglik._full_sequence_pass
+
+    def spy(*a):
+        calls.append(1)
+        return orig(*a)
+
+    import spinlora.losses as losses
+    mp = pytest.MonkeyPatch()
+    mp.setattr(losses, "shared_prompt_pass", lambda *a, **k: None)
+    mp.setattr(loglik, "_full_sequence_pass", spy)
+    try:
+        got = loglik.score_questions(model, tok, questions)
+    finally:
+        mp.undo()
+    assert calls and [[s.logprob for s in q] for q in got] == [pytest.approx(w, abs=1e-4) for w in want]
+
+
 def test_accuracy_on_items_with_known_answers(tiny_model_dir):
     """The model's own greedy continuation must beat random strings of the same length."""
     from transformers import AutoModelForCausalLM

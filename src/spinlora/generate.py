@@ -71,6 +71,15 @@ def growing_cache(model):
     return Cache(layers=[layer() for _ in range(cfg.num_hidden_layers)])
 
 
+def _common_prefix(seqs: list[list[int]]) -> int:
+    """Length of the longest common prefix, leaving at least one token of every sequence."""
+    limit = min(len(s) for s in seqs) - 1
+    n = 0
+    while n < limit and all(s[n] == seqs[0][n] for s in seqs):
+        n += 1
+    return n
+
+
 @dataclass
 class Generation:
     ids: list[int]  # answer tokens, including the end token when the model produced one
@@ -80,9 +89,14 @@ class Generation:
 
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, stop_ids: list[int],
-             desc: str = "generate", stop_strings: list[str] | None = None
-             ) -> tuple[list[Generation], int]:
-    """Generate one answer per prompt (token ids). Returns (generations, new tokens produced)."""
+             desc: str = "generate", stop_strings: list[str] | None = None,
+             share_prefix: bool = True, min_shared: int = 32) -> tuple[list[Generation], int]:
+    """Generate one answer per prompt (token ids). Returns (generations, new tokens produced).
+
+    When a batch's prompts share a prefix of at least ``min_shared`` tokens (the k-shot examples
+    of an evaluation prompt, a long system prompt), the prefix runs once and its KV cache is
+    repeated for every row instead of being recomputed per prompt.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -93,12 +107,20 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False)
     for b, start in enumerate(range(0, len(order), cfg.batch_size)):
         idx = order[start:start + cfg.batch_size]
-        width = max(len(prompts[i]) for i in idx)
+        batch = [prompts[i] for i in idx]
+        shared = _common_prefix(batch) if share_prefix else 0
+        if shared < min_shared:
+            shared = 0
+        width = max(len(p) for p in batch)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         attn = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):  # left padding: every prompt ends where generation starts
-            ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
-            attn[row, width - len(prompts[i]):] = 1
+        for row, p in enumerate(batch):
+            # padding goes after the shared prefix (before it when there is none): every prompt
+            # ends where generation starts, and positions follow the attention mask
+            ids[row, :shared] = torch.tensor(p[:shared])
+            attn[row, :shared] = 1
+            ids[row, width - len(p) + shared:] = torch.tensor(p[shared:])
+            attn[row, width - len(p) + shared:] = 1
         kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
                       eos_token_id=stop_ids, pad_token_id=pad)
         if stop_strings:
@@ -109,6 +131,13 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         cache = growing_cache(model)
+        if shared:  # run the shared prefix once and repeat its KV cache for the batch
+            from transformers import DynamicCache
+
+            cache = cache if cache is not None else DynamicCache(config=model.config)
+            model(input_ids=ids[:1, :shared].to(device), past_key_values=cache, use_cache=True,
+                  logits_to_keep=1)
+            cache.batch_repeat_interleave(len(idx))
         if cache is not None:
             kwargs["past_key_values"] = cache
         seqs = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **kwargs)

@@ -47,23 +47,35 @@ def answer_logps(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return seq_logps, counts
 
 
-def shared_prompt_logps(model, prompts: list[list[int]], answers: list[list[list[int]]],
-                        pad_id: int) -> torch.Tensor | None:
-    """log p(answer | prompt) for several answers per prompt, running each prompt once.
-
-    The prompts (left-padded) run through the decoder once with the KV cache on; the cache is
-    repeated for each prompt's k answers and the answers (right-padded) run on top of it, so a
-    SPIN pair's gold and generated answers share one forward and backward pass of the prompt.
-    Returns a [B, k] tensor, or None where this path does not apply (prompt-learning adapters,
-    gradient checkpointing, which turns the cache off, or models without a decoder/head split).
-    """
+def _split_model(model):
+    """(decoder, LM head) of a transformers model or PeftModel, or None where the decoder cannot
+    run on its own: prompt-learning adapters (virtual tokens are added in PeftModel.forward),
+    gradient checkpointing (which turns the KV cache off), models without the split."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     if (_is_prompt_learning(model) or getattr(lm, "is_gradient_checkpointing", False)
             or not hasattr(lm, "get_decoder")):
         return None
-    decoder, head = lm.get_decoder(), lm.get_output_embeddings()
+    return lm.get_decoder(), lm.get_output_embeddings()
+
+
+def shared_prompt_pass(model, prompts: list[list[int]], answers: list[list[list[int]]],
+                       pad_id: int, skip: list[list[int]] | None = None):
+    """Run each prompt once and all of its answers on top of its KV cache.
+
+    The prompts (left-padded) run through the decoder with the cache on; the cache is repeated
+    for each prompt's answers (any number per prompt) and the answers (right-padded) run on top
+    of it. Returns ``(logits, targets, rows)`` for the scored answer tokens, flattened: the LM head
+    runs only there. ``rows`` numbers the answers in order (prompt 0's answers first);
+    ``skip[i][j]`` leading tokens of answer j of prompt i are context, not scored. Returns None
+    where the decoder cannot run alone (see ``_split_model``).
+    """
+    split = _split_model(model)
+    if split is None:
+        return None
+    decoder, head = split
     device = next(model.parameters()).device
-    b, k = len(prompts), len(answers[0])
+    b = len(prompts)
+    counts = torch.tensor([len(a) for a in answers])
     lp = max(len(p) for p in prompts)
     p_ids = torch.full((b, lp), pad_id, dtype=torch.long)
     p_mask = torch.zeros((b, lp), dtype=torch.long)
@@ -74,26 +86,44 @@ def shared_prompt_logps(model, prompts: list[list[int]], answers: list[list[list
     p_pos = (p_mask.cumsum(1) - 1).clamp(min=0)
     out = decoder(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True)
     cache, last = out.past_key_values, out.last_hidden_state[:, -1]  # predicts answer token 0
-    cache.batch_repeat_interleave(k)
-    flat = [a for per in answers for a in per]  # row i*k + j = answer j of prompt i
+    owner = torch.repeat_interleave(torch.arange(b), counts).to(device)
+    cache.batch_select_indices(owner)
+    flat = [a for per in answers for a in per]
+    flat_skip = [s for per in skip for s in per] if skip else [0] * len(flat)
     la = max(len(a) for a in flat)
-    a_ids = torch.full((b * k, la), pad_id, dtype=torch.long)
-    a_mask = torch.zeros((b * k, la), dtype=torch.long)
-    for r, a in enumerate(flat):
+    a_ids = torch.full((len(flat), la), pad_id, dtype=torch.long)
+    a_mask = torch.zeros((len(flat), la), dtype=torch.long)
+    scored = torch.zeros((len(flat), la), dtype=torch.bool)
+    for r, (a, s) in enumerate(zip(flat, flat_skip)):
         a_ids[r, :len(a)] = torch.tensor(a)
         a_mask[r, :len(a)] = 1
-    a_ids, a_mask = a_ids.to(device), a_mask.to(device)
-    mask = torch.cat([p_mask.repeat_interleave(k, 0), a_mask], 1)
-    a_pos = p_mask.sum(1).repeat_interleave(k)[:, None] + torch.arange(la, device=device)[None]
+        scored[r, s:len(a)] = True
+    a_ids, a_mask, scored = a_ids.to(device), a_mask.to(device), scored.to(device)
+    mask = torch.cat([p_mask[owner], a_mask], 1)
+    a_pos = p_mask.sum(1)[owner][:, None] + torch.arange(la, device=device)[None]
     hidden = decoder(input_ids=a_ids, attention_mask=mask, position_ids=a_pos,
                      past_key_values=cache, use_cache=True).last_hidden_state
     # answer token t is predicted by the hidden state before it: the prompt's last for t = 0
-    pred = torch.cat([last.repeat_interleave(k, 0)[:, None], hidden[:, :-1]], 1)
-    sel = a_mask.bool()
-    token_logps = -F.cross_entropy(head(pred[sel]).float(), a_ids[sel], reduction="none")
-    rows = torch.arange(b * k, device=device)[:, None].expand_as(sel)[sel]
-    seq = torch.zeros(b * k, dtype=token_logps.dtype, device=device).index_add(0, rows, token_logps)
-    return seq.view(b, k)
+    pred = torch.cat([last[owner][:, None], hidden[:, :-1]], 1)
+    rows = torch.arange(len(flat), device=device)[:, None].expand_as(scored)[scored]
+    return head(pred[scored]).float(), a_ids[scored], rows
+
+
+def shared_prompt_logps(model, prompts: list[list[int]], answers: list[list[list[int]]],
+                        pad_id: int) -> torch.Tensor | None:
+    """log p(answer | prompt) for k answers per prompt, running each prompt once.
+
+    A SPIN pair's gold and generated answers share one forward and backward pass of the prompt.
+    Returns a [B, k] tensor, or None where this path does not apply (see ``_split_model``).
+    """
+    res = shared_prompt_pass(model, prompts, answers, pad_id)
+    if res is None:
+        return None
+    logits, targets, rows = res
+    token_logps = -F.cross_entropy(logits, targets, reduction="none")
+    n = sum(len(a) for a in answers)
+    seq = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device)
+    return seq.index_add(0, rows, token_logps).view(len(prompts), -1)
 
 
 def sft_loss_sum(seq_logps: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, float]:

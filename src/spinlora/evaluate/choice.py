@@ -8,7 +8,7 @@ import time
 
 from tqdm.auto import tqdm
 
-from .loglik import score_choices
+from .loglik import score_questions
 from .tasks import Item
 
 
@@ -21,8 +21,11 @@ def evaluate_choice_task(model, tok, task: str, items: list[Item], label: str = 
     model.eval()
     correct, correct_norm, subjects = [], [], {}
     t0 = time.perf_counter()
-    for item in tqdm(items, desc=f"{task} {label}", unit="q", leave=False):
-        scores = score_choices(model, tok, item.contexts, item.continuations)
+    bar = tqdm(total=len(items), desc=f"{task} {label}", unit="q", leave=False)
+    all_scores = score_questions(model, tok, [(it.contexts, it.continuations) for it in items],
+                                 progress=bar.update)
+    bar.close()
+    for item, scores in zip(items, all_scores):
         pred = max(range(len(scores)), key=lambda i: scores[i].logprob)
         pred_norm = max(range(len(scores)), key=lambda i: scores[i].logprob / max(scores[i].n_chars, 1))
         correct.append(pred == item.gold)

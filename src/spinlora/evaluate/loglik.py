@@ -3,7 +3,8 @@
 A request is (context, continuation); the choices of one question are scored together. Their
 token sequences share a prefix (the question, or for WinoGrande the sentence before the blank):
 it runs through the model once, its KV cache is repeated for every choice, and only the
-differing suffixes run as one padded batch. Tokenization follows lm-evaluation-harness
+differing suffixes run. Many questions go through one forward pass: their prefixes as one
+left-padded batch, then all their suffixes as one right-padded batch. Tokenization follows lm-evaluation-harness
 (``_encode_pair``): the context's trailing spaces move to the continuation, and the continuation's
 tokens are those of ``encode(context + continuation)`` after the context's.
 """
@@ -37,47 +38,104 @@ def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[i
     return ctx, whole[len(ctx):]
 
 
-@torch.inference_mode()
-def score_choices(model, tok, context_list: list[str], continuations: list[str]) -> list[ChoiceScore]:
-    """Score the choices of one question: ``context_list[i] + continuations[i]`` for each i."""
-    device = next(model.parameters()).device
-    pairs = [encode_pair(tok, c, k) for c, k in zip(context_list, continuations)]
+def _groups(tok, contexts: list[str], continuations: list[str]):
+    """Token groups of one question: [(prompt, [(suffix, n_context_tokens_in_suffix, choice)])].
+
+    The prompt is the choices' longest common token prefix, never reaching into a continuation;
+    when the choices differ at their first token (a WinoGrande blank at the start), each choice
+    is its own group with its first token as the prompt.
+    """
+    pairs = [encode_pair(tok, c, k) for c, k in zip(contexts, continuations)]
+    for c, k in pairs:
+        if not k or not c:
+            raise ValueError("a choice has an empty context or continuation")
     seqs = [c + k for c, k in pairs]
-    # shared prefix of all choices, never reaching into any continuation
     limit = min(len(c) for c, _ in pairs)
     p = 0
     while p < limit and all(s[p] == seqs[0][p] for s in seqs):
         p += 1
-    p = max(p, 1)  # at least one token of context must run first
-    prefix = torch.tensor([seqs[0][:p]], device=device)
-    out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)  # only the last is needed
-    cache = out.past_key_values
-    last_logp = out.logits[0, -1].float().log_softmax(-1)
-    n = len(seqs)
-    suffixes = [s[p:] for s in seqs]
-    width = max(len(s) for s in suffixes)
-    results: list[ChoiceScore | None] = [None] * n
-    if width == 0:
-        raise ValueError("a choice has an empty continuation")
-    ids = torch.full((n, width), tok.pad_token_id or 0, dtype=torch.long, device=device)
-    mask = torch.zeros((n, p + width), dtype=torch.long, device=device)
-    mask[:, :p] = 1
-    for i, s in enumerate(suffixes):
-        ids[i, :len(s)] = torch.tensor(s, device=device)
-        mask[i, p:p + len(s)] = 1
-    cache.batch_repeat_interleave(n)
-    pos = torch.arange(p, p + width, device=device)[None].expand(n, -1)
-    logits = model(input_ids=ids, attention_mask=mask, past_key_values=cache,
-                   position_ids=pos).logits.float()
-    logp = logits.log_softmax(-1)
-    for i, ((ctx, cont), suf) in enumerate(zip(pairs, suffixes)):
-        # token j of the suffix is predicted by suffix position j-1, or by the prefix's last
-        # position for j = 0
-        start = len(ctx) - p  # index of the first continuation token inside the suffix
-        total, greedy = 0.0, True
-        for j in range(start, len(suf)):
-            dist = last_logp if j == 0 else logp[i, j - 1]
-            total += float(dist[suf[j]])
-            greedy &= int(dist.argmax()) == suf[j]
-        results[i] = ChoiceScore(total, len(cont), len(continuations[i]), greedy)
+    if p == 0:
+        return [(s[:1], [(s[1:], len(c) - 1, i)]) for i, (s, (c, _)) in enumerate(zip(seqs, pairs))]
+    return [(seqs[0][:p], [(s[p:], len(c) - p, i) for i, (s, (c, _)) in enumerate(zip(seqs, pairs))])]
+
+
+@torch.inference_mode()
+def score_questions(model, tok, questions: list[tuple[list[str], list[str]]],
+                    token_budget: int = 1536, progress=None) -> list[list[ChoiceScore]]:
+    """Score many questions, each ``(contexts, continuations)``; many questions per forward pass.
+
+    Questions are sorted by length and packed into batches of about ``token_budget`` padded
+    tokens: their prompts run once as one left-padded batch, then all their choices' suffixes
+    as one right-padded batch on the repeated KV cache (losses.shared_prompt_pass). Models whose
+    decoder cannot run alone (prompt-learning adapters) score full sequences instead.
+    """
+    from ..losses import shared_prompt_pass
+
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    groups = []  # (question, prompt, [(suffix, skip, choice)])
+    for q, (contexts, conts) in enumerate(questions):
+        groups += [(q, prompt, ans) for prompt, ans in _groups(tok, contexts, conts)]
+    results: list[list[ChoiceScore | None]] = [[None] * len(c) for _, c in questions]
+    order = sorted(range(len(groups)), key=lambda g: len(groups[g][1]) + max(len(a[0]) for a in groups[g][2]))
+    batches, cur = [], []
+    for g in order:  # pack by padded size: prompts x longest prompt + answers x longest answer
+        cand = cur + [g]
+        lp = max(len(groups[i][1]) for i in cand)
+        la = max(len(a[0]) for i in cand for a in groups[i][2])
+        na = sum(len(groups[i][2]) for i in cand)
+        if cur and len(cand) * lp + na * la > token_budget:
+            batches.append(cur)
+            cand = [g]
+        cur = cand
+    if cur:
+        batches.append(cur)
+    for batch in batches:
+        prompts = [groups[g][1] for g in batch]
+        answers = [[a[0] for a in groups[g][2]] for g in batch]
+        skip = [[a[1] for a in groups[g][2]] for g in batch]
+        res = shared_prompt_pass(model, prompts, answers, pad, skip)
+        if res is None:
+            res = _full_sequence_pass(model, prompts, answers, pad, skip)
+        logits, targets, rows = res
+        logp = logits.log_softmax(-1)
+        tok_lp = logp.gather(1, targets[:, None])[:, 0]
+        hit = logp.argmax(-1) == targets
+        n_rows = sum(len(a) for a in answers)
+        sums = torch.zeros(n_rows, dtype=tok_lp.dtype, device=tok_lp.device).index_add(0, rows, tok_lp)
+        misses = torch.zeros(n_rows, device=tok_lp.device).index_add(0, rows, (~hit).float())
+        ntok = torch.zeros(n_rows, device=tok_lp.device).index_add(0, rows, torch.ones_like(tok_lp))
+        r = 0
+        for g in batch:
+            q = groups[g][0]
+            for _, _, choice in groups[g][2]:
+                results[q][choice] = ChoiceScore(float(sums[r]), int(ntok[r]),
+                                                 len(questions[q][1][choice]), bool(misses[r] == 0))
+                r += 1
+        if progress is not None:
+            progress(len({groups[g][0] for g in batch}))
     return results
+
+
+def _full_sequence_pass(model, prompts, answers, pad_id, skip):
+    """The fallback of ``score_questions``: every choice as one full sequence through ``model``
+    (so PeftModel can add virtual tokens), same return as losses.shared_prompt_pass."""
+    device = next(model.parameters()).device
+    seqs = [(p + a, len(p) + s) for p, per, sk in zip(prompts, answers, skip) for a, s in zip(per, sk)]
+    width = max(len(x) for x, _ in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    scored = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for r, (x, first) in enumerate(seqs):
+        ids[r, :len(x)] = torch.tensor(x)
+        mask[r, :len(x)] = 1
+        scored[r, first:len(x)] = True
+    ids, mask, scored = ids.to(device), mask.to(device), scored.to(device)
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, -width:].float()
+    pred = logits[:, :-1][scored[:, 1:]]  # token t is predicted at position t - 1
+    rows = torch.arange(len(seqs), device=device)[:, None].expand_as(scored[:, 1:])[scored[:, 1:]]
+    return pred, ids[:, 1:][scored[:, 1:]], rows
+
+
+def score_choices(model, tok, context_list: list[str], continuations: list[str]) -> list[ChoiceScore]:
+    """Score the choices of one question: ``context_list[i] + continuations[i]`` for each i."""
+    return score_questions(model, tok, [(context_list, continuations)])[0]
