@@ -19,16 +19,16 @@ def test_bad_values_name_the_flag():
     with pytest.raises(ConfigError, match=r"train\.lr"):
         load_config(None, ["train.lr=-1"])
     with pytest.raises(ConfigError, match=r"lora\.r: expected an integer"):
-        load_config(None, ["lora.r=abc"])
+        load_config(None, ["adapter.r=abc"])
     with pytest.raises(ConfigError, match=r"micro_batch_size"):
         load_config(None, ["train.batch_size=8", "train.micro_batch_size=3"])
 
 
 def test_overrides_and_round_trip(tmp_path):
-    cfg = load_config(None, ["spin.beta=[0.1, 5.0]", "spin.lr=5e-5", "lora.target_modules=[q_proj]"])
+    cfg = load_config(None, ["spin.beta=[0.1, 5.0]", "spin.lr=5e-5", "adapter.target_modules=[q_proj]"])
     assert cfg.spin.per_iteration("beta", 0) == 0.1
     assert cfg.spin.per_iteration("beta", 7) == 5.0  # a list repeats its last value
-    assert cfg.spin.lr == 5e-5 and cfg.lora.target_modules == ["q_proj"]
+    assert cfg.spin.lr == 5e-5 and cfg.adapter.target_modules == ["q_proj"]
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
 

@@ -2,7 +2,7 @@
 
 Load a recipe and apply command-line overrides::
 
-    cfg = load_config("configs/demo.yaml", ["spin.iterations=3", "lora.r=16"])
+    cfg = load_config("configs/demo.yaml", ["spin.iterations=3", "adapter.r=16"])
     save_config(cfg, "runs/x/config.yaml")
 
 Keys are strict: an unknown key raises ``ConfigError`` naming the key and the nearest valid one.
@@ -34,6 +34,7 @@ class ModelConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (auto: fp32 on CPU, bf16 on GPU)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     revision: str | None = None  # Hub revision, for reproducible downloads
+    quantization: str = "none"  # none | nf4 (QLoRA: 4-bit NF4 + double quantization) | int8
 
 
 @dataclass
@@ -54,14 +55,24 @@ class DataConfig:
 
 
 @dataclass
-class LoraConfig:
-    """The adapter. LoRA in q/k/v by default (W = W0 + (alpha/r)·B·A)."""
+class AdapterConfig:
+    """The trainable part. LoRA in q/k/v by default (W = W0 + (alpha/r)·B·A).
+
+    ``method`` is one entry of ``spinlora.adapters.REGISTRY`` (``spinlora methods`` lists them);
+    each method reads the fields it needs and ignores the rest.
+    """
 
     method: str = "lora"
-    r: int = 8
+    r: int = 8  # rank (LoRA family), final average rank (AdaLoRA)
     alpha: float = 16.0
     dropout: float = 0.0  # >0 makes the SPIN step-0 check (loss = ln 2) approximate
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
+    init_r: int = 12  # AdaLoRA: starting rank per module, pruned to an average of r
+    keep_top_k: int | None = None  # WeightLoRA: adapters kept after training (None: half)
+    num_virtual_tokens: int = 20  # prompt / prefix / P-tuning
+    encoder_hidden_size: int = 128  # P-tuning's prompt encoder, prefix tuning's projection
+    bottleneck_size: int = 64  # Houlsby adapters: x + W_up σ(W_down x)
+    add_biases: bool = False  # BitFit on models without biases (Llama): add zero biases first
 
 
 @dataclass
@@ -142,7 +153,7 @@ class RunConfig:
     sft_adapter: str | None = None  # start SPIN / eval from this saved adapter instead of SFT
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     spin: SpinConfig = field(default_factory=SpinConfig)
@@ -162,8 +173,10 @@ class RunConfig:
              "linear, constant or cosine"),
             ("data.overlong", self.data.overlong in ("truncate", "drop"), "truncate or drop"),
             ("data.max_length", self.data.max_length > 8, "must be > 8"),
-            ("lora.r", self.lora.r > 0, "must be > 0"),
-            ("lora.dropout", 0 <= self.lora.dropout < 1, "must be in [0, 1)"),
+            ("adapter.r", self.adapter.r > 0, "must be > 0"),
+            ("model.quantization", self.model.quantization in ("none", "nf4", "int8"),
+             "none, nf4 or int8"),
+            ("adapter.dropout", 0 <= self.adapter.dropout < 1, "must be in [0, 1)"),
             ("spin.iterations", self.spin.iterations >= 0, "must be >= 0"),
             ("spin.epochs", self.spin.epochs > 0, "must be > 0"),
             ("spin.keep_best", self.spin.keep_best in (None, "heldout_gold_logp", "heldout_win_rate"),

@@ -118,15 +118,37 @@ def load_model(cfg: ModelConfig):
     path = resolve_model_path(cfg.name)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
+    kwargs = {}
+    if cfg.quantization != "none":
+        kwargs.update(quantization_config=quantization_config(cfg.quantization, dtype),
+                      device_map={"": str(device)})
     try:
         tok = load_tokenizer(path, cfg.revision)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, revision=cfg.revision)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, revision=cfg.revision,
+                                                     **kwargs)
     except OSError as e:
         raise ModelNotFoundError(
             f"could not load model {cfg.name!r} ({e}). Offline? Download it first with "
             f"`huggingface-cli download {cfg.name}` or pass a local directory") from None
-    model.to(device)
+    if not kwargs:
+        model.to(device)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model, tok
+
+
+def quantization_config(kind: str, compute_dtype: torch.dtype):
+    """bitsandbytes config: ``nf4`` = QLoRA's 4-bit NormalFloat with double quantization
+    (Dettmers et al. 2023, arXiv 2305.14314), ``int8`` = LLM.int8(). bitsandbytes runs on CUDA and,
+    since 0.45, on CPU (measured in benchmarks/memory_table.py)."""
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise ModelNotFoundError(
+            f"model.quantization={kind} needs bitsandbytes: pip install 'spinlora[quant]'") from None
+    if kind == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)

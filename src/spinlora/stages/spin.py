@@ -191,7 +191,7 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
             "heldout": held, "parameters": count_parameters(model),
             "accounting": acct.summary(),
         }
-        if not result["step0_is_ln2"] and cfg.lora.dropout == 0:
+        if not result["step0_is_ln2"] and cfg.adapter.dropout == 0:
             print(f"[spinlora] WARNING: SPIN {name} step-0 loss {step0:.6f} != ln 2: the "
                   "reference is not the opponent")
         (part / "result.json").write_text(json.dumps(result, indent=2))

@@ -1,0 +1,115 @@
+"""The adapter contract, one table, every method of the registry (tiny random Llama):
+trainable-parameter count equals the method's formula; output unchanged at init where promised;
+one optimizer step changes only the method's parameters; save -> load into a fresh base gives the
+same output; merged equals unmerged where merging exists; the base view equals the base model."""
+import pytest
+import torch
+
+from spinlora import adapters
+from spinlora.config import AdapterConfig
+
+IDS = torch.tensor([[5, 9, 14, 22, 31, 40, 41, 50, 7, 8, 60, 61], [6, 9, 15, 23, 30, 44, 45, 51, 7, 9, 62, 63]])
+
+
+def _fresh(path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model(input_ids=IDS).logits[:, -IDS.shape[1]:].float()
+
+
+def _cfg(name):
+    return AdapterConfig(method=name, r=4, alpha=8, init_r=6, num_virtual_tokens=4,
+                         encoder_hidden_size=16, bottleneck_size=8, add_biases=True, keep_top_k=3)
+
+
+@pytest.mark.parametrize("name", list(adapters.REGISTRY))
+def test_adapter_contract(name, tiny_model_dir, tmp_path):
+    method, cfg = adapters.get(name), _cfg(name)
+    base = _fresh(tiny_model_dir)
+    want_base = _logits(base)
+    expected = method.count(base, cfg, adapters.targets(base, method, cfg))
+    model = adapters.attach(base, cfg)
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert sum(p.numel() for p in trainable.values()) == expected > 0
+
+    if method.identity_at_init:
+        assert torch.allclose(_logits(model), want_base, atol=1e-4)
+    adapters.save(model, cfg, tmp_path / "init")
+
+    # one step changes the method's parameters and nothing else
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(2):  # two steps: B = 0 at init makes A's first gradient zero
+        logits = model(input_ids=IDS).logits[:, -IDS.shape[1]:]
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                 IDS[:, 1:].reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n], v) for n, v in frozen.items())
+    assert any(not torch.equal(after[n], v) for n, v in trainable.items())
+    if method.finish:
+        method.finish(model, cfg)
+    trained = _logits(model)
+    assert not torch.allclose(trained, want_base, atol=1e-4)
+
+    # save -> load into a fresh base model (plain peft where the method is peft's)
+    adapters.save(model, cfg, tmp_path / "trained", init_path=tmp_path / "init")
+    if method.kind == "full":
+        reloaded = _fresh(tmp_path / "trained")
+    else:
+        reloaded = adapters.load(_fresh(tiny_model_dir), tmp_path / "trained", trainable=False)
+    assert torch.allclose(_logits(reloaded), trained, atol=1e-4)
+
+    if method.mergeable and method.kind == "peft":
+        model.merge_adapter()
+        merged = _logits(model)
+        model.unmerge_adapter()
+        assert torch.allclose(merged, trained, atol=1e-4)
+
+    with adapters.load_base_view(model, cfg, tmp_path / "init"):
+        assert torch.allclose(_logits(model), want_base, atol=1e-4)
+
+
+def test_bitfit_on_a_model_without_biases_says_why(tiny_model_dir):
+    cfg = AdapterConfig(method="bitfit")
+    with pytest.raises(adapters.AdapterError, match="no bias parameters.*add_biases=true"):
+        adapters.attach(_fresh(tiny_model_dir), cfg)
+
+
+def test_unknown_method_and_quantised_base_errors(tiny_model_dir):
+    with pytest.raises(adapters.AdapterError, match="unknown adapter.method 'loraa'"):
+        adapters.attach(_fresh(tiny_model_dir), AdapterConfig(method="loraa"))
+    model = _fresh(tiny_model_dir)
+    model.is_loaded_in_4bit = True
+    with pytest.raises(adapters.AdapterError, match="cannot run on a quantised base"):
+        adapters.attach(model, AdapterConfig(method="pissa"))
+
+
+def test_weightlora_keeps_top_k_and_saves_plain_lora(tiny_model_dir, tmp_path):
+    cfg = _cfg("weightlora")
+    model = adapters.attach(_fresh(tiny_model_dir), cfg)
+    layers = adapters.weightlora._layers(model)
+    with torch.no_grad():
+        for i, (_, m) in enumerate(layers):
+            m.lora_B["default"].weight.fill_(0.1)
+            m.weightlora_omega.fill_(float(i + 1))  # the last layers score highest
+    before = _logits(model)
+    sel = adapters.weightlora.finish(model, cfg)
+    assert sel["kept"] == sorted(n for n, _ in layers[-3:]) and sel["of"] == len(layers)
+    for n, m in layers:
+        off = n not in sel["kept"]
+        assert (m.lora_B["default"].weight.abs().sum() == 0) == off
+        assert m.lora_B["default"].weight.requires_grad == (not off)
+    assert not torch.allclose(_logits(model), before)  # the switched-off adapters are gone
