@@ -36,7 +36,7 @@ from spinlora.train import MetricsLog, train_loop  # noqa: E402
 
 def model_with_adapter(cfg: RunConfig, adapter: str | None):
     model, tok = load_model(cfg.model)
-    model = load(model, adapter) if adapter else attach(model, cfg.lora)
+    model = load(model, adapter) if adapter else attach(model, cfg.adapter)
     return model, tok
 
 

@@ -18,7 +18,7 @@ def test_unknown_key_names_key_and_nearest():
 def test_bad_values_name_the_flag():
     with pytest.raises(ConfigError, match=r"train\.lr"):
         load_config(None, ["train.lr=-1"])
-    with pytest.raises(ConfigError, match=r"lora\.r: expected an integer"):
+    with pytest.raises(ConfigError, match=r"adapter\.r: expected an integer"):
         load_config(None, ["adapter.r=abc"])
     with pytest.raises(ConfigError, match=r"micro_batch_size"):
         load_config(None, ["train.batch_size=8", "train.micro_batch_size=3"])

@@ -21,7 +21,7 @@ def _setup(cfg):
     fmt = ChatFormat(tok)
     rows = load_rows(cfg.data.train, cfg.data, "train")
     examples, _ = build_examples(rows[:8], fmt, cfg.data)
-    return attach(model, cfg.lora), tok, fmt, examples
+    return attach(model, cfg.adapter), tok, fmt, examples
 
 
 def _sft(model, tok, examples, cfg, steps=2):

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .accounting import Accountant, MemoryMeter, count_parameters, environment
-from .adapters import attach, load
+from . import adapters
 from .config import ConfigError, RunConfig, save_config
 from .data import ChatFormat, build_examples, load_rows, subset
 from .evaluate import evaluate_gsm8k
@@ -135,10 +135,23 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     print(f"[spinlora] SFT set: {counts['kept']} examples ({counts['dropped_overlong']} dropped, "
           f"{counts['truncated_overlong']} truncated at data.max_length={cfg.data.max_length})")
 
-    if cfg.sft_adapter:
-        model = load(model, cfg.sft_adapter, trainable=True)
+    # the adapter: fresh, or a saved one to continue from (its own method and shapes)
+    init_path = None
+    if cfg.sft_adapter and not (Path(cfg.sft_adapter) / adapters.STATE_JSON).is_file():
+        cfg.adapter = adapters.saved_config(cfg.sft_adapter, cfg.adapter)
+        model = adapters.load(model, cfg.sft_adapter, trainable=True)
     else:
-        model = attach(model, cfg.lora)
+        if cfg.sft_adapter:
+            cfg.adapter = adapters.saved_config(cfg.sft_adapter, cfg.adapter)
+        model = adapters.attach(model, cfg.adapter)
+        method = adapters.get(cfg.adapter.method)
+        if method.kind != "peft" or method.rewrites_base:
+            # the state the method starts from gives the base model's output for evaluation
+            # (and the conversion of PiSSA-style adapters to plain LoRA on the original base)
+            init_path = out / "init_adapter"
+            adapters.save(model, cfg.adapter, init_path)
+        if cfg.sft_adapter:
+            adapters.load_weights(model, cfg.adapter, cfg.sft_adapter)
     params = count_parameters(model)
     summary["parameters"] = params
     print(f"[spinlora] trainable parameters: {params['trainable']:,} of {params['total']:,} "
@@ -149,7 +162,7 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
         part = out / "sft.partial"
         part.mkdir()
         acct = new_acct()
-        result = run_sft(cfg, model, tok, sft_examples, part, acct)
+        result = run_sft(cfg, model, tok, sft_examples, part, acct, init_path)
         result.update(data=counts, accounting=acct.summary())
         _write_json(part / "result.json", result)
         finish_dir(part, out / "sft")
@@ -157,24 +170,22 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
 
     if "spin" in cfg.stages:
         result = run_spin(cfg, model, tok, fmt, sft_examples, heldout, out / "spin", new_acct,
-                          finish_dir)
+                          finish_dir, init_path)
         _write_json(out / "spin" / "result.json", result)
         summary["stages"]["spin"] = "ok"
 
     if "eval" in cfg.stages:
         part = out / "eval.partial"
         part.mkdir()
-        result = run_eval(cfg, model, tok, fmt, out, part, new_acct())
+        result = run_eval(cfg, model, tok, fmt, out, part, new_acct(), init_path)
         _write_json(part / "result.json", result)
         finish_dir(part, out / "eval")
         summary["stages"]["eval"] = "ok"
 
 
 def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: Path,
-             acct: Accountant) -> dict:
-    """GSM8K on a test subset for base, SFT and each SPIN iteration, one model in memory."""
-    from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file
+             acct: Accountant, init_path: Path | None = None) -> dict:
+    """The configured tasks for base, SFT and each SPIN iteration, one model in memory."""
 
     examples = []
     if "gsm8k" in cfg.eval.tasks:
@@ -186,13 +197,13 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
     if "sft" in cfg.eval.models:
         sft_dir = run_dir / "sft" / "adapter"
         if sft_dir.exists():
-            targets.append(("lora_sft", sft_dir))
+            targets.append((f"{cfg.adapter.method}_sft", sft_dir))
         elif cfg.sft_adapter:
-            targets.append(("lora_sft", Path(cfg.sft_adapter)))
+            targets.append((f"{cfg.adapter.method}_sft", Path(cfg.sft_adapter)))
     if "spin" in cfg.eval.models:
         its = sorted((run_dir / "spin").glob("iter_*/adapter"),
                      key=lambda p: int(p.parent.name.split("_")[1]))
-        targets += [(f"lora_spin_{p.parent.name}", p) for p in its]
+        targets += [(f"{cfg.adapter.method}_spin_{p.parent.name}", p) for p in its]
     # k-shot exemplars: a seeded sample of the training split, raw answers as lm-eval uses them
     shots = (subset(load_rows(cfg.data.train, cfg.data, "train"), cfg.eval.gsm8k_shots, 1234)
              if cfg.eval.gsm8k_shots else None)
@@ -202,8 +213,9 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
     for label, path in targets:
         if path is not None:
             # load the saved weights into the one adapter in memory: no second model
-            set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
-        with model.disable_adapter() if path is None else contextlib.nullcontext():
+            adapters.load_weights(model, cfg.adapter, path)
+        with (adapters.load_base_view(model, cfg.adapter, init_path) if path is None
+              else contextlib.nullcontext()):
             r = {"label": label, "adapter": str(path) if path else None, "tasks": {}}
             if "gsm8k" in cfg.eval.tasks:
                 g = evaluate_gsm8k(model, tok, fmt, examples, cfg.generation, acct, label,

@@ -50,9 +50,9 @@ def _plt():
 
 
 def _stage_result(run: Path, label: str) -> dict | None:
-    if label == "lora_sft":
+    if label.endswith("_sft"):
         return _load(run / "sft" / "result.json")
-    if label.startswith("lora_spin_iter_"):
+    if "_spin_iter_" in label:
         return _load(run / "spin" / f"iter_{label.rsplit('_', 1)[1]}" / "result.json")
     return None
 
@@ -134,9 +134,9 @@ def plot_scores(tasks: list[str], rows: list[dict], dest: Path) -> None:
         for task in tasks:
             pts = []
             for r in mine:
-                if r["model"] == "lora_sft":
+                if r["model"].endswith("_sft"):
                     pts.append((0, r.get(task)))
-                elif r["model"].startswith("lora_spin_iter_"):
+                elif "_spin_iter_" in r["model"]:
                     pts.append((int(r["model"].rsplit("_", 1)[1]), r.get(task)))
             pts = sorted(p for p in pts if p[1] is not None)
             if pts:

@@ -94,8 +94,16 @@ def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
 
 def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: float, epochs: float,
                acct: Accountant, log: MetricsLog, seed: int, desc: str,
-               extra: dict | None = None) -> list[dict]:
-    """Train the model's trainable parameters on ``items``. Returns one record per step."""
+               extra: dict | None = None, method: str = "lora") -> list[dict]:
+    """Train the model's trainable parameters on ``items``. Returns one record per step.
+
+    ``method`` names the adapter method, whose hooks run here: a regulariser added once per
+    optimizer step (AdaLoRA's orthogonality term), a call after each step (AdaLoRA's rank
+    allocation) and the stage's step count (AdaLoRA's schedule).
+    """
+    from .adapters import get
+
+    hooks = get(method)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise RuntimeError("the model has no trainable parameters: was the adapter loaded with "
@@ -108,6 +116,12 @@ def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: f
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total))
     rng = random.Random(seed)
     torch.manual_seed(seed)
+    if hooks.set_total_steps:
+        hooks.set_total_steps(model, total)
+    if cfg.gradient_checkpointing and not hooks.gradient_checkpointing:
+        raise ValueError(f"train.gradient_checkpointing is not possible with adapter.method="
+                         f"{method} (its keys/values live in the KV cache, which checkpointing "
+                         "turns off); set train.gradient_checkpointing=false")
     if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -130,12 +144,18 @@ def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: f
                 for key, v in metrics.items():
                     sums[key] = sums.get(key, 0.0) + float(v)
             loss = loss_total / weight
+            if hooks.regularizer:
+                reg = hooks.regularizer(model)
+                reg.backward()
+                sums["regularizer"] = float(reg.detach()) * len(batch)
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"{desc}: loss is {loss} at step {step}; lower the "
                                        "learning rate (train.lr / spin.lr)")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             lr_now = opt.param_groups[0]["lr"]
             opt.step()
+            if hooks.on_step:
+                hooks.on_step(model, step)
             sched.step()
             opt.zero_grad(set_to_none=True)
             tokens = objective.tokens(batch)

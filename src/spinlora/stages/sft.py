@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import adapters
 from ..accounting import Accountant, count_parameters
 from ..config import RunConfig
 from ..data import Example, collate
@@ -33,18 +34,22 @@ def sft_objective(pad_id: int) -> Objective:
 
 
 def run_sft(cfg: RunConfig, model, tokenizer, examples: list[Example], out: Path,
-            acct: Accountant) -> dict:
+            acct: Accountant, init_path: Path | None = None) -> dict:
     """Train the adapter of ``model`` (a PeftModel) on ``examples``; save into ``out``."""
     log = MetricsLog(out / "metrics.jsonl")
     try:
         records = train_loop(model, examples, sft_objective(tokenizer.pad_token_id), cfg.train,
-                             cfg.train.lr, cfg.train.epochs, acct, log, cfg.seed, "sft")
+                             cfg.train.lr, cfg.train.epochs, acct, log, cfg.seed, "sft",
+                             method=cfg.adapter.method)
     finally:
         log.close()
+    finish = adapters.get(cfg.adapter.method).finish
+    selection = finish(model, cfg.adapter) if finish else None
     with acct.phase("save"):
-        model.save_pretrained(out / "adapter")
+        adapters.save(model, cfg.adapter, out / "adapter", init_path)
     return {
-        "stage": "sft", "examples": len(examples), "steps": len(records),
+        "stage": "sft", "method": cfg.adapter.method, "examples": len(examples),
+        "steps": len(records), **({"selection": selection} if selection else {}),
         "loss_first": records[0]["loss"], "loss_last": records[-1]["loss"],
         "parameters": count_parameters(model),
     }

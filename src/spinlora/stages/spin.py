@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .. import adapters
 from ..accounting import Accountant, count_parameters
 from ..config import RunConfig
 from ..data import Example, collate, subset
@@ -133,7 +134,8 @@ def _heldout(model, tokenizer, fmt, heldout: list[Example], cfg: RunConfig, acct
 
 
 def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
-             heldout: list[Example], out: Path, new_accountant, finish_dir) -> dict:
+             heldout: list[Example], out: Path, new_accountant, finish_dir,
+             init_path: Path | None = None) -> dict:
     """Run ``cfg.spin.iterations`` iterations on the adapter of ``model`` (trained in place).
 
     ``new_accountant()`` gives a fresh Accountant per iteration; ``finish_dir(partial, final)``
@@ -168,11 +170,14 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
         try:
             records = train_loop(model, train_pairs, spin_objective(pad, beta), cfg.train, lr,
                                  cfg.spin.epochs, acct, log, cfg.seed + t + 1, f"spin {name}",
-                                 extra={"iteration": t + 1, "beta": beta})
+                                 extra={"iteration": t + 1, "beta": beta},
+                                 method=cfg.adapter.method)
         finally:
             log.close()
+        finish = adapters.get(cfg.adapter.method).finish
+        selection = finish(model, cfg.adapter) if finish else None
         with acct.phase("save"):
-            model.save_pretrained(part / "adapter")
+            adapters.save(model, cfg.adapter, part / "adapter", init_path)
         held = _heldout(model, tokenizer, fmt, heldout, cfg, acct, name)
         step0 = records[0]["loss"]
         result = {
@@ -188,7 +193,8 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
             # from different padding; dropout > 0 makes it approximate)
             "step0_is_ln2": abs(step0 - LN2) < 1e-3, "loss_last": records[-1]["loss"],
             "margin_last": records[-1]["margin"], "disc_accuracy_last": records[-1]["disc_accuracy"],
-            "heldout": held, "parameters": count_parameters(model),
+            "heldout": held, "parameters": count_parameters(model), "method": cfg.adapter.method,
+            **({"selection": selection} if selection else {}),
             "accounting": acct.summary(),
         }
         if not result["step0_is_ln2"] and cfg.adapter.dropout == 0:
