@@ -2,11 +2,16 @@
 trainable-parameter count equals the method's formula; output unchanged at init where promised;
 one optimizer step changes only the method's parameters; save -> load into a fresh base gives the
 same output; merged equals unmerged where merging exists; the base view equals the base model."""
+import copy
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from spinlora import adapters
 from spinlora.config import AdapterConfig
+from spinlora.pipeline import run
 
 IDS = torch.tensor([[5, 9, 14, 22, 31, 40, 41, 50, 7, 8, 60, 61], [6, 9, 15, 23, 30, 44, 45, 51, 7, 9, 62, 63]])
 
@@ -113,3 +118,40 @@ def test_weightlora_keeps_top_k_and_saves_plain_lora(tiny_model_dir, tmp_path):
         assert (m.lora_B["default"].weight.abs().sum() == 0) == off
         assert m.lora_B["default"].weight.requires_grad == (not off)
     assert not torch.allclose(_logits(model), before)  # the switched-off adapters are gone
+
+
+@pytest.fixture(scope="module")
+def base_gold_logp():
+    """Gold log-prob per token of the plain base model on the eval subset, once per module."""
+    memo = {}
+
+    def get(cfg):
+        if "v" not in memo:
+            c = copy.deepcopy(cfg)
+            c.stages, c.eval.models = ["eval"], ["base"]
+            c.output_dir = str(Path(cfg.output_dir).parent / "base_only")
+            run(c)
+            memo["v"] = _rows(c)[0]["gold_logp_per_token"]
+        return memo["v"]
+
+    return get
+
+
+def _rows(cfg):
+    return json.loads((Path(cfg.output_dir) / "eval" / "result.json").read_text())["rows"]
+
+
+@pytest.mark.parametrize("name", list(adapters.REGISTRY))
+def test_every_method_runs_sft_spin_and_eval(name, tiny_cfg, base_gold_logp):
+    """Each method through the whole pipeline: SFT, one SPIN iteration (step-0 loss ln 2: the
+    reference is the opponent), evaluation of base / SFT / SPIN, where the base row is the base
+    model's output for every method (peft's disable_adapter, or the method's initial state)."""
+    cfg = tiny_cfg
+    cfg.adapter = _cfg(name)
+    cfg.spin.iterations, cfg.spin.prompts, cfg.data.sft_examples = 1, 4, 8
+    assert run(cfg)["status"] == "ok"
+    it = json.loads((Path(cfg.output_dir) / "spin" / "iter_1" / "result.json").read_text())
+    assert it["method"] == name and it["step0_is_ln2"]
+    rows = _rows(cfg)
+    assert [r["label"] for r in rows] == ["base", f"{name}_sft", f"{name}_spin_iter_1"]
+    assert rows[0]["gold_logp_per_token"] == pytest.approx(base_gold_logp(cfg), abs=1e-4)

@@ -102,13 +102,16 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    # peft's prompt-learning adapters feed their virtual tokens through generate's own cache
+    prompt_learning = bool(getattr(getattr(model, "active_peft_config", None),
+                                   "is_prompt_learning", False))
     out: list[Generation | None] = [None] * len(prompts)
     produced = 0
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False)
     for b, start in enumerate(range(0, len(order), cfg.batch_size)):
         idx = order[start:start + cfg.batch_size]
         batch = [prompts[i] for i in idx]
-        shared = _common_prefix(batch) if share_prefix else 0
+        shared = _common_prefix(batch) if share_prefix and not prompt_learning else 0
         if shared < min_shared:
             shared = 0
         width = max(len(p) for p in batch)
@@ -130,7 +133,7 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
             torch.manual_seed(cfg.seed + b)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        cache = growing_cache(model)
+        cache = None if prompt_learning else growing_cache(model)
         if shared:  # run the shared prefix once and repeat its KV cache for the batch
             from transformers import DynamicCache
 

@@ -45,6 +45,8 @@ class Method:
     on_step: Callable | None = None  # (model, step) after each optimizer step
     regularizer: Callable | None = None  # (model) -> extra loss per optimizer step
     set_total_steps: Callable | None = None
+    keep_raw: bool = False  # also save the tensors as in memory (peft saves AdaLoRA pruned,
+    # prefix tuning's MLP output)
 
 
 def _full_build(model, cfg):
@@ -67,7 +69,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in [
            rewrites_base=True, quantized_base=False),
     Method("adalora", "Zhang et al. 2023, arXiv 2303.10512", adalora.build, adalora.count,
            on_step=adalora.on_step, regularizer=adalora.regularizer,
-           set_total_steps=adalora.set_total_steps),
+           set_total_steps=adalora.set_total_steps, keep_raw=True),
     Method("weightlora", "Veprikov et al. 2025, arXiv 2506.02724", weightlora.build,
            weightlora.count, finish=weightlora.finish),
     Method("ia3", "Liu et al. 2022, arXiv 2205.05638", ia3.build, ia3.count,
@@ -77,7 +79,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in [
     Method("houlsby", "Houlsby et al. 2019, arXiv 1902.00751", houlsby.build, houlsby.count,
            kind="state", targets=houlsby.TARGETS, mergeable=False),
     *[Method(k, paper, lambda m, c, k=k: prompt.build(m, c, k),
-             lambda m, c, t, k=k: prompt.count(m, c, k), identity_at_init=False,
+             lambda m, c, t, k=k: prompt.count(m, c, k), identity_at_init=False, keep_raw=True,
              mergeable=False, gradient_checkpointing=k in ("prompt", "ptuning"))
       for k, paper in [("prompt", "Lester et al. 2021, arXiv 2104.08691"),
                        ("prefix", "Li & Liang 2021, arXiv 2101.00190"),
@@ -140,6 +142,7 @@ def method_of(model) -> str:
 # ---------------------------------------------------------------- save / load
 
 STATE_FILE, STATE_JSON = "spinlora_adapter.safetensors", "spinlora_adapter.json"
+RAW_FILE = "spinlora_raw.safetensors"  # tensors as in memory, for swapping adapters in place
 
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:
@@ -165,6 +168,8 @@ def save(model, cfg: AdapterConfig, path: str | Path, init_path: str | Path | No
             _save_converted(model, path, Path(init_path))
     else:
         model.save_pretrained(path)
+        if method.keep_raw:
+            save_file(_trainable_state(model), str(path / RAW_FILE))
 
 
 def _plain(model):
@@ -218,6 +223,11 @@ def load_weights(model, cfg: AdapterConfig, path: str | Path) -> None:
     from safetensors.torch import load_file
 
     method, path = get(cfg.method), Path(path)
+    if method.keep_raw and (path / RAW_FILE).is_file():
+        missing, unexpected = model.load_state_dict(load_file(str(path / RAW_FILE)), strict=False)
+        if unexpected:
+            raise AdapterError(f"{path}: saved tensors do not match the model's {cfg.method} adapter")
+        return
     if method.kind == "peft":
         from peft.utils import set_peft_model_state_dict
 
