@@ -5,11 +5,16 @@
     spinlora spin configs/demo.yaml --adapter runs/demo/sft/adapter --output-dir runs/spin2
     spinlora eval configs/demo.yaml --adapter runs/demo/sft/adapter eval.limit=200
     spinlora report runs/demo
+    spinlora sweep configs/sweep_lr.yaml                # methods x lrs x ranks x batch x seeds
+    spinlora hessian configs/demo.yaml --adapter runs/demo/sft/adapter --k 8
+    spinlora methods                                    # the adapter methods and what they support
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 STAGES = {"run": ["sft", "spin", "eval"], "sft": ["sft"], "spin": ["spin"], "eval": ["eval"]}
 
@@ -20,7 +25,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     for name, help_ in [("run", "SFT -> SPIN -> eval from a YAML recipe"),
                         ("sft", "SFT of a fresh adapter"),
                         ("spin", "SPIN iterations on an adapter (--adapter, or a fresh one)"),
-                        ("eval", "GSM8K evaluation of base / adapters")]:
+                        ("eval", "evaluation of base / adapters"),
+                        ("sweep", "a grid of runs (sweep.*), resumable; summary + plot"),
+                        ("hessian", "top-k Hessian spectrum of the SFT loss in the adapter")]:
         s = sub.add_parser(name, help=help_)
         s.add_argument("config", nargs="?", help="YAML recipe (defaults when omitted)")
         s.add_argument("overrides", nargs="*", help="section.key=value overrides")
@@ -28,6 +35,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         s.add_argument("--model", help="Hub id, local directory, or SmolLM2-135M-Instruct")
         s.add_argument("--adapter", help="start from this saved adapter (sft_adapter)")
         s.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+        if name == "hessian":
+            s.add_argument("--k", type=int, default=8, help="eigenvalues to compute")
+            s.add_argument("--iters", type=int, default=None, help="Lanczos steps (default 3k)")
+            s.add_argument("--examples", type=int, default=8, help="SFT rows in the loss")
+            s.add_argument("--out", help="write the result JSON here")
+    sub.add_parser("methods", help="list the adapter methods")
     r = sub.add_parser("report", help="comparison table (md, csv), plots, HTML from run folders")
     r.add_argument("run_dirs", nargs="+")
     r.add_argument("--out", help="folder for the report (default: the first run folder)")
@@ -52,10 +65,18 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in write_report(*args.run_dirs, out=args.out).items():
                 print(f"{k}: {v}")
             return 0
+        if args.command == "methods":
+            from .adapters import table
+
+            rows = table()
+            print(" | ".join(rows[0]))
+            for r in rows:
+                print(" | ".join(str(v) for v in r.values()))
+            return 0
         from .config import load_config
         from .pipeline import run
 
-        overrides = [f"stages={STAGES[args.command]}"] + list(args.overrides)
+        overrides = ([f"stages={STAGES[args.command]}"] if args.command in STAGES else []) + list(args.overrides)
         if args.output_dir:
             overrides.append(f"output_dir={args.output_dir}")
         if args.model:
@@ -65,6 +86,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.overwrite:
             overrides.append("overwrite=true")
         cfg = load_config(args.config, overrides)
+        if args.command == "sweep":
+            from .sweep import run_sweep
+
+            res = run_sweep(cfg)
+            print(json.dumps(res["best"], indent=2))
+            print(f"[sweep] {res['points']} points; {res['summary']}")
+            return 0
+        if args.command == "hessian":
+            from .hessian import run_hessian
+
+            res = run_hessian(cfg, args.adapter, args.k, args.iters, args.examples)
+            print(json.dumps(res, indent=2))
+            if args.out:
+                Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+            return 0
         summary = run(cfg)
         return 0 if summary["status"] == "ok" else 1
     except (ConfigError, DataError, ModelNotFoundError, AdapterError, FileNotFoundError) as e:

@@ -140,6 +140,21 @@ class EvalConfig:
     shots: int | None = None  # few-shot examples for the multiple-choice tasks (None: task default)
     gsm8k_shots: int = 0  # 0: zero-shot in the training chat template; k: k shots from data.train
     gsm8k_style: str = "plain"  # with shots: plain (lm-eval "Question: … Answer: …") | chat
+    gsm8k_generate: bool = True  # false: only the gold answers' log-prob (no generation; sweeps)
+
+
+@dataclass
+class SweepConfig:
+    """``spinlora sweep``: a grid of runs, one result file each (read only by the sweep command)."""
+
+    methods: list[str] = field(default_factory=lambda: ["lora"])
+    lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])
+    ranks: list[int] = field(default_factory=lambda: [8])
+    batch_sizes: list[int] = field(default_factory=lambda: [8])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    stage: str = "sft"  # sft: the grid's lr is train.lr | spin: SFT, then SPIN with lr = spin.lr
+    metric: str = "gsm8k.gold_logp_per_token"  # TASK.FIELD of the last evaluated model
+    higher_is_better: bool = True
 
 
 @dataclass
@@ -158,6 +173,7 @@ class RunConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     spin: SpinConfig = field(default_factory=SpinConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def validate(self) -> "RunConfig":
         """Check value ranges; messages name the key as the user types it."""
@@ -202,6 +218,12 @@ class RunConfig:
         for stage in self.eval.models:
             checks.append(("eval.models", stage in ("base", "sft", "spin"),
                            f"unknown entry {stage!r}: use base, sft, spin"))
+        checks.append(("sweep.stage", self.sweep.stage in ("sft", "spin"), "sft or spin"))
+        from .adapters import REGISTRY
+
+        for m in [self.adapter.method, *self.sweep.methods]:
+            checks.append(("adapter.method" if m == self.adapter.method else "sweep.methods",
+                           m in REGISTRY, f"unknown method {m!r}: use {', '.join(REGISTRY)}"))
         for key, ok, msg in checks:
             if not ok:
                 raise ConfigError(f"{key}: {msg} (got {_get(self, key)!r})")

@@ -92,7 +92,10 @@ def run(cfg: RunConfig) -> dict:
               "folders ending in .partial are incomplete")
         raise
     except Exception as e:
-        summary["status"] = "oom" if _is_oom(e) else "error"
+        from .train import TrainingDiverged
+
+        summary["status"] = ("oom" if _is_oom(e) else "diverged" if isinstance(e, TrainingDiverged)
+                             else "error")
         summary["error"] = f"{type(e).__name__}: {e}"
         if _is_oom(e):
             print("[spinlora] out of memory: lower train.micro_batch_size or "
@@ -219,16 +222,16 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
             r = {"label": label, "adapter": str(path) if path else None, "tasks": {}}
             if "gsm8k" in cfg.eval.tasks:
                 g = evaluate_gsm8k(model, tok, fmt, examples, cfg.generation, acct, label,
-                                   shots, cfg.eval.gsm8k_style)
+                                   shots, cfg.eval.gsm8k_style, cfg.eval.gsm8k_generate)
                 with open(part / f"samples_{label}.jsonl", "w") as f:
                     for s in g.pop("samples"):
                         f.write(json.dumps(s) + "\n")
                 r.update(g)  # GSM8K fields stay at the top level of the row
                 r["tasks"]["gsm8k"] = {"n": g["n"], "acc": g["accuracy"],
                                        "acc_stderr": g["accuracy_stderr"]}
-                print(f"[spinlora] eval {label}: GSM8K accuracy {g['accuracy']:.3f} "
-                      f"± {g['accuracy_stderr']:.3f} (n={g['n']}), gold logp/token "
-                      f"{g['gold_logp_per_token']:.3f}, prefers gold {g['win_rate_gold_vs_own']:.2f}")
+                print(f"[spinlora] eval {label}: GSM8K accuracy {g['accuracy']} "
+                      f"± {g['accuracy_stderr']} (n={g['n']}), gold logp/token "
+                      f"{g['gold_logp_per_token']:.3f}, prefers gold {g['win_rate_gold_vs_own']}")
             for task, items in choice_items.items():
                 with acct.phase(f"eval_{task}[{label}]"):
                     c = evaluate_choice_task(model, tok, task, items, label)

@@ -244,11 +244,12 @@ def _run_details(run: Path) -> list[str]:
         lines += [f"### GSM8K ({ev['prompt']}, greedy; n={ev['n']}, subset seed {ev['seed']})", "",
                   "| model | accuracy | ± stderr | gold logp/token | own logp/token | prefers gold "
                   "| own answers finished | own mean tokens |", "|---|---|---|---|---|---|---|---|"]
-        for r in gsm_rows:
-            lines.append(f"| {r['label']} | {r['accuracy']:.3f} | {r['accuracy_stderr']:.3f} | "
-                         f"{r['gold_logp_per_token']:.3f} | {r['own_logp_per_token']:.3f} | "
-                         f"{r['win_rate_gold_vs_own']:.2f} | "
-                         f"{r['own_finished_rate']:.2f} | {r['own_mean_tokens']:.0f} |")
+        for r in gsm_rows:  # fields are None when the run did not generate (eval.gsm8k_generate)
+            f = lambda k, spec: "–" if r.get(k) is None else format(r[k], spec)  # noqa: E731
+            lines.append(f"| {r['label']} | {f('accuracy', '.3f')} | {f('accuracy_stderr', '.3f')} | "
+                         f"{f('gold_logp_per_token', '.3f')} | {f('own_logp_per_token', '.3f')} | "
+                         f"{f('win_rate_gold_vs_own', '.2f')} | "
+                         f"{f('own_finished_rate', '.2f')} | {f('own_mean_tokens', '.0f')} |")
         lines.append("")
     mmlu = [(r["label"], r["tasks"]["mmlu"]) for r in (ev or {}).get("rows", [])
             if "per_subject" in r.get("tasks", {}).get("mmlu", {})]

@@ -68,13 +68,25 @@ def fewshot_prompt_ids(tokenizer, fmt: ChatFormat, question: str, shots: list[di
 
 def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
                    gen_cfg: GenerationConfig, acct: Accountant, label: str,
-                   shots: list[dict] | None = None, style: str = "chat") -> dict:
+                   shots: list[dict] | None = None, style: str = "chat",
+                   do_generate: bool = True) -> dict:
     """Score the model as it is (adapters as set by the caller) on ``examples``.
 
     Zero-shot (no ``shots``) uses the training chat template; with shots, ``style`` picks the
     plain lm-eval text or the multi-turn chat prompt, and generation stops at lm-eval's stop
     strings. The log-prob signals always use the zero-shot chat prompt (the training format).
+    ``do_generate=False`` computes only the gold answers' log-prob (cheap; for sweeps): the
+    accuracy fields are then None.
     """
+    if not do_generate:
+        with acct.phase(f"eval_score[{label}]") as ph:
+            pairs = [(e.prompt_ids, e.answer_ids) for e in examples]
+            lps, counts = score_sequences(model, pairs, tokenizer.pad_token_id)
+            ph.tokens += sum(len(p) + len(a) for p, a in pairs)
+        n = len(examples)
+        return {"label": label, "n": n, "accuracy": None, "accuracy_stderr": None,
+                "gold_logp_per_token": sum(lp / max(c, 1) for lp, c in zip(lps, counts)) / max(n, 1),
+                "win_rate_gold_vs_own": None, "samples": []}
     prompts = [e.prompt_ids for e in examples]
     stop_strings = None
     if shots:
