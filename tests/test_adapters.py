@@ -155,3 +155,37 @@ def test_every_method_runs_sft_spin_and_eval(name, tiny_cfg, base_gold_logp):
     rows = _rows(cfg)
     assert [r["label"] for r in rows] == ["base", f"{name}_sft", f"{name}_spin_iter_1"]
     assert rows[0]["gold_logp_per_token"] == pytest.approx(base_gold_logp(cfg), abs=1e-4)
+
+
+@pytest.mark.parametrize("name", list(adapters.REGISTRY))
+def test_gradient_checkpointing_gives_the_same_gradients(name, tiny_model_dir):
+    """Checkpointing recomputes activations: the gradients must not change. Methods that cannot
+    use it are refused by the training loop with the reason."""
+    from spinlora.config import TrainConfig
+    from spinlora.train import Objective, train_loop
+
+    method, cfg = adapters.get(name), _cfg(name)
+    if not method.gradient_checkpointing:
+        model = adapters.attach(_fresh(tiny_model_dir), cfg)
+        obj = Objective(loss=lambda m, b: (m(input_ids=IDS).logits.sum(), {}),
+                        weight=lambda b: 1.0, tokens=lambda b: 1)
+        with pytest.raises(ValueError, match="gradient_checkpointing is not possible"):
+            train_loop(model, [0], obj, TrainConfig(gradient_checkpointing=True, batch_size=1,
+                                                    micro_batch_size=1), 1e-3, 1, None, None, 0,
+                       "t", method=name)
+        return
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = adapters.attach(_fresh(tiny_model_dir), cfg)
+        if ckpt:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        logits = model(input_ids=IDS).logits[:, -IDS.shape[1]:]
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                 IDS[:, 1:].reshape(-1))
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5), n

@@ -18,16 +18,17 @@ import torch
 
 def count_parameters(model) -> dict:
     """Trainable and total parameters. 4-bit packed weights (bitsandbytes) count two per byte."""
-    trainable = total = 0
+    trainable = total = nbytes = 0
     for p in model.parameters():
         n = p.numel()
+        nbytes += n * p.element_size()
         if p.__class__.__name__ == "Params4bit":
             n *= 2
         total += n
         if p.requires_grad:
             trainable += n
     return {"trainable": trainable, "total": total,
-            "trainable_pct": round(100.0 * trainable / max(total, 1), 4)}
+            "trainable_pct": round(100.0 * trainable / max(total, 1), 4), "weight_bytes": nbytes}
 
 
 def _read_status(key: str) -> int | None:
