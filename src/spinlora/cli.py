@@ -39,6 +39,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
             s.add_argument("--k", type=int, default=8, help="eigenvalues to compute")
             s.add_argument("--iters", type=int, default=None, help="Lanczos steps (default 3k)")
             s.add_argument("--examples", type=int, default=8, help="SFT rows in the loss")
+            s.add_argument("--power-iters", type=int, default=30, help="power iteration cap")
             s.add_argument("--out", help="write the result JSON here")
     sub.add_parser("methods", help="list the adapter methods")
     r = sub.add_parser("report", help="comparison table (md, csv), plots, HTML from run folders")
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "hessian":
             from .hessian import run_hessian
 
-            res = run_hessian(cfg, args.adapter, args.k, args.iters, args.examples)
+            res = run_hessian(cfg, args.adapter, args.k, args.iters, args.examples, args.power_iters)
             print(json.dumps(res, indent=2))
             if args.out:
                 Path(args.out).write_text(json.dumps(res, indent=2) + "\n")

@@ -120,7 +120,7 @@ def analyse(loss_fn, params: list[torch.Tensor], k: int = 8, iters: int | None =
 
 
 def run_hessian(cfg, adapter: str | None, k: int = 8, iters: int | None = None,
-                examples: int = 8) -> dict:
+                examples: int = 8, power_iters: int = 30) -> dict:
     """The SFT loss (mean NLL per answer token) on ``examples`` SFT rows, at the saved adapter
     (or a fresh one), eager attention (double backward through fused attention kernels is not
     available on every backend)."""
@@ -149,7 +149,7 @@ def run_hessian(cfg, adapter: str | None, k: int = 8, iters: int | None = None,
         return -lp.sum() / n.sum()
 
     params = [p for p in model.parameters() if p.requires_grad]
-    out = analyse(loss_fn, params, k=k, iters=iters, seed=cfg.seed)
+    out = analyse(loss_fn, params, k=k, iters=iters, power_iters=power_iters, seed=cfg.seed)
     out.update(adapter=adapter, method=cfg.adapter.method, examples=len(exs),
                loss=float(loss_fn().detach()))
     return out
