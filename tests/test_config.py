@@ -41,3 +41,10 @@ def test_shipped_recipes_validate(path):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="not found"):
         load_config("configs/nope.yaml")
+
+
+def test_method_limits_are_config_errors():
+    with pytest.raises(ConfigError, match="train.gradient_checkpointing: not possible with prefix"):
+        load_config(None, ["adapter.method=prefix", "train.gradient_checkpointing=true"])
+    with pytest.raises(ConfigError, match="adapter.method: unknown method 'lorra'"):
+        load_config(None, ["adapter.method=lorra"])

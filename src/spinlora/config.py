@@ -224,6 +224,10 @@ class RunConfig:
         for m in [self.adapter.method, *self.sweep.methods]:
             checks.append(("adapter.method" if m == self.adapter.method else "sweep.methods",
                            m in REGISTRY, f"unknown method {m!r}: use {', '.join(REGISTRY)}"))
+            if m in REGISTRY and self.train.gradient_checkpointing:
+                checks.append(("train.gradient_checkpointing", REGISTRY[m].gradient_checkpointing,
+                               f"not possible with {m} (its keys/values live in the KV cache, "
+                               "which checkpointing turns off); set it to false"))
         for key, ok, msg in checks:
             if not ok:
                 raise ConfigError(f"{key}: {msg} (got {_get(self, key)!r})")
