@@ -93,6 +93,11 @@ def test_bitfit_on_a_model_without_biases_says_why(tiny_model_dir):
         adapters.attach(_fresh(tiny_model_dir), cfg)
 
 
+def test_missing_target_modules_name_the_layers_there(tiny_model_dir):
+    with pytest.raises(adapters.AdapterError, match=r"\['c_attn'\] not found.*q_proj"):
+        adapters.attach(_fresh(tiny_model_dir), AdapterConfig(method="dora", target_modules=["c_attn"]))
+
+
 def test_unknown_method_and_quantised_base_errors(tiny_model_dir):
     with pytest.raises(adapters.AdapterError, match="unknown adapter.method 'loraa'"):
         adapters.attach(_fresh(tiny_model_dir), AdapterConfig(method="loraa"))

@@ -112,10 +112,11 @@ def attach(model, cfg: AdapterConfig):
     """Make ``model`` trainable with ``cfg.method``; returns the model to train (a PeftModel for
     peft's methods). The base model is changed in place (peft injects layers into it)."""
     method = get(cfg.method)
-    if method.targets is None and method.kind == "peft" and method.count is not None:
+    if method.targets is None and method.kind == "peft" and method.identity_at_init:
+        # the methods that adapt adapter.target_modules (not the virtual-token ones)
         names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
         missing = [t for t in cfg.target_modules if t not in names]
-        if missing and not cfg.method.startswith(("prompt", "prefix", "ptuning")):
+        if missing:
             raise AdapterError(f"adapter.target_modules {missing} not found in "
                                f"{type(model).__name__}; linear layers here include: "
                                f"{sorted(_linear_names(model))}")
