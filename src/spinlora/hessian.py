@@ -86,18 +86,22 @@ def effective_rank(eigs: list[float]) -> float:
     return math.exp(-sum(e / total * math.log(e / total) for e in pos))
 
 
-def recommend_rank(eigs: list[float], mass: float = 0.9, cap: int = 64) -> int:
-    """See ``RANK_RULE``."""
+def _needed(eigs: list[float], mass: float = 0.9) -> int:
+    """How many of the largest positive eigenvalues hold ``mass`` of their sum."""
     pos = sorted((e for e in eigs if e > 0), reverse=True)
-    if not pos:
-        return 1
-    total, run, n = sum(pos), 0.0, 0
-    for e in pos:
+    total, run = sum(pos), 0.0
+    for n, e in enumerate(pos, 1):
         run += e
-        n += 1
         if run >= mass * total:
-            break
-    return min(cap, 1 << (n - 1).bit_length())
+            return n
+    return len(pos)
+
+
+def recommend_rank(eigs: list[float], mass: float = 0.9, cap: int = 64) -> int:
+    """See ``RANK_RULE``. When every computed eigenvalue is needed (``saturated`` in the
+    output), the spectrum is flatter than k shows: compute more (``--k``)."""
+    n = _needed(eigs, mass)
+    return 1 if n == 0 else min(cap, 1 << (n - 1).bit_length())
 
 
 def analyse(loss_fn, params: list[torch.Tensor], k: int = 8, iters: int | None = None,
@@ -116,7 +120,7 @@ def analyse(loss_fn, params: list[torch.Tensor], k: int = 8, iters: int | None =
     return {"parameters": dim, "lambda_max_power": lam, "power_iterations": used,
             "top_k": eigs, "k": k, "lanczos_steps": min(dim, iters or max(3 * k, 10)),
             "effective_rank": effective_rank(eigs), "recommended_rank": recommend_rank(eigs),
-            "rule": RANK_RULE, "seconds": {"power": round(t1 - t0, 2), "lanczos": round(t2 - t1, 2)}}
+            "rule": RANK_RULE, "saturated": _needed(eigs) >= len([e for e in eigs if e > 0]), "seconds": {"power": round(t1 - t0, 2), "lanczos": round(t2 - t1, 2)}}
 
 
 def run_hessian(cfg, adapter: str | None, k: int = 8, iters: int | None = None,
