@@ -98,6 +98,12 @@ def test_missing_target_modules_name_the_layers_there(tiny_model_dir):
         adapters.attach(_fresh(tiny_model_dir), AdapterConfig(method="dora", target_modules=["c_attn"]))
 
 
+def test_a_full_checkpoint_given_as_adapter_says_use_it_as_the_model(tiny_cfg, tiny_model_dir):
+    tiny_cfg.sft_adapter = str(tiny_model_dir)
+    with pytest.raises(adapters.AdapterError, match="full model checkpoint.*--model"):
+        run(tiny_cfg)
+
+
 def test_unknown_method_and_quantised_base_errors(tiny_model_dir):
     with pytest.raises(adapters.AdapterError, match="unknown adapter.method 'loraa'"):
         adapters.attach(_fresh(tiny_model_dir), AdapterConfig(method="loraa"))

@@ -140,15 +140,13 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
 
     # the adapter: fresh, or a saved one to continue from (its own method and shapes)
     init_path = None
-    if cfg.sft_adapter and not (Path(cfg.sft_adapter) / adapters.STATE_JSON).is_file():
+    if cfg.sft_adapter:
         cfg.adapter = adapters.saved_config(cfg.sft_adapter, cfg.adapter)
-        model = adapters.load(model, cfg.sft_adapter, trainable=True)
+    if cfg.sft_adapter and not adapters.get(cfg.adapter.method).base_from_init:
+        model = adapters.load(model, cfg.sft_adapter, trainable=True)  # a peft folder
     else:
-        if cfg.sft_adapter:
-            cfg.adapter = adapters.saved_config(cfg.sft_adapter, cfg.adapter)
         model = adapters.attach(model, cfg.adapter)
-        method = adapters.get(cfg.adapter.method)
-        if method.kind != "peft" or method.rewrites_base:
+        if adapters.get(cfg.adapter.method).base_from_init:
             # the state the method starts from gives the base model's output for evaluation
             # (and the conversion of PiSSA-style adapters to plain LoRA on the original base)
             init_path = out / "init_adapter"

@@ -48,6 +48,12 @@ class Method:
     keep_raw: bool = False  # also save the tensors as in memory (peft saves AdaLoRA pruned,
     # prefix tuning's MLP output)
 
+    @property
+    def base_from_init(self) -> bool:
+        """The base model's output comes from the method's saved initial state, not from
+        switching a peft adapter off (non-peft methods, base-rewriting inits)."""
+        return self.kind != "peft" or self.rewrites_base
+
 
 def _full_build(model, cfg):
     for p in model.parameters():
@@ -125,19 +131,13 @@ def attach(model, cfg: AdapterConfig):
                            "(it needs to read or train the full-precision weights); use "
                            "model.quantization=none, or lora / dora / adalora / ia3 / houlsby")
     try:
-        model = method.build(model, cfg)
+        return method.build(model, cfg)
     except bitfit.BitFitError as e:
         raise AdapterError(str(e)) from None
-    model.spinlora_method = cfg.method
-    return model
 
 
 def _linear_names(model) -> set[str]:
     return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-
-
-def method_of(model) -> str:
-    return getattr(model, "spinlora_method", "lora")
 
 
 # ---------------------------------------------------------------- save / load
@@ -209,8 +209,7 @@ def load_base_view(model, cfg: AdapterConfig, init_path: str | Path | None):
     caller loads other weights afterwards."""
     import contextlib
 
-    method = get(cfg.method)
-    if method.kind == "peft" and not method.rewrites_base:
+    if not get(cfg.method).base_from_init:
         return model.disable_adapter()
     if init_path is None:
         raise AdapterError(f"{cfg.method}: the base view needs the saved initial adapter")
@@ -241,30 +240,24 @@ def load_weights(model, cfg: AdapterConfig, path: str | Path) -> None:
     else:
         state = load_file(str(path / STATE_FILE))
     missing, unexpected = _plain(model).load_state_dict(state, strict=False)
-    if unexpected or (method.kind == "state" and set(state) != set(_trainable_state(model))):
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if unexpected or (method.kind == "state" and set(state) != trainable):
         raise AdapterError(f"{path}: saved tensors do not match the model's {cfg.method} adapter")
 
 
-def load(model, path: str | Path, trainable: bool = True, cfg: AdapterConfig | None = None):
+def load(model, path: str | Path, trainable: bool = True):
     """Wrap ``model`` with the saved adapter at ``path`` (any format ``save`` writes, or a plain
     peft folder from elsewhere)."""
     path = Path(path)
     if (path / STATE_JSON).is_file():
-        saved = json.loads((path / STATE_JSON).read_text())
-        acfg = AdapterConfig(**saved["config"])
+        acfg = saved_config(path, AdapterConfig())
         model = attach(model, acfg)
         load_weights(model, acfg, path)
-        model.spinlora_method = acfg.method
         if not trainable:
             for p in model.parameters():
                 p.requires_grad_(False)
         return model
-    if (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-        raise AdapterError(f"{path} is a full model checkpoint (full fine-tuning): pass it as "
-                           "model.name (--model), not as an adapter")
-    if not (path / "adapter_config.json").is_file():
-        raise AdapterError(f"{path} holds no adapter_config.json: pass a folder written by "
-                           "spinlora (e.g. RUN/sft/adapter) or by peft's save_pretrained")
+    _check_peft_folder(path)
     from peft import PeftModel
 
     peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
@@ -273,12 +266,22 @@ def load(model, path: str | Path, trainable: bool = True, cfg: AdapterConfig | N
     return peft_model
 
 
+def _check_peft_folder(path: Path) -> None:
+    if (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        raise AdapterError(f"{path} is a full model checkpoint (full fine-tuning): pass it as "
+                           "model.name (--model), not as an adapter")
+    if not (path / "adapter_config.json").is_file():
+        raise AdapterError(f"{path} holds no adapter_config.json: pass a folder written by "
+                           "spinlora (e.g. RUN/sft/adapter) or by peft's save_pretrained")
+
+
 def saved_config(path: str | Path, default: AdapterConfig) -> AdapterConfig:
     """The adapter config a saved folder was made with: spinlora's own json, or peft's (then
     ``lora`` with the saved rank; training continues as plain peft)."""
     path = Path(path)
     if (path / STATE_JSON).is_file():
         return AdapterConfig(**json.loads((path / STATE_JSON).read_text())["config"])
+    _check_peft_folder(path)
     c = json.loads((path / "adapter_config.json").read_text())
     peft_type = c.get("peft_type", "LORA").lower()
     method = {"lora": "dora" if c.get("use_dora") else "lora", "adalora": "adalora", "ia3": "ia3",
