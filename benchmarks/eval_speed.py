@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from _common import emit  # noqa: E402
 from spinlora.accounting import Accountant, environment  # noqa: E402
 from spinlora.config import RunConfig  # noqa: E402
 from spinlora.data import ChatFormat, build_examples, load_rows, subset  # noqa: E402
@@ -72,11 +73,7 @@ def main() -> None:
                 res["acc_macro"] = r["acc_macro"]
         result["tasks"][task] = res
         print(json.dumps({task: res}), flush=True)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

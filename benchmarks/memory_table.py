@@ -77,6 +77,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             print("RESULT " + json.dumps(one(args.one, args, Path(d) / "run")), flush=True)
         return
+    from _common import emit
     from spinlora.accounting import environment
 
     rows = []
@@ -97,8 +98,7 @@ def main() -> None:
     print("\n".join(table))
     result = {"benchmark": "memory table", "args": vars(args), "environment": environment(),
               "rows": rows, "markdown": table}
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.out, echo=False)  # the rows were printed as they came
 
 
 if __name__ == "__main__":

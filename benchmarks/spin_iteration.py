@@ -24,6 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from _common import emit  # noqa: E402
 from spinlora.accounting import Accountant, environment  # noqa: E402
 from spinlora.adapters import attach, load  # noqa: E402
 from spinlora.config import RunConfig  # noqa: E402
@@ -161,11 +162,7 @@ def main() -> None:
         result["trl"] = run_trl(cfg, args)
         result["speedup_vs_trl"] = round(result["trl"]["total_seconds"]
                                          / result["spinlora"]["total_seconds"], 2)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
