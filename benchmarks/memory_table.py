@@ -59,7 +59,7 @@ def one(name: str, args, out_dir: Path) -> dict:
             "weight_MB": mb(sft["parameters"]["weight_bytes"]),
             "sft_s_per_step": round(sft["accounting"]["phases"]["train"]["seconds"] / sft["steps"], 2),
             "spin_iteration_s": spin["accounting"]["seconds_total"],
-            "step0_is_ln2": spin["step0_is_ln2"]}
+            "step0_ok": spin["step0_ok"]}
 
 
 def main() -> None:

@@ -162,7 +162,7 @@ def test_every_method_runs_sft_spin_and_eval(name, tiny_cfg, base_gold_logp):
     cfg.spin.iterations, cfg.spin.prompts, cfg.data.sft_examples = 1, 4, 8
     assert run(cfg)["status"] == "ok"
     it = json.loads((Path(cfg.output_dir) / "spin" / "iter_1" / "result.json").read_text())
-    assert it["method"] == name and it["step0_is_ln2"]
+    assert it["method"] == name and it["step0_ok"]
     rows = _rows(cfg)
     assert [r["label"] for r in rows] == ["base", f"{name}_sft", f"{name}_spin_iter_1"]
     assert rows[0]["gold_logp_per_token"] == pytest.approx(base_gold_logp(cfg), abs=1e-4)

@@ -11,7 +11,7 @@ from spinlora.losses import LN2, answer_logps, spin_loss
 
 def test_spin_loss_matches_hand_computation():
     # margin = λ·[(−10 − (−11)) − (−12 − (−11.5))] = 0.1 · (1 + 0.5) = 0.15
-    loss, margin = spin_loss(torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]),
+    loss, margin, _ = spin_loss(torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]),
                              torch.tensor([-11.5]), beta=0.1)
     assert margin.item() == pytest.approx(0.15, abs=1e-6)
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-0.15)), abs=1e-6)
@@ -21,7 +21,7 @@ def test_spin_loss_equals_dpo_sigmoid_loss_chosen_gold_rejected_generated():
     g = torch.Generator().manual_seed(0)
     pr, pg, rr, rg = (torch.randn(32, generator=g) * 20 - 50 for _ in range(4))
     for beta in (0.1, 1.0, 5.0):
-        ours, _ = spin_loss(pr, pg, rr, rg, beta)
+        ours, _, _ = spin_loss(pr, pg, rr, rg, beta)
         # DPO (Rafailov et al. 2023): -log σ(β[(log πc − log πref_c) − (log πr − log πref_r)])
         dpo = -F.logsigmoid(beta * ((pr - rr) - (pg - rg)))
         torch.testing.assert_close(ours, dpo, rtol=1e-5, atol=1e-5)
@@ -29,7 +29,7 @@ def test_spin_loss_equals_dpo_sigmoid_loss_chosen_gold_rejected_generated():
 
 def test_spin_loss_is_ln2_when_player_equals_reference():
     x, y = torch.tensor([-30.0, -7.0]), torch.tensor([-25.0, -9.0])
-    loss, margin = spin_loss(x, y, x.clone(), y.clone(), beta=0.1)
+    loss, margin, _ = spin_loss(x, y, x.clone(), y.clone(), beta=0.1)
     assert torch.allclose(loss, torch.full_like(loss, LN2))
     assert torch.all(margin == 0)
 

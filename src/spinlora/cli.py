@@ -45,7 +45,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     r = sub.add_parser("report", help="comparison table (md, csv), plots, HTML from run folders")
     r.add_argument("run_dirs", nargs="+")
     r.add_argument("--out", help="folder for the report (default: the first run folder)")
-    args = p.parse_args(argv)
+    # overrides may stand anywhere on the line: those after an option come back as extras
+    args, extra = p.parse_known_args(argv)
+    unknown = [x for x in extra if x.startswith("-") or "=" not in x]
+    if unknown:
+        p.error(f"unrecognized arguments: {' '.join(unknown)} (overrides look like "
+                "section.key=value)")
+    if extra:
+        args.overrides = list(getattr(args, "overrides", []) or []) + extra
     if getattr(args, "config", None) and "=" in args.config:  # no config file, only overrides
         args.overrides.insert(0, args.config)
         args.config = None

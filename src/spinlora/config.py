@@ -20,6 +20,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+SPIN_LOSSES = ("sigmoid", "sigmoid_nll", "dpop", "ipo")  # losses.spin_loss
+KEEP_BEST = ("heldout_accuracy", "heldout_gold_logp", "heldout_win_rate")
 
 
 class ConfigError(ValueError):
@@ -106,6 +108,21 @@ class GenerationConfig:
 
 
 @dataclass
+class OpponentConfig:
+    """How the SPIN opponent answers the SFT prompts: its own settings, never evaluation's.
+
+    ``temperature: 0`` is greedy (the paper's setting). With sampling, ``samples`` answers are
+    drawn per prompt and one is chosen: with ``spin.correct_pairs: drop`` the first whose final
+    answer is wrong (the prompt is dropped when all are right), else the first.
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    samples: int = 1
+    seed: int = 0  # iteration t samples with seed + 1000·t: every iteration draws afresh
+
+
+@dataclass
 class SpinConfig:
     """Self-play fine-tuning (Chen et al. 2024, arXiv 2401.01335) on the adapter."""
 
@@ -115,9 +132,20 @@ class SpinConfig:
     lr: Union[float, list[float]] = 5e-5  # a list gives one value per iteration
     epochs: float = 1.0
     mix_previous: bool = False  # also train on the previous iteration's generated pairs
-    keep_best: str | None = "heldout_gold_logp"  # heldout_gold_logp | heldout_win_rate | None
-    heldout: int = 16  # held-out prompts (from the eval split) for keep_best and diagnostics
+    # heldout_accuracy | heldout_gold_logp | heldout_win_rate | None
+    keep_best: str | None = "heldout_gold_logp"
+    # held-out rows of the *training* split (never test rows, never SFT rows) for keep_best,
+    # early_stop and diagnostics; generated greedily with the `generation` settings
+    heldout: int = 16
     drop_truncated: bool = False  # drop pairs whose generation hit max_new_tokens without EOS
+    loss: str = "sigmoid"  # sigmoid | sigmoid_nll | dpop | ipo (losses.spin_loss cites each)
+    nll_weight: float = 1.0  # sigmoid_nll: α of the gold answer's NLL per token
+    dpop_lambda: float = 50.0  # dpop: λ_p of max(0, log p_t(y|x) − log p(y|x))
+    # drop: pairs whose opponent answer is already correct (same final number as the gold
+    # answer) are dropped and counted; keep: trained on like any other (the paper's setting)
+    correct_pairs: str = "keep"
+    opponent: OpponentConfig = field(default_factory=OpponentConfig)
+    early_stop: bool = False  # stop when the keep_best metric falls below the previous iteration's
 
     def per_iteration(self, name: str, t: int) -> float:
         """Value of ``beta`` or ``lr`` for iteration ``t`` (0-based); lists repeat their last."""
@@ -195,8 +223,20 @@ class RunConfig:
             ("adapter.dropout", 0 <= self.adapter.dropout < 1, "must be in [0, 1)"),
             ("spin.iterations", self.spin.iterations >= 0, "must be >= 0"),
             ("spin.epochs", self.spin.epochs > 0, "must be > 0"),
-            ("spin.keep_best", self.spin.keep_best in (None, "heldout_gold_logp", "heldout_win_rate"),
-             "heldout_gold_logp, heldout_win_rate or null"),
+            ("spin.keep_best", self.spin.keep_best in (None, *KEEP_BEST),
+             f"{', '.join(KEEP_BEST)} or null"),
+            ("spin.loss", self.spin.loss in SPIN_LOSSES, ", ".join(SPIN_LOSSES)),
+            ("spin.correct_pairs", self.spin.correct_pairs in ("keep", "drop"), "keep or drop"),
+            ("spin.nll_weight", self.spin.nll_weight >= 0, "must be >= 0"),
+            ("spin.dpop_lambda", self.spin.dpop_lambda >= 0, "must be >= 0"),
+            ("spin.opponent.temperature", self.spin.opponent.temperature >= 0, "must be >= 0"),
+            ("spin.opponent.top_p", 0 < self.spin.opponent.top_p <= 1, "must be in (0, 1]"),
+            ("spin.opponent.samples", self.spin.opponent.samples >= 1, "must be >= 1"),
+            ("spin.opponent.samples", self.spin.opponent.samples == 1
+             or self.spin.opponent.temperature > 0,
+             "more than one sample needs spin.opponent.temperature > 0 (greedy repeats itself)"),
+            ("spin.early_stop", not self.spin.early_stop or self.spin.keep_best is not None,
+             "needs spin.keep_best (the metric it watches)"),
             ("generation.max_new_tokens", self.generation.max_new_tokens > 0, "must be > 0"),
             ("generation.batch_size", self.generation.batch_size > 0, "must be > 0"),
         ]

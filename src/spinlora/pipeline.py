@@ -210,38 +210,61 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
              if cfg.eval.gsm8k_shots else None)
     choice_items = {t: subset(load_task(t, cfg.eval.data_root, cfg.eval.shots), cfg.eval.limit,
                               cfg.eval.seed) for t in cfg.eval.tasks if t != "gsm8k"}
-    results = []
-    for label, path in targets:
-        if path is not None:
-            # load the saved weights into the one adapter in memory: no second model
-            adapters.load_weights(model, cfg.adapter, path)
-        with (adapters.load_base_view(model, cfg.adapter, init_path) if path is None
-              else contextlib.nullcontext()):
-            r = {"label": label, "adapter": str(path) if path else None, "tasks": {}}
-            if "gsm8k" in cfg.eval.tasks:
-                g = evaluate_gsm8k(model, tok, fmt, examples, cfg.generation, acct, label,
-                                   shots, cfg.eval.gsm8k_style, cfg.eval.gsm8k_generate)
-                with open(part / f"samples_{label}.jsonl", "w") as f:
-                    for s in g.pop("samples"):
-                        f.write(json.dumps(s) + "\n")
-                r.update(g)  # GSM8K fields stay at the top level of the row
-                r["tasks"]["gsm8k"] = {"n": g["n"], "acc": g["accuracy"],
-                                       "acc_stderr": g["accuracy_stderr"]}
-                print(f"[spinlora] eval {label}: GSM8K accuracy {g['accuracy']} "
-                      f"± {g['accuracy_stderr']} (n={g['n']}), gold logp/token "
-                      f"{g['gold_logp_per_token']:.3f}, prefers gold {g['win_rate_gold_vs_own']}")
-            for task, items in choice_items.items():
-                with acct.phase(f"eval_{task}[{label}]"):
-                    c = evaluate_choice_task(model, tok, task, items, label)
-                r["tasks"][task] = c
-                print(f"[spinlora] eval {label}: {task} acc {c['acc']:.3f} ± {c['acc_stderr']:.3f}"
-                      f" acc_norm {c['acc_norm']:.3f} (n={c['n']}, {c['examples_per_s']} ex/s)")
-        results.append(r)
     mc_shots = {t: (cfg.eval.shots if cfg.eval.shots is not None else DEFAULT_SHOTS[t])
                 for t in choice_items}
     prompt = (f"{cfg.eval.gsm8k_shots}-shot, {cfg.eval.gsm8k_style}" if cfg.eval.gsm8k_shots
               else "chat template, zero-shot")
-    return {"stage": "eval", "task": "gsm8k", "shots": cfg.eval.gsm8k_shots, "prompt": prompt,
+    head = {"stage": "eval", "task": "gsm8k", "shots": cfg.eval.gsm8k_shots, "prompt": prompt,
+            "generation": {"do_sample": cfg.generation.do_sample,
+                           "max_new_tokens": cfg.generation.max_new_tokens,
+                           **({"temperature": cfg.generation.temperature,
+                               "top_p": cfg.generation.top_p, "seed": cfg.generation.seed}
+                              if cfg.generation.do_sample else {})},
             "tasks": cfg.eval.tasks, "task_shots": {"gsm8k": cfg.eval.gsm8k_shots, **mc_shots},
-            "limit": cfg.eval.limit, "seed": cfg.eval.seed, "n": len(examples),
-            "rows": results, "accounting": acct.summary()}
+            "limit": cfg.eval.limit, "seed": cfg.eval.seed, "n": len(examples)}
+    results = []
+    for label, path in targets:
+        try:
+            results.append(_eval_one(cfg, model, tok, fmt, part, acct, init_path, label, path,
+                                     examples, shots, choice_items))
+        except Exception as e:  # noqa: BLE001  a failure costs only the model it happened on
+            if _is_oom(e):
+                raise
+            print(f"[spinlora] eval {label} failed: {type(e).__name__}: {e}; going on with the "
+                  "next model")
+            results.append({"label": label, "adapter": str(path) if path else None, "tasks": {},
+                            "error": f"{type(e).__name__}: {e}"})
+        # written after every model: an interrupted evaluation keeps the models it finished
+        _write_json(part / "result.json", {**head, "complete": False, "rows": results})
+    return {**head, "complete": True, "rows": results, "accounting": acct.summary()}
+
+
+def _eval_one(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path, acct: Accountant,
+              init_path: Path | None, label: str, path: Path | None, examples, shots,
+              choice_items) -> dict:
+    """Every configured task for one model (base when ``path`` is None, else that adapter)."""
+    if path is not None:
+        # load the saved weights into the one adapter in memory: no second model
+        adapters.load_weights(model, cfg.adapter, path)
+    with (adapters.load_base_view(model, cfg.adapter, init_path) if path is None
+          else contextlib.nullcontext()):
+        r = {"label": label, "adapter": str(path) if path else None, "tasks": {}}
+        if "gsm8k" in cfg.eval.tasks:
+            g = evaluate_gsm8k(model, tok, fmt, examples, cfg.generation, acct, label,
+                               shots, cfg.eval.gsm8k_style, cfg.eval.gsm8k_generate)
+            with open(part / f"samples_{label}.jsonl", "w") as f:
+                for s in g.pop("samples"):
+                    f.write(json.dumps(s) + "\n")
+            r.update(g)  # GSM8K fields stay at the top level of the row
+            r["tasks"]["gsm8k"] = {"n": g["n"], "acc": g["accuracy"],
+                                   "acc_stderr": g["accuracy_stderr"]}
+            print(f"[spinlora] eval {label}: GSM8K accuracy {g['accuracy']} "
+                  f"± {g['accuracy_stderr']} (n={g['n']}), gold logp/token "
+                  f"{g['gold_logp_per_token']:.3f}, prefers gold {g['win_rate_gold_vs_own']}")
+        for task, items in choice_items.items():
+            with acct.phase(f"eval_{task}[{label}]"):
+                c = evaluate_choice_task(model, tok, task, items, label)
+            r["tasks"][task] = c
+            print(f"[spinlora] eval {label}: {task} acc {c['acc']:.3f} ± {c['acc_stderr']:.3f}"
+                  f" acc_norm {c['acc_norm']:.3f} (n={c['n']}, {c['examples_per_s']} ex/s)")
+    return r

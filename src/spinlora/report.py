@@ -98,7 +98,8 @@ def _column_notes(runs: list[Path]) -> list[str]:
             shots = ev.get("task_shots", {"gsm8k": ev.get("shots", 0)})
             notes.append(f"{run.name}: " + ", ".join(
                 f"{t} {k}-shot" for t, k in shots.items()) +
-                f"; subset limit {ev['limit']} (seed {ev['seed']}); GSM8K {ev['prompt']}, greedy")
+                f"; subset limit {ev['limit']} (seed {ev['seed']}); GSM8K {ev['prompt']}, "
+                + ("sampled" if ev.get("generation", {}).get("do_sample") else "greedy"))
     return notes
 
 
@@ -266,15 +267,20 @@ def _run_details(run: Path) -> list[str]:
         lines.append("")
     if its:
         lines += ["### SPIN iterations", "",
-                  "| iter | λ | lr | pairs | unfinished gens | step-0 loss (ln 2 = 0.6931) | "
-                  "last loss | last margin | disc. acc | held-out gold logp/token | "
-                  "held-out prefers gold |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| iter | loss | λ | lr | pairs | opponent correct (dropped) | unfinished gens | "
+                  "step-0 preference loss (expected) | last loss | last margin | disc. acc | "
+                  "held-out acc | held-out gold logp/token | held-out prefers gold |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in its:
-            h = r.get("heldout") or {}
+            h, g = r.get("heldout") or {}, r["generation"]
+            acc = h.get("accuracy")
             lines.append(
-                f"| {r['iteration']} | {r['beta']} | {r['lr']} | {r['pairs']} | "
-                f"{r['generation']['unfinished']} | {r['step0_loss']:.4f} | {r['loss_last']:.4f} | "
+                f"| {r['iteration']} | {r.get('loss', 'sigmoid')} | {r['beta']} | {r['lr']} | "
+                f"{r['pairs']} | {g.get('opponent_correct', '-')} ({g.get('dropped_correct', 0)}) | "
+                f"{g['unfinished']} | {r.get('step0_pref_loss', r['step0_loss']):.4f} "
+                f"({r.get('step0_expected', 0.6931):.4f}) | {r['loss_last']:.4f} | "
                 f"{r['margin_last']:.3f} | {r['disc_accuracy_last']:.2f} | "
+                f"{'-' if acc is None else f'{acc:.3f}'} | "
                 f"{h.get('gold_logp_per_token', float('nan')):.3f} | "
                 f"{h.get('win_rate_gold_vs_own', float('nan')):.2f} |")
         if spin:

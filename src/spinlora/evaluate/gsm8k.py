@@ -21,13 +21,20 @@ _HASH = re.compile(r"####\s*\$?\s*(-?[\d,]*\.?\d+)")
 _NUM = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
 
 
+_DECIMAL = re.compile(r"(-?)(\d*)(?:\.(\d*))?")
+
+
 def normalize_number(s: str) -> str:
+    """Canonical text of a number: no commas, ``$`` or trailing ``.``, no leading zeros, no
+    trailing fractional zeros ("1,000.50" -> "1000.5", "7.0" -> "7"). Exact on the digits, with
+    no float conversion, so any length of number is safe; anything else comes back stripped."""
     s = s.strip().replace(",", "").replace("$", "").rstrip(".")
-    try:
-        v = float(s)
-    except ValueError:
+    m = _DECIMAL.fullmatch(s)
+    if not m or not any(c.isdigit() for c in s):
         return s
-    return str(int(v)) if v == int(v) else str(v)
+    sign, whole, frac = m.group(1), m.group(2).lstrip("0") or "0", (m.group(3) or "").rstrip("0")
+    text = f"{whole}.{frac}" if frac else whole
+    return "0" if text == "0" else sign + text
 
 
 def extract_strict(text: str) -> str | None:

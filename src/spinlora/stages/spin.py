@@ -13,6 +13,7 @@ the result file records that check. Held-out diagnostics pick the best iteration
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -23,11 +24,13 @@ import torch
 
 from .. import adapters
 from ..accounting import Accountant, count_parameters
-from ..config import RunConfig
+from ..config import GenerationConfig, RunConfig, SpinConfig
 from ..data import Example, collate, subset
 from ..evaluate import evaluate_gsm8k
+from ..evaluate.gsm8k import extract_answer
 from ..generate import generate
-from ..losses import LN2, answer_logps, score_sequences, shared_prompt_logps, spin_loss
+from ..losses import (answer_logps, score_sequences, shared_prompt_logps, spin_loss,
+                      step0_value)
 from ..train import MetricsLog, Objective, train_loop
 
 
@@ -42,8 +45,15 @@ class Pair:
     ref_gen: float = 0.0  # log p_θt(y'|x)
 
 
-def spin_objective(pad_id: int, beta: float) -> Objective:
-    """SPIN loss summed over pairs (real and generated sequences in one padded forward pass)."""
+def spin_objective(pad_id: int, beta: float, spin_cfg: SpinConfig | None = None) -> Objective:
+    """SPIN loss summed over pairs (real and generated sequences in one padded forward pass).
+
+    ``spin_cfg`` picks the loss variant (``spin.loss``, see ``losses.spin_loss``); None is the
+    paper's sigmoid loss.
+    """
+    kind = spin_cfg.loss if spin_cfg else "sigmoid"
+    nll_weight = spin_cfg.nll_weight if spin_cfg else 1.0
+    dpop_lambda = spin_cfg.dpop_lambda if spin_cfg else 50.0
 
     def loss(model, pairs: list[Pair]):
         device = next(model.parameters()).device
@@ -56,12 +66,18 @@ def spin_objective(pad_id: int, beta: float) -> Objective:
                                                   pad_id).to(device))
             gen, _ = answer_logps(model, collate([(p.prompt_ids, p.gen_ids) for p in pairs],
                                                  pad_id).to(device))
-        ref_real = torch.tensor([p.ref_real for p in pairs], device=device, dtype=real.dtype)
-        ref_gen = torch.tensor([p.ref_gen for p in pairs], device=device, dtype=real.dtype)
-        losses, margins = spin_loss(real, gen, ref_real, ref_gen, beta)
+        as_tensor = lambda xs: torch.tensor(xs, device=device, dtype=real.dtype)  # noqa: E731
+        ref_real, ref_gen = as_tensor([p.ref_real for p in pairs]), as_tensor([p.ref_gen for p in pairs])
+        real_len = as_tensor([len(p.real_ids) for p in pairs])
+        losses, margins, pref = spin_loss(real, gen, ref_real, ref_gen, beta, kind,
+                                          real_len=real_len,
+                                          gen_len=as_tensor([len(p.gen_ids) for p in pairs]),
+                                          nll_weight=nll_weight, dpop_lambda=dpop_lambda)
         d = margins.detach()
         metrics = {"margin": d.sum(), "disc_accuracy": (d > 0).float().sum(),
+                   "pref_loss": pref.detach().sum(),
                    "logp_real": real.detach().sum(), "logp_gen": gen.detach().sum(),
+                   "nll_real_per_token": (-real.detach() / real_len).sum(),
                    "reward_real": (beta * (real.detach() - ref_real)).sum(),
                    "reward_gen": (beta * (gen.detach() - ref_gen)).sum()}
         return losses.sum(), metrics
@@ -73,21 +89,59 @@ def spin_objective(pad_id: int, beta: float) -> Objective:
                      length=lambda p: len(p.prompt_ids) + max(len(p.real_ids), len(p.gen_ids)))
 
 
+def opponent_generation(cfg: RunConfig, t: int) -> GenerationConfig:
+    """The opponent's sampling settings for iteration ``t`` (0-based): ``spin.opponent``, with the
+    length and batch size of ``generation``. Evaluation keeps ``generation`` (greedy)."""
+    opp = cfg.spin.opponent
+    return dataclasses.replace(cfg.generation, do_sample=opp.temperature > 0,
+                               temperature=opp.temperature or 1.0, top_p=opp.top_p,
+                               seed=opp.seed + 1000 * t)
+
+
+def is_correct(generated: str, gold_answer: str) -> bool | None:
+    """Whether a generated answer's final number equals the gold one (GSM8K's ``#### N``);
+    None where the gold answer has no number to check against."""
+    gold = extract_answer(gold_answer)
+    if gold is None:
+        return None
+    return extract_answer(generated) == gold
+
+
 def make_pairs(model, tokenizer, fmt, examples: list[Example], cfg: RunConfig,
-               acct: Accountant, desc: str) -> tuple[list[Pair], list[dict], dict]:
-    """The opponent (the model as it is) answers the prompts; returns pairs, records, counts."""
+               acct: Accountant, desc: str, t: int = 0) -> tuple[list[Pair], list[dict], dict]:
+    """The opponent (the model as it is) answers the prompts; returns pairs, records, counts.
+
+    With ``spin.opponent.samples`` k > 1 each prompt gets k sampled answers and one is chosen;
+    with ``spin.correct_pairs: drop`` a pair whose chosen answer is already correct is dropped.
+    """
+    k = cfg.spin.opponent.samples
+    drop_correct = cfg.spin.correct_pairs == "drop"
     with acct.phase("generate") as ph:
-        gens, produced = generate(model, tokenizer, [e.prompt_ids for e in examples],
-                                  cfg.generation, fmt.stop_ids, desc=desc)
+        gens, produced = generate(model, tokenizer,
+                                  [e.prompt_ids for e in examples for _ in range(k)],
+                                  opponent_generation(cfg, t), fmt.stop_ids, desc=desc)
         ph.tokens += produced
     pairs, records = [], []
-    counts = {"generated": len(gens), "unfinished": 0, "cut_to_max_length": 0,
-              "dropped_unfinished": 0}
-    for e, g in zip(examples, gens):
+    counts = {"prompts": len(examples), "generated": len(gens), "unfinished": 0,
+              "cut_to_max_length": 0, "dropped_unfinished": 0, "opponent_correct": 0,
+              "checkable": 0, "dropped_correct": 0}
+    for i, e in enumerate(examples):
+        samples = gens[i * k:(i + 1) * k]
+        flags = [is_correct(g.text, e.answer) for g in samples]
+        counts["unfinished"] += sum(not g.finished for g in samples)
+        if flags[0] is not None:
+            counts["checkable"] += 1
+            counts["opponent_correct"] += bool(flags[0])  # the first (greedy: the only) answer
+        # the chosen answer: a wrong one when wrong ones are wanted, finished before cut
+        order = sorted(range(k), key=lambda j: (drop_correct and flags[j] is True,
+                                                not samples[j].finished))
+        g, correct = samples[order[0]], flags[order[0]]
+        if drop_correct and correct:
+            counts["dropped_correct"] += 1
+            continue
         ids = list(g.ids)
         if not g.finished:
             # a cut answer keeps no end token: appending one would let length give it away
-            counts["unfinished"] += 1
             if cfg.spin.drop_truncated:
                 counts["dropped_unfinished"] += 1
                 continue
@@ -97,7 +151,9 @@ def make_pairs(model, tokenizer, fmt, examples: list[Example], cfg: RunConfig,
             counts["cut_to_max_length"] += 1
         pairs.append(Pair(e.prompt_ids, e.answer_ids, ids))
         records.append({"prompt": e.prompt, "gold": e.answer, "generated": g.text,
-                        "finished": g.finished, "generated_tokens": len(g.ids)})
+                        "finished": g.finished, "correct": correct,
+                        "generated_tokens": len(g.ids)})
+    counts["pairs"] = len(pairs)
     return pairs, records, counts
 
 
@@ -148,6 +204,7 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
     start = _heldout(model, tokenizer, fmt, heldout, cfg, acct0, "iter_0")
     history = [{"iteration": 0, "heldout": start}]
     previous: list[Pair] = []
+    stopped_early = None
     for t in range(cfg.spin.iterations):
         name = f"iter_{t + 1}"
         part = out / f"{name}.partial"
@@ -156,20 +213,21 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
         acct = new_accountant()
         beta, lr = cfg.spin.per_iteration("beta", t), cfg.spin.per_iteration("lr", t)
         pairs, gen_records, counts = make_pairs(model, tokenizer, fmt, prompts, cfg, acct,
-                                                f"opponent {name}")
+                                                f"opponent {name}", t)
         with open(part / "generations.jsonl", "w") as f:
             for r in gen_records:
                 f.write(json.dumps(r) + "\n")
         train_pairs = pairs + (previous if cfg.spin.mix_previous else [])
         if not train_pairs:
-            raise RuntimeError(f"SPIN {name}: no pairs left to train on (all generations were "
-                               "unfinished and spin.drop_truncated is true); raise "
-                               "generation.max_new_tokens")
-        reference_pass(model, train_pairs, pad, acct)
+            raise RuntimeError(
+                f"SPIN {name}: no pairs left to train on ({counts['dropped_correct']} dropped as "
+                f"already correct, {counts['dropped_unfinished']} as unfinished); use more "
+                "spin.prompts, spin.correct_pairs=keep, or spin.drop_truncated=false")
+        reference_pass(model, train_pairs, pad, acct, cfg.train.micro_batch_size)
         log = MetricsLog(part / "metrics.jsonl")
         try:
-            records = train_loop(model, train_pairs, spin_objective(pad, beta), cfg.train, lr,
-                                 cfg.spin.epochs, acct, log, cfg.seed + t + 1, f"spin {name}",
+            records = train_loop(model, train_pairs, spin_objective(pad, beta, cfg.spin), cfg.train,
+                                 lr, cfg.spin.epochs, acct, log, cfg.seed + t + 1, f"spin {name}",
                                  extra={"iteration": t + 1, "beta": beta},
                                  method=cfg.adapter.method)
         finally:
@@ -179,34 +237,46 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
         with acct.phase("save"):
             adapters.save(model, cfg.adapter, part / "adapter", init_path)
         held = _heldout(model, tokenizer, fmt, heldout, cfg, acct, name)
-        step0 = records[0]["loss"]
+        # player = opponent at step 0, so the preference part of the loss is ln 2 (sigmoid family)
+        # or 1/(4β²) (IPO), exact up to float error from padding; dropout > 0 makes it approximate
+        step0, expected = records[0]["pref_loss"], step0_value(cfg.spin.loss, beta)
         result = {
-            "stage": "spin", "iteration": t + 1, "beta": beta, "lr": lr,
+            "stage": "spin", "iteration": t + 1, "beta": beta, "lr": lr, "loss": cfg.spin.loss,
+            **({"nll_weight": cfg.spin.nll_weight} if cfg.spin.loss == "sigmoid_nll" else {}),
+            **({"dpop_lambda": cfg.spin.dpop_lambda} if cfg.spin.loss == "dpop" else {}),
+            "correct_pairs": cfg.spin.correct_pairs,
             "pairs": len(train_pairs), "new_pairs": len(pairs),
             "mixed_previous": len(train_pairs) - len(pairs), "generation": counts,
-            "sampling": {"do_sample": cfg.generation.do_sample,
-                         "temperature": cfg.generation.temperature, "top_p": cfg.generation.top_p,
-                         "max_new_tokens": cfg.generation.max_new_tokens,
-                         "seed": cfg.generation.seed},
-            "steps": len(records), "step0_loss": step0,
-            # player = opponent at step 0, so the loss must be ln 2 (exact up to float error
-            # from different padding; dropout > 0 makes it approximate)
-            "step0_is_ln2": abs(step0 - LN2) < 1e-3, "loss_last": records[-1]["loss"],
+            "opponent_sampling": {**dataclasses.asdict(cfg.spin.opponent),
+                                  "seed": opponent_generation(cfg, t).seed,
+                                  "max_new_tokens": cfg.generation.max_new_tokens},
+            "steps": len(records), "step0_loss": records[0]["loss"],
+            "step0_pref_loss": step0, "step0_expected": expected,
+            "step0_ok": abs(step0 - expected) < 1e-3 * max(1.0, expected),
+            "loss_last": records[-1]["loss"],
             "margin_last": records[-1]["margin"], "disc_accuracy_last": records[-1]["disc_accuracy"],
             "heldout": held, "parameters": count_parameters(model), "method": cfg.adapter.method,
             **({"selection": selection} if selection else {}),
             "accounting": acct.summary(),
         }
-        if not result["step0_is_ln2"] and cfg.adapter.dropout == 0:
-            print(f"[spinlora] WARNING: SPIN {name} step-0 loss {step0:.6f} != ln 2: the "
-                  "reference is not the opponent")
+        if not result["step0_ok"] and cfg.adapter.dropout == 0:
+            print(f"[spinlora] WARNING: SPIN {name} step-0 loss {step0:.6f} != {expected:.6f}: "
+                  "the reference is not the opponent")
         (part / "result.json").write_text(json.dumps(result, indent=2))
         finish_dir(part, out / name)
         history.append({"iteration": t + 1, "heldout": held})
         previous = pairs
+        if cfg.spin.early_stop and _metric(history[-1], cfg.spin.keep_best) < _metric(
+                history[-2], cfg.spin.keep_best):
+            stopped_early = t + 1
+            print(f"[spinlora] SPIN early stop after {name}: held-out {cfg.spin.keep_best} fell "
+                  f"({_metric(history[-2], cfg.spin.keep_best):.4f} -> "
+                  f"{_metric(history[-1], cfg.spin.keep_best):.4f})")
+            break
     best = _pick_best(history, cfg.spin.keep_best)
     summary = {"stage": "spin", "iterations": cfg.spin.iterations, "keep_best": cfg.spin.keep_best,
-               "best_iteration": best, "history": history, "start_accounting": acct0.summary()}
+               "best_iteration": best, "stopped_early_after": stopped_early, "history": history,
+               "start_accounting": acct0.summary()}
     if best is not None and best > 0:
         dest = out / "best_adapter"
         shutil.rmtree(dest, ignore_errors=True)
@@ -214,10 +284,19 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
     return summary
 
 
+_METRIC_KEY = {"heldout_accuracy": "accuracy", "heldout_gold_logp": "gold_logp_per_token",
+               "heldout_win_rate": "win_rate_gold_vs_own"}
+
+
+def _metric(entry: dict, metric: str) -> float:
+    v = entry["heldout"].get(_METRIC_KEY[metric])
+    return -math.inf if v is None else v
+
+
 def _pick_best(history: list[dict], metric: str | None) -> int | None:
-    """Iteration with the best held-out metric (0 = the starting adapter, i.e. SPIN did not help)."""
+    """Iteration with the best held-out metric (0 = the starting adapter, i.e. SPIN did not help);
+    ties go to the earliest iteration."""
     if metric is None or not history[0]["heldout"]:
         return None
-    key = {"heldout_gold_logp": "gold_logp_per_token", "heldout_win_rate": "win_rate_gold_vs_own"}[metric]
-    scores = [(h["heldout"].get(key, -math.inf), -h["iteration"]) for h in history]
+    scores = [(_metric(h, metric), -h["iteration"]) for h in history]
     return -max(scores)[1]
