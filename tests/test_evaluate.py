@@ -39,3 +39,25 @@ def test_fewshot_prompts(tiny_model_dir):
     chat = tok.decode(fewshot_prompt_ids(tok, ChatFormat(tok), "3+3?", shots, "chat"))
     assert chat.count("<|im_start|>user") == 3 and chat.count("<|im_start|>assistant") == 3
     assert chat.endswith("3+3?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_extraction_survives_any_string():
+    """Random text, huge numbers, unicode digits and symbols: extraction never raises and
+    returns a string or None; huge numbers compare exactly (no float overflow)."""
+    import random
+
+    from spinlora.evaluate.gsm8k import extract_flexible, extract_strict, normalize_number
+
+    rng = random.Random(0)
+    alphabet = "0123456789,.$-#### \n\tabcXYZ٣٤५€½²∞e+()" + "\u0000\uffff"
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80)))
+        for f in (extract_answer, extract_strict, extract_flexible):
+            out = f(text)
+            assert out is None or isinstance(out, str)
+    huge = "9" * 5000
+    assert extract_answer(f"so the total is {huge}.") == huge
+    assert extract_answer(f"#### 1{'0' * 400}") != extract_answer(f"#### 1{'0' * 399}1")
+    assert normalize_number("1" + "0" * 400 + ".000") == "1" + "0" * 400
+    assert normalize_number("-0.0") == "0" and normalize_number("007.50") == "7.5"
+    assert normalize_number(".5") == "0.5"

@@ -1,0 +1,166 @@
+"""SPIN loss variants against hand computations, their step-0 values on the tiny model,
+correctness-aware pairs, opponent sampling apart from evaluation, keep_best / early stop."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from spinlora.accounting import Accountant
+from spinlora.config import ConfigError, load_config
+from spinlora.generate import Generation
+from spinlora.losses import LN2, spin_loss, step0_value
+
+# one pair: log p(y) = -10, log p(y') = -12, reference -11 and -11.5, |y| = 5, |y'| = 4
+P = dict(policy_real=torch.tensor([-10.0]), policy_gen=torch.tensor([-12.0]),
+         ref_real=torch.tensor([-11.0]), ref_gen=torch.tensor([-11.5]),
+         real_len=torch.tensor([5.0]), gen_len=torch.tensor([4.0]))
+H = (-10 - -11) - (-12 - -11.5)  # 1.5
+
+
+def test_sigmoid_nll_by_hand():
+    loss, margin, pref = spin_loss(**P, beta=0.1, kind="sigmoid_nll", nll_weight=0.5)
+    assert pref.item() == pytest.approx(math.log(1 + math.exp(-0.1 * H)), abs=1e-6)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-0.1 * H)) + 0.5 * 10 / 5, abs=1e-6)
+    assert margin.item() == pytest.approx(0.15, abs=1e-6)
+
+
+def test_dpop_by_hand():
+    # gold above the reference: no penalty, equals the sigmoid loss
+    loss, _, _ = spin_loss(**P, beta=0.1, kind="dpop", dpop_lambda=50)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-0.15)), abs=1e-6)
+    # gold 2 nats below the reference: -log σ(β·(h − λ·2)), with h = (-13+11) - (-12+11.5) = -1.5
+    q = {**P, "policy_real": torch.tensor([-13.0])}
+    loss, _, _ = spin_loss(**q, beta=0.1, kind="dpop", dpop_lambda=5)
+    z = 0.1 * (-1.5 - 5 * 2)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-z)), abs=1e-5)
+
+
+def test_ipo_by_hand():
+    loss, _, _ = spin_loss(**P, beta=0.25, kind="ipo")
+    h_avg = (-10 - -11) / 5 - (-12 - -11.5) / 4  # 0.2 + 0.125
+    assert loss.item() == pytest.approx((h_avg - 1 / (2 * 0.25)) ** 2, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "sigmoid_nll", "dpop", "ipo"])
+def test_step0_value_when_player_equals_reference(kind):
+    x, y = torch.tensor([-30.0, -7.0]), torch.tensor([-25.0, -9.0])
+    n = torch.tensor([10.0, 3.0])
+    _, margin, pref = spin_loss(x, y, x.clone(), y.clone(), 0.1, kind, real_len=n, gen_len=n)
+    assert torch.allclose(pref, torch.full_like(pref, step0_value(kind, 0.1)))
+    assert torch.all(margin == 0)
+    assert step0_value(kind, 0.1) == pytest.approx(25.0 if kind == "ipo" else LN2)
+
+
+def test_unknown_loss_is_a_config_error():
+    with pytest.raises(ConfigError, match="spin.loss"):
+        load_config(None, ["spin.loss=hinge"])
+    with pytest.raises(ConfigError, match="temperature"):
+        load_config(None, ["spin.opponent.samples=4"])  # greedy samples are all the same
+    with pytest.raises(ConfigError, match="keep_best"):
+        load_config(None, ["spin.early_stop=true", "spin.keep_best=null"])
+
+
+def test_is_correct():
+    from spinlora.stages.spin import is_correct
+
+    assert is_correct("so 3 + 4 = 7\n#### 7", "3+4=7\n#### 7") is True
+    assert is_correct("The answer is 7.", "#### 7") is True
+    assert is_correct("#### 8", "#### 7") is False
+    assert is_correct("#### 8", "no number in the gold answer") is None
+
+
+def _fake_generate(texts_by_call):
+    """generate() stand-in: answers in call order; records the config it was called with."""
+    calls = []
+
+    def gen(model, tok, prompts, cfg, stop_ids, desc="", **kw):
+        calls.append(cfg)
+        texts = texts_by_call[len(calls) - 1]
+        outs = [Generation(tok(t, add_special_tokens=False).input_ids, t, True)
+                for t in texts[:len(prompts)]]
+        return outs, sum(len(o.ids) for o in outs)
+
+    return gen, calls
+
+
+def test_correct_pairs_drop_and_sampled_opponent(tiny_cfg, monkeypatch):
+    """drop: a pair whose chosen answer is right is dropped and counted; with k samples a wrong
+    one is chosen when there is one; the opponent samples with its own settings and a seed per
+    iteration, while evaluation's generation config stays greedy."""
+    import spinlora.stages.spin as sp
+    from spinlora.data import ChatFormat, Example, build_examples
+    from spinlora.models import load_model
+
+    model, tok = load_model(tiny_cfg.model)
+    fmt = ChatFormat(tok)
+    rows = [{"prompt": f"q{i}", "answer": f"work\n#### {i}"} for i in range(3)]
+    examples, _ = build_examples(rows, fmt, tiny_cfg.data)
+    tiny_cfg.spin.correct_pairs = "drop"
+    tiny_cfg.spin.opponent.temperature, tiny_cfg.spin.opponent.samples = 0.7, 2
+    # prompt 0: both samples right -> dropped; prompt 1: second wrong -> chosen; 2: both wrong
+    answers = ["#### 0", "#### 0", "#### 1", "#### 5", "#### 9", "#### 8"]
+    gen, calls = _fake_generate([answers])
+    monkeypatch.setattr(sp, "generate", gen)
+    pairs, records, counts = sp.make_pairs(model, tok, fmt, examples, tiny_cfg,
+                                           Accountant(torch.device("cpu")), "o", t=2)
+    assert counts["dropped_correct"] == 1 and counts["pairs"] == 2 == len(pairs)
+    assert counts["opponent_correct"] == 2 and counts["checkable"] == 3  # first samples: 0 and 1
+    assert [r["generated"] for r in records] == ["#### 5", "#### 9"]
+    assert all(r["correct"] is False for r in records)
+    cfg = calls[0]
+    assert cfg.do_sample and cfg.temperature == 0.7 and cfg.seed == 2000
+    assert not tiny_cfg.generation.do_sample  # evaluation's settings untouched
+
+    tiny_cfg.spin.correct_pairs = "keep"
+    gen, _ = _fake_generate([answers])
+    monkeypatch.setattr(sp, "generate", gen)
+    pairs, records, counts = sp.make_pairs(model, tok, fmt, examples, tiny_cfg,
+                                           Accountant(torch.device("cpu")), "o")
+    assert counts["dropped_correct"] == 0 and len(pairs) == 3
+    assert [r["generated"] for r in records] == ["#### 0", "#### 1", "#### 9"]
+
+
+@pytest.mark.parametrize("kind", ["sigmoid_nll", "dpop", "ipo"])
+def test_every_variant_runs_with_step0_check(tiny_cfg, kind):
+    from spinlora.pipeline import run
+
+    tiny_cfg.spin.loss, tiny_cfg.spin.iterations = kind, 1
+    tiny_cfg.stages = ["sft", "spin"]
+    tiny_cfg.spin.beta = 0.5
+    assert run(tiny_cfg)["status"] == "ok"
+    r = json.loads((Path(tiny_cfg.output_dir) / "spin" / "iter_1" / "result.json").read_text())
+    assert r["loss"] == kind and r["step0_ok"], r
+    assert r["step0_pref_loss"] == pytest.approx(step0_value(kind, 0.5), rel=1e-4)
+    if kind == "sigmoid_nll":  # the NLL term makes the total larger than the preference part
+        assert r["step0_loss"] > r["step0_pref_loss"] + 0.1
+
+
+def test_keep_best_by_heldout_accuracy_and_early_stop():
+    from spinlora.stages.spin import _metric, _pick_best
+
+    h = [{"iteration": i, "heldout": {"accuracy": a}} for i, a in enumerate([0.30, 0.35, 0.35])]
+    assert _pick_best(h, "heldout_accuracy") == 1  # ties go to the earlier iteration
+    assert _metric(h[2], "heldout_accuracy") == 0.35
+    assert _pick_best([{"iteration": 0, "heldout": {"accuracy": 0.4}},
+                       {"iteration": 1, "heldout": {"accuracy": 0.3}}], "heldout_accuracy") == 0
+
+
+def test_early_stop_ends_spin_when_heldout_falls(tiny_cfg, monkeypatch):
+    import spinlora.stages.spin as sp
+    from spinlora.pipeline import run
+
+    scores = iter([0.5, 0.2, 0.9, 0.9])  # start, iteration 1 (falls), never reached
+
+    def fake_heldout(*a, **k):
+        return {"accuracy": next(scores), "gold_logp_per_token": -1.0}
+
+    monkeypatch.setattr(sp, "_heldout", fake_heldout)
+    tiny_cfg.stages = ["sft", "spin"]
+    tiny_cfg.spin.iterations, tiny_cfg.spin.early_stop = 3, True
+    tiny_cfg.spin.keep_best = "heldout_accuracy"
+    run(tiny_cfg)
+    res = json.loads((Path(tiny_cfg.output_dir) / "spin" / "result.json").read_text())
+    assert res["stopped_early_after"] == 1 and res["best_iteration"] == 0
+    assert not (Path(tiny_cfg.output_dir) / "spin" / "iter_2").exists()
