@@ -12,9 +12,20 @@ def test_refuses_existing_run_without_overwrite(tiny_cfg):
     out = Path(tiny_cfg.output_dir)
     out.mkdir(parents=True)
     (out / "config.yaml").write_text("x: 1\n")
+    (out / "run.json").write_text("{}")
     with pytest.raises(OutputExistsError, match="--overwrite"):
         run(tiny_cfg)
     assert (out / "config.yaml").read_text() == "x: 1\n"  # untouched
+
+
+def test_overwrite_never_empties_a_folder_that_is_not_a_run(tiny_cfg):
+    out = Path(tiny_cfg.output_dir)
+    out.mkdir(parents=True)
+    (out / "thesis.tex").write_text("years of work")
+    tiny_cfg.overwrite = True
+    with pytest.raises(OutputExistsError, match="no spinlora run"):
+        run(tiny_cfg)
+    assert (out / "thesis.tex").read_text() == "years of work"
 
 
 def test_interrupt_keeps_finished_stages(tiny_cfg, monkeypatch):

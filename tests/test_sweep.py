@@ -24,14 +24,22 @@ def test_sweep_grid_statuses_resume_and_summary(tiny_cfg, monkeypatch, capsys):
     assert all(r["score"] is None for r in results if r["status"] == "diverged")
     assert res["best"]["lora r2 bs4"]["lr"] == 1e-3 and res["best"]["lora r2 bs4"]["seeds"] == 2
     assert (root / "score_vs_lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| lora | 2 | 4 | 1e-03 |" in (root / "summary.md").read_text()
+    assert "| lora | 2 | 4 | 0.001 |" in (root / "summary.md").read_text()
 
     # resume: nothing reruns; a deleted result file (an interrupted point) runs again
-    (root / "results" / "ia3_r2_bs4_lr1e-03_s1.json").unlink()
+    (root / "results" / "ia3_r2_bs4_lr0.001_s1.json").unlink()
     calls = []
     import spinlora.pipeline as pl
     real = pl.run
     monkeypatch.setattr(pl, "run", lambda c: calls.append(c.output_dir) or real(c))
     run_sweep(cfg)
-    assert [Path(c).name for c in calls] == ["ia3_r2_bs4_lr1e-03_s1"]
+    assert [Path(c).name for c in calls] == ["ia3_r2_bs4_lr0.001_s1"]
     assert summarise(root)["points"] == 8
+
+
+def test_point_names_are_unique_for_any_value():
+    from spinlora.sweep import point_name
+
+    base = dict(method="lora", r=8, batch_size=8, seed=0)
+    names = {point_name({**base, "lr": lr}) for lr in (1e-4, 1.5e-4, 1.05e-4, 2e-4)}
+    assert len(names) == 4

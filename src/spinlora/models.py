@@ -137,6 +137,8 @@ def load_model(cfg: ModelConfig):
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     kwargs = {}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.quantization != "none":
         kwargs.update(quantization_config=quantization_config(cfg.quantization, dtype),
                       device_map={"": str(device)})
@@ -148,7 +150,7 @@ def load_model(cfg: ModelConfig):
         raise ModelNotFoundError(
             f"could not load model {cfg.name!r} ({e}). Offline? Download it first with "
             f"`huggingface-cli download {cfg.name}` or pass a local directory") from None
-    if not kwargs:
+    if cfg.quantization == "none":
         model.to(device)
     model.eval()
     for p in model.parameters():

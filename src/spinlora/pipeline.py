@@ -47,6 +47,11 @@ def prepare_output(cfg: RunConfig) -> Path:
     """Create the run folder; refuse to reuse one that holds a run unless overwrite is set."""
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()):
+        if not (out / "run.json").is_file():
+            # --overwrite replaces a spinlora run, never an arbitrary folder (--output-dir ~)
+            raise OutputExistsError(
+                f"output folder {out} is not empty and holds no spinlora run (no run.json); "
+                "choose an empty or new folder with --output-dir")
         if not cfg.overwrite:
             raise OutputExistsError(
                 f"output folder {out} already holds a run; pass --overwrite (overwrite=true) to "

@@ -32,7 +32,8 @@ def points(cfg: RunConfig) -> list[dict]:
 
 
 def point_name(p: dict) -> str:
-    return f"{p['method']}_r{p['r']}_bs{p['batch_size']}_lr{p['lr']:.0e}_s{p['seed']}"
+    # repr keeps every digit: 1e-4 and 1.5e-4 must not share a name (and a result file)
+    return f"{p['method']}_r{p['r']}_bs{p['batch_size']}_lr{p['lr']!r}_s{p['seed']}"
 
 
 def point_config(cfg: RunConfig, p: dict, root: Path) -> RunConfig:
@@ -133,12 +134,12 @@ def summarise(root: Path, higher_is_better: bool = True) -> dict:
              "| method | r | batch | best lr | score (mean ± std) | seeds |", "|---|---|---|---|---|---|"]
     for k, b in best.items():
         m, r, bs = k.split()
-        lines.append(f"| {m} | {r[1:]} | {bs[2:]} | {b['lr']:.0e} | {b['mean']:.4f} ± {b['std']:.4f} | {b['seeds']} |")
+        lines.append(f"| {m} | {r[1:]} | {bs[2:]} | {b['lr']:g} | {b['mean']:.4f} ± {b['std']:.4f} | {b['seeds']} |")
     lines += ["", "| method | r | batch | lr | mean | std | seeds | statuses |", "|---|---|---|---|---|---|---|---|"]
     for x in rows:
         mean = "–" if x["mean"] is None else f"{x['mean']:.4f}"
         std = "–" if x["std"] is None else f"{x['std']:.4f}"
-        lines.append(f"| {x['method']} | {x['r']} | {x['batch_size']} | {x['lr']:.0e} | {mean} | "
+        lines.append(f"| {x['method']} | {x['r']} | {x['batch_size']} | {x['lr']:g} | {mean} | "
                      f"{std} | {x['seeds']} | {x['statuses']} |")
     (root / "summary.md").write_text("\n".join(lines) + "\n")
     _plot(rows, metric, root / "score_vs_lr.png")
