@@ -74,3 +74,72 @@ def test_shared_prompt_logps_equal_separate_passes(tiny_model_dir):
                                rtol=1e-4, atol=1e-6)
     model.gradient_checkpointing_enable()
     assert shared_prompt_logps(model, prompts, answers, pad_id=2) is None  # falls back
+
+
+def _lora_tiny(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                             init_lora_weights=False))
+    return model
+
+
+def test_chunked_logps_equal_one_pass_in_value_and_gradient(tiny_model_dir, monkeypatch):
+    """LM head in chunks of 5 tokens, recomputed in backward: same log-probs and gradients as one
+    pass over all tokens (also through the shared-prompt path)."""
+    import spinlora.losses as L
+
+    model = _lora_tiny(tiny_model_dir)
+    pairs = [([1, 5, 6, 7], [8, 9, 2, 11, 12, 13]), ([1, 5], [10, 11, 12, 13, 2, 14, 15])]
+    grads, values = [], []
+    for chunk in (None, 5):
+        monkeypatch.setattr(L, "LOGIT_CHUNK_TOKENS", chunk)
+        model.zero_grad()
+        lp, _ = answer_logps(model, collate(pairs, pad_id=2))
+        shared = L.shared_prompt_logps(model, [p for p, _ in pairs], [[a] for _, a in pairs], 2)
+        (lp.sum() + shared.sum()).backward()
+        values.append(torch.cat([lp, shared[:, 0]]).detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(values[0], values[1], rtol=1e-5, atol=1e-5)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6)
+
+
+def test_final_logit_softcapping_is_applied(tiny_model_dir):
+    """Calling the LM head alone skips Gemma-style soft-capping; token_logps applies it."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    model.config.final_logit_softcapping = 0.5  # strong, so a missing cap would show
+    p, a = [1, 5, 6, 7], [8, 9, 2]
+    with torch.no_grad():
+        lp, _ = answer_logps(model, collate([(p, a)], pad_id=2))
+        raw = model(torch.tensor([p + a])).logits[0, :-1]
+        capped = (torch.tanh(raw / 0.5) * 0.5).log_softmax(-1)
+        uncapped = raw.log_softmax(-1)
+    pos, tgt = torch.arange(len(p) - 1, len(p) + len(a) - 1), torch.tensor(a)
+    assert lp.item() == pytest.approx(capped[pos, tgt].sum().item(), abs=1e-4)
+    assert abs(lp.item() - uncapped[pos, tgt].sum().item()) > 1e-2
+
+
+def test_hessian_vector_product_through_chunked_head(tiny_model_dir, monkeypatch):
+    """Double backward (the Hessian tool) works through the checkpointed chunks."""
+    import spinlora.losses as L
+
+    model = _lora_tiny(tiny_model_dir)
+    model.set_attn_implementation("eager")  # as spinlora hessian does: no double backward in SDPA
+    params = [p for p in model.parameters() if p.requires_grad]
+    v = [torch.randn_like(p) for p in params]
+    batch = collate([([1, 5, 6, 7], [8, 9, 2, 11, 12, 13, 14, 15])], pad_id=2)
+    out = []
+    for chunk in (None, 3):
+        monkeypatch.setattr(L, "LOGIT_CHUNK_TOKENS", chunk)
+        lp, _ = answer_logps(model, batch)
+        g = torch.autograd.grad(-lp.sum(), params, create_graph=True)
+        hv = torch.autograd.grad(g, params, grad_outputs=v)
+        out.append(torch.cat([h.flatten() for h in hv]))
+    torch.testing.assert_close(out[0], out[1], rtol=1e-4, atol=1e-5)

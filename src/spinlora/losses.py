@@ -2,7 +2,10 @@
 
 ``answer_logps`` runs the decoder once and applies the LM head only at the positions that predict
 answer tokens: the 49k-vocabulary logits of the prompt tokens are never built, which is where most
-of the memory of a small model goes (PEFT_NOTES.md).
+of the memory of a small model goes (PEFT_NOTES.md). ``token_logps`` then turns those hidden
+states into log-probs ``LOGIT_CHUNK_TOKENS`` tokens at a time; with gradients on, each chunk is
+recomputed in the backward pass (activation checkpointing), so tokens × vocabulary fp32 logits
+never exist at once (151,936-entry vocabulary: 0.6 GB per 1024 tokens instead of the whole batch).
 """
 from __future__ import annotations
 
@@ -15,6 +18,63 @@ from .config import SPIN_LOSSES
 from .data import Batch
 
 LN2 = math.log(2.0)
+LOGIT_CHUNK_TOKENS = 1024  # tokens per LM-head chunk; None = all at once
+
+
+def logit_transform(model):
+    """The model's own transform between the LM head and the softmax, which calling the head
+    alone would skip: Gemma 2/3's final-logit soft-capping (cap·tanh(x/cap)) and Cohere's logit
+    scale. None when the model has neither."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    scale = getattr(cfg, "logit_scale", None)
+    scale = None if scale in (None, 1, 1.0) else float(scale)
+    if not cap and scale is None:
+        return None
+
+    def transform(x):
+        if scale is not None:
+            x = x * scale
+        if cap:
+            x = torch.tanh(x / cap) * cap
+        return x
+
+    return transform
+
+
+def token_logps(head, hidden: torch.Tensor, targets: torch.Tensor, transform=None,
+                chunk: int | None = None, greedy: bool = False):
+    """log p(target) per token from the hidden states that predict them (``head`` = LM head), in
+    chunks of ``chunk`` tokens (None: ``LOGIT_CHUNK_TOKENS``). ``head=None`` means ``hidden`` already holds logits. With
+    ``greedy`` also returns whether each target is the argmax (lm-eval's is_greedy).
+
+    Under autograd each chunk runs inside ``torch.utils.checkpoint``: its logits are freed after
+    the forward pass and rebuilt in the backward pass, one chunk at a time.
+    """
+    def piece(h, t):
+        logits = (head(h) if head is not None else h).float()
+        if transform is not None:
+            logits = transform(logits)
+        lp = -F.cross_entropy(logits, t, reduction="none")
+        return (lp, logits.argmax(-1) == t) if greedy else (lp,)
+
+    n = hidden.shape[0]
+    step = chunk or LOGIT_CHUNK_TOKENS or max(n, 1)
+    outs = []
+    for i in range(0, n, step):
+        h, t = hidden[i:i + step], targets[i:i + step]
+        if n > step and torch.is_grad_enabled() and h.requires_grad:
+            from torch.utils.checkpoint import checkpoint
+
+            outs.append(checkpoint(piece, h, t, use_reentrant=False))
+        else:
+            outs.append(piece(h, t))
+    if not outs:
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return (empty, torch.zeros(0, dtype=torch.bool, device=hidden.device)) if greedy else empty
+    lp = torch.cat([o[0] for o in outs])
+    return (lp, torch.cat([o[1] for o in outs])) if greedy else lp
 
 
 def _is_prompt_learning(model) -> bool:
@@ -34,16 +94,16 @@ def answer_logps(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     if _is_prompt_learning(model):
         # virtual tokens are prepended inside PeftModel.forward: take the full logits there
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        logits = logits[:, -batch.input_ids.shape[1]:-1][target_mask]
+        tok_lp = token_logps(None, logits[:, -batch.input_ids.shape[1]:-1][target_mask], targets)
     else:
         lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         hidden = lm.get_decoder()(input_ids=batch.input_ids,
                                   attention_mask=batch.attention_mask).last_hidden_state
-        logits = lm.get_output_embeddings()(hidden[:, :-1][target_mask])
-    token_logps = -F.cross_entropy(logits.float(), targets, reduction="none")
+        tok_lp = token_logps(lm.get_output_embeddings(), hidden[:, :-1][target_mask], targets,
+                             logit_transform(model))
     n = target_mask.shape[0]
-    seq_logps = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device)
-    seq_logps = seq_logps.index_add(0, rows, token_logps)
+    seq_logps = torch.zeros(n, dtype=tok_lp.dtype, device=tok_lp.device)
+    seq_logps = seq_logps.index_add(0, rows, tok_lp)
     counts = target_mask.sum(1)
     return seq_logps, counts
 
@@ -65,8 +125,8 @@ def shared_prompt_pass(model, prompts: list[list[int]], answers: list[list[list[
 
     The prompts (left-padded) run through the decoder with the cache on; the cache is repeated
     for each prompt's answers (any number per prompt) and the answers (right-padded) run on top
-    of it. Returns ``(logits, targets, rows)`` for the scored answer tokens, flattened: the LM head
-    runs only there. ``rows`` numbers the answers in order (prompt 0's answers first);
+    of it. Returns ``(hidden, targets, rows)`` for the scored answer tokens, flattened: the hidden
+    states that predict them, for ``token_logps`` with the model's LM head. ``rows`` numbers the answers in order (prompt 0's answers first);
     ``skip[i][j]`` leading tokens of answer j of prompt i are context, not scored. Returns None
     where the decoder cannot run alone (see ``_split_model``).
     """
@@ -107,7 +167,7 @@ def shared_prompt_pass(model, prompts: list[list[int]], answers: list[list[list[
     # answer token t is predicted by the hidden state before it: the prompt's last for t = 0
     pred = torch.cat([last[owner][:, None], hidden[:, :-1]], 1)
     rows = torch.arange(len(flat), device=device)[:, None].expand_as(scored)[scored]
-    return head(pred[scored]).float(), a_ids[scored], rows
+    return pred[scored], a_ids[scored], rows
 
 
 def shared_prompt_logps(model, prompts: list[list[int]], answers: list[list[list[int]]],
@@ -120,11 +180,12 @@ def shared_prompt_logps(model, prompts: list[list[int]], answers: list[list[list
     res = shared_prompt_pass(model, prompts, answers, pad_id)
     if res is None:
         return None
-    logits, targets, rows = res
-    token_logps = -F.cross_entropy(logits, targets, reduction="none")
+    hidden, targets, rows = res
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    tok_lp = token_logps(lm.get_output_embeddings(), hidden, targets, logit_transform(model))
     n = sum(len(a) for a in answers)
-    seq = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device)
-    return seq.index_add(0, rows, token_logps).view(len(prompts), -1)
+    seq = torch.zeros(n, dtype=tok_lp.dtype, device=tok_lp.device)
+    return seq.index_add(0, rows, tok_lp).view(len(prompts), -1)
 
 
 def sft_loss_sum(seq_logps: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, float]:

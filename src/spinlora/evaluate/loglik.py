@@ -69,7 +69,10 @@ def score_questions(model, tok, questions: list[tuple[list[str], list[str]]],
     as one right-padded batch on the repeated KV cache (losses.shared_prompt_pass). Models whose
     decoder cannot run alone (prompt-learning adapters) score full sequences instead.
     """
-    from ..losses import shared_prompt_pass
+    from ..losses import logit_transform, shared_prompt_pass, token_logps
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head, transform = lm.get_output_embeddings(), logit_transform(model)
 
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     groups = []  # (question, prompt, [(suffix, skip, choice)])
@@ -94,12 +97,12 @@ def score_questions(model, tok, questions: list[tuple[list[str], list[str]]],
         answers = [[a[0] for a in groups[g][2]] for g in batch]
         skip = [[a[1] for a in groups[g][2]] for g in batch]
         res = shared_prompt_pass(model, prompts, answers, pad, skip)
-        if res is None:
-            res = _full_sequence_pass(model, prompts, answers, pad, skip)
-        logits, targets, rows = res
-        logp = logits.log_softmax(-1)
-        tok_lp = logp.gather(1, targets[:, None])[:, 0]
-        hit = logp.argmax(-1) == targets
+        if res is not None:
+            hidden, targets, rows = res
+            tok_lp, hit = token_logps(head, hidden, targets, transform, greedy=True)
+        else:  # full sequences through the model: its logits, transforms included
+            logits, targets, rows = _full_sequence_pass(model, prompts, answers, pad, skip)
+            tok_lp, hit = token_logps(None, logits, targets, greedy=True)
         n_rows = sum(len(a) for a in answers)
         sums = torch.zeros(n_rows, dtype=tok_lp.dtype, device=tok_lp.device).index_add(0, rows, tok_lp)
         misses = torch.zeros(n_rows, device=tok_lp.device).index_add(0, rows, (~hit).float())
