@@ -80,3 +80,23 @@ def test_cli_missing_dataset_is_clear(capsys, tmp_path, tiny_model_dir):
     rc = cli.main(["sft", "--model", str(tiny_model_dir), "data.train=./missing/train.jsonl",
                    "--output-dir", str(tmp_path / "c")])
     assert rc == 2 and "not found" in capsys.readouterr().err
+
+
+def test_bad_eval_file_fails_before_any_training(tiny_cfg, tmp_path):
+    from spinlora.data import DataError
+
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('{"question": "q", "answer": "#### 1"}\nnot json\n')
+    tiny_cfg.data.eval = str(bad)
+    with pytest.raises(DataError, match="broken.jsonl:2: malformed JSON"):
+        run(tiny_cfg)
+    out = Path(tiny_cfg.output_dir)
+    assert not (out / "sft").exists() and not (out / "sft.partial").exists()
+
+
+def test_empty_training_set_is_a_clear_error(tiny_cfg):
+    from spinlora.data import DataError
+
+    tiny_cfg.data.max_length, tiny_cfg.data.overlong = 12, "drop"  # every row is longer
+    with pytest.raises(DataError, match="no example left to train on"):
+        run(tiny_cfg)

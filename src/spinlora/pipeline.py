@@ -29,7 +29,7 @@ import torch
 from .accounting import Accountant, MemoryMeter, count_parameters, environment
 from . import adapters
 from .config import ConfigError, RunConfig, save_config
-from .data import ChatFormat, build_examples, load_rows, subset
+from .data import ChatFormat, DataError, build_examples, load_rows, subset
 from .evaluate import evaluate_gsm8k
 from .evaluate.choice import evaluate_choice_task
 from .evaluate.tasks import DEFAULT_SHOTS, load_task
@@ -142,6 +142,16 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     summary["data"] = {"sft": counts, "heldout": len(heldout)}
     print(f"[spinlora] SFT set: {counts['kept']} examples ({counts['dropped_overlong']} dropped, "
           f"{counts['truncated_overlong']} truncated at data.max_length={cfg.data.max_length})")
+    if not sft_examples and ("sft" in cfg.stages or "spin" in cfg.stages):
+        raise DataError(f"data.train {cfg.data.train}: no example left to train on "
+                        f"({counts['rows']} rows, {counts['dropped_overlong']} dropped as longer "
+                        f"than data.max_length={cfg.data.max_length}); raise data.max_length or "
+                        "use data.overlong=truncate")
+    if "spin" in cfg.stages and cfg.spin.keep_best and not heldout:
+        print("[spinlora] note: no held-out rows left outside the SFT set; spin.keep_best and "
+              "spin.early_stop are off for this run")
+    # every evaluation input is read now: a bad benchmark file fails before any training
+    inputs = eval_inputs(cfg, fmt) if "eval" in cfg.stages else None
 
     # the adapter: fresh, or a saved one to continue from (its own method and shapes)
     init_path = None
@@ -183,20 +193,36 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     if "eval" in cfg.stages:
         part = out / "eval.partial"
         part.mkdir()
-        result = run_eval(cfg, model, tok, fmt, out, part, new_acct(), init_path)
+        result = run_eval(cfg, model, tok, fmt, out, part, new_acct(), init_path, inputs)
         _write_json(part / "result.json", result)
         finish_dir(part, out / "eval")
         summary["stages"]["eval"] = "ok"
 
 
-def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: Path,
-             acct: Accountant, init_path: Path | None = None) -> dict:
-    """The configured tasks for base, SFT and each SPIN iteration, one model in memory."""
-
+def eval_inputs(cfg: RunConfig, fmt: ChatFormat) -> tuple[list, list | None, dict]:
+    """Read every evaluation input (GSM8K rows, k-shot exemplars, multiple-choice tasks). Called
+    before any training, so a missing or malformed benchmark file fails in seconds, not after
+    an hour of SFT and SPIN."""
     examples = []
     if "gsm8k" in cfg.eval.tasks:
         rows = subset(load_rows(cfg.data.eval, cfg.data, "test"), cfg.eval.limit, cfg.eval.seed)
         examples, _ = build_examples(rows, fmt, cfg.data)
+        if not examples:
+            raise DataError(f"data.eval {cfg.data.eval}: no question left to evaluate (all longer "
+                            f"than data.max_length={cfg.data.max_length}?)")
+    # k-shot exemplars: a seeded sample of the training split, raw answers as lm-eval uses them
+    shots = (subset(load_rows(cfg.data.train, cfg.data, "train"), cfg.eval.gsm8k_shots, 1234)
+             if cfg.eval.gsm8k_shots else None)
+    choice_items = {t: subset(load_task(t, cfg.eval.data_root, cfg.eval.shots), cfg.eval.limit,
+                              cfg.eval.seed) for t in cfg.eval.tasks if t != "gsm8k"}
+    return examples, shots, choice_items
+
+
+def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: Path,
+             acct: Accountant, init_path: Path | None = None, inputs=None) -> dict:
+    """The configured tasks for base, SFT and each SPIN iteration, one model in memory."""
+
+    examples, shots, choice_items = inputs if inputs is not None else eval_inputs(cfg, fmt)
     targets: list[tuple[str, Path | None]] = []
     if "base" in cfg.eval.models:
         targets.append(("base", None))
@@ -210,11 +236,6 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
         its = sorted((run_dir / "spin").glob("iter_*/adapter"),
                      key=lambda p: int(p.parent.name.split("_")[1]))
         targets += [(f"{cfg.adapter.method}_spin_{p.parent.name}", p) for p in its]
-    # k-shot exemplars: a seeded sample of the training split, raw answers as lm-eval uses them
-    shots = (subset(load_rows(cfg.data.train, cfg.data, "train"), cfg.eval.gsm8k_shots, 1234)
-             if cfg.eval.gsm8k_shots else None)
-    choice_items = {t: subset(load_task(t, cfg.eval.data_root, cfg.eval.shots), cfg.eval.limit,
-                              cfg.eval.seed) for t in cfg.eval.tasks if t != "gsm8k"}
     mc_shots = {t: (cfg.eval.shots if cfg.eval.shots is not None else DEFAULT_SHOTS[t])
                 for t in choice_items}
     prompt = (f"{cfg.eval.gsm8k_shots}-shot, {cfg.eval.gsm8k_style}" if cfg.eval.gsm8k_shots
