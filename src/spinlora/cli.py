@@ -35,6 +35,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         s.add_argument("--model", help="Hub id, local directory, or SmolLM2-135M-Instruct")
         s.add_argument("--adapter", help="start from this saved adapter (sft_adapter)")
         s.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+        s.add_argument("--resume", action="store_true",
+                       help="continue the run in --output-dir (same config): finished stages and "
+                            "SPIN iterations are reused, the interrupted one is redone")
         if name == "hessian":
             s.add_argument("--k", type=int, default=8, help="eigenvalues to compute")
             s.add_argument("--iters", type=int, default=None, help="Lanczos steps (default 3k)")
@@ -93,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"sft_adapter={args.adapter}")
         if args.overwrite:
             overrides.append("overwrite=true")
+        if getattr(args, "resume", False):
+            overrides.append("resume=true")
         cfg = load_config(args.config, overrides)
         if args.command == "sweep":
             from .sweep import run_sweep

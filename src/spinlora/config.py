@@ -196,6 +196,7 @@ class RunConfig:
     output_dir: str = "runs/demo"
     seed: int = 0
     overwrite: bool = False
+    resume: bool = False  # continue the run in output_dir: finished stages/iterations are reused
     stages: list[str] = field(default_factory=lambda: ["sft", "spin", "eval"])
     sft_adapter: str | None = None  # start SPIN / eval from this saved adapter instead of SFT
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -25,10 +25,11 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from .accounting import Accountant, MemoryMeter, count_parameters, environment
 from . import adapters
-from .config import ConfigError, RunConfig, save_config
+from .config import ConfigError, RunConfig, config_to_dict, save_config
 from .data import ChatFormat, DataError, build_examples, load_rows, subset
 from .evaluate import evaluate_gsm8k
 from .evaluate.choice import evaluate_choice_task
@@ -44,8 +45,21 @@ class OutputExistsError(ConfigError):
 
 
 def prepare_output(cfg: RunConfig) -> Path:
-    """Create the run folder; refuse to reuse one that holds a run unless overwrite is set."""
+    """Create the run folder; refuse to reuse one that holds a run unless overwrite is set.
+    With ``resume``, check that the folder holds a run of the same config and keep it."""
     out = Path(cfg.output_dir)
+    if cfg.resume:
+        if not (out / "run.json").is_file() or not (out / "config.yaml").is_file():
+            raise ConfigError(f"--resume: {out} holds no spinlora run to continue (no run.json); "
+                              "start it without --resume")
+        saved = _flat(yaml.safe_load((out / "config.yaml").read_text()) or {})
+        now = _flat(config_to_dict(cfg))
+        differ = sorted(k for k in set(saved) | set(now) if k not in ("resume", "overwrite")
+                        and saved.get(k) != now.get(k))
+        if differ:
+            raise ConfigError(f"--resume: the config differs from the run's own in {differ}; "
+                              "resume with the same config, or start a new run")
+        return out
     if out.exists() and any(out.iterdir()):
         if not (out / "run.json").is_file():
             # --overwrite replaces a spinlora run, never an arbitrary folder (--output-dir ~)
@@ -58,6 +72,16 @@ def prepare_output(cfg: RunConfig) -> Path:
                 "replace it, or choose another with --output-dir")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
     return out
 
 
@@ -174,8 +198,14 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
           f"({params['trainable_pct']:.3f} %)")
     new_acct = lambda: Accountant(device, baseline)  # noqa: E731  (one per stage/iteration)
 
-    if "sft" in cfg.stages:
+    if "sft" in cfg.stages and cfg.resume and (out / "sft" / "result.json").is_file():
+        # a finished SFT is reused: its adapter is what SPIN starts from
+        adapters.load_weights(model, cfg.adapter, out / "sft" / "adapter")
+        summary["stages"]["sft"] = "reused"
+        print(f"[spinlora] resume: SFT finished earlier, its adapter reused ({out / 'sft'})")
+    elif "sft" in cfg.stages:
         part = out / "sft.partial"
+        shutil.rmtree(part, ignore_errors=True)  # an interrupted attempt is redone from scratch
         part.mkdir()
         acct = new_acct()
         result = run_sft(cfg, model, tok, sft_examples, part, acct, init_path)
@@ -184,16 +214,27 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
         finish_dir(part, out / "sft")
         summary["stages"]["sft"] = "ok"
 
-    if "spin" in cfg.stages:
+    if "spin" in cfg.stages and cfg.resume and (out / "spin" / "result.json").is_file():
+        summary["stages"]["spin"] = "reused"
+        print("[spinlora] resume: SPIN finished earlier")
+    elif "spin" in cfg.stages:
         result = run_spin(cfg, model, tok, fmt, sft_examples, heldout, out / "spin", new_acct,
                           finish_dir, init_path)
         _write_json(out / "spin" / "result.json", result)
         summary["stages"]["spin"] = "ok"
 
-    if "eval" in cfg.stages:
+    if "eval" in cfg.stages and cfg.resume and (out / "eval" / "result.json").is_file():
+        summary["stages"]["eval"] = "reused"
+    elif "eval" in cfg.stages:
         part = out / "eval.partial"
-        part.mkdir()
-        result = run_eval(cfg, model, tok, fmt, out, part, new_acct(), init_path, inputs)
+        done = []
+        if cfg.resume and (part / "result.json").is_file():  # models evaluated before the stop
+            done = [r for r in json.loads((part / "result.json").read_text())["rows"]
+                    if "error" not in r]
+        elif part.exists():
+            shutil.rmtree(part)
+        part.mkdir(exist_ok=True)
+        result = run_eval(cfg, model, tok, fmt, out, part, new_acct(), init_path, inputs, done)
         _write_json(part / "result.json", result)
         finish_dir(part, out / "eval")
         summary["stages"]["eval"] = "ok"
@@ -219,8 +260,10 @@ def eval_inputs(cfg: RunConfig, fmt: ChatFormat) -> tuple[list, list | None, dic
 
 
 def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: Path,
-             acct: Accountant, init_path: Path | None = None, inputs=None) -> dict:
-    """The configured tasks for base, SFT and each SPIN iteration, one model in memory."""
+             acct: Accountant, init_path: Path | None = None, inputs=None,
+             done: list[dict] | None = None) -> dict:
+    """The configured tasks for base, SFT and each SPIN iteration, one model in memory.
+    ``done``: rows of models already evaluated (a resumed run), kept as they are."""
 
     examples, shots, choice_items = inputs if inputs is not None else eval_inputs(cfg, fmt)
     targets: list[tuple[str, Path | None]] = []
@@ -249,7 +292,11 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
             "tasks": cfg.eval.tasks, "task_shots": {"gsm8k": cfg.eval.gsm8k_shots, **mc_shots},
             "limit": cfg.eval.limit, "seed": cfg.eval.seed, "n": len(examples)}
     results = []
+    finished = {r["label"]: r for r in done or []}
     for label, path in targets:
+        if label in finished:
+            results.append(finished[label])
+            continue
         try:
             results.append(_eval_one(cfg, model, tok, fmt, part, acct, init_path, label, path,
                                      examples, shots, choice_items))

@@ -152,7 +152,7 @@ def make_pairs(model, tokenizer, fmt, examples: list[Example], cfg: RunConfig,
         pairs.append(Pair(e.prompt_ids, e.answer_ids, ids))
         records.append({"prompt": e.prompt, "gold": e.answer, "generated": g.text,
                         "finished": g.finished, "correct": correct,
-                        "generated_tokens": len(g.ids)})
+                        "generated_tokens": len(g.ids), "prompt_index": i, "gen_ids": ids})
     counts["pairs"] = len(pairs)
     return pairs, records, counts
 
@@ -201,11 +201,35 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
     pad = tokenizer.pad_token_id
     out.mkdir(parents=True, exist_ok=True)
     acct0 = new_accountant()
-    start = _heldout(model, tokenizer, fmt, heldout, cfg, acct0, "iter_0")
+    start_file = out / "start.json"
+    if cfg.resume and start_file.is_file():
+        start = json.loads(start_file.read_text())
+    else:
+        start = _heldout(model, tokenizer, fmt, heldout, cfg, acct0, "iter_0")
+        start_file.write_text(json.dumps(start))
     history = [{"iteration": 0, "heldout": start}]
     previous: list[Pair] = []
     stopped_early = None
-    for t in range(cfg.spin.iterations):
+    # --resume: iterations 1..k finished earlier are reused (adapter, held-out figures, pairs for
+    # mix_previous); per-iteration λ / lr and every seed depend on t alone, so iteration k+1 runs
+    # exactly as it would have
+    k = 0
+    while cfg.resume and (out / f"iter_{k + 1}" / "result.json").is_file() and k < cfg.spin.iterations:
+        k += 1
+        r = json.loads((out / f"iter_{k}" / "result.json").read_text())
+        history.append({"iteration": k, "heldout": r["heldout"]})
+        if cfg.spin.early_stop and _metric(history[-1], cfg.spin.keep_best) < _metric(
+                history[-2], cfg.spin.keep_best):
+            stopped_early = k
+            break
+    if k:
+        adapters.load_weights(model, cfg.adapter, out / f"iter_{k}" / "adapter")
+        with open(out / f"iter_{k}" / "generations.jsonl") as f:
+            recs = [json.loads(line) for line in f]
+        previous = [Pair(prompts[r["prompt_index"]].prompt_ids, prompts[r["prompt_index"]].answer_ids,
+                         r["gen_ids"]) for r in recs]
+        print(f"[spinlora] resume: SPIN iterations 1..{k} finished earlier, reused")
+    for t in range(k, cfg.spin.iterations if stopped_early is None else k):
         name = f"iter_{t + 1}"
         part = out / f"{name}.partial"
         shutil.rmtree(part, ignore_errors=True)

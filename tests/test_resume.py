@@ -1,0 +1,106 @@
+"""`spinlora run … --resume` after a real SIGKILL at several moments gives the same adapters and
+scores as a run that was never interrupted (finished stages and iterations reused, the
+interrupted one redone; λ / lr schedule, mix_previous pairs and sampling seeds restored)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from spinlora import cli
+from spinlora.config import save_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import os, signal, sys
+import spinlora.pipeline as pl
+import spinlora.stages.spin as sp
+import spinlora.train as tr
+from spinlora import cli
+
+where, n = sys.argv[1], int(sys.argv[2])
+calls = {"n": 0}
+
+def killer(fn):
+    def wrapped(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: like kill -9
+        return fn(*a, **k)
+    return wrapped
+
+if where == "train_step":
+    tr.MetricsLog.log = killer(tr.MetricsLog.log)
+elif where == "generate":
+    sp.generate = killer(sp.generate)
+elif where == "reference":
+    sp.reference_pass = killer(sp.reference_pass)
+elif where == "eval":
+    pl._eval_one = killer(pl._eval_one)
+sys.exit(cli.main(sys.argv[3:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory, tiny_model_dir, tiny_data):
+    from spinlora.config import load_config
+
+    d = tmp_path_factory.mktemp("resume")
+    cfg = load_config(None, [
+        f"model.name={tiny_model_dir}", "model.dtype=float32",
+        f"data.train={tiny_data / 'train.jsonl'}", f"data.eval={tiny_data / 'test.jsonl'}",
+        "data.sft_examples=12", "data.max_length=160", "train.batch_size=4",
+        "train.micro_batch_size=4", "train.lr=1e-2", "generation.max_new_tokens=12",
+        "generation.batch_size=4", "spin.iterations=2", "spin.prompts=6", "spin.heldout=3",
+        "spin.lr=[1e-2, 5e-3]", "spin.beta=[0.1, 0.5]", "spin.mix_previous=true",
+        "spin.opponent.temperature=0.8", "eval.limit=3"])
+    path = d / "recipe.yaml"
+    save_config(cfg, path)
+    ref = d / "uninterrupted"
+    assert cli.main(["run", str(path), "--output-dir", str(ref)]) == 0
+    return path, ref
+
+
+def _same_run(a: Path, b: Path) -> None:
+    for stage in ("sft", "spin/iter_1", "spin/iter_2"):
+        ta, tb = (load_file(x / stage / "adapter" / "adapter_model.safetensors") for x in (a, b))
+        assert ta.keys() == tb.keys()
+        for k in ta:
+            torch.testing.assert_close(ta[k], tb[k], rtol=1e-5, atol=1e-6, msg=f"{stage} {k}")
+    ra, rb = (json.loads((x / "eval" / "result.json").read_text())["rows"] for x in (a, b))
+    assert [r["label"] for r in ra] == [r["label"] for r in rb]
+    for x, y in zip(ra, rb):
+        assert x["accuracy"] == y["accuracy"]
+        assert x["gold_logp_per_token"] == pytest.approx(y["gold_logp_per_token"], abs=1e-5)
+    i2a, i2b = (json.loads((x / "spin/iter_2/result.json").read_text()) for x in (a, b))
+    assert (i2a["beta"], i2a["lr"], i2a["pairs"]) == (i2b["beta"], i2b["lr"], i2b["pairs"]) == (0.5, 5e-3, 12)
+
+
+# SFT has 3 steps, each SPIN iteration 2: train_step 2 is inside SFT, 6 inside iteration 2
+@pytest.mark.parametrize("where,n", [("train_step", 2), ("generate", 2), ("reference", 1),
+                                     ("train_step", 6), ("eval", 3)])
+def test_sigkill_then_resume_equals_uninterrupted(recipe, tmp_path, where, n):
+    path, ref = recipe
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run([sys.executable, "-c", CHILD, where, str(n), "run", str(path),
+                           "--output-dir", str(out)], env=env, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not (out / "eval" / "result.json").exists()  # it really stopped before the end
+    assert cli.main(["run", str(path), "--output-dir", str(out), "--resume"]) == 0
+    _same_run(ref, out)
+    assert not list(out.rglob("*.partial"))
+
+
+def test_resume_refuses_another_config(recipe, tmp_path, capsys):
+    path, ref = recipe
+    rc = cli.main(["run", str(path), "--output-dir", str(ref), "--resume", "spin.lr=1e-3"])
+    assert rc == 2 and "spin.lr" in capsys.readouterr().err
+    rc = cli.main(["run", str(path), "--output-dir", str(tmp_path / "none"), "--resume"])
+    assert rc == 2 and "no spinlora run" in capsys.readouterr().err
