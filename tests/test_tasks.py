@@ -70,7 +70,7 @@ def test_shared_prefix_scores_equal_brute_force(tiny_model_dir):
         got = score_choices(model, tok, contexts, conts)
         for c, k, s in zip(contexts, conts, got):
             assert s.logprob == pytest.approx(_brute(model, tok, c, k), abs=1e-4)
-            assert s.n_chars == len(k)
+            assert s.n_chars == len(k.lstrip(" "))  # lm-eval: the choice without its delimiter
 
 
 def test_many_questions_per_pass_equal_brute_force(tiny_model_dir):
@@ -130,3 +130,10 @@ def test_accuracy_on_items_with_known_answers(tiny_model_dir):
     assert res["acc"] == 1.0 and res["n"] == 3
     assert all(s.greedy for s in [score_choices(model, tok, it.contexts, it.continuations)[it.gold]
                                   for it in items])
+
+
+def test_acc_norm_length_excludes_the_delimiter():
+    """lm-eval: completion_len = len(choice) of doc_to_choice, not of ' ' + choice."""
+    from spinlora.evaluate.loglik import choice_chars
+
+    assert choice_chars(" Paris") == 5 and choice_chars("Paris") == 5 and choice_chars(" A") == 1

@@ -15,6 +15,12 @@ from dataclasses import dataclass
 import torch
 
 
+def choice_chars(continuation: str) -> int:
+    """acc_norm's length: lm-eval divides by ``len(choice)`` of the choice text itself, without
+    the target delimiter (the single leading space) that the scored continuation carries."""
+    return len(continuation) - (1 if continuation.startswith(" ") else 0)
+
+
 @dataclass
 class ChoiceScore:
     logprob: float  # sum of log p(continuation tokens | context)
@@ -112,7 +118,8 @@ def score_questions(model, tok, questions: list[tuple[list[str], list[str]]],
             q = groups[g][0]
             for _, _, choice in groups[g][2]:
                 results[q][choice] = ChoiceScore(float(sums[r]), int(ntok[r]),
-                                                 len(questions[q][1][choice]), bool(misses[r] == 0))
+                                                 choice_chars(questions[q][1][choice]),
+                                                 bool(misses[r] == 0))
                 r += 1
         if progress is not None:
             progress(len({groups[g][0] for g in batch}))
