@@ -11,7 +11,8 @@ Steps (each an ordinary ``spinlora`` run, so every point has its own run folder 
   3. every grid point: SPIN from the SFT adapter (``stages=[spin,eval]``, ``eval.models=[spin]``),
      so each iteration 1..T is evaluated and the grid's "iterations" axis comes for free.
 Points run ``--parallel`` at a time (on one GPU, generation is launch-bound, so several processes
-share it well). Each finished point writes ``OUT/results/<point>.json`` (status, seconds, GSM8K
+share it well); a point that runs out of GPU memory beside the others is run again alone at the
+end. Each finished point writes ``OUT/results/<point>.json`` (status, seconds, GSM8K
 accuracy ± stderr with n, strict and flexible, held-out accuracy per iteration, step-0 check, pair
 counts); a point with a result file is skipped on the next call (resumable). ``OUT/summary.md``
 is the table: every model's accuracy and its difference from SFT.
@@ -179,7 +180,12 @@ def main() -> None:
     todo = [j for j in jobs if not (out / "results" / f"{j[0]}.json").exists()]
     print(f"[study] {len(jobs)} points, {len(jobs) - len(todo)} done earlier", flush=True)
     running: dict[str, tuple] = {}
-    while todo or running:
+    alone: list[tuple] = []  # points that ran out of GPU memory beside others: once more, alone
+    while todo or running or alone:
+        if not todo and not running and alone:
+            todo, alone, args.parallel = alone, [], 1
+            print(f"[study] retrying {len(todo)} point(s) that ran out of memory, one at a time",
+                  flush=True)
         while todo and len(running) < args.parallel:
             name, cmd, ov = todo.pop(0)
             run_dir = out / "runs" / name
@@ -193,6 +199,11 @@ def main() -> None:
                 continue
             del running[name]
             res = collect(run_dir, ov, proc.returncode, time.perf_counter() - start)
+            if res["status"].startswith("oom") and args.parallel > 1:
+                alone.append(next(j for j in jobs if j[0] == name))
+                print(f"[study] {name}: out of memory beside other runs; will retry alone",
+                      flush=True)
+                continue
             (out / "results" / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
             accs = ", ".join(f"{m['label']} {_pct(m['accuracy'], m['accuracy_stderr'])}"
                              for m in res["models"])
