@@ -69,6 +69,7 @@ def test_is_correct():
     assert is_correct("The answer is 7.", "#### 7") is True
     assert is_correct("#### 8", "#### 7") is False
     assert is_correct("#### 8", "no number in the gold answer") is None
+    assert is_correct("I have 7.", "Free-form answer mentioning 7 apples") is None  # no #### N
 
 
 def _fake_generate(texts_by_call):

@@ -27,7 +27,7 @@ from ..accounting import Accountant, count_parameters
 from ..config import GenerationConfig, RunConfig, SpinConfig
 from ..data import Example, collate, subset
 from ..evaluate import evaluate_gsm8k
-from ..evaluate.gsm8k import extract_answer
+from ..evaluate.gsm8k import extract_answer, extract_strict
 from ..generate import generate
 from ..losses import (answer_logps, score_sequences, shared_prompt_logps, spin_loss,
                       step0_value)
@@ -99,9 +99,10 @@ def opponent_generation(cfg: RunConfig, t: int) -> GenerationConfig:
 
 
 def is_correct(generated: str, gold_answer: str) -> bool | None:
-    """Whether a generated answer's final number equals the gold one (GSM8K's ``#### N``);
-    None where the gold answer has no number to check against."""
-    gold = extract_answer(gold_answer)
+    """Whether a generated answer's final number equals the gold one; None (not checkable, the
+    pair is kept) unless the gold answer states it as GSM8K does (``#### N``): on free-form data
+    a shared last number says nothing about correctness."""
+    gold = extract_strict(gold_answer)
     if gold is None:
         return None
     return extract_answer(generated) == gold
