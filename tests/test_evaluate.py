@@ -61,3 +61,21 @@ def test_extraction_survives_any_string():
     assert normalize_number("1" + "0" * 400 + ".000") == "1" + "0" * 400
     assert normalize_number("-0.0") == "0" and normalize_number("007.50") == "7.5"
     assert normalize_number(".5") == "0.5"
+
+
+@pytest.mark.parametrize("output,strict,flexible", [
+    ("so 3 + 4 = 7\n#### 7", True, True),
+    ("The answer is $7.", False, True),          # "$7." -> "7" after regexes_to_ignore
+    ("#### 7.00", False, False),                 # string match: 7.00 != 7 (lm-eval, not numbers)
+    ("#### 7 and then 8", True, False),          # strict takes the first, flexible the last
+    ("#### 1,007", False, False),                # gold 7: "1007" != "7"
+    ("seven", False, False),                     # "[invalid]"
+    ("answer: 7", False, True),                  # a single digit via the second group
+])
+def test_lm_eval_gsm8k_metrics_exactly(output, strict, flexible):
+    from spinlora.evaluate.gsm8k import lm_eval_filter, lm_eval_match
+
+    gold = "She has 3+4=<<3+4=7>>7 apples.\n#### 7"
+    assert lm_eval_match(lm_eval_filter(output, False), gold) is strict
+    assert lm_eval_match(lm_eval_filter(output, True), gold) is flexible
+    assert lm_eval_filter("no digits", True) == "[invalid]"

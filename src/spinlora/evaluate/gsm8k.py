@@ -1,8 +1,10 @@
 """GSM8K evaluation: greedy generation, final-number extraction, and two cheap held-out signals.
 
-Accuracy follows the usual normalisation (lm-evaluation-harness ``gsm8k`` strict/flexible
-extraction; nanochat ``tasks/gsm8k.py``): take the number after ``#### ``, else the last number
-in the answer; drop commas, ``$`` and a trailing ``.``. The two signals that move even when
+``accuracy`` (the headline, spinlora's own): the number after ``#### ``, else the last number in
+the answer, compared as canonical numbers (commas, ``$``, trailing ``.``, leading and trailing
+zeros dropped; nanochat ``tasks/gsm8k.py``). ``accuracy_strict`` / ``accuracy_flexible`` are
+lm-evaluation-harness's ``strict-match`` / ``flexible-extract`` of ``gsm8k`` v3.0 exactly: its
+regexes, take-first / last-match filters and exact string match after ``regexes_to_ignore``. The two signals that move even when
 accuracy is at the floor: mean log-prob per token of the gold answers, and the share of questions
 where the model prefers the gold answer to its own greedy answer (higher mean log-prob per token).
 """
@@ -47,6 +49,33 @@ def extract_flexible(text: str) -> str | None:
     """lm-eval's flexible extract: the last number in the text."""
     nums = _NUM.findall(text)
     return normalize_number(nums[-1]) if nums else None
+
+
+# lm-evaluation-harness `gsm8k` v3.0, exactly: its two filters and exact_match's settings
+LM_EVAL_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")  # strict-match, first match
+LM_EVAL_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")  # flexible-extract, last match
+LM_EVAL_IGNORE = [",", r"\$", r"(?s).*#### ", r"\.$"]  # regexes_to_ignore; ignore_case: true
+
+
+def lm_eval_filter(text: str, flexible: bool) -> str:
+    """lm-eval's RegexFilter + take_first: the first strict match, or the last flexible match
+    (the first non-empty group of it); "[invalid]" when nothing matches."""
+    matches = (LM_EVAL_FLEXIBLE if flexible else LM_EVAL_STRICT).findall(text)
+    if not matches:
+        return "[invalid]"
+    m = matches[-1] if flexible else matches[0]
+    if isinstance(m, tuple):
+        m = next((x for x in m if x), "[invalid]")
+    return m.strip()
+
+
+def lm_eval_match(prediction: str, gold_answer: str) -> bool:
+    """lm-eval's exact_match for gsm8k: the same regexes removed from the filtered prediction and
+    from the whole gold answer text, case ignored, then string equality (no number parsing)."""
+    for pattern in LM_EVAL_IGNORE:
+        prediction = re.sub(pattern, "", prediction)
+        gold_answer = re.sub(pattern, "", gold_answer)
+    return prediction.lower() == gold_answer.lower()
 
 
 def extract_answer(text: str) -> str | None:
@@ -109,8 +138,10 @@ def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
                 g.text = g.text.split(s)[0]
     golds = [extract_answer(e.answer) for e in examples]
     correct = [g.text and extract_answer(g.text) == gold for g, gold in zip(gens, golds)]
-    strict = [extract_strict(g.text) == gold for g, gold in zip(gens, golds)]
-    flexible = [extract_flexible(g.text) == gold for g, gold in zip(gens, golds)]
+    # lm-eval's strict-match and flexible-extract, exactly (string match on its filters)
+    strict = [lm_eval_match(lm_eval_filter(g.text, False), e.answer) for g, e in zip(gens, examples)]
+    flexible = [lm_eval_match(lm_eval_filter(g.text, True), e.answer)
+                for g, e in zip(gens, examples)]
     with acct.phase(f"eval_score[{label}]") as ph:
         pairs = [(e.prompt_ids, e.answer_ids) for e in examples]
         pairs += [(e.prompt_ids, g.ids or [fmt.end_id]) for e, g in zip(examples, gens)]
