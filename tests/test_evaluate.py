@@ -79,3 +79,15 @@ def test_lm_eval_gsm8k_metrics_exactly(output, strict, flexible):
     assert lm_eval_match(lm_eval_filter(output, False), gold) is strict
     assert lm_eval_match(lm_eval_filter(output, True), gold) is flexible
     assert lm_eval_filter("no digits", True) == "[invalid]"
+
+
+def test_plain_fewshot_prompt_has_no_bos_like_lm_eval(tiny_model_dir):
+    from spinlora.data import ChatFormat
+    from spinlora.evaluate.gsm8k import fewshot_prompt_ids
+    from spinlora.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    tok.add_bos_token = True  # a tokenizer that would add one by default
+    ids = fewshot_prompt_ids(tok, ChatFormat(tok), "3+3?", [{"prompt": "1+1?", "answer": "2"}],
+                             "plain")
+    assert ids[0] != tok.bos_token_id and tok.decode(ids).startswith("Question: 1+1?")

@@ -93,7 +93,8 @@ def fewshot_prompt_ids(tokenizer, fmt: ChatFormat, question: str, shots: list[di
     (lm-eval's --apply_chat_template --fewshot_as_multiturn)."""
     if style == "plain":
         text = "".join(f"Question: {s['prompt']}\nAnswer: {s['answer']}\n\n" for s in shots)
-        return tokenizer(text + f"Question: {question}\nAnswer:").input_ids
+        # no BOS: lm-eval's HF model encodes without special tokens (add_bos_token=False)
+        return tokenizer(text + f"Question: {question}\nAnswer:", add_special_tokens=False).input_ids
     msgs = [{"role": "system", "content": fmt.system_prompt}] if fmt.system_prompt else []
     for s in shots:
         msgs += [{"role": "user", "content": s["prompt"]}, {"role": "assistant", "content": s["answer"]}]
