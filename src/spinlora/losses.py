@@ -21,41 +21,45 @@ LN2 = math.log(2.0)
 LOGIT_CHUNK_TOKENS = 1024  # tokens per LM-head chunk; None = all at once
 
 
-def logit_transform(model):
-    """The model's own transform between the LM head and the softmax, which calling the head
-    alone would skip: Gemma 2/3's final-logit soft-capping (cap·tanh(x/cap)) and Cohere's logit
-    scale. None when the model has neither."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+def _lm(model):
+    """The transformers model inside a PeftModel (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def output_head(model):
+    """The LM head as hidden states -> fp32 logits, with the model's own transform between head
+    and softmax that calling the head module alone would skip: Gemma 2/3's final-logit
+    soft-capping (cap·tanh(x/cap)) and Cohere's logit scale."""
+    lm = _lm(model)
+    head = lm.get_output_embeddings()
     cfg = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
     cap = getattr(cfg, "final_logit_softcapping", None)
     scale = getattr(cfg, "logit_scale", None)
     scale = None if scale in (None, 1, 1.0) else float(scale)
-    if not cap and scale is None:
-        return None
 
-    def transform(x):
+    def logits(h):
+        x = head(h).float()
         if scale is not None:
             x = x * scale
         if cap:
             x = torch.tanh(x / cap) * cap
         return x
 
-    return transform
+    return logits
 
 
-def token_logps(head, hidden: torch.Tensor, targets: torch.Tensor, transform=None,
-                chunk: int | None = None, greedy: bool = False):
-    """log p(target) per token from the hidden states that predict them (``head`` = LM head), in
-    chunks of ``chunk`` tokens (None: ``LOGIT_CHUNK_TOKENS``). ``head=None`` means ``hidden`` already holds logits. With
-    ``greedy`` also returns whether each target is the argmax (lm-eval's is_greedy).
+def token_logps(head, hidden: torch.Tensor, targets: torch.Tensor, chunk: int | None = None,
+                greedy: bool = False):
+    """log p(target) per token from the hidden states that predict them (``head``: hidden ->
+    logits, from ``output_head``), in chunks of ``chunk`` tokens (None: ``LOGIT_CHUNK_TOKENS``).
+    ``head=None`` means ``hidden`` already holds logits. With ``greedy`` also returns whether
+    each target is the argmax (lm-eval's is_greedy).
 
     Under autograd each chunk runs inside ``torch.utils.checkpoint``: its logits are freed after
     the forward pass and rebuilt in the backward pass, one chunk at a time.
     """
     def piece(h, t):
         logits = (head(h) if head is not None else h).float()
-        if transform is not None:
-            logits = transform(logits)
         lp = -F.cross_entropy(logits, t, reduction="none")
         return (lp, logits.argmax(-1) == t) if greedy else (lp,)
 
@@ -96,11 +100,9 @@ def answer_logps(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         tok_lp = token_logps(None, logits[:, -batch.input_ids.shape[1]:-1][target_mask], targets)
     else:
-        lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-        hidden = lm.get_decoder()(input_ids=batch.input_ids,
-                                  attention_mask=batch.attention_mask).last_hidden_state
-        tok_lp = token_logps(lm.get_output_embeddings(), hidden[:, :-1][target_mask], targets,
-                             logit_transform(model))
+        hidden = _lm(model).get_decoder()(input_ids=batch.input_ids,
+                                          attention_mask=batch.attention_mask).last_hidden_state
+        tok_lp = token_logps(output_head(model), hidden[:, :-1][target_mask], targets)
     n = target_mask.shape[0]
     seq_logps = torch.zeros(n, dtype=tok_lp.dtype, device=tok_lp.device)
     seq_logps = seq_logps.index_add(0, rows, tok_lp)
@@ -108,15 +110,15 @@ def answer_logps(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return seq_logps, counts
 
 
-def _split_model(model):
-    """(decoder, LM head) of a transformers model or PeftModel, or None where the decoder cannot
-    run on its own: prompt-learning adapters (virtual tokens are added in PeftModel.forward),
-    gradient checkpointing (which turns the KV cache off), models without the split."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+def _decoder_alone(model):
+    """The decoder of a transformers model or PeftModel, or None where it cannot run on its own:
+    prompt-learning adapters (virtual tokens are added in PeftModel.forward), gradient
+    checkpointing (which turns the KV cache off), models without the split."""
+    lm = _lm(model)
     if (_is_prompt_learning(model) or getattr(lm, "is_gradient_checkpointing", False)
             or not hasattr(lm, "get_decoder")):
         return None
-    return lm.get_decoder(), lm.get_output_embeddings()
+    return lm.get_decoder()
 
 
 def shared_prompt_pass(model, prompts: list[list[int]], answers: list[list[list[int]]],
@@ -126,14 +128,14 @@ def shared_prompt_pass(model, prompts: list[list[int]], answers: list[list[list[
     The prompts (left-padded) run through the decoder with the cache on; the cache is repeated
     for each prompt's answers (any number per prompt) and the answers (right-padded) run on top
     of it. Returns ``(hidden, targets, rows)`` for the scored answer tokens, flattened: the hidden
-    states that predict them, for ``token_logps`` with the model's LM head. ``rows`` numbers the answers in order (prompt 0's answers first);
-    ``skip[i][j]`` leading tokens of answer j of prompt i are context, not scored. Returns None
-    where the decoder cannot run alone (see ``_split_model``).
+    states that predict them, for ``token_logps`` with ``output_head(model)``. ``rows`` numbers
+    the answers in order (prompt 0's answers first); ``skip[i][j]`` leading tokens of answer j of
+    prompt i are context, not scored. Returns None where the decoder cannot run alone (see
+    ``_decoder_alone``).
     """
-    split = _split_model(model)
-    if split is None:
+    decoder = _decoder_alone(model)
+    if decoder is None:
         return None
-    decoder, head = split
     device = next(model.parameters()).device
     b = len(prompts)
     counts = torch.tensor([len(a) for a in answers])
@@ -175,14 +177,13 @@ def shared_prompt_logps(model, prompts: list[list[int]], answers: list[list[list
     """log p(answer | prompt) for k answers per prompt, running each prompt once.
 
     A SPIN pair's gold and generated answers share one forward and backward pass of the prompt.
-    Returns a [B, k] tensor, or None where this path does not apply (see ``_split_model``).
+    Returns a [B, k] tensor, or None where this path does not apply (see ``_decoder_alone``).
     """
     res = shared_prompt_pass(model, prompts, answers, pad_id)
     if res is None:
         return None
     hidden, targets, rows = res
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    tok_lp = token_logps(lm.get_output_embeddings(), hidden, targets, logit_transform(model))
+    tok_lp = token_logps(output_head(model), hidden, targets)
     n = sum(len(a) for a in answers)
     seq = torch.zeros(n, dtype=tok_lp.dtype, device=tok_lp.device)
     return seq.index_add(0, rows, tok_lp).view(len(prompts), -1)

@@ -75,10 +75,9 @@ def score_questions(model, tok, questions: list[tuple[list[str], list[str]]],
     as one right-padded batch on the repeated KV cache (losses.shared_prompt_pass). Models whose
     decoder cannot run alone (prompt-learning adapters) score full sequences instead.
     """
-    from ..losses import logit_transform, shared_prompt_pass, token_logps
+    from ..losses import output_head, shared_prompt_pass, token_logps
 
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head, transform = lm.get_output_embeddings(), logit_transform(model)
+    head = output_head(model)
 
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     groups = []  # (question, prompt, [(suffix, skip, choice)])
@@ -105,7 +104,7 @@ def score_questions(model, tok, questions: list[tuple[list[str], list[str]]],
         res = shared_prompt_pass(model, prompts, answers, pad, skip)
         if res is not None:
             hidden, targets, rows = res
-            tok_lp, hit = token_logps(head, hidden, targets, transform, greedy=True)
+            tok_lp, hit = token_logps(head, hidden, targets, greedy=True)
         else:  # full sequences through the model: its logits, transforms included
             logits, targets, rows = _full_sequence_pass(model, prompts, answers, pad, skip)
             tok_lp, hit = token_logps(None, logits, targets, greedy=True)
