@@ -51,9 +51,7 @@ def spin_objective(pad_id: int, beta: float, spin_cfg: SpinConfig | None = None)
     ``spin_cfg`` picks the loss variant (``spin.loss``, see ``losses.spin_loss``); None is the
     paper's sigmoid loss.
     """
-    kind = spin_cfg.loss if spin_cfg else "sigmoid"
-    nll_weight = spin_cfg.nll_weight if spin_cfg else 1.0
-    dpop_lambda = spin_cfg.dpop_lambda if spin_cfg else 50.0
+    spin_cfg = spin_cfg or SpinConfig(loss="sigmoid")
 
     def loss(model, pairs: list[Pair]):
         device = next(model.parameters()).device
@@ -69,10 +67,11 @@ def spin_objective(pad_id: int, beta: float, spin_cfg: SpinConfig | None = None)
         as_tensor = lambda xs: torch.tensor(xs, device=device, dtype=real.dtype)  # noqa: E731
         ref_real, ref_gen = as_tensor([p.ref_real for p in pairs]), as_tensor([p.ref_gen for p in pairs])
         real_len = as_tensor([len(p.real_ids) for p in pairs])
-        losses, margins, pref = spin_loss(real, gen, ref_real, ref_gen, beta, kind,
+        losses, margins, pref = spin_loss(real, gen, ref_real, ref_gen, beta, spin_cfg.loss,
                                           real_len=real_len,
                                           gen_len=as_tensor([len(p.gen_ids) for p in pairs]),
-                                          nll_weight=nll_weight, dpop_lambda=dpop_lambda)
+                                          nll_weight=spin_cfg.nll_weight,
+                                          dpop_lambda=spin_cfg.dpop_lambda)
         d = margins.detach()
         metrics = {"margin": d.sum(), "disc_accuracy": (d > 0).float().sum(),
                    "pref_loss": pref.detach().sum(),
@@ -219,8 +218,7 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
         k += 1
         r = json.loads((out / f"iter_{k}" / "result.json").read_text())
         history.append({"iteration": k, "heldout": r["heldout"]})
-        if cfg.spin.early_stop and _metric(history[-1], cfg.spin.keep_best) < _metric(
-                history[-2], cfg.spin.keep_best):
+        if _fell(history, cfg.spin):
             stopped_early = k
             break
     if k:
@@ -291,8 +289,7 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
         finish_dir(part, out / name)
         history.append({"iteration": t + 1, "heldout": held})
         previous = pairs
-        if cfg.spin.early_stop and _metric(history[-1], cfg.spin.keep_best) < _metric(
-                history[-2], cfg.spin.keep_best):
+        if _fell(history, cfg.spin):
             stopped_early = t + 1
             print(f"[spinlora] SPIN early stop after {name}: held-out {cfg.spin.keep_best} fell "
                   f"({_metric(history[-2], cfg.spin.keep_best):.4f} -> "
@@ -316,6 +313,12 @@ _METRIC_KEY = {"heldout_accuracy": "accuracy", "heldout_gold_logp": "gold_logp_p
 def _metric(entry: dict, metric: str) -> float:
     v = entry["heldout"].get(_METRIC_KEY[metric])
     return -math.inf if v is None else v
+
+
+def _fell(history: list[dict], spin_cfg: SpinConfig) -> bool:
+    """spin.early_stop: the last iteration's held-out metric is below the one before it."""
+    return spin_cfg.early_stop and _metric(history[-1], spin_cfg.keep_best) < _metric(
+        history[-2], spin_cfg.keep_best)
 
 
 def _pick_best(history: list[dict], metric: str | None) -> int | None:
