@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"sft_adapter={args.adapter}")
         if args.overwrite:
             overrides.append("overwrite=true")
-        if getattr(args, "resume", False):
+        if args.resume:
             overrides.append("resume=true")
         cfg = load_config(args.config, overrides)
         if args.command == "sweep":

@@ -260,12 +260,13 @@ def eval_inputs(cfg: RunConfig, fmt: ChatFormat) -> tuple[list, list | None, dic
 
 
 def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: Path,
-             acct: Accountant, init_path: Path | None = None, inputs=None,
+             acct: Accountant, init_path: Path | None, inputs: tuple,
              done: list[dict] | None = None) -> dict:
     """The configured tasks for base, SFT and each SPIN iteration, one model in memory.
-    ``done``: rows of models already evaluated (a resumed run), kept as they are."""
+    ``inputs``: what ``eval_inputs`` read before training; ``done``: rows of models already
+    evaluated (a resumed run), kept as they are."""
 
-    examples, shots, choice_items = inputs if inputs is not None else eval_inputs(cfg, fmt)
+    examples, shots, choice_items = inputs
     targets: list[tuple[str, Path | None]] = []
     if "base" in cfg.eval.models:
         targets.append(("base", None))

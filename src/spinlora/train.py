@@ -92,11 +92,6 @@ def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
     return f
 
 
-def _len(item) -> int:
-    ids = [getattr(item, a, None) for a in ("prompt_ids", "answer_ids", "real_ids", "gen_ids")]
-    return sum(len(x) for x in ids if x is not None)
-
-
 def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: float, epochs: float,
                acct: Accountant, log: MetricsLog, seed: int, desc: str,
                extra: dict | None = None, method: str = "lora") -> list[dict]:
@@ -162,7 +157,8 @@ def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: f
                 # adapter (and Adam's moments) for good, and the loss would turn NaN steps later
                 raise TrainingDiverged(
                     f"{desc}: gradient norm is {grad_norm} at step {step} (loss {loss:.4g}, "
-                    f"batch of {len(batch)} items, longest {max(map(_len, batch))} tokens); "
+                    f"batch of {len(batch)} items, longest "
+                    f"{max(map(objective.length, batch)) if objective.length else '?'} tokens); "
                     "lower the learning rate, or use model.dtype=float32 if this is bf16/fp16")
             lr_now = opt.param_groups[0]["lr"]
             opt.step()
