@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 from _common import emit
 
+from spinlora.evaluate.choice import stderr
 from spinlora.evaluate.gsm8k import lm_eval_filter, lm_eval_match
 
 
@@ -37,7 +37,7 @@ def main() -> None:
         flexible = sum(lm_eval_match(lm_eval_filter(s["output"], True), gold[s["question"]])
                        for s in samples) / n
         headline = sum(s["correct"] for s in samples) / n
-        se = lambda p: math.sqrt(p * (1 - p) / (n - 1))  # noqa: E731
+        se = lambda p: stderr(p, n)  # noqa: E731
         rows.append({"samples": str(Path(path)), "n": n, "headline": headline,
                      "strict_match": strict, "strict_stderr": se(strict),
                      "flexible_extract": flexible, "flexible_stderr": se(flexible)})

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
 import subprocess
 import sys
@@ -33,6 +32,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from spinlora.evaluate.choice import stderr
 
 
 def grid_points(grid: list[str], explicit: list[str]) -> list[list[str]]:
@@ -67,7 +68,7 @@ def _acc_fields(row: dict) -> dict:
     n = row.get("n") or 0
 
     def se(p):
-        return None if p is None or n < 2 else math.sqrt(p * (1 - p) / (n - 1))
+        return None if p is None or n < 2 else stderr(p, n)
 
     return {"label": row["label"], "n": n, "accuracy": row.get("accuracy"),
             "accuracy_stderr": row.get("accuracy_stderr"),
