@@ -25,6 +25,7 @@ from spinlora.config import RunConfig  # noqa: E402
 from spinlora.data import ChatFormat, build_examples, load_rows, subset  # noqa: E402
 from spinlora.evaluate import evaluate_gsm8k  # noqa: E402
 from spinlora.evaluate.choice import evaluate_choice_task  # noqa: E402
+from spinlora.evaluate.gsm8k import fewshot_draws  # noqa: E402
 from spinlora.evaluate.tasks import load_task  # noqa: E402
 from spinlora.models import load_model, pick_device  # noqa: E402
 
@@ -35,6 +36,9 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="per multiple-choice task (None: all)")
     p.add_argument("--gsm8k-limit", type=int, default=100)
     p.add_argument("--gsm8k-shots", type=int, default=5)
+    p.add_argument("--gsm8k-fewshot", choices=["fixed", "per_question"], default="fixed",
+                   help="fixed: one exemplar set shared by all questions (the figures in "
+                        "results/eval_speed.json); per_question: lm-eval's draws")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--gen-batch-size", type=int, default=32)
     p.add_argument("--model", default="SmolLM2-135M-Instruct")
@@ -56,12 +60,14 @@ def main() -> None:
             test = subset(load_rows(str(Path(args.data_root) / "gsm8k" / "test.jsonl"), cfg.data,
                                     "test"), args.gsm8k_limit, 0)
             examples, _ = build_examples(test, fmt, cfg.data)
+            shots = fewshot_draws(train, len(examples), args.gsm8k_shots,
+                                  per_question=args.gsm8k_fewshot == "per_question")
             r = evaluate_gsm8k(model, tok, fmt, examples, cfg.generation,
-                               Accountant(pick_device(cfg.model.device)), "base",
-                               subset(train, args.gsm8k_shots, 1234), "plain")
+                               Accountant(pick_device(cfg.model.device)), "base", shots, "plain")
             r.pop("samples")
             secs = time.perf_counter() - t0
-            res = {"n": r["n"], "shots": args.gsm8k_shots, "acc_strict": r["accuracy_strict"],
+            res = {"n": r["n"], "shots": args.gsm8k_shots, "fewshot": args.gsm8k_fewshot,
+                   "acc_strict": r["accuracy_strict"],
                    "acc_flexible": r["accuracy_flexible"], "seconds": round(secs, 1),
                    "examples_per_s": round(r["n"] / secs, 3)}
         else:

@@ -41,6 +41,28 @@ def test_fewshot_prompts(tiny_model_dir):
     assert chat.endswith("3+3?<|im_end|>\n<|im_start|>assistant\n")
 
 
+def test_fewshot_draws_follow_the_question_not_the_subset(tiny_cfg):
+    """Each question gets the exemplars of its place in the test file (lm-eval's draw for it),
+    whatever subset is evaluated; ``fixed`` gives every question one shared set."""
+    from spinlora.data import ChatFormat, load_rows
+    from spinlora.evaluate.gsm8k import fewshot_draws
+    from spinlora.models import load_tokenizer
+    from spinlora.pipeline import eval_inputs
+
+    tok = load_tokenizer(tiny_cfg.model.name)
+    tiny_cfg.eval.gsm8k_shots = 2
+    pool = load_rows(tiny_cfg.data.train, tiny_cfg.data, "train")
+    full = fewshot_draws(pool, 4, 2)
+    assert len({str(d) for d in full}) == 4 and all(len(d) == 2 for d in full)
+    tiny_cfg.eval.limit = 2
+    examples, shots, _ = eval_inputs(tiny_cfg, ChatFormat(tok))
+    assert [e.meta["index"] for e in examples] != [0, 1]  # a subset that is not the first rows
+    assert shots == [full[e.meta["index"]] for e in examples]
+    tiny_cfg.eval.gsm8k_fewshot = "fixed"
+    _, fixed, _ = eval_inputs(tiny_cfg, ChatFormat(tok))
+    assert fixed[0] == fixed[1] and len(fixed[0]) == 2
+
+
 def test_extraction_survives_any_string():
     """Random text, huge numbers, unicode digits and symbols: extraction never raises and
     returns a string or None; huge numbers compare exactly (no float overflow)."""

@@ -172,6 +172,8 @@ class EvalConfig:
     shots: int | None = None  # few-shot examples for the multiple-choice tasks (None: task default)
     gsm8k_shots: int = 0  # 0: zero-shot in the training chat template; k: k shots from data.train
     gsm8k_style: str = "plain"  # with shots: plain (lm-eval "Question: … Answer: …") | chat
+    gsm8k_fewshot: str = "per_question"  # per_question: each question its own seeded draw, as
+    # lm-eval | fixed: one draw for all (their shared prefix runs once: faster, not lm-eval's)
     gsm8k_generate: bool = True  # false: only the gold answers' log-prob (no generation; sweeps)
 
 
@@ -256,6 +258,11 @@ class RunConfig:
                            f"unknown stage {stage!r}: use sft, spin, eval"))
         checks.append(("eval.gsm8k_style", self.eval.gsm8k_style in ("plain", "chat"),
                        "plain or chat"))
+        checks.append(("eval.gsm8k_fewshot", self.eval.gsm8k_fewshot in ("per_question", "fixed"),
+                       "per_question or fixed"))
+        checks.append(("eval.shots", not self.eval.shots or set(self.eval.tasks) <= {"gsm8k", "mmlu"},
+                       "only MMLU has a few-shot split here (its dev set); set eval.shots to "
+                       "null or 0 for arc_*, hellaswag and winogrande"))
         known_tasks = ("gsm8k", "mmlu", "arc_challenge", "arc_easy", "hellaswag", "winogrande")
         for task in self.eval.tasks:
             checks.append(("eval.tasks", task in known_tasks,

@@ -138,7 +138,8 @@ class ChatFormat:
 
 
 def build_examples(rows: list[dict], fmt: ChatFormat, cfg: DataConfig) -> tuple[list[Example], dict]:
-    """Tokenize rows, applying the overlong policy. Returns (examples, counts for the report)."""
+    """Tokenize rows, applying the overlong policy. Returns (examples, counts for the report).
+    A row's ``index`` (its place in its file) is kept in ``Example.meta``."""
     examples, dropped, truncated = [], 0, 0
     for r in rows:
         answer = strip_calculator_notes(r["answer"]) if cfg.strip_calculator_notes else r["answer"]
@@ -151,7 +152,8 @@ def build_examples(rows: list[dict], fmt: ChatFormat, cfg: DataConfig) -> tuple[
                 continue
             a_ids, cut = a_ids[:room], True
             truncated += 1
-        examples.append(Example(r["prompt"], answer, p_ids, a_ids, cut))
+        examples.append(Example(r["prompt"], answer, p_ids, a_ids, cut,
+                                {"index": r["index"]} if "index" in r else {}))
     return examples, {"rows": len(rows), "kept": len(examples), "dropped_overlong": dropped,
                       "truncated_overlong": truncated, "policy": cfg.overlong,
                       "max_length": cfg.max_length}

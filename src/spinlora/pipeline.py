@@ -32,6 +32,7 @@ from . import adapters
 from .config import ConfigError, RunConfig, config_to_dict, save_config
 from .data import ChatFormat, DataError, build_examples, load_rows, subset
 from .evaluate import evaluate_gsm8k
+from .evaluate.gsm8k import fewshot_draws
 from .evaluate.choice import evaluate_choice_task
 from .evaluate.tasks import DEFAULT_SHOTS, load_task
 from .models import load_model, pick_device
@@ -244,16 +245,19 @@ def eval_inputs(cfg: RunConfig, fmt: ChatFormat) -> tuple[list, list | None, dic
     """Read every evaluation input (GSM8K rows, k-shot exemplars, multiple-choice tasks). Called
     before any training, so a missing or malformed benchmark file fails in seconds, not after
     an hour of SFT and SPIN."""
-    examples = []
+    examples, shots = [], None
     if "gsm8k" in cfg.eval.tasks:
-        rows = subset(load_rows(cfg.data.eval, cfg.data, "test"), cfg.eval.limit, cfg.eval.seed)
-        examples, _ = build_examples(rows, fmt, cfg.data)
+        rows = load_rows(cfg.data.eval, cfg.data, "test")
+        picked = subset(range(len(rows)), cfg.eval.limit, cfg.eval.seed)
+        examples, _ = build_examples([dict(rows[i], index=i) for i in picked], fmt, cfg.data)
         if not examples:
             raise DataError(f"data.eval {cfg.data.eval}: no question left to evaluate (all longer "
                             f"than data.max_length={cfg.data.max_length}?)")
-    # k-shot exemplars: a seeded sample of the training split, raw answers as lm-eval uses them
-    shots = (subset(load_rows(cfg.data.train, cfg.data, "train"), cfg.eval.gsm8k_shots, 1234)
-             if cfg.eval.gsm8k_shots else None)
+        if cfg.eval.gsm8k_shots:  # exemplars from the training split, raw answers as lm-eval's
+            draws = fewshot_draws(load_rows(cfg.data.train, cfg.data, "train"), len(rows),
+                                  cfg.eval.gsm8k_shots,
+                                  per_question=cfg.eval.gsm8k_fewshot == "per_question")
+            shots = [draws[e.meta["index"]] for e in examples]
     choice_items = {t: subset(load_task(t, cfg.eval.data_root, cfg.eval.shots), cfg.eval.limit,
                               cfg.eval.seed) for t in cfg.eval.tasks if t != "gsm8k"}
     return examples, shots, choice_items
@@ -282,7 +286,8 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
         targets += [(f"{cfg.adapter.method}_spin_{p.parent.name}", p) for p in its]
     mc_shots = {t: (cfg.eval.shots if cfg.eval.shots is not None else DEFAULT_SHOTS[t])
                 for t in choice_items}
-    prompt = (f"{cfg.eval.gsm8k_shots}-shot, {cfg.eval.gsm8k_style}" if cfg.eval.gsm8k_shots
+    prompt = (f"{cfg.eval.gsm8k_shots}-shot ({cfg.eval.gsm8k_fewshot.replace('_', ' ')} "
+              f"exemplars), {cfg.eval.gsm8k_style}" if cfg.eval.gsm8k_shots
               else "chat template, zero-shot")
     head = {"stage": "eval", "task": "gsm8k", "shots": cfg.eval.gsm8k_shots, "prompt": prompt,
             "generation": {"do_sample": cfg.generation.do_sample,

@@ -11,6 +11,7 @@ where the model prefers the gold answer to its own greedy answer (higher mean lo
 from __future__ import annotations
 
 import math
+import random
 import re
 
 from ..accounting import Accountant
@@ -86,6 +87,24 @@ def extract_answer(text: str) -> str | None:
 STOP_STRINGS = ["Question:", "</s>", "<|im_end|>"]  # lm-eval gsm8k `until`
 
 
+def fewshot_draws(pool: list[dict], n_questions: int, k: int, seed: int = 1234,
+                  per_question: bool = True) -> list[list[dict]]:
+    """The k exemplars of each of the first ``n_questions`` test questions, drawn from ``pool``
+    (the training rows, in file order) as lm-evaluation-harness 0.4's default ContextSampler
+    does with ``fewshot_random_seed`` 1234: one ``random.Random(seed)`` and, for question i in
+    test-file order, ``rnd.sample(pool, k)`` (lm-eval draws k + 1 and removes the question only
+    when the exemplars come from the test split itself; GSM8K's come from train).
+    Indexed by the question's position in the whole test file, so any subset of questions gets
+    the exemplars lm-eval's full run gives them. ``per_question=False``: one seeded draw shared
+    by every question (faster: their common prefix is computed once; not lm-eval's prompts)."""
+    if k > len(pool):
+        raise ValueError(f"{k} shots asked but the training split has {len(pool)} rows")
+    rnd = random.Random(seed)
+    if not per_question:
+        return [rnd.sample(pool, k)] * n_questions
+    return [rnd.sample(pool, k) for _ in range(n_questions)]
+
+
 def fewshot_prompt_ids(tokenizer, fmt: ChatFormat, question: str, shots: list[dict],
                        style: str) -> list[int]:
     """GSM8K k-shot prompts. ``plain``: lm-eval's "Question: …\nAnswer: …" text, no chat
@@ -105,11 +124,12 @@ def fewshot_prompt_ids(tokenizer, fmt: ChatFormat, question: str, shots: list[di
 
 def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
                    gen_cfg: GenerationConfig, acct: Accountant, label: str,
-                   shots: list[dict] | None = None, style: str = "chat",
+                   shots: list[list[dict]] | None = None, style: str = "chat",
                    do_generate: bool = True) -> dict:
     """Score the model as it is (adapters as set by the caller) on ``examples``.
 
-    Zero-shot (no ``shots``) uses the training chat template; with shots, ``style`` picks the
+    Zero-shot (no ``shots``) uses the training chat template; ``shots`` holds each example's
+    exemplars (``fewshot_draws``); with shots, ``style`` picks the
     plain lm-eval text or the multi-turn chat prompt, and generation stops at lm-eval's stop
     strings. The log-prob signals always use the zero-shot chat prompt (the training format).
     ``do_generate=False`` computes only the gold answers' log-prob (cheap; for sweeps): the
@@ -127,7 +147,8 @@ def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
     prompts = [e.prompt_ids for e in examples]
     stop_strings = None
     if shots:
-        prompts = [fewshot_prompt_ids(tokenizer, fmt, e.prompt, shots, style) for e in examples]
+        prompts = [fewshot_prompt_ids(tokenizer, fmt, e.prompt, s, style)
+                   for e, s in zip(examples, shots, strict=True)]
         stop_strings = STOP_STRINGS
     with acct.phase(f"eval_generate[{label}]") as ph:
         gens, produced = generate(model, tokenizer, prompts, gen_cfg, fmt.stop_ids,
@@ -157,7 +178,7 @@ def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
         "label": label, "n": n,
         "accuracy": acc, "accuracy_stderr": math.sqrt(acc * (1 - acc) / max(n - 1, 1)),
         "accuracy_strict": sum(strict) / max(n, 1), "accuracy_flexible": sum(flexible) / max(n, 1),
-        "shots": len(shots or []), "style": style if shots else "chat",
+        "shots": len(shots[0]) if shots else 0, "style": style if shots else "chat",
         "gold_logp_per_token": sum(gold_pt) / max(n, 1),
         "win_rate_gold_vs_own": win,
         "own_logp_per_token": sum(gen_pt) / max(n, 1),

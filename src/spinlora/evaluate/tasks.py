@@ -7,7 +7,8 @@ WinoGrande's partial scoring), one continuation per choice, the gold index.
 - mmlu (hendrycks_test): "The following are multiple choice questions (with answers) about
   {subject}." + k dev shots; choices " A" … " D"; macro (per subject) and micro averages.
 - arc_challenge / arc_easy: "Question: {q}\\nAnswer:" + " {choice}"; acc and acc_norm.
-- hellaswag: "{activity}: {ctx}" + " {ending}" after lm-eval's preprocessing; acc, acc_norm.
+- hellaswag: "{activity}: {ctx_a} {ctx_b.capitalize()}" + " {ending}" after lm-eval's
+  preprocessing (the local file's joined ctx is split back: ``hellaswag_local_context``).
 - winogrande: partial scoring: context = sentence up to the blank with the option filled in,
   continuation = the rest of the sentence; the option whose context predicts it best wins.
 """
@@ -77,6 +78,22 @@ def _hellaswag_pre(text: str) -> str:
     return text.replace("  ", " ")
 
 
+def hellaswag_local_context(line: str) -> str:
+    """The Hub path's raw context, rebuilt from a line of the local file.
+
+    lm-eval writes ``activity_label + ": " + ctx_a + " " + ctx_b.capitalize()``. The local file
+    (klosax/hellaswag_text_data) holds ``activity_label + ": " + ctx``, and rowanz/hellaswag's
+    README defines ``ctx = ctx_a + " " + ctx_b`` where ctx_b is the incomplete noun phrase that
+    ends an ActivityNet context ("... on a roof. he"): the text after the last ". ". WikiHow
+    contexts (with ``[title]``-style markers) have an empty ctx_b and stay as they are.
+    """
+    label, _, ctx = line.partition(": ")
+    cut = ctx.rfind(". ")
+    if "[" in ctx or cut < 0:
+        return line
+    return f"{label}: {ctx[:cut + 2]}{ctx[cut + 2:].capitalize()}"
+
+
 def load_hellaswag(root: Path | None) -> list[Item]:
     if root is None:
         import datasets
@@ -99,7 +116,7 @@ def load_hellaswag(root: Path | None) -> list[Item]:
             gold = int(lines[k + 1])
         except ValueError:
             raise DataError(f"{path}:{k + 2}: label {lines[k + 1]!r} is not an integer") from None
-        ctx = _hellaswag_pre(lines[k])
+        ctx = _hellaswag_pre(hellaswag_local_context(lines[k]))
         items.append(Item([ctx] * 4, [" " + _hellaswag_pre(e) for e in lines[k + 2:k + 6]], gold))
     return items
 
