@@ -48,3 +48,18 @@ def test_method_limits_are_config_errors():
         load_config(None, ["adapter.method=prefix", "train.gradient_checkpointing=true"])
     with pytest.raises(ConfigError, match="adapter.method: unknown method 'lorra'"):
         load_config(None, ["adapter.method=lorra"])
+
+
+def test_adapters_never_import_config():
+    """config.py imports adapters (for REGISTRY and AdapterConfig); the other direction would be
+    an import cycle."""
+    import ast
+    from pathlib import Path
+
+    import spinlora.adapters as pkg
+
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                name = "." * node.level + (node.module or "")
+                assert name not in ("..config", "spinlora.config"), f"{path.name} imports {name}"

@@ -19,6 +19,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .adapters import REGISTRY, AdapterConfig  # one direction: adapters never import config
+
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 SPIN_LOSSES = ("sigmoid", "sigmoid_nll", "dpop", "ipo")  # losses.spin_loss
 KEEP_BEST = ("heldout_accuracy", "heldout_gold_logp", "heldout_win_rate")
@@ -55,27 +57,6 @@ class DataConfig:
     overlong: str = "truncate"  # truncate | drop: what to do with longer sequences
     sft_examples: int | None = 64  # None = all rows
     seed: int = 0  # seeds the subset choice and shuffling
-
-
-@dataclass
-class AdapterConfig:
-    """The trainable part. LoRA in q/k/v by default (W = W0 + (alpha/r)·B·A).
-
-    ``method`` is one entry of ``spinlora.adapters.REGISTRY`` (``spinlora methods`` lists them);
-    each method reads the fields it needs and ignores the rest.
-    """
-
-    method: str = "lora"
-    r: int = 8  # rank (LoRA family), final average rank (AdaLoRA)
-    alpha: float = 16.0
-    dropout: float = 0.0  # >0 makes the SPIN step-0 check (loss = ln 2) approximate
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
-    init_r: int = 12  # AdaLoRA: starting rank per module, pruned to an average of r
-    keep_top_k: int | None = None  # WeightLoRA: adapters kept after training (None: half)
-    num_virtual_tokens: int = 20  # prompt / prefix / P-tuning
-    encoder_hidden_size: int = 128  # P-tuning's prompt encoder, prefix tuning's projection
-    bottleneck_size: int = 64  # Houlsby adapters: x + W_up σ(W_down x)
-    add_biases: bool = False  # BitFit on models without biases (Llama): add zero biases first
 
 
 @dataclass
@@ -271,8 +252,6 @@ class RunConfig:
             checks.append(("eval.models", stage in ("base", "sft", "spin"),
                            f"unknown entry {stage!r}: use base, sft, spin"))
         checks.append(("sweep.stage", self.sweep.stage in ("sft", "spin"), "sft or spin"))
-        from .adapters import REGISTRY
-
         for m in [self.adapter.method, *self.sweep.methods]:
             checks.append(("adapter.method" if m == self.adapter.method else "sweep.methods",
                            m in REGISTRY, f"unknown method {m!r}: use {', '.join(REGISTRY)}"))

@@ -14,14 +14,34 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from ..config import AdapterConfig
 from . import adalora, bitfit, houlsby, ia3, lora, milora, prompt, weightlora
+
+
+@dataclass
+class AdapterConfig:
+    """The trainable part. LoRA in q/k/v by default (W = W0 + (alpha/r)·B·A).
+
+    ``method`` is one entry of ``REGISTRY`` below (``spinlora methods`` lists them);
+    each method reads the fields it needs and ignores the rest.
+    """
+
+    method: str = "lora"
+    r: int = 8  # rank (LoRA family), final average rank (AdaLoRA)
+    alpha: float = 16.0
+    dropout: float = 0.0  # >0 makes the SPIN step-0 check (loss = ln 2) approximate
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
+    init_r: int = 12  # AdaLoRA: starting rank per module, pruned to an average of r
+    keep_top_k: int | None = None  # WeightLoRA: adapters kept after training (None: half)
+    num_virtual_tokens: int = 20  # prompt / prefix / P-tuning
+    encoder_hidden_size: int = 128  # P-tuning's prompt encoder, prefix tuning's projection
+    bottleneck_size: int = 64  # Houlsby adapters: x + W_up σ(W_down x)
+    add_biases: bool = False  # BitFit on models without biases (Llama): add zero biases first
 
 
 class AdapterError(ValueError):
