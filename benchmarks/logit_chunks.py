@@ -22,11 +22,11 @@ from _common import emit
 
 CHILD = r"""
 import json, sys, time, torch
-import spinlora.losses as L
+import spinlora.scoring as L
 from spinlora.accounting import MemoryMeter
 from spinlora.adapters import attach
 from spinlora.config import AdapterConfig, ModelConfig
-from spinlora.losses import shared_prompt_logps, spin_loss
+from spinlora.losses import spin_loss
 from spinlora.models import load_model, pick_device
 
 model_name, dtype, pairs, n_ans, chunk, steps = sys.argv[1:7]
@@ -42,7 +42,7 @@ answers = [[torch.randint(100, vocab - 100, (int(n_ans),), generator=g).tolist()
 ref = torch.zeros(int(pairs), device=device)
 model.train()
 def step():
-    both = shared_prompt_logps(model, prompts, answers, tok.pad_token_id)
+    both = L.score_answers(model, prompts, answers, tok.pad_token_id)[0].view(-1, 2)
     loss, _, _ = spin_loss(both[:, 0], both[:, 1], ref, ref, 0.1, "dpop")
     loss.sum().backward()
     model.zero_grad(set_to_none=True)

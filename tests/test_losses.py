@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from spinlora.data import collate
-from spinlora.losses import LN2, answer_logps, spin_loss
+from spinlora.losses import LN2, spin_loss
+from spinlora.scoring import answer_logps
 
 
 def test_spin_loss_matches_hand_computation():
@@ -54,12 +55,12 @@ def test_shared_prompt_logps_equal_separate_passes(tiny_model_dir):
     separate full passes."""
     from transformers import AutoModelForCausalLM
 
-    from spinlora.losses import shared_prompt_logps
+    from spinlora.scoring import score_answers, shared_prompt_pass
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     prompts = [[1, 5, 6, 7, 8], [1, 9], [1, 10, 11]]
     answers = [[[20, 21, 2], [22, 23, 24, 25]], [[30, 2], [31, 32, 33, 34, 35, 2]], [[40], [41, 42]]]
-    shared = shared_prompt_logps(model, prompts, answers, pad_id=2)
+    shared = score_answers(model, prompts, answers, pad_id=2)[0].view(3, 2)
     shared.sum().backward()
     g_shared = model.model.layers[0].self_attn.q_proj.weight.grad.clone()
     model.zero_grad()
@@ -73,7 +74,13 @@ def test_shared_prompt_logps_equal_separate_passes(tiny_model_dir):
     torch.testing.assert_close(g_shared, model.model.layers[0].self_attn.q_proj.weight.grad,
                                rtol=1e-4, atol=1e-6)
     model.gradient_checkpointing_enable()
-    assert shared_prompt_logps(model, prompts, answers, pad_id=2) is None  # falls back
+    assert shared_prompt_pass(model, prompts, answers, pad_id=2) is None
+    model.zero_grad()
+    full = score_answers(model, prompts, answers, pad_id=2)[0].view(3, 2)  # full sequences
+    torch.testing.assert_close(full, shared, rtol=1e-5, atol=1e-4)
+    full.sum().backward()
+    torch.testing.assert_close(g_shared, model.model.layers[0].self_attn.q_proj.weight.grad,
+                               rtol=1e-4, atol=1e-6)
 
 
 def _lora_tiny(tiny_model_dir):
@@ -90,7 +97,7 @@ def _lora_tiny(tiny_model_dir):
 def test_chunked_logps_equal_one_pass_in_value_and_gradient(tiny_model_dir, monkeypatch):
     """LM head in chunks of 5 tokens, recomputed in backward: same log-probs and gradients as one
     pass over all tokens (also through the shared-prompt path)."""
-    import spinlora.losses as L
+    import spinlora.scoring as L
 
     model = _lora_tiny(tiny_model_dir)
     pairs = [([1, 5, 6, 7], [8, 9, 2, 11, 12, 13]), ([1, 5], [10, 11, 12, 13, 2, 14, 15])]
@@ -99,9 +106,9 @@ def test_chunked_logps_equal_one_pass_in_value_and_gradient(tiny_model_dir, monk
         monkeypatch.setattr(L, "LOGIT_CHUNK_TOKENS", chunk)
         model.zero_grad()
         lp, _ = answer_logps(model, collate(pairs, pad_id=2))
-        shared = L.shared_prompt_logps(model, [p for p, _ in pairs], [[a] for _, a in pairs], 2)
+        shared = L.score_answers(model, [p for p, _ in pairs], [[a] for _, a in pairs], 2)[0]
         (lp.sum() + shared.sum()).backward()
-        values.append(torch.cat([lp, shared[:, 0]]).detach())
+        values.append(torch.cat([lp, shared]).detach())
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     torch.testing.assert_close(values[0], values[1], rtol=1e-5, atol=1e-5)
     assert grads[0].keys() == grads[1].keys() and grads[0]
@@ -128,7 +135,7 @@ def test_final_logit_softcapping_is_applied(tiny_model_dir):
 
 def test_hessian_vector_product_through_chunked_head(tiny_model_dir, monkeypatch):
     """Double backward (the Hessian tool) works through the checkpointed chunks."""
-    import spinlora.losses as L
+    import spinlora.scoring as L
 
     model = _lora_tiny(tiny_model_dir)
     model.set_attn_implementation("eager")  # as spinlora hessian does: no double backward in SDPA

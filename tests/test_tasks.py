@@ -92,16 +92,16 @@ def test_many_questions_per_pass_equal_brute_force(tiny_model_dir):
         got = loglik.score_questions(model, tok, questions, token_budget=budget)
         assert [[s.logprob for s in q] for q in got] == [pytest.approx(w, abs=1e-4) for w in want]
     calls = []
-    orig = loglik._full_sequence_pass
+    import spinlora.scoring as scoring
+    orig = scoring._full_pass
 
     def spy(*a):
         calls.append(1)
         return orig(*a)
 
-    import spinlora.losses as losses
     mp = pytest.MonkeyPatch()
-    mp.setattr(losses, "shared_prompt_pass", lambda *a, **k: None)
-    mp.setattr(loglik, "_full_sequence_pass", spy)
+    mp.setattr(scoring, "shared_prompt_pass", lambda *a, **k: None)
+    mp.setattr(scoring, "_full_pass", spy)
     try:
         got = loglik.score_questions(model, tok, questions)
     finally:

@@ -130,7 +130,7 @@ def run_hessian(cfg, adapter: str | None, k: int = 8, iters: int | None = None,
     available on every backend)."""
     from . import adapters
     from .data import ChatFormat, build_examples, collate, load_rows, subset
-    from .losses import answer_logps
+    from .scoring import answer_logps
     from .models import load_model
 
     model, tok = load_model(cfg.model)

@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from .accounting import Accountant, MemoryMeter, count_parameters, environment
 from . import adapters
-from .config import ConfigError, RunConfig, config_to_dict, save_config
+from . import rundir
+from .config import RunConfig, save_config
+from .rundir import OutputExistsError  # noqa: F401  (part of this module's API)
 from .data import ChatFormat, DataError, build_examples, load_rows, subset
 from .evaluate import evaluate_gsm8k
 from .evaluate.gsm8k import fewshot_draws
@@ -41,64 +41,6 @@ from .stages.sft import run_sft
 from .stages.spin import run_spin
 
 
-class OutputExistsError(ConfigError):
-    """The output folder already holds a run."""
-
-
-def prepare_output(cfg: RunConfig) -> Path:
-    """Create the run folder; refuse to reuse one that holds a run unless overwrite is set.
-    With ``resume``, check that the folder holds a run of the same config and keep it."""
-    out = Path(cfg.output_dir)
-    if cfg.resume:
-        if not (out / "run.json").is_file() or not (out / "config.yaml").is_file():
-            raise ConfigError(f"--resume: {out} holds no spinlora run to continue (no run.json); "
-                              "start it without --resume")
-        saved = _flat(yaml.safe_load((out / "config.yaml").read_text()) or {})
-        now = _flat(config_to_dict(cfg))
-        differ = sorted(k for k in set(saved) | set(now) if k not in ("resume", "overwrite")
-                        and saved.get(k) != now.get(k))
-        if differ:
-            raise ConfigError(f"--resume: the config differs from the run's own in {differ}; "
-                              "resume with the same config, or start a new run")
-        return out
-    if out.exists() and any(out.iterdir()):
-        if not (out / "run.json").is_file():
-            # --overwrite replaces a spinlora run, never an arbitrary folder (--output-dir ~)
-            raise OutputExistsError(
-                f"output folder {out} is not empty and holds no spinlora run (no run.json); "
-                "choose an empty or new folder with --output-dir")
-        if not cfg.overwrite:
-            raise OutputExistsError(
-                f"output folder {out} already holds a run; pass --overwrite (overwrite=true) to "
-                "replace it, or choose another with --output-dir")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def finish_dir(partial: Path, final: Path) -> None:
-    """Move a completed stage folder into place (atomic rename on one filesystem)."""
-    if final.exists():
-        shutil.rmtree(final)
-    partial.rename(final)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
-
-
 def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or (
         isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
@@ -107,11 +49,11 @@ def _is_oom(e: BaseException) -> bool:
 def run(cfg: RunConfig) -> dict:
     """Run the configured stages; return the run summary (also written to run.json)."""
     cfg.validate()
-    out = prepare_output(cfg)
+    out = rundir.prepare(cfg)
     save_config(cfg, out / "config.yaml")
     summary: dict = {"status": "running", "output_dir": str(out), "stages": {},
                      "environment": environment()}
-    _write_json(out / "run.json", summary)
+    rundir.write_json(out / "run.json", summary)
     t_start = time.perf_counter()
     try:
         _run_stages(cfg, out, summary)
@@ -134,7 +76,7 @@ def run(cfg: RunConfig) -> dict:
         raise
     finally:
         summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
-        _write_json(out / "run.json", summary)
+        rundir.write_json(out / "run.json", summary)
         if (out / "sft" / "result.json").exists() or (out / "eval" / "result.json").exists():
             try:
                 summary["report"] = write_report(out)
@@ -199,45 +141,38 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
           f"({params['trainable_pct']:.3f} %)")
     new_acct = lambda: Accountant(device, baseline)  # noqa: E731  (one per stage/iteration)
 
-    if "sft" in cfg.stages and cfg.resume and (out / "sft" / "result.json").is_file():
+    if "sft" in cfg.stages and cfg.resume and rundir.finished(out / "sft"):
         # a finished SFT is reused: its adapter is what SPIN starts from
         adapters.load_weights(model, cfg.adapter, out / "sft" / "adapter")
         summary["stages"]["sft"] = "reused"
         print(f"[spinlora] resume: SFT finished earlier, its adapter reused ({out / 'sft'})")
     elif "sft" in cfg.stages:
-        part = out / "sft.partial"
-        shutil.rmtree(part, ignore_errors=True)  # an interrupted attempt is redone from scratch
-        part.mkdir()
+        part = rundir.begin(out / "sft")
         acct = new_acct()
         result = run_sft(cfg, model, tok, sft_examples, part, acct, init_path)
         result.update(data=counts, accounting=acct.summary())
-        _write_json(part / "result.json", result)
-        finish_dir(part, out / "sft")
+        rundir.finish(part, result)
         summary["stages"]["sft"] = "ok"
 
-    if "spin" in cfg.stages and cfg.resume and (out / "spin" / "result.json").is_file():
+    if "spin" in cfg.stages and cfg.resume and rundir.finished(out / "spin"):
         summary["stages"]["spin"] = "reused"
         print("[spinlora] resume: SPIN finished earlier")
     elif "spin" in cfg.stages:
         result = run_spin(cfg, model, tok, fmt, sft_examples, heldout, out / "spin", new_acct,
-                          finish_dir, init_path)
-        _write_json(out / "spin" / "result.json", result)
+                          init_path)
+        rundir.write_json(out / "spin" / "result.json", result)
         summary["stages"]["spin"] = "ok"
 
-    if "eval" in cfg.stages and cfg.resume and (out / "eval" / "result.json").is_file():
+    if "eval" in cfg.stages and cfg.resume and rundir.finished(out / "eval"):
         summary["stages"]["eval"] = "reused"
     elif "eval" in cfg.stages:
-        part = out / "eval.partial"
+        part = rundir.begin(out / "eval", keep=cfg.resume)
         done = []
-        if cfg.resume and (part / "result.json").is_file():  # models evaluated before the stop
+        if (part / "result.json").is_file():  # --resume: models evaluated before the stop
             done = [r for r in json.loads((part / "result.json").read_text())["rows"]
                     if "error" not in r]
-        elif part.exists():
-            shutil.rmtree(part)
-        part.mkdir(exist_ok=True)
         result = run_eval(cfg, model, tok, fmt, out, part, new_acct(), init_path, inputs, done)
-        _write_json(part / "result.json", result)
-        finish_dir(part, out / "eval")
+        rundir.finish(part, result)
         summary["stages"]["eval"] = "ok"
 
 
@@ -314,7 +249,7 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
             results.append({"label": label, "adapter": str(path) if path else None, "tasks": {},
                             "error": f"{type(e).__name__}: {e}"})
         # written after every model: an interrupted evaluation keeps the models it finished
-        _write_json(part / "result.json", {**head, "complete": False, "rows": results})
+        rundir.write_json(part / "result.json", {**head, "complete": False, "rows": results})
     return {**head, "complete": True, "rows": results, "accounting": acct.summary()}
 
 

@@ -18,7 +18,7 @@ from ..accounting import Accountant
 from ..config import GenerationConfig
 from ..data import ChatFormat, Example
 from ..generate import generate
-from ..losses import score_sequences
+from ..scoring import score_sequences
 
 _HASH = re.compile(r"####\s*\$?\s*(-?[\d,]*\.?\d+)")
 _NUM = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")

@@ -72,12 +72,10 @@ def score_questions(model, tok, questions: list[tuple[list[str], list[str]]],
 
     Questions are sorted by length and packed into batches of about ``token_budget`` padded
     tokens: their prompts run once as one left-padded batch, then all their choices' suffixes
-    as one right-padded batch on the repeated KV cache (losses.shared_prompt_pass). Models whose
-    decoder cannot run alone (prompt-learning adapters) score full sequences instead.
+    as one right-padded batch on the repeated KV cache (``scoring.score_answers``, which scores
+    full sequences for models whose decoder cannot run alone, as prompt-learning adapters).
     """
-    from ..losses import output_head, shared_prompt_pass, token_logps
-
-    head = output_head(model)
+    from ..scoring import score_answers
 
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     groups = []  # (question, prompt, [(suffix, skip, choice)])
@@ -101,48 +99,18 @@ def score_questions(model, tok, questions: list[tuple[list[str], list[str]]],
         prompts = [groups[g][1] for g in batch]
         answers = [[a[0] for a in groups[g][2]] for g in batch]
         skip = [[a[1] for a in groups[g][2]] for g in batch]
-        res = shared_prompt_pass(model, prompts, answers, pad, skip)
-        if res is not None:
-            hidden, targets, rows = res
-            tok_lp, hit = token_logps(head, hidden, targets, greedy=True)
-        else:  # full sequences through the model: its logits, transforms included
-            logits, targets, rows = _full_sequence_pass(model, prompts, answers, pad, skip)
-            tok_lp, hit = token_logps(None, logits, targets, greedy=True)
-        n_rows = sum(len(a) for a in answers)
-        sums = torch.zeros(n_rows, dtype=tok_lp.dtype, device=tok_lp.device).index_add(0, rows, tok_lp)
-        misses = torch.zeros(n_rows, device=tok_lp.device).index_add(0, rows, (~hit).float())
-        ntok = torch.zeros(n_rows, device=tok_lp.device).index_add(0, rows, torch.ones_like(tok_lp))
+        sums, ntok, all_hit = score_answers(model, prompts, answers, pad, skip, greedy=True)
         r = 0
         for g in batch:
             q = groups[g][0]
             for _, _, choice in groups[g][2]:
                 results[q][choice] = ChoiceScore(float(sums[r]), int(ntok[r]),
                                                  choice_chars(questions[q][1][choice]),
-                                                 bool(misses[r] == 0))
+                                                 bool(all_hit[r]))
                 r += 1
         if progress is not None:
             progress(len({groups[g][0] for g in batch}))
     return results
-
-
-def _full_sequence_pass(model, prompts, answers, pad_id, skip):
-    """The fallback of ``score_questions``: every choice as one full sequence through ``model``
-    (so PeftModel can add virtual tokens), same return as losses.shared_prompt_pass."""
-    device = next(model.parameters()).device
-    seqs = [(p + a, len(p) + s) for p, per, sk in zip(prompts, answers, skip) for a, s in zip(per, sk)]
-    width = max(len(x) for x, _ in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    scored = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for r, (x, first) in enumerate(seqs):
-        ids[r, :len(x)] = torch.tensor(x)
-        mask[r, :len(x)] = 1
-        scored[r, first:len(x)] = True
-    ids, mask, scored = ids.to(device), mask.to(device), scored.to(device)
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, -width:].float()
-    pred = logits[:, :-1][scored[:, 1:]]  # token t is predicted at position t - 1
-    rows = torch.arange(len(seqs), device=device)[:, None].expand_as(scored[:, 1:])[scored[:, 1:]]
-    return pred, ids[:, 1:][scored[:, 1:]], rows
 
 
 def score_choices(model, tok, context_list: list[str], continuations: list[str]) -> list[ChoiceScore]:

@@ -13,7 +13,8 @@ from .. import adapters
 from ..accounting import Accountant, count_parameters
 from ..config import RunConfig
 from ..data import Example, collate
-from ..losses import answer_logps, sft_loss_sum
+from ..losses import sft_loss_sum
+from ..scoring import answer_logps
 from ..train import MetricsLog, Objective, train_loop
 
 

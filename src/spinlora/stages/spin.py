@@ -22,15 +22,15 @@ from pathlib import Path
 
 import torch
 
-from .. import adapters
+from .. import adapters, rundir
 from ..accounting import Accountant, count_parameters
 from ..config import GenerationConfig, RunConfig, SpinConfig
-from ..data import Example, collate, subset
+from ..data import Example, subset
 from ..evaluate import evaluate_gsm8k
 from ..evaluate.gsm8k import extract_answer, extract_strict
 from ..generate import generate
-from ..losses import (answer_logps, score_sequences, shared_prompt_logps, spin_loss,
-                      step0_value)
+from ..losses import spin_loss, step0_value
+from ..scoring import score_answers
 from ..train import MetricsLog, Objective, train_loop
 
 
@@ -55,15 +55,10 @@ def spin_objective(pad_id: int, beta: float, spin_cfg: SpinConfig | None = None)
 
     def loss(model, pairs: list[Pair]):
         device = next(model.parameters()).device
-        both = shared_prompt_logps(model, [p.prompt_ids for p in pairs],
+        # y and y' of a pair share one pass of their prompt where the decoder runs alone
+        both, _, _ = score_answers(model, [p.prompt_ids for p in pairs],
                                    [[p.real_ids, p.gen_ids] for p in pairs], pad_id)
-        if both is not None:  # the prompt runs once for y and y'
-            real, gen = both[:, 0], both[:, 1]
-        else:  # two passes, each padded to its own longest sequence
-            real, _ = answer_logps(model, collate([(p.prompt_ids, p.real_ids) for p in pairs],
-                                                  pad_id).to(device))
-            gen, _ = answer_logps(model, collate([(p.prompt_ids, p.gen_ids) for p in pairs],
-                                                 pad_id).to(device))
+        real, gen = both[0::2], both[1::2]
         as_tensor = lambda xs: torch.tensor(xs, device=device, dtype=real.dtype)  # noqa: E731
         ref_real, ref_gen = as_tensor([p.ref_real for p in pairs]), as_tensor([p.ref_gen for p in pairs])
         real_len = as_tensor([len(p.real_ids) for p in pairs])
@@ -167,13 +162,9 @@ def reference_pass(model, pairs: list[Pair], pad_id: int, acct: Accountant,
                        + max(len(pairs[i].real_ids), len(pairs[i].gen_ids)))
         for start in range(0, len(order), batch_size):
             chunk = [pairs[i] for i in order[start:start + batch_size]]
-            both = shared_prompt_logps(model, [p.prompt_ids for p in chunk],
+            both, _, _ = score_answers(model, [p.prompt_ids for p in chunk],
                                        [[p.real_ids, p.gen_ids] for p in chunk], pad_id)
-            if both is None:
-                seqs = [(p.prompt_ids, p.real_ids) for p in chunk] + [
-                    (p.prompt_ids, p.gen_ids) for p in chunk]
-                lps, _ = score_sequences(model, seqs, pad_id)
-                both = torch.tensor(lps).view(2, -1).T
+            both = both.view(-1, 2)
             for p, (r, g) in zip(chunk, both.tolist()):
                 p.ref_real, p.ref_gen = r, g
         ph.tokens += sum(len(p.prompt_ids) + len(p.real_ids) + len(p.gen_ids) for p in pairs)
@@ -190,12 +181,12 @@ def _heldout(model, tokenizer, fmt, heldout: list[Example], cfg: RunConfig, acct
 
 
 def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
-             heldout: list[Example], out: Path, new_accountant, finish_dir,
+             heldout: list[Example], out: Path, new_accountant,
              init_path: Path | None = None) -> dict:
     """Run ``cfg.spin.iterations`` iterations on the adapter of ``model`` (trained in place).
 
-    ``new_accountant()`` gives a fresh Accountant per iteration; ``finish_dir(partial, final)``
-    moves a completed iteration folder into place atomically.
+    ``new_accountant()`` gives a fresh Accountant per iteration. Each iteration is built in
+    ``iter_t.partial`` and takes its final name when complete (``rundir``).
     """
     prompts = subset(sft_examples, cfg.spin.prompts, cfg.data.seed)
     pad = tokenizer.pad_token_id
@@ -206,7 +197,7 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
         start = json.loads(start_file.read_text())
     else:
         start = _heldout(model, tokenizer, fmt, heldout, cfg, acct0, "iter_0")
-        start_file.write_text(json.dumps(start))
+        rundir.write_json(start_file, start)
     history = [{"iteration": 0, "heldout": start}]
     previous: list[Pair] = []
     stopped_early = None
@@ -214,7 +205,7 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
     # mix_previous); per-iteration λ / lr and every seed depend on t alone, so iteration k+1 runs
     # exactly as it would have
     k = 0
-    while cfg.resume and (out / f"iter_{k + 1}" / "result.json").is_file() and k < cfg.spin.iterations:
+    while cfg.resume and rundir.finished(out / f"iter_{k + 1}") and k < cfg.spin.iterations:
         k += 1
         r = json.loads((out / f"iter_{k}" / "result.json").read_text())
         history.append({"iteration": k, "heldout": r["heldout"]})
@@ -230,9 +221,7 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
         print(f"[spinlora] resume: SPIN iterations 1..{k} finished earlier, reused")
     for t in range(k, cfg.spin.iterations if stopped_early is None else k):
         name = f"iter_{t + 1}"
-        part = out / f"{name}.partial"
-        shutil.rmtree(part, ignore_errors=True)
-        part.mkdir(parents=True)
+        part = rundir.begin(out / name)
         acct = new_accountant()
         beta, lr = cfg.spin.per_iteration("beta", t), cfg.spin.per_iteration("lr", t)
         pairs, gen_records, counts = make_pairs(model, tokenizer, fmt, prompts, cfg, acct,
@@ -285,8 +274,7 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
         if not result["step0_ok"] and cfg.adapter.dropout == 0:
             print(f"[spinlora] WARNING: SPIN {name} step-0 loss {step0:.6f} != {expected:.6f}: "
                   "the reference is not the opponent")
-        (part / "result.json").write_text(json.dumps(result, indent=2))
-        finish_dir(part, out / name)
+        rundir.finish(part, result)
         history.append({"iteration": t + 1, "heldout": held})
         previous = pairs
         if _fell(history, cfg.spin):

@@ -1,0 +1,239 @@
+"""Log-probabilities of answer tokens: the one module every scorer goes through.
+
+    score_answers(model, prompts, answers, pad_id)  # k answers per prompt: SPIN's training and
+                                                    # reference passes, multiple-choice scoring
+    answer_logps(model, batch)                      # a collated batch: SFT, the Hessian
+    score_sequences(model, pairs, pad_id)           # many (prompt, answer) pairs, inference
+
+Two passes, and one place that picks between them (``score_answers``):
+
+- shared prompt (``shared_prompt_pass``): each prompt runs once, left-padded, with the KV cache
+  on; the cache is repeated for its answers, which run right-padded on top of it;
+- full sequence (``answer_logps``): prompt + answer as one right-padded sequence, for models whose
+  decoder cannot run alone (prompt-learning adapters add virtual tokens inside
+  ``PeftModel.forward``; gradient checkpointing turns the cache off).
+
+Either way the LM head runs only at the positions that predict scored tokens: the
+49k-vocabulary logits of prompt tokens are never built, which is where most of the memory of a
+small model goes (PEFT_NOTES.md). ``token_logps`` turns those hidden states into log-probs
+``LOGIT_CHUNK_TOKENS`` tokens at a time; with gradients on, each chunk is recomputed in the
+backward pass, so tokens × vocabulary fp32 logits never exist at once (151,936-entry
+vocabulary: 0.6 GB per 1024 tokens instead of the whole batch).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .data import Batch, collate
+
+LOGIT_CHUNK_TOKENS = 1024  # tokens per LM-head chunk; None = all at once
+
+
+def _lm(model):
+    """The transformers model inside a PeftModel (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def output_head(model):
+    """The LM head as hidden states -> fp32 logits, with the model's own transform between head
+    and softmax that calling the head module alone would skip: Gemma 2/3's final-logit
+    soft-capping (cap·tanh(x/cap)) and Cohere's logit scale."""
+    lm = _lm(model)
+    head = lm.get_output_embeddings()
+    cfg = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    scale = getattr(cfg, "logit_scale", None)
+    scale = None if scale in (None, 1, 1.0) else float(scale)
+
+    def logits(h):
+        x = head(h).float()
+        if scale is not None:
+            x = x * scale
+        if cap:
+            x = torch.tanh(x / cap) * cap
+        return x
+
+    return logits
+
+
+def token_logps(head, hidden: torch.Tensor, targets: torch.Tensor, chunk: int | None = None,
+                greedy: bool = False):
+    """log p(target) per token from the hidden states that predict them (``head``: hidden ->
+    logits, from ``output_head``), in chunks of ``chunk`` tokens (None: ``LOGIT_CHUNK_TOKENS``).
+    ``head=None`` means ``hidden`` already holds logits. With ``greedy`` also returns whether
+    each target is the argmax (lm-eval's is_greedy).
+
+    Under autograd each chunk runs inside ``torch.utils.checkpoint``: its logits are freed after
+    the forward pass and rebuilt in the backward pass, one chunk at a time.
+    """
+    def piece(h, t):
+        logits = (head(h) if head is not None else h).float()
+        lp = -F.cross_entropy(logits, t, reduction="none")
+        return (lp, logits.argmax(-1) == t) if greedy else (lp,)
+
+    n = hidden.shape[0]
+    step = chunk or LOGIT_CHUNK_TOKENS or max(n, 1)
+    outs = []
+    for i in range(0, n, step):
+        h, t = hidden[i:i + step], targets[i:i + step]
+        if n > step and torch.is_grad_enabled() and h.requires_grad:
+            from torch.utils.checkpoint import checkpoint
+
+            outs.append(checkpoint(piece, h, t, use_reentrant=False))
+        else:
+            outs.append(piece(h, t))
+    if not outs:
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return (empty, torch.zeros(0, dtype=torch.bool, device=hidden.device)) if greedy else empty
+    lp = torch.cat([o[0] for o in outs])
+    return (lp, torch.cat([o[1] for o in outs])) if greedy else lp
+
+
+def _is_prompt_learning(model) -> bool:
+    cfg = getattr(model, "active_peft_config", None)
+    return bool(getattr(cfg, "is_prompt_learning", False))
+
+
+def _decoder_alone(model):
+    """The decoder of a transformers model or PeftModel, or None where it cannot run on its own:
+    prompt-learning adapters (virtual tokens are added in PeftModel.forward), gradient
+    checkpointing (which turns the KV cache off), models without the split."""
+    lm = _lm(model)
+    if (_is_prompt_learning(model) or getattr(lm, "is_gradient_checkpointing", False)
+            or not hasattr(lm, "get_decoder")):
+        return None
+    return lm.get_decoder()
+
+
+def _full_pass(model, batch: Batch, greedy: bool = False):
+    """Per scored token (``batch.answer_mask``): log-prob, argmax hit (with ``greedy``) and row."""
+    target_mask = batch.answer_mask[:, 1:]
+    targets = batch.input_ids[:, 1:][target_mask]
+    rows = torch.arange(batch.input_ids.shape[0], device=targets.device)
+    rows = rows[:, None].expand_as(target_mask)[target_mask]
+    if _is_prompt_learning(model) or not hasattr(_lm(model), "get_decoder"):
+        # virtual tokens are prepended inside PeftModel.forward: take the full logits there
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        out = token_logps(None, logits[:, -batch.input_ids.shape[1]:-1][target_mask], targets,
+                          greedy=greedy)
+    else:
+        hidden = _lm(model).get_decoder()(input_ids=batch.input_ids,
+                                          attention_mask=batch.attention_mask).last_hidden_state
+        out = token_logps(output_head(model), hidden[:, :-1][target_mask], targets, greedy=greedy)
+    return (*out, rows) if greedy else (out, None, rows)
+
+
+def _per_row(values: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, rows, values)
+
+
+def answer_logps(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log p(answer | prompt) per sequence of a collated batch, and its answer tokens.
+
+    Works on a plain transformers model or a PeftModel (adapters active as set by the caller).
+    """
+    tok_lp, _, rows = _full_pass(model, batch)
+    return _per_row(tok_lp, rows, batch.input_ids.shape[0]), batch.answer_mask[:, 1:].sum(1)
+
+
+def shared_prompt_pass(model, prompts: list[list[int]], answers: list[list[list[int]]],
+                       pad_id: int, skip: list[list[int]] | None = None):
+    """Run each prompt once and all of its answers on top of its KV cache.
+
+    The prompts (left-padded) run through the decoder with the cache on; the cache is repeated
+    for each prompt's answers (any number per prompt) and the answers (right-padded) run on top
+    of it. Returns ``(hidden, targets, rows)`` for the scored answer tokens, flattened: the hidden
+    states that predict them, for ``token_logps`` with ``output_head(model)``. ``rows`` numbers
+    the answers in order (prompt 0's answers first); ``skip[i][j]`` leading tokens of answer j of
+    prompt i are context, not scored. Returns None where the decoder cannot run alone (see
+    ``_decoder_alone``).
+    """
+    decoder = _decoder_alone(model)
+    if decoder is None:
+        return None
+    device = next(model.parameters()).device
+    b = len(prompts)
+    counts = torch.tensor([len(a) for a in answers])
+    lp = max(len(p) for p in prompts)
+    p_ids = torch.full((b, lp), pad_id, dtype=torch.long)
+    p_mask = torch.zeros((b, lp), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        p_ids[i, lp - len(p):] = torch.tensor(p)
+        p_mask[i, lp - len(p):] = 1
+    p_ids, p_mask = p_ids.to(device), p_mask.to(device)
+    p_pos = (p_mask.cumsum(1) - 1).clamp(min=0)
+    out = decoder(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True)
+    cache, last = out.past_key_values, out.last_hidden_state[:, -1]  # predicts answer token 0
+    owner = torch.repeat_interleave(torch.arange(b), counts).to(device)
+    cache.batch_select_indices(owner)
+    flat = [a for per in answers for a in per]
+    flat_skip = [s for per in skip for s in per] if skip else [0] * len(flat)
+    la = max(len(a) for a in flat)
+    a_ids = torch.full((len(flat), la), pad_id, dtype=torch.long)
+    a_mask = torch.zeros((len(flat), la), dtype=torch.long)
+    scored = torch.zeros((len(flat), la), dtype=torch.bool)
+    for r, (a, s) in enumerate(zip(flat, flat_skip)):
+        a_ids[r, :len(a)] = torch.tensor(a)
+        a_mask[r, :len(a)] = 1
+        scored[r, s:len(a)] = True
+    a_ids, a_mask, scored = a_ids.to(device), a_mask.to(device), scored.to(device)
+    mask = torch.cat([p_mask[owner], a_mask], 1)
+    a_pos = p_mask.sum(1)[owner][:, None] + torch.arange(la, device=device)[None]
+    hidden = decoder(input_ids=a_ids, attention_mask=mask, position_ids=a_pos,
+                     past_key_values=cache, use_cache=True).last_hidden_state
+    # answer token t is predicted by the hidden state before it: the prompt's last for t = 0
+    pred = torch.cat([last[owner][:, None], hidden[:, :-1]], 1)
+    rows = torch.arange(len(flat), device=device)[:, None].expand_as(scored)[scored]
+    return pred[scored], a_ids[scored], rows
+
+
+def score_answers(model, prompts: list[list[int]], answers: list[list[list[int]]], pad_id: int,
+                  skip: list[list[int]] | None = None, greedy: bool = False):
+    """log p(answer | prompt) summed over the scored tokens of every answer of every prompt
+    (any number per prompt; prompt 0's answers first), the scored tokens per answer, and with
+    ``greedy`` whether every scored token was the argmax (lm-eval's is_greedy; else None).
+
+    ``skip[i][j]`` leading tokens of answer j of prompt i are context, not scored. Each prompt
+    runs once under its answers where the decoder can run alone, else every answer is one full
+    sequence. Differentiable unless called under ``torch.inference_mode``.
+    """
+    n = sum(len(a) for a in answers)
+    res = shared_prompt_pass(model, prompts, answers, pad_id, skip)
+    if res is not None:
+        hidden, targets, rows = res
+        out = token_logps(output_head(model), hidden, targets, greedy=greedy)
+        tok_lp, hit = out if greedy else (out, None)
+    else:
+        flat_skip = [s for per in skip for s in per] if skip else [0] * n
+        batch = collate([(p, a) for p, per in zip(prompts, answers) for a in per], pad_id)
+        for r, (p, s) in enumerate(zip((p for p, per in zip(prompts, answers) for _ in per),
+                                       flat_skip)):
+            batch.answer_mask[r, len(p):len(p) + s] = False
+        tok_lp, hit, rows = _full_pass(model, batch.to(next(model.parameters()).device), greedy)
+    sums = _per_row(tok_lp, rows, n)
+    counts = _per_row(torch.ones_like(tok_lp), rows, n).long()
+    all_hit = _per_row((~hit).float(), rows, n) == 0 if greedy else None
+    return sums, counts, all_hit
+
+
+@torch.inference_mode()
+def score_sequences(model, pairs: list[tuple[list[int], list[int]]], pad_id: int,
+                    batch_size: int = 16) -> tuple[list[float], list[int]]:
+    """log p(answer | prompt) summed over answer tokens, for many (prompt_ids, answer_ids) pairs.
+
+    Sorted by length into batches to cut padding; results come back in the caller's order.
+    """
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    logps, counts = [0.0] * len(pairs), [0] * len(pairs)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        lp, n, _ = score_answers(model, [pairs[i][0] for i in idx], [[pairs[i][1]] for i in idx],
+                                 pad_id)
+        for j, i in enumerate(idx):
+            logps[i], counts[i] = float(lp[j]), int(n[j])
+    if was_training:
+        model.train()
+    return logps, counts
