@@ -8,6 +8,7 @@
     spinlora sweep configs/sweep_lr.yaml                # methods x lrs x ranks x batch x seeds
     spinlora hessian configs/demo.yaml --adapter runs/demo/sft/adapter --k 8
     spinlora methods                                    # the adapter methods and what they support
+    spinlora export runs/demo --merge --out merged/     # the run's adapter merged into the base
 """
 from __future__ import annotations
 
@@ -45,6 +46,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
             s.add_argument("--power-iters", type=int, default=30, help="power iteration cap")
             s.add_argument("--out", help="write the result JSON here")
     sub.add_parser("methods", help="list the adapter methods")
+    e = sub.add_parser("export", help="a run's chosen adapter as a folder: plain peft, or "
+                                      "--merge into a transformers checkpoint")
+    e.add_argument("source", help="a run folder (its best / last adapter) or an adapter folder")
+    e.add_argument("--out", required=True, help="folder to write")
+    e.add_argument("--merge", action="store_true",
+                   help="fold the adapter into the base weights (loads without peft)")
+    e.add_argument("--model", help="base model (default: the run's model.name)")
+    e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     r = sub.add_parser("report", help="comparison table (md, csv), plots, HTML from run folders")
     r.add_argument("run_dirs", nargs="+")
     r.add_argument("--out", help="folder for the report (default: the first run folder)")
@@ -75,6 +85,14 @@ def main(argv: list[str] | None = None) -> int:
 
             for k, v in write_report(*args.run_dirs, out=args.out).items():
                 print(f"{k}: {v}")
+            return 0
+        if args.command == "export":
+            from .export import export
+
+            info = export(args.source, args.out, args.merge, args.model, args.dtype,
+                          args.overwrite)
+            print(json.dumps(info, indent=2))
+            print(f"[spinlora] exported to {Path(args.out).resolve()}")
             return 0
         if args.command == "methods":
             from .adapters import table
@@ -116,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         summary = run(cfg)
         return 0 if summary["status"] == "ok" else 1
-    except (ConfigError, DataError, ModelNotFoundError, AdapterError, FileNotFoundError) as e:
+    except (ConfigError, DataError, ModelNotFoundError, AdapterError, FileNotFoundError,
+            FileExistsError) as e:
         print(f"spinlora: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,110 @@
+"""``spinlora export RUN_OR_ADAPTER --out DIR [--merge]``: the adapter a run chose, as a folder
+anyone can load.
+
+    spinlora export runs/demo --merge --out merged/        # transformers checkpoint, no peft
+    spinlora export runs/demo/sft/adapter --out sft_lora/  # the plain peft adapter + tokenizer
+
+A run folder gives its chosen adapter: SPIN's keep-best pick (``spin/best_adapter``), else its
+last SPIN iteration, else its SFT adapter. The base model is the run's ``model.name``
+(config.yaml) or, for a bare adapter folder, its ``base_model_name_or_path``; ``--model``
+overrides both. With ``--merge`` the adapter is folded into the base weights (peft's
+``merge_and_unload``; BitFit's biases already are weights) and saved as safetensors with the
+tokenizer. The saved checkpoint is then loaded back with plain transformers and its logits are
+checked against base + adapter before the folder takes its final name, so a folder under that
+name always reproduces the adapter. Methods that cannot be merged (prompt learning, Houlsby
+adapters) are refused with the reason.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+
+from . import adapters
+from .adapters import AdapterConfig, AdapterError
+from .config import ModelConfig
+
+TOLERANCE = {torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 5e-2}  # max |Δ logit|
+
+
+def chosen_adapter(source: Path) -> Path:
+    """The adapter folder a run folder stands for (or ``source`` itself if it is one)."""
+    if not (source / "run.json").is_file():
+        return source
+    spin = sorted(source.glob("spin/iter_*/adapter"), key=lambda p: int(p.parent.name[5:]))
+    for cand in [source / "spin" / "best_adapter", *reversed(spin), source / "sft" / "adapter"]:
+        if cand.is_dir():
+            return cand
+    raise AdapterError(f"run {source} holds no finished adapter (no sft/adapter, no "
+                       "spin/iter_*/adapter): finish or --resume the run first")
+
+
+def _base_name(source: Path, adapter: Path) -> str:
+    if (source / "config.yaml").is_file():
+        return (yaml.safe_load((source / "config.yaml").read_text()) or {})["model"]["name"]
+    peft_cfg = adapter / "adapter_config.json"
+    if peft_cfg.is_file():
+        name = json.loads(peft_cfg.read_text()).get("base_model_name_or_path")
+        if name:
+            return name
+    raise AdapterError(f"no base model known for {adapter}: pass --model")
+
+
+def export(source: str | Path, out: str | Path, merge: bool = False, model: str | None = None,
+           dtype: str = "float32", overwrite: bool = False) -> dict:
+    """Write the chosen adapter of ``source`` (a run or adapter folder) to ``out``: as it is
+    (plain peft) with the tokenizer, or with ``merge`` folded into a transformers checkpoint.
+    Returns what was written (also ``out/export.json``)."""
+    from .models import load_model
+
+    source, out = Path(source), Path(out)
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source} is neither a run folder nor an adapter folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} is not empty: choose another --out or pass --overwrite")
+    adapter = chosen_adapter(source)
+    acfg = adapters.saved_config(adapter, AdapterConfig())
+    method = adapters.get(acfg.method)
+    if merge and not method.mergeable:
+        raise AdapterError(f"{acfg.method} cannot be merged into the base weights (its trainable "
+                           "part is not a weight delta); export without --merge and load it "
+                           "with peft / spinlora")
+    base_name = model or _base_name(source, adapter)
+    base, tok = load_model(ModelConfig(name=base_name, dtype=dtype, device="cpu"))
+    info = {"source": str(source), "adapter": str(adapter), "method": acfg.method,
+            "base_model": base_name, "merged": merge, "dtype": dtype}
+    part = out.with_name(out.name + ".partial")
+    shutil.rmtree(part, ignore_errors=True)
+    if not merge:
+        shutil.copytree(adapter, part)
+        tok.save_pretrained(part)
+    else:
+        probe = torch.tensor([tok("Export check: 12 + 30 = 42. The quick brown fox.",
+                                  add_special_tokens=False).input_ids])
+        wrapped = adapters.load(base, adapter, trainable=False)
+        with torch.inference_mode():
+            want = wrapped(input_ids=probe).logits.float()
+        merged = wrapped.merge_and_unload() if hasattr(wrapped, "merge_and_unload") else wrapped
+        merged.save_pretrained(part, safe_serialization=True)
+        tok.save_pretrained(part)
+        del wrapped, merged
+        from transformers import AutoModelForCausalLM
+
+        back = AutoModelForCausalLM.from_pretrained(part, dtype=base.dtype).eval()
+        with torch.inference_mode():
+            got = back(input_ids=probe).logits.float()
+        diff = float((got - want).abs().max())
+        info["max_abs_logit_diff"] = diff
+        if diff > TOLERANCE.get(base.dtype, 5e-2):
+            shutil.rmtree(part, ignore_errors=True)
+            raise AdapterError(f"the merged checkpoint does not reproduce base + adapter "
+                               f"({acfg.method}: max |Δ logit| {diff:.3g}); export it without "
+                               "--merge")
+    (part / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    part.rename(out)
+    return info

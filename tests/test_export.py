@@ -1,0 +1,68 @@
+"""``spinlora export``: a run's adapter merged into a transformers checkpoint that loads without
+peft and gives base + adapter's logits; the plain peft copy; refusals that say why."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from spinlora import cli
+
+
+@pytest.fixture
+def sft_run(tiny_cfg):
+    from spinlora.pipeline import run
+
+    tiny_cfg.stages = ["sft"]
+    assert run(tiny_cfg)["status"] == "ok"
+    return Path(tiny_cfg.output_dir)
+
+
+def _logits(model, ids):
+    with torch.inference_mode():
+        return model(input_ids=ids).logits
+
+
+def test_merge_loads_without_peft_and_equals_base_plus_adapter(sft_run, tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "merged"
+    assert cli.main(["export", str(sft_run), "--merge", "--out", str(out)]) == 0
+    assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
+    info = json.loads((out / "export.json").read_text())
+    assert info["adapter"] == str(sft_run / "sft" / "adapter") and info["merged"]
+
+    ids = torch.tensor([[5, 9, 14, 30, 41, 7, 22, 60, 3, 18]])
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    plain = _logits(base, ids)
+    adapted = _logits(PeftModel.from_pretrained(base, sft_run / "sft" / "adapter").eval(), ids)
+    assert (adapted - plain).abs().max() > 1e-3  # SFT moved the model: the check can fail
+    torch.testing.assert_close(_logits(merged, ids), adapted, rtol=1e-4, atol=1e-4)
+
+
+def test_plain_copy_and_refusals(sft_run, tmp_path, capsys):
+    out = tmp_path / "lora"
+    assert cli.main(["export", str(sft_run / "sft" / "adapter"), "--out", str(out)]) == 0
+    assert (out / "adapter_config.json").is_file() and (out / "tokenizer_config.json").is_file()
+    # a non-empty --out is refused; a run with nothing finished is refused
+    assert cli.main(["export", str(sft_run), "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    empty_run = tmp_path / "empty_run"
+    empty_run.mkdir()
+    (empty_run / "run.json").write_text("{}")
+    assert cli.main(["export", str(empty_run), "--out", str(tmp_path / "x")]) == 2
+    assert "no finished adapter" in capsys.readouterr().err
+
+
+def test_unmergeable_method_is_refused(tiny_cfg, tmp_path, capsys):
+    from spinlora.pipeline import run
+
+    tiny_cfg.stages = ["sft"]
+    tiny_cfg.adapter.method = "prompt"
+    tiny_cfg.adapter.num_virtual_tokens = 4
+    assert run(tiny_cfg)["status"] == "ok"
+    out = tmp_path / "merged"
+    assert cli.main(["export", tiny_cfg.output_dir, "--merge", "--out", str(out)]) == 2
+    assert "cannot be merged" in capsys.readouterr().err and not out.exists()
