@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from . import dist
 from .config import GenerationConfig
 
 
@@ -107,8 +108,11 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
                                    "is_prompt_learning", False))
     out: list[Generation | None] = [None] * len(prompts)
     produced = 0
-    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False)
+    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False,
+               disable=not dist.is_main())
     for b, start in enumerate(range(0, len(order), cfg.batch_size)):
+        if not dist.mine(b):  # several processes: batch b is process b mod world's
+            continue
         idx = order[start:start + cfg.batch_size]
         batch = [prompts[i] for i in idx]
         shared = _common_prefix(batch) if share_prefix and not prompt_learning else 0
@@ -155,8 +159,11 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
             produced += len(toks)
             text = tokenizer.decode(toks, skip_special_tokens=True)
             out[i] = Generation(toks, text, finished)
-        bar.update(len(idx))
+        bar.update(len(idx) * dist.world())
     bar.close()
     if was_training:
         model.train()
+    if dist.world() > 1:
+        out = dist.gather({i: g for i, g in enumerate(out) if g is not None}, len(prompts))
+        produced = int(dist.sum_floats([produced])[0])
     return out, produced

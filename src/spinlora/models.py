@@ -102,6 +102,10 @@ def resolve_model_path(name: str) -> str:
 
 
 def pick_device(device: str) -> torch.device:
+    from . import dist
+
+    if device in ("auto", "cuda") and dist.device() is not None:
+        return dist.device()  # launched with several processes: this process's own device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)

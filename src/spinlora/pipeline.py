@@ -27,7 +27,7 @@ import torch
 
 from .accounting import Accountant, MemoryMeter, count_parameters, environment
 from . import adapters
-from . import rundir
+from . import dist, rundir
 from .config import RunConfig, save_config
 from .rundir import OutputExistsError  # noqa: F401  (part of this module's API)
 from .data import ChatFormat, DataError, build_examples, load_rows, subset
@@ -50,9 +50,10 @@ def run(cfg: RunConfig) -> dict:
     """Run the configured stages; return the run summary (also written to run.json)."""
     cfg.validate()
     out = rundir.prepare(cfg)
-    save_config(cfg, out / "config.yaml")
+    if dist.is_main():
+        save_config(cfg, out / "config.yaml")
     summary: dict = {"status": "running", "output_dir": str(out), "stages": {},
-                     "environment": environment()}
+                     "processes": dist.world(), "environment": environment()}
     rundir.write_json(out / "run.json", summary)
     t_start = time.perf_counter()
     try:
@@ -77,7 +78,8 @@ def run(cfg: RunConfig) -> dict:
     finally:
         summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
         rundir.write_json(out / "run.json", summary)
-        if (out / "sft" / "result.json").exists() or (out / "eval" / "result.json").exists():
+        if dist.is_main() and ((out / "sft" / "result.json").exists()
+                               or (out / "eval" / "result.json").exists()):
             try:
                 summary["report"] = write_report(out)
             except Exception as e:  # a broken report must not hide the run's own error
@@ -132,7 +134,9 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
             # the state the method starts from gives the base model's output for evaluation
             # (and the conversion of PiSSA-style adapters to plain LoRA on the original base)
             init_path = out / "init_adapter"
-            adapters.save(model, cfg.adapter, init_path)
+            if dist.is_main():
+                adapters.save(model, cfg.adapter, init_path)
+            dist.barrier()
         if cfg.sft_adapter:
             adapters.load_weights(model, cfg.adapter, cfg.sft_adapter)
     params = count_parameters(model)
@@ -266,9 +270,11 @@ def _eval_one(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path, acct: Acc
         if "gsm8k" in cfg.eval.tasks:
             g = evaluate_gsm8k(model, tok, fmt, examples, cfg.generation, acct, label,
                                shots, cfg.eval.gsm8k_style, cfg.eval.gsm8k_generate)
-            with open(part / f"samples_{label}.jsonl", "w") as f:
-                for s in g.pop("samples"):
-                    f.write(json.dumps(s) + "\n")
+            samples = g.pop("samples")
+            if dist.is_main():
+                with open(part / f"samples_{label}.jsonl", "w") as f:
+                    for s in samples:
+                        f.write(json.dumps(s) + "\n")
             r.update(g)  # GSM8K fields stay at the top level of the row
             r["tasks"]["gsm8k"] = {"n": g["n"], "acc": g["accuracy"],
                                    "acc_stderr": g["accuracy_stderr"]}

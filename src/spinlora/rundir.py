@@ -7,7 +7,8 @@
         rundir.finish(part, result)       # result.json, then sft.partial -> sft (one rename)
 
 A folder has its final name only when complete, so a killed run never leaves a half-written
-stage that looks finished. ``run.json`` (the run's status) marks a folder as a spinlora run;
+stage that looks finished. Launched with several processes (``dist``), only the main process
+writes; ``prepare`` and ``finish`` end with a barrier, so the others read finished folders. ``run.json`` (the run's status) marks a folder as a spinlora run;
 ``config.yaml`` holds its resolved config, which ``--resume`` must match.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from . import dist
 from .config import ConfigError, RunConfig, config_to_dict
 
 
@@ -52,8 +54,12 @@ def prepare(cfg: RunConfig) -> Path:
             raise OutputExistsError(
                 f"output folder {out} already holds a run; pass --overwrite (overwrite=true) to "
                 "replace it, or choose another with --output-dir")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()  # every process has checked the folder as it was
+    if dist.is_main():
+        if out.exists() and any(out.iterdir()):
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
     return out
 
 
@@ -80,25 +86,31 @@ def begin(final: Path, keep: bool = False) -> Path:
     """The ``.partial`` folder to build ``final`` in: emptied, or with ``keep`` left as an
     interrupted attempt wrote it (evaluation keeps the models it finished)."""
     part = partial(final)
-    if not keep:
-        shutil.rmtree(part, ignore_errors=True)
-    part.mkdir(parents=True, exist_ok=True)
+    if dist.is_main():
+        if not keep:
+            shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True, exist_ok=True)
     return part
 
 
 def finish(part: Path, result: dict) -> Path:
     """Write ``result.json`` into ``part`` and move it to its final name (one rename on one
     filesystem, replacing an older copy)."""
-    write_json(part / "result.json", result)
     final = part.with_name(part.name.removesuffix(".partial"))
-    if final.exists():
-        shutil.rmtree(final)
-    part.rename(final)
+    if dist.is_main():
+        write_json(part / "result.json", result)
+        if final.exists():
+            shutil.rmtree(final)
+        part.rename(final)
+    dist.barrier()
     return final
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write a JSON file so that a kill leaves the old file or the new one, never half of one."""
+    """Write a JSON file so that a kill leaves the old file or the new one, never half of one
+    (the main process only)."""
+    if not dist.is_main():
+        return
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
     tmp.replace(path)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import dist
 from .data import Batch, collate
 
 LOGIT_CHUNK_TOKENS = 1024  # tokens per LM-head chunk; None = all at once
@@ -223,17 +224,21 @@ def score_sequences(model, pairs: list[tuple[list[int], list[int]]], pad_id: int
     """log p(answer | prompt) summed over answer tokens, for many (prompt_ids, answer_ids) pairs.
 
     Sorted by length into batches to cut padding; results come back in the caller's order.
+    Launched with several processes, batch b is process b mod world's (``dist``).
     """
     was_training = model.training
     model.eval()
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-    logps, counts = [0.0] * len(pairs), [0] * len(pairs)
-    for start in range(0, len(order), batch_size):
+    done = {}
+    for b, start in enumerate(range(0, len(order), batch_size)):
+        if not dist.mine(b):
+            continue
         idx = order[start:start + batch_size]
         lp, n, _ = score_answers(model, [pairs[i][0] for i in idx], [[pairs[i][1]] for i in idx],
                                  pad_id)
         for j, i in enumerate(idx):
-            logps[i], counts[i] = float(lp[j]), int(n[j])
+            done[i] = (float(lp[j]), int(n[j]))
     if was_training:
         model.train()
-    return logps, counts
+    res = dist.gather(done, len(pairs))
+    return [lp for lp, _ in res], [n for _, n in res]

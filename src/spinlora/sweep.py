@@ -21,6 +21,7 @@ import math
 import statistics
 from pathlib import Path
 
+from . import dist
 from .config import RunConfig, save_config
 
 
@@ -69,8 +70,9 @@ def run_sweep(cfg: RunConfig) -> dict:
     from .pipeline import run
 
     root = Path(cfg.output_dir)
-    (root / "results").mkdir(parents=True, exist_ok=True)
-    save_config(cfg, root / "sweep_config.yaml")
+    if dist.is_main():  # several processes: they run every point together; one writes
+        (root / "results").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, root / "sweep_config.yaml")
     grid = points(cfg)
     for i, p in enumerate(grid):
         name = point_name(p)
@@ -96,9 +98,12 @@ def run_sweep(cfg: RunConfig) -> dict:
         if sft.is_file():
             acc = json.loads(sft.read_text()).get("accounting", {})
             res["peak_MB_over_baseline"] = round(acc.get("peak_over_baseline_bytes", 0) / 2**20)
-        tmp = dest.with_suffix(".tmp")
-        tmp.write_text(json.dumps(res, indent=2))
-        tmp.replace(dest)
+        if dist.is_main():
+            tmp = dest.with_suffix(".tmp")
+            tmp.write_text(json.dumps(res, indent=2))
+            tmp.replace(dest)
+    if not dist.is_main():
+        return {"points": len(grid), "best": {}, "summary": str(root / "summary.md")}
     return summarise(root, cfg.sweep.higher_is_better)
 
 

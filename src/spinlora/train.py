@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from . import dist
 from .accounting import Accountant
 from .config import TrainConfig
 
@@ -35,6 +36,7 @@ class Objective:
     weight: Callable[[list], float]
     tokens: Callable[[list], int]
     length: Callable[[Any], int] | None = None  # one item's padded length, for group_by_length
+    metric_keys: tuple[str, ...] | None = None  # the metrics loss() returns (for several processes)
 
 
 def epoch_batches(n: int, batch_size: int, rng: random.Random,
@@ -55,10 +57,11 @@ def epoch_batches(n: int, batch_size: int, rng: random.Random,
 
 
 class MetricsLog:
-    """Append-only JSONL, flushed every line so an interrupted run keeps what it logged."""
+    """Append-only JSONL, flushed every line so an interrupted run keeps what it logged (by the
+    main process only, when there are several)."""
 
     def __init__(self, path: Path | None):
-        self.f = open(path, "a") if path else None
+        self.f = open(path, "a") if path and dist.is_main() else None
 
     def log(self, record: dict) -> None:
         if self.f:
@@ -136,18 +139,26 @@ def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: f
             weight = objective.weight(batch)
             sums: dict[str, float] = {}
             loss_total = 0.0
-            for m in range(0, len(batch), cfg.micro_batch_size):
+            for k, m in enumerate(range(0, len(batch), cfg.micro_batch_size)):
+                if not dist.mine(k):  # several processes: micro-batch k is process k mod world's
+                    continue
                 micro = batch[m:m + cfg.micro_batch_size]
                 loss_sum, metrics = objective.loss(model, micro)
                 (loss_sum / weight).backward()
                 loss_total += float(loss_sum.detach())
                 for key, v in metrics.items():
                     sums[key] = sums.get(key, 0.0) + float(v)
-            loss = loss_total / weight
-            if hooks.regularizer:
+            if hooks.regularizer:  # once per step: each process adds its 1/world share
                 reg = hooks.regularizer(model)
-                reg.backward()
-                sums["regularizer"] = float(reg.detach()) * len(batch)
+                (reg / dist.world()).backward()
+                sums["regularizer"] = float(reg.detach()) * len(batch) / dist.world()
+            if dist.world() > 1:  # the whole batch's gradient and sums on every process
+                dist.sum_grads(params)
+                keys = sorted(set(sums if objective.metric_keys is None else objective.metric_keys)
+                              | ({"regularizer"} if hooks.regularizer else set()))
+                totals = dist.sum_floats([loss_total] + [sums.get(k2, 0.0) for k2 in keys])
+                loss_total, sums = totals[0], dict(zip(keys, totals[1:]))
+            loss = loss_total / weight
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"{desc}: loss is {loss} at step {step}; lower the "
                                        "learning rate (train.lr / spin.lr)")

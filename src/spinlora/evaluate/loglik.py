@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import dist
+
 
 def choice_chars(continuation: str) -> int:
     """acc_norm's length: lm-eval divides by ``len(choice)`` of the choice text itself, without
@@ -95,7 +97,10 @@ def score_questions(model, tok, questions: list[tuple[list[str], list[str]]],
         cur = cand
     if cur:
         batches.append(cur)
-    for batch in batches:
+    mine = {}  # several processes: batch b is process b mod world's (dist)
+    for b, batch in enumerate(batches):
+        if not dist.mine(b):
+            continue
         prompts = [groups[g][1] for g in batch]
         answers = [[a[0] for a in groups[g][2]] for g in batch]
         skip = [[a[1] for a in groups[g][2]] for g in batch]
@@ -104,12 +109,17 @@ def score_questions(model, tok, questions: list[tuple[list[str], list[str]]],
         for g in batch:
             q = groups[g][0]
             for _, _, choice in groups[g][2]:
-                results[q][choice] = ChoiceScore(float(sums[r]), int(ntok[r]),
-                                                 choice_chars(questions[q][1][choice]),
-                                                 bool(all_hit[r]))
+                mine[(q, choice)] = ChoiceScore(float(sums[r]), int(ntok[r]),
+                                                choice_chars(questions[q][1][choice]),
+                                                bool(all_hit[r]))
                 r += 1
         if progress is not None:
-            progress(len({groups[g][0] for g in batch}))
+            progress(len({groups[g][0] for g in batch}) * dist.world())
+    keys = [(q, c) for q, (_, conts) in enumerate(questions) for c in range(len(conts))]
+    pos = {k: i for i, k in enumerate(keys)}
+    scores = dist.gather({pos[k]: v for k, v in mine.items()}, len(keys))
+    for (q, c), score in zip(keys, scores):
+        results[q][c] = score
     return results
 
 

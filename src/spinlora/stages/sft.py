@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import adapters
+from .. import adapters, dist
 from ..accounting import Accountant, count_parameters
 from ..config import RunConfig
 from ..data import Example, collate
@@ -31,7 +31,7 @@ def sft_objective(pad_id: int) -> Objective:
     return Objective(loss=loss,
                      weight=lambda items: float(sum(len(e.answer_ids) for e in items)),
                      tokens=lambda items: sum(len(e.prompt_ids) + len(e.answer_ids) for e in items),
-                     length=lambda e: len(e.prompt_ids) + len(e.answer_ids))
+                     length=lambda e: len(e.prompt_ids) + len(e.answer_ids), metric_keys=())
 
 
 def run_sft(cfg: RunConfig, model, tokenizer, examples: list[Example], out: Path,
@@ -47,7 +47,8 @@ def run_sft(cfg: RunConfig, model, tokenizer, examples: list[Example], out: Path
     finish = adapters.get(cfg.adapter.method).finish
     selection = finish(model, cfg.adapter) if finish else None
     with acct.phase("save"):
-        adapters.save(model, cfg.adapter, out / "adapter", init_path)
+        if dist.is_main():
+            adapters.save(model, cfg.adapter, out / "adapter", init_path)
     return {
         "stage": "sft", "method": cfg.adapter.method, "examples": len(examples),
         "steps": len(records), **({"selection": selection} if selection else {}),

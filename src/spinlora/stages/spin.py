@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .. import adapters, rundir
+from .. import adapters, dist, rundir
 from ..accounting import Accountant, count_parameters
 from ..config import GenerationConfig, RunConfig, SpinConfig
 from ..data import Example, subset
@@ -80,7 +80,9 @@ def spin_objective(pad_id: int, beta: float, spin_cfg: SpinConfig | None = None)
                      # tokens of a pair: its prompt once (shared by y and y') and both answers
                      tokens=lambda pairs: sum(len(p.prompt_ids) + len(p.real_ids)
                                               + len(p.gen_ids) for p in pairs),
-                     length=lambda p: len(p.prompt_ids) + max(len(p.real_ids), len(p.gen_ids)))
+                     length=lambda p: len(p.prompt_ids) + max(len(p.real_ids), len(p.gen_ids)),
+                     metric_keys=("margin", "disc_accuracy", "pref_loss", "logp_real", "logp_gen",
+                                  "nll_real_per_token", "reward_real", "reward_gen"))
 
 
 def opponent_generation(cfg: RunConfig, t: int) -> GenerationConfig:
@@ -160,13 +162,17 @@ def reference_pass(model, pairs: list[Pair], pad_id: int, acct: Accountant,
         model.eval()
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt_ids)
                        + max(len(pairs[i].real_ids), len(pairs[i].gen_ids)))
-        for start in range(0, len(order), batch_size):
-            chunk = [pairs[i] for i in order[start:start + batch_size]]
+        done = {}
+        for b, start in enumerate(range(0, len(order), batch_size)):
+            if not dist.mine(b):  # several processes: batch b is process b mod world's
+                continue
+            idx = order[start:start + batch_size]
+            chunk = [pairs[i] for i in idx]
             both, _, _ = score_answers(model, [p.prompt_ids for p in chunk],
                                        [[p.real_ids, p.gen_ids] for p in chunk], pad_id)
-            both = both.view(-1, 2)
-            for p, (r, g) in zip(chunk, both.tolist()):
-                p.ref_real, p.ref_gen = r, g
+            done.update(zip(idx, both.view(-1, 2).tolist()))
+        for p, (r, g) in zip(pairs, dist.gather(done, len(pairs))):
+            p.ref_real, p.ref_gen = r, g
         ph.tokens += sum(len(p.prompt_ids) + len(p.real_ids) + len(p.gen_ids) for p in pairs)
         if was_training:
             model.train()
@@ -226,9 +232,10 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
         beta, lr = cfg.spin.per_iteration("beta", t), cfg.spin.per_iteration("lr", t)
         pairs, gen_records, counts = make_pairs(model, tokenizer, fmt, prompts, cfg, acct,
                                                 f"opponent {name}", t)
-        with open(part / "generations.jsonl", "w") as f:
-            for r in gen_records:
-                f.write(json.dumps(r) + "\n")
+        if dist.is_main():
+            with open(part / "generations.jsonl", "w") as f:
+                for r in gen_records:
+                    f.write(json.dumps(r) + "\n")
         train_pairs = pairs + (previous if cfg.spin.mix_previous else [])
         if not train_pairs:
             raise RuntimeError(
@@ -247,7 +254,8 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
         finish = adapters.get(cfg.adapter.method).finish
         selection = finish(model, cfg.adapter) if finish else None
         with acct.phase("save"):
-            adapters.save(model, cfg.adapter, part / "adapter", init_path)
+            if dist.is_main():
+                adapters.save(model, cfg.adapter, part / "adapter", init_path)
         held = _heldout(model, tokenizer, fmt, heldout, cfg, acct, name)
         # player = opponent at step 0, so the preference part of the loss is ln 2 (sigmoid family)
         # or 1/(4β²) (IPO), exact up to float error from padding; dropout > 0 makes it approximate
@@ -287,7 +295,7 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
     summary = {"stage": "spin", "iterations": cfg.spin.iterations, "keep_best": cfg.spin.keep_best,
                "best_iteration": best, "stopped_early_after": stopped_early, "history": history,
                "start_accounting": acct0.summary()}
-    if best is not None and best > 0:
+    if best is not None and best > 0 and dist.is_main():
         dest = out / "best_adapter"
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(out / f"iter_{best}" / "adapter", dest)
