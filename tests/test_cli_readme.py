@@ -15,6 +15,8 @@ def readme_commands() -> list[str]:
     for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S):
         for line in block.splitlines():
             line = line.split("  #")[0].strip()
+            if " -m spinlora " in line:  # torchrun / accelerate launch ... -m spinlora ARGS
+                line = "spinlora " + line.split(" -m spinlora ", 1)[1]
             if line.startswith("spinlora "):
                 lines.append(line)
     return lines
