@@ -3,6 +3,7 @@
     spinlora run configs/demo.yaml                      # SFT -> SPIN -> eval -> report
     spinlora sft configs/demo.yaml train.lr=1e-4        # one stage
     spinlora spin configs/demo.yaml --adapter runs/demo/sft/adapter --output-dir runs/spin2
+    spinlora dpo configs/demo.yaml --adapter runs/demo/sft/adapter dpo.data=pairs.jsonl
     spinlora eval configs/demo.yaml --adapter runs/demo/sft/adapter eval.limit=200
     spinlora report runs/demo
     spinlora sweep configs/sweep_lr.yaml                # methods x lrs x ranks x batch x seeds
@@ -17,7 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-STAGES = {"run": ["sft", "spin", "eval"], "sft": ["sft"], "spin": ["spin"], "eval": ["eval"]}
+STAGES = {"run": ["sft", "spin", "eval"], "sft": ["sft"], "spin": ["spin"], "dpo": ["dpo"],
+          "eval": ["eval"]}
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -26,6 +28,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     for name, help_ in [("run", "SFT -> SPIN -> eval from a YAML recipe"),
                         ("sft", "SFT of a fresh adapter"),
                         ("spin", "SPIN iterations on an adapter (--adapter, or a fresh one)"),
+                        ("dpo", "DPO on preference pairs (dpo.data) on an adapter (--adapter)"),
                         ("eval", "evaluation of base / adapters"),
                         ("sweep", "a grid of runs (sweep.*), resumable; summary + plot"),
                         ("hessian", "top-k Hessian spectrum of the SFT loss in the adapter")]:

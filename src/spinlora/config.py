@@ -141,12 +141,32 @@ class SpinConfig:
 
 
 @dataclass
+class DpoConfig:
+    """DPO on preference pairs from data (``stages: [sft, dpo, eval]``; ``spinlora dpo``), with
+    the reference θ0 + Δθ of the adapter the stage starts from and SPIN's loss family."""
+
+    data: str | None = None  # jsonl / json / dataset folder / Hub id with prompt, chosen, rejected
+    split: str = "train"  # the Hub split
+    prompt_field: str = "prompt"
+    chosen_field: str = "chosen"  # a string, or a list of chat messages (the last one is used)
+    rejected_field: str = "rejected"
+    pairs: int | None = None  # pairs to train on (None: all), a seeded subset
+    heldout: int = 16  # pairs kept apart for the held-out preference accuracy
+    beta: float = 0.1
+    lr: float = 2e-5
+    epochs: float = 1.0
+    loss: str = "sigmoid"  # sigmoid (DPO) | sigmoid_nll | dpop | ipo (losses.spin_loss)
+    nll_weight: float = 1.0
+    dpop_lambda: float = 50.0
+
+
+@dataclass
 class EvalConfig:
     """GSM8K evaluation of base, SFT and every SPIN iteration."""
 
     limit: int | None = 50  # questions per task (None = all); a seeded random subset
     seed: int = 0  # picks the subset
-    models: list[str] = field(default_factory=lambda: ["base", "sft", "spin"])
+    models: list[str] = field(default_factory=lambda: ["base", "sft", "spin", "dpo"])
     tasks: list[str] = field(default_factory=lambda: ["gsm8k"])  # + mmlu, arc_challenge,
     # arc_easy, hellaswag, winogrande (log-likelihood, lm-evaluation-harness prompt formats)
     data_root: str | None = "../shared/data"  # local benchmark files; null = load from the Hub
@@ -188,6 +208,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     spin: SpinConfig = field(default_factory=SpinConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
@@ -235,8 +256,15 @@ class RunConfig:
                 isinstance(x, (int, float)) and math.isfinite(x) and x > 0 for x in vals),
                 "a positive number or a list of them"))
         for stage in self.stages:
-            checks.append(("stages", stage in ("sft", "spin", "eval"),
-                           f"unknown stage {stage!r}: use sft, spin, eval"))
+            checks.append(("stages", stage in ("sft", "spin", "dpo", "eval"),
+                           f"unknown stage {stage!r}: use sft, spin, dpo, eval"))
+        checks.append(("stages", not {"spin", "dpo"} <= set(self.stages),
+                       "spin and dpo are alternatives after SFT: run them apart (--adapter)"))
+        checks.append(("dpo.data", "dpo" not in self.stages or bool(self.dpo.data),
+                       "the dpo stage needs preference pairs: dpo.data=FILE_OR_HUB_ID"))
+        checks.append(("dpo.loss", self.dpo.loss in SPIN_LOSSES, f"use {', '.join(SPIN_LOSSES)}"))
+        checks.append(("dpo.beta", self.dpo.beta > 0, "must be > 0"))
+        checks.append(("dpo.lr", self.dpo.lr > 0, "must be > 0"))
         checks.append(("eval.gsm8k_style", self.eval.gsm8k_style in ("plain", "chat"),
                        "plain or chat"))
         checks.append(("eval.gsm8k_fewshot", self.eval.gsm8k_fewshot in ("per_question", "fixed"),
@@ -249,8 +277,8 @@ class RunConfig:
             checks.append(("eval.tasks", task in known_tasks,
                            f"unknown task {task!r}: use {', '.join(known_tasks)}"))
         for stage in self.eval.models:
-            checks.append(("eval.models", stage in ("base", "sft", "spin"),
-                           f"unknown entry {stage!r}: use base, sft, spin"))
+            checks.append(("eval.models", stage in ("base", "sft", "spin", "dpo"),
+                           f"unknown entry {stage!r}: use base, sft, spin, dpo"))
         checks.append(("sweep.stage", self.sweep.stage in ("sft", "spin"), "sft or spin"))
         for m in [self.adapter.method, *self.sweep.methods]:
             checks.append(("adapter.method" if m == self.adapter.method else "sweep.methods",

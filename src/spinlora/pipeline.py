@@ -38,6 +38,7 @@ from .evaluate.tasks import DEFAULT_SHOTS, load_task
 from .models import load_model, pick_device
 from .report import write_report
 from .stages.sft import run_sft
+from .stages.dpo import load_pairs, run_dpo
 from .stages.spin import run_spin
 
 
@@ -121,6 +122,7 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
               "spin.early_stop are off for this run")
     # every evaluation input is read now: a bad benchmark file fails before any training
     inputs = eval_inputs(cfg, fmt) if "eval" in cfg.stages else None
+    dpo_rows = load_pairs(cfg.dpo, cfg.data) if "dpo" in cfg.stages else None
 
     # the adapter: fresh, or a saved one to continue from (its own method and shapes)
     init_path = None
@@ -166,6 +168,17 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
                           init_path)
         rundir.write_json(out / "spin" / "result.json", result)
         summary["stages"]["spin"] = "ok"
+
+    if "dpo" in cfg.stages and cfg.resume and rundir.finished(out / "dpo"):
+        summary["stages"]["dpo"] = "reused"
+        print("[spinlora] resume: DPO finished earlier")
+    elif "dpo" in cfg.stages:
+        part = rundir.begin(out / "dpo")
+        acct = new_acct()
+        result = run_dpo(cfg, model, tok, fmt, dpo_rows, part, acct, init_path)
+        result["accounting"] = acct.summary()
+        rundir.finish(part, result)
+        summary["stages"]["dpo"] = "ok"
 
     if "eval" in cfg.stages and cfg.resume and rundir.finished(out / "eval"):
         summary["stages"]["eval"] = "reused"
@@ -223,6 +236,8 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
         its = sorted((run_dir / "spin").glob("iter_*/adapter"),
                      key=lambda p: int(p.parent.name.split("_")[1]))
         targets += [(f"{cfg.adapter.method}_spin_{p.parent.name}", p) for p in its]
+    if "dpo" in cfg.eval.models and (run_dir / "dpo" / "adapter").exists():
+        targets.append((f"{cfg.adapter.method}_dpo", run_dir / "dpo" / "adapter"))
     mc_shots = {t: (cfg.eval.shots if cfg.eval.shots is not None else DEFAULT_SHOTS[t])
                 for t in choice_items}
     prompt = (f"{cfg.eval.gsm8k_shots}-shot ({cfg.eval.gsm8k_fewshot.replace('_', ' ')} "

@@ -24,7 +24,7 @@ import torch
 
 from .. import adapters, dist, rundir
 from ..accounting import Accountant, count_parameters
-from ..config import GenerationConfig, RunConfig, SpinConfig
+from ..config import DpoConfig, GenerationConfig, RunConfig, SpinConfig
 from ..data import Example, subset
 from ..evaluate import evaluate_gsm8k
 from ..evaluate.gsm8k import extract_answer, extract_strict
@@ -36,7 +36,8 @@ from ..train import MetricsLog, Objective, train_loop
 
 @dataclass
 class Pair:
-    """A prompt with its gold answer y and the opponent's answer y' (token ids)."""
+    """A prompt with the preferred answer y and the other one y' (token ids). SPIN: y is the
+    gold answer, y' the opponent's; DPO (stages/dpo.py): chosen and rejected from data."""
 
     prompt_ids: list[int]
     real_ids: list[int]
@@ -45,11 +46,13 @@ class Pair:
     ref_gen: float = 0.0  # log p_θt(y'|x)
 
 
-def spin_objective(pad_id: int, beta: float, spin_cfg: SpinConfig | None = None) -> Objective:
-    """SPIN loss summed over pairs (real and generated sequences in one padded forward pass).
+def spin_objective(pad_id: int, beta: float, spin_cfg: SpinConfig | DpoConfig | None = None
+                   ) -> Objective:
+    """The preference loss summed over pairs (y and y' share one pass of their prompt): SPIN's,
+    and DPO's with pairs from data.
 
-    ``spin_cfg`` picks the loss variant (``spin.loss``, see ``losses.spin_loss``); None is the
-    paper's sigmoid loss.
+    ``spin_cfg`` (the ``spin`` or ``dpo`` section) picks the loss variant (``losses.spin_loss``);
+    None is the paper's sigmoid loss.
     """
     spin_cfg = spin_cfg or SpinConfig(loss="sigmoid")
 
