@@ -4,6 +4,7 @@
     spinlora sft configs/demo.yaml train.lr=1e-4        # one stage
     spinlora spin configs/demo.yaml --adapter runs/demo/sft/adapter --output-dir runs/spin2
     spinlora dpo configs/demo.yaml --adapter runs/demo/sft/adapter dpo.data=pairs.jsonl
+    spinlora reward configs/demo.yaml reward.data=pairs.jsonl --output-dir runs/rm
     spinlora eval configs/demo.yaml --adapter runs/demo/sft/adapter eval.limit=200
     spinlora report runs/demo
     spinlora sweep configs/sweep_lr.yaml                # methods x lrs x ranks x batch x seeds
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 
 STAGES = {"run": ["sft", "spin", "eval"], "sft": ["sft"], "spin": ["spin"], "dpo": ["dpo"],
-          "eval": ["eval"]}
+          "eval": ["eval"], "reward": []}  # reward trains its own model, outside the stages
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,6 +30,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         ("sft", "SFT of a fresh adapter"),
                         ("spin", "SPIN iterations on an adapter (--adapter, or a fresh one)"),
                         ("dpo", "DPO on preference pairs (dpo.data) on an adapter (--adapter)"),
+                        ("reward", "a Bradley-Terry reward model on preference pairs (reward.data)"),
                         ("eval", "evaluation of base / adapters"),
                         ("sweep", "a grid of runs (sweep.*), resumable; summary + plot"),
                         ("hessian", "top-k Hessian spectrum of the SFT loss in the adapter")]:
@@ -126,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
             res = run_sweep(cfg)
             print(json.dumps(res["best"], indent=2))
             print(f"[sweep] {res['points']} points; {res['summary']}")
+            return 0
+        if args.command == "reward":
+            from .stages.reward import run_reward
+
+            res = run_reward(cfg)
+            print(json.dumps({k: res[k] for k in ("pairs", "heldout_before", "heldout_after")},
+                             indent=2))
             return 0
         if args.command == "hessian":
             from .hessian import run_hessian

@@ -161,6 +161,21 @@ class DpoConfig:
 
 
 @dataclass
+class RewardConfig:
+    """``spinlora reward``: a Bradley–Terry reward model on preference pairs (stages/reward.py)."""
+
+    data: str | None = None  # pairs as for dpo.data: prompt, chosen, rejected
+    split: str = "train"
+    prompt_field: str = "prompt"
+    chosen_field: str = "chosen"
+    rejected_field: str = "rejected"
+    pairs: int | None = None  # pairs to train on (None: all)
+    heldout: int = 64  # pairs kept apart for the pairwise accuracy
+    lr: float = 1e-4
+    epochs: float = 1.0
+
+
+@dataclass
 class EvalConfig:
     """GSM8K evaluation of base, SFT and every SPIN iteration."""
 
@@ -209,6 +224,7 @@ class RunConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     spin: SpinConfig = field(default_factory=SpinConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
@@ -265,6 +281,7 @@ class RunConfig:
         checks.append(("dpo.loss", self.dpo.loss in SPIN_LOSSES, f"use {', '.join(SPIN_LOSSES)}"))
         checks.append(("dpo.beta", self.dpo.beta > 0, "must be > 0"))
         checks.append(("dpo.lr", self.dpo.lr > 0, "must be > 0"))
+        checks.append(("reward.lr", self.reward.lr > 0, "must be > 0"))
         checks.append(("eval.gsm8k_style", self.eval.gsm8k_style in ("plain", "chat"),
                        "plain or chat"))
         checks.append(("eval.gsm8k_fewshot", self.eval.gsm8k_fewshot in ("per_question", "fixed"),

@@ -1,0 +1,53 @@
+"""The reward model: Bradley–Terry on pairs, LoRA body + full scalar head, plain peft folder."""
+import json
+
+import pytest
+import torch
+
+
+def _pairs(tmp_path, n=40):
+    rows = []
+    for i in range(n):
+        a, b = i % 9 + 1, i % 7 + 2
+        rows.append({"prompt": f"What is {a}+{b}?", "chosen": f"{a}+{b}={a + b}. #### {a + b}",
+                     "rejected": f"I do not know. #### {a * b + 13}"})
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_reward_model_learns_and_reloads(tiny_model_dir, tmp_path):
+    from spinlora import cli
+    from spinlora.config import load_config
+    from spinlora.stages.reward import load_trained, rewards
+
+    out = tmp_path / "rm"
+    args = ["reward", f"output_dir={out}", f"model.name={tiny_model_dir}", "model.dtype=float32",
+            f"reward.data={_pairs(tmp_path)}", "reward.heldout=8", "reward.lr=5e-3",
+            "reward.epochs=3", "train.batch_size=8", "train.micro_batch_size=4",
+            "data.max_length=160"]
+    assert cli.main(args) == 0
+    res = json.loads((out / "reward" / "result.json").read_text())
+    assert res["pairs"] == 32 and res["heldout_after"]["n"] == 8
+    # chosen and rejected differ in a way a 2-layer model can pick up: it must separate them
+    assert res["loss_last"] < res["loss_first"]
+    assert res["heldout_after"]["accuracy"] >= 0.75
+    assert res["heldout_after"]["accuracy_stderr"] == pytest.approx(
+        (res["heldout_after"]["accuracy"] * (1 - res["heldout_after"]["accuracy"]) / 7) ** 0.5)
+    cfg_saved = json.loads((out / "reward" / "adapter" / "adapter_config.json").read_text())
+    assert cfg_saved["task_type"] == "SEQ_CLS" and "score" in (cfg_saved["modules_to_save"] or [])
+    # the saved folder reloads (peft) and scores as the trained model did
+    cfg = load_config(None, [f"model.name={tiny_model_dir}", "model.dtype=float32"])
+    model, tok = load_trained(out / "reward" / "adapter", cfg)
+    ids = [tok("What is 2+3?").input_ids]
+    with torch.inference_mode():
+        r = rewards(model, ids, tok.pad_token_id)
+    assert r.shape == (1,) and torch.isfinite(r).all()
+
+
+def test_reward_needs_data(tiny_model_dir, tmp_path, capsys):
+    from spinlora import cli
+
+    assert cli.main(["reward", f"output_dir={tmp_path / 'x'}",
+                     f"model.name={tiny_model_dir}"]) == 2
+    assert "reward.data" in capsys.readouterr().err
