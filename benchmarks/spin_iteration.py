@@ -2,13 +2,15 @@
 
     python benchmarks/spin_iteration.py --prompts 64                 # spinlora only
     python benchmarks/spin_iteration.py --prompts 16 --trl           # + the TRL pipeline, ratio
+    python benchmarks/spin_iteration.py --prompts 16 --side trl      # TRL alone (its peak RSS)
 
 spinlora: batched KV-cache generation grouped by length, one reference pass, the shared training
-loop (answer-only logits, dynamic padding). TRL (1.16): HF ``generate`` in batches of
-``--batch-size`` + ``DPOTrainer`` with ``precompute_ref_log_probs=True`` on a PeftModel that carries
-Δθ_t (TRL then copies the adapter to a frozen reference adapter: the right reference). Both start
-from the same adapter (``--adapter``, or a fresh LoRA, i.e. Δθ_0 = 0) on the same prompts, with the
-same max_new_tokens, batch size, epochs, λ and learning rate.
+loop (answer-only logits, dynamic padding). TRL (1.16), written as its users write it: HF
+``generate`` in batches of ``--gen-batch-size`` (the same as spinlora's) + ``DPOTrainer`` with
+``precompute_ref_log_probs=True`` on a PeftModel that carries Δθ_t (TRL then copies the adapter
+to a frozen reference adapter: the right reference), per-device batch ``--trl-batch-size`` (2 on
+CPU). Both start from the same adapter (``--adapter``, or a quick SFT) on the same seeded prompts,
+with the same max_new_tokens, one epoch over the same pairs, λ and learning rate.
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ def run_spinlora(cfg: RunConfig, args) -> tuple[dict, list[dict]]:
     acct = Accountant(pick_device(cfg.model.device))
     t0 = time.perf_counter()
     pairs, records, counts = make_pairs(model, tok, fmt, examples, cfg, acct, "opponent")
-    reference_pass(model, pairs, tok.pad_token_id, acct)
+    reference_pass(model, pairs, tok.pad_token_id, acct, cfg.train.micro_batch_size)
     steps = train_loop(model, pairs, spin_objective(tok.pad_token_id, args.beta), cfg.train,
                        args.lr, args.epochs, acct, MetricsLog(None), 0, "spin")
     total = time.perf_counter() - t0
@@ -87,9 +89,9 @@ def run_trl(cfg: RunConfig, args) -> dict:
     tok.padding_side = "left"
     gens = []
     model.eval()
-    with torch.no_grad():
-        for i in range(0, len(rows), args.batch_size):
-            chunk = rows[i:i + args.batch_size]
+    with torch.no_grad():  # HF generate in batches of the same size as spinlora's
+        for i in range(0, len(rows), args.gen_batch_size):
+            chunk = rows[i:i + args.gen_batch_size]
             texts = [tok.apply_chat_template([{"role": "user", "content": r["prompt"]}],
                                              tokenize=False, add_generation_prompt=True)
                      for r in chunk]
@@ -104,7 +106,7 @@ def run_trl(cfg: RunConfig, args) -> dict:
          "rejected": [{"role": "assistant", "content": g}]} for r, g in zip(rows, gens)])
     with tempfile.TemporaryDirectory() as tmp:
         dpo_args = DPOConfig(output_dir=tmp, beta=args.beta, learning_rate=args.lr,
-                             per_device_train_batch_size=args.batch_size,
+                             per_device_train_batch_size=args.trl_batch_size,
                              num_train_epochs=args.epochs, precompute_ref_log_probs=True,
                              max_length=cfg.data.max_length, use_cpu=not torch.cuda.is_available(),
                              report_to=[], save_strategy="no", logging_steps=1,
@@ -136,9 +138,15 @@ def main() -> None:
     p.add_argument("--adapter", help="start from this adapter (Δθ_t); default: a quick SFT")
     p.add_argument("--sft-examples", type=int, default=64,
                    help="without --adapter: SFT examples for Δθ_0 (0 = start from a fresh LoRA)")
-    p.add_argument("--micro-batch-size", type=int, default=None)
+    p.add_argument("--micro-batch-size", type=int, default=None,
+                   help="spinlora's micro-batch (default: 2 on CPU, where it is fastest and "
+                        "leanest; --batch-size on GPU)")
     p.add_argument("--model", default="SmolLM2-135M-Instruct")
     p.add_argument("--trl", action="store_true", help="also run the TRL pipeline, print the ratio")
+    p.add_argument("--side", choices=["both", "spinlora", "trl"], default="both",
+                   help="run one side only (its own process: a clean peak-RSS figure)")
+    p.add_argument("--trl-batch-size", type=int, default=None,
+                   help="DPOTrainer's per-device batch (default: 2 on CPU, --batch-size on GPU)")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args()
     cfg = RunConfig()
@@ -148,21 +156,37 @@ def main() -> None:
     cfg.generation.max_new_tokens = args.max_new_tokens
     cfg.generation.batch_size = args.gen_batch_size
     cfg.train.batch_size = cfg.train.micro_batch_size = args.batch_size
+    if args.micro_batch_size is None and not torch.cuda.is_available():
+        args.micro_batch_size = 2
     if args.micro_batch_size:
         cfg.train.micro_batch_size = args.micro_batch_size
     cfg.train.log_every = 1000
+    if args.trl_batch_size is None:
+        args.trl_batch_size = args.batch_size if torch.cuda.is_available() else 2
     result = {"benchmark": "one SPIN iteration", "args": vars(args), "environment": environment()}
     tmp = tempfile.TemporaryDirectory()
     if not args.adapter and args.sft_examples > 0:
         result["start_adapter"] = sft_adapter(cfg, args, Path(tmp.name) / "sft")
         args.adapter = str(Path(tmp.name) / "sft")
-    result["spinlora"], _ = run_spinlora(cfg, args)
-    print(json.dumps({"spinlora": result["spinlora"]}, indent=2), flush=True)
-    if args.trl:
+    if args.side in ("both", "spinlora"):
+        result["spinlora"], _ = run_spinlora(cfg, args)
+        result["spinlora"]["process_peak_rss_MB"] = peak_rss_mb()
+        print(json.dumps({"spinlora": result["spinlora"]}, indent=2), flush=True)
+    if args.trl or args.side == "trl":
         result["trl"] = run_trl(cfg, args)
-        result["speedup_vs_trl"] = round(result["trl"]["total_seconds"]
-                                         / result["spinlora"]["total_seconds"], 2)
+        result["trl"]["process_peak_rss_MB"] = peak_rss_mb()  # after spinlora's in "both"
+        if "spinlora" in result:
+            result["speedup_vs_trl"] = round(result["trl"]["total_seconds"]
+                                             / result["spinlora"]["total_seconds"], 2)
     emit(result, args.out)
+
+
+def peak_rss_mb() -> int:
+    """This process's peak RSS so far (Linux ru_maxrss is in KiB). Run one side per process
+    (--side) to compare memory."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 if __name__ == "__main__":

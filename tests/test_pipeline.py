@@ -100,3 +100,25 @@ def test_empty_training_set_is_a_clear_error(tiny_cfg):
     tiny_cfg.data.max_length, tiny_cfg.data.overlong = 12, "drop"  # every row is longer
     with pytest.raises(DataError, match="no example left to train on"):
         run(tiny_cfg)
+
+
+def test_report_to_tensorboard_writes_events(tiny_cfg):
+    """train.report_to=[tensorboard]: event files beside the JSONL, with the logged loss."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tiny_cfg.stages = ["sft"]
+    tiny_cfg.train.report_to = ["tensorboard"]
+    assert run(tiny_cfg)["status"] == "ok"
+    tb = Path(tiny_cfg.output_dir) / "sft" / "tensorboard"
+    ea = EventAccumulator(str(tb))
+    ea.Reload()
+    losses = [e.value for e in ea.Scalars("loss")]
+    logged = [json.loads(x)["loss"] for x in (tb.parent / "metrics.jsonl").read_text().splitlines()]
+    assert losses == pytest.approx(logged, rel=1e-6) and len(losses) == 3
+
+
+def test_report_to_unknown_sink_is_refused():
+    from spinlora.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="train.report_to"):
+        load_config(None, ["train.report_to=[mlflow]"])

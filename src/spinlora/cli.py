@@ -5,6 +5,7 @@
     spinlora spin configs/demo.yaml --adapter runs/demo/sft/adapter --output-dir runs/spin2
     spinlora dpo configs/demo.yaml --adapter runs/demo/sft/adapter dpo.data=pairs.jsonl
     spinlora reward configs/demo.yaml reward.data=pairs.jsonl --output-dir runs/rm
+    spinlora rl configs/demo.yaml --adapter runs/demo/sft/adapter --output-dir runs/rl
     spinlora eval configs/demo.yaml --adapter runs/demo/sft/adapter eval.limit=200
     spinlora report runs/demo
     spinlora sweep configs/sweep_lr.yaml                # methods x lrs x ranks x batch x seeds
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 
 STAGES = {"run": ["sft", "spin", "eval"], "sft": ["sft"], "spin": ["spin"], "dpo": ["dpo"],
+          "rl": ["rl"],
           "eval": ["eval"], "reward": []}  # reward trains its own model, outside the stages
 
 
@@ -30,6 +32,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         ("sft", "SFT of a fresh adapter"),
                         ("spin", "SPIN iterations on an adapter (--adapter, or a fresh one)"),
                         ("dpo", "DPO on preference pairs (dpo.data) on an adapter (--adapter)"),
+                        ("rl", "RL on an adapter: group-relative policy gradient, correctness reward"),
                         ("reward", "a Bradley-Terry reward model on preference pairs (reward.data)"),
                         ("eval", "evaluation of base / adapters"),
                         ("sweep", "a grid of runs (sweep.*), resumable; summary + plot"),

@@ -75,6 +75,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     group_by_length: bool = True  # batches of similar length: less padding, same expectation
     log_every: int = 5  # one summary line every N optimizer steps
+    report_to: list[str] = field(default_factory=list)  # + tensorboard | wandb (JSONL always)
 
 
 @dataclass
@@ -161,6 +162,24 @@ class DpoConfig:
 
 
 @dataclass
+class RLConfig:
+    """RL on the adapter with the correctness reward (stages/rl.py: GRPO / RLOO advantages)."""
+
+    rounds: int = 4  # rounds of sampling + updates
+    prompts: int | None = 16  # SFT prompts per round (a new seeded draw each round)
+    samples: int = 4  # answers per prompt (the group)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0  # round t samples with seed + 1000·t
+    advantage: str = "grpo"  # grpo: (r − mean)/std | rloo: r − mean of the others
+    beta: float = 0.04  # KL coefficient towards the starting adapter (θ0 + Δθ_SFT)
+    clip: float = 0.2  # ε of the clipped surrogate
+    lr: float = 1e-5
+    epochs: float = 1.0  # passes over each round's samples
+    heldout: int = 16  # held-out training rows: greedy accuracy before and after
+
+
+@dataclass
 class RewardConfig:
     """``spinlora reward``: a Bradley–Terry reward model on preference pairs (stages/reward.py)."""
 
@@ -181,7 +200,7 @@ class EvalConfig:
 
     limit: int | None = 50  # questions per task (None = all); a seeded random subset
     seed: int = 0  # picks the subset
-    models: list[str] = field(default_factory=lambda: ["base", "sft", "spin", "dpo"])
+    models: list[str] = field(default_factory=lambda: ["base", "sft", "spin", "dpo", "rl"])
     tasks: list[str] = field(default_factory=lambda: ["gsm8k"])  # + mmlu, arc_challenge,
     # arc_easy, hellaswag, winogrande (log-likelihood, lm-evaluation-harness prompt formats)
     data_root: str | None = "../shared/data"  # local benchmark files; null = load from the Hub
@@ -191,6 +210,9 @@ class EvalConfig:
     gsm8k_fewshot: str = "per_question"  # per_question: each question its own seeded draw, as
     # lm-eval | fixed: one draw for all (their shared prefix runs once: faster, not lm-eval's)
     gsm8k_generate: bool = True  # false: only the gold answers' log-prob (no generation; sweeps)
+    # GSM8K prompting baselines, one row each per model: standard (zero-shot chat template, or
+    # k-shot with gsm8k_shots) | rules | cot | reflection (evaluate/gsm8k.py PROMPTING)
+    prompting: list[str] = field(default_factory=lambda: ["standard"])
 
 
 @dataclass
@@ -225,6 +247,7 @@ class RunConfig:
     spin: SpinConfig = field(default_factory=SpinConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
@@ -272,10 +295,14 @@ class RunConfig:
                 isinstance(x, (int, float)) and math.isfinite(x) and x > 0 for x in vals),
                 "a positive number or a list of them"))
         for stage in self.stages:
-            checks.append(("stages", stage in ("sft", "spin", "dpo", "eval"),
-                           f"unknown stage {stage!r}: use sft, spin, dpo, eval"))
-        checks.append(("stages", not {"spin", "dpo"} <= set(self.stages),
-                       "spin and dpo are alternatives after SFT: run them apart (--adapter)"))
+            checks.append(("stages", stage in ("sft", "spin", "dpo", "rl", "eval"),
+                           f"unknown stage {stage!r}: use sft, spin, dpo, rl, eval"))
+        checks.append(("stages", len({"spin", "dpo", "rl"} & set(self.stages)) <= 1,
+                       "spin, dpo and rl are alternatives after SFT: run them apart (--adapter)"))
+        checks.append(("rl.samples", self.rl.samples >= 2, "a group needs at least 2 answers"))
+        checks.append(("rl.advantage", self.rl.advantage in ("grpo", "rloo"), "grpo or rloo"))
+        checks.append(("rl.temperature", self.rl.temperature > 0, "must be > 0 (sampling)"))
+        checks.append(("rl.lr", self.rl.lr > 0, "must be > 0"))
         checks.append(("dpo.data", "dpo" not in self.stages or bool(self.dpo.data),
                        "the dpo stage needs preference pairs: dpo.data=FILE_OR_HUB_ID"))
         checks.append(("dpo.loss", self.dpo.loss in SPIN_LOSSES, f"use {', '.join(SPIN_LOSSES)}"))
@@ -284,6 +311,12 @@ class RunConfig:
         checks.append(("reward.lr", self.reward.lr > 0, "must be > 0"))
         checks.append(("eval.gsm8k_style", self.eval.gsm8k_style in ("plain", "chat"),
                        "plain or chat"))
+        for sink in self.train.report_to:
+            checks.append(("train.report_to", sink in ("tensorboard", "wandb"),
+                           f"unknown sink {sink!r}: use tensorboard, wandb"))
+        for mode in self.eval.prompting:
+            checks.append(("eval.prompting", mode in ("standard", "rules", "cot", "reflection"),
+                           f"unknown mode {mode!r}: use standard, rules, cot, reflection"))
         checks.append(("eval.gsm8k_fewshot", self.eval.gsm8k_fewshot in ("per_question", "fixed"),
                        "per_question or fixed"))
         checks.append(("eval.shots", not self.eval.shots or set(self.eval.tasks) <= {"gsm8k", "mmlu"},
@@ -294,8 +327,8 @@ class RunConfig:
             checks.append(("eval.tasks", task in known_tasks,
                            f"unknown task {task!r}: use {', '.join(known_tasks)}"))
         for stage in self.eval.models:
-            checks.append(("eval.models", stage in ("base", "sft", "spin", "dpo"),
-                           f"unknown entry {stage!r}: use base, sft, spin, dpo"))
+            checks.append(("eval.models", stage in ("base", "sft", "spin", "dpo", "rl"),
+                           f"unknown entry {stage!r}: use base, sft, spin, dpo, rl"))
         checks.append(("sweep.stage", self.sweep.stage in ("sft", "spin"), "sft or spin"))
         for m in [self.adapter.method, *self.sweep.methods]:
             checks.append(("adapter.method" if m == self.adapter.method else "sweep.methods",

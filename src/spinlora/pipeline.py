@@ -32,13 +32,14 @@ from .config import RunConfig, save_config
 from .rundir import OutputExistsError  # noqa: F401  (part of this module's API)
 from .data import ChatFormat, DataError, build_examples, load_rows, subset
 from .evaluate import evaluate_gsm8k
-from .evaluate.gsm8k import fewshot_draws
+from .evaluate.gsm8k import PROMPTING, REFLECT, fewshot_draws
 from .evaluate.choice import evaluate_choice_task
 from .evaluate.tasks import DEFAULT_SHOTS, load_task
 from .models import load_model, pick_device
 from .report import write_report
 from .stages.sft import run_sft
 from .stages.dpo import load_pairs, run_dpo
+from .stages.rl import run_rl
 from .stages.spin import run_spin
 
 
@@ -107,12 +108,14 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     chosen = subset(list(range(len(rows))), cfg.data.sft_examples, cfg.data.seed)
     rest = sorted(set(range(len(rows))) - set(chosen))
     sft_examples, counts = build_examples([rows[i] for i in chosen], fmt, cfg.data)
-    held_rows = subset(rest, cfg.spin.heldout, cfg.data.seed + 1) if "spin" in cfg.stages else []
+    n_held = (cfg.spin.heldout if "spin" in cfg.stages else
+              cfg.rl.heldout if "rl" in cfg.stages else 0)
+    held_rows = subset(rest, n_held, cfg.data.seed + 1) if n_held else []
     heldout, _ = build_examples([rows[i] for i in held_rows], fmt, cfg.data)
     summary["data"] = {"sft": counts, "heldout": len(heldout)}
     print(f"[spinlora] SFT set: {counts['kept']} examples ({counts['dropped_overlong']} dropped, "
           f"{counts['truncated_overlong']} truncated at data.max_length={cfg.data.max_length})")
-    if not sft_examples and ("sft" in cfg.stages or "spin" in cfg.stages):
+    if not sft_examples and {"sft", "spin", "rl"} & set(cfg.stages):
         raise DataError(f"data.train {cfg.data.train}: no example left to train on "
                         f"({counts['rows']} rows, {counts['dropped_overlong']} dropped as longer "
                         f"than data.max_length={cfg.data.max_length}); raise data.max_length or "
@@ -168,6 +171,17 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
                           init_path)
         rundir.write_json(out / "spin" / "result.json", result)
         summary["stages"]["spin"] = "ok"
+
+    if "rl" in cfg.stages and cfg.resume and rundir.finished(out / "rl"):
+        summary["stages"]["rl"] = "reused"
+        print("[spinlora] resume: RL finished earlier")
+    elif "rl" in cfg.stages:
+        part = rundir.begin(out / "rl")
+        acct = new_acct()
+        result = run_rl(cfg, model, tok, fmt, sft_examples, heldout, part, acct, init_path)
+        result["accounting"] = acct.summary()
+        rundir.finish(part, result)
+        summary["stages"]["rl"] = "ok"
 
     if "dpo" in cfg.stages and cfg.resume and rundir.finished(out / "dpo"):
         summary["stages"]["dpo"] = "reused"
@@ -236,8 +250,9 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
         its = sorted((run_dir / "spin").glob("iter_*/adapter"),
                      key=lambda p: int(p.parent.name.split("_")[1]))
         targets += [(f"{cfg.adapter.method}_spin_{p.parent.name}", p) for p in its]
-    if "dpo" in cfg.eval.models and (run_dir / "dpo" / "adapter").exists():
-        targets.append((f"{cfg.adapter.method}_dpo", run_dir / "dpo" / "adapter"))
+    for stage in ("dpo", "rl"):
+        if stage in cfg.eval.models and (run_dir / stage / "adapter").exists():
+            targets.append((f"{cfg.adapter.method}_{stage}", run_dir / stage / "adapter"))
     mc_shots = {t: (cfg.eval.shots if cfg.eval.shots is not None else DEFAULT_SHOTS[t])
                 for t in choice_items}
     prompt = (f"{cfg.eval.gsm8k_shots}-shot ({cfg.eval.gsm8k_fewshot.replace('_', ' ')} "
@@ -251,15 +266,23 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
                               if cfg.generation.do_sample else {})},
             "tasks": cfg.eval.tasks, "task_shots": {"gsm8k": cfg.eval.gsm8k_shots, **mc_shots},
             "limit": cfg.eval.limit, "seed": cfg.eval.seed, "n": len(examples)}
+    if cfg.eval.prompting != ["standard"]:
+        head["prompting"] = {m: {"suffix": PROMPTING[m] or None,
+                                 **({"reflect_turn": REFLECT} if m == "reflection" else {})}
+                             for m in cfg.eval.prompting}
     results = []
     finished = {r["label"]: r for r in done or []}
-    for label, path in targets:
+    # one row per model and prompting mode; modes other than standard: GSM8K only, "LABEL+mode"
+    rows = [(label if mode == "standard" else f"{label}+{mode}", path, mode)
+            for label, path in targets for mode in cfg.eval.prompting]
+    for label, path, mode in rows:
         if label in finished:
             results.append(finished[label])
             continue
         try:
             results.append(_eval_one(cfg, model, tok, fmt, part, acct, init_path, label, path,
-                                     examples, shots, choice_items))
+                                     examples, shots, choice_items if mode == "standard" else {},
+                                     mode))
         except Exception as e:  # noqa: BLE001  a failure costs only the model it happened on
             if _is_oom(e):
                 raise
@@ -274,7 +297,7 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
 
 def _eval_one(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path, acct: Accountant,
               init_path: Path | None, label: str, path: Path | None, examples, shots,
-              choice_items) -> dict:
+              choice_items, prompting: str = "standard") -> dict:
     """Every configured task for one model (base when ``path`` is None, else that adapter)."""
     if path is not None:
         # load the saved weights into the one adapter in memory: no second model
@@ -284,7 +307,7 @@ def _eval_one(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path, acct: Acc
         r = {"label": label, "adapter": str(path) if path else None, "tasks": {}}
         if "gsm8k" in cfg.eval.tasks:
             g = evaluate_gsm8k(model, tok, fmt, examples, cfg.generation, acct, label,
-                               shots, cfg.eval.gsm8k_style, cfg.eval.gsm8k_generate)
+                               shots, cfg.eval.gsm8k_style, cfg.eval.gsm8k_generate, prompting)
             samples = g.pop("samples")
             if dist.is_main():
                 with open(part / f"samples_{label}.jsonl", "w") as f:

@@ -50,10 +50,14 @@ def _plt():
 
 
 def _stage_result(run: Path, label: str) -> dict | None:
+    label = label.split("+")[0]  # "MODEL+mode": a prompting baseline of MODEL
     if label.endswith("_sft"):
         return _load(run / "sft" / "result.json")
     if "_spin_iter_" in label:
         return _load(run / "spin" / f"iter_{label.rsplit('_', 1)[1]}" / "result.json")
+    for stage in ("dpo", "rl"):
+        if label.endswith(f"_{stage}"):
+            return _load(run / stage / "result.json")
     return None
 
 
@@ -135,6 +139,8 @@ def plot_scores(tasks: list[str], rows: list[dict], dest: Path) -> None:
         for task in tasks:
             pts = []
             for r in mine:
+                if "+" in r["model"]:
+                    continue  # prompting baselines are rows of the table, not of this plot
                 if r["model"].endswith("_sft"):
                     pts.append((0, r.get(task)))
                 elif "_spin_iter_" in r["model"]:

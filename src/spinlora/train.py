@@ -58,19 +58,47 @@ def epoch_batches(n: int, batch_size: int, rng: random.Random,
 
 class MetricsLog:
     """Append-only JSONL, flushed every line so an interrupted run keeps what it logged (by the
-    main process only, when there are several)."""
+    main process only, when there are several). ``report_to`` adds TensorBoard (event files in
+    ``tensorboard/`` beside the JSONL; ``pip install tensorboard``) and Weights & Biases (the
+    current wandb run, or a new one in project "spinlora"; keys prefixed with the stage)."""
 
-    def __init__(self, path: Path | None):
-        self.f = open(path, "a") if path and dist.is_main() else None
+    def __init__(self, path: Path | None, report_to: list[str] | tuple = (), name: str = ""):
+        main = bool(path) and dist.is_main()
+        self.f = open(path, "a") if main else None
+        self.tb = self.wb = None
+        self.name = name
+        if main and "tensorboard" in report_to:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise RuntimeError("train.report_to=[tensorboard] needs the tensorboard package: "
+                                   "pip install tensorboard") from None
+            self.tb = SummaryWriter(log_dir=str(Path(path).parent / "tensorboard"))
+        if main and "wandb" in report_to:
+            try:
+                import wandb
+            except ImportError:
+                raise RuntimeError("train.report_to=[wandb] needs wandb: pip install wandb, then "
+                                   "wandb login (or WANDB_MODE=offline)") from None
+            self.wb = wandb.run or wandb.init(project="spinlora")
 
     def log(self, record: dict) -> None:
         if self.f:
             self.f.write(json.dumps(record) + "\n")
             self.f.flush()
+        scalars = {k: v for k, v in record.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+        if self.tb:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, record.get("step", 0))
+        if self.wb:
+            self.wb.log({f"{self.name}/{k}" if self.name else k: v for k, v in scalars.items()})
 
     def close(self) -> None:
         if self.f:
             self.f.close()
+        if self.tb:
+            self.tb.close()
 
 
 def make_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:

@@ -86,6 +86,18 @@ def extract_answer(text: str) -> str | None:
 
 STOP_STRINGS = ["Question:", "</s>", "<|im_end|>"]  # lm-eval gsm8k `until`
 
+# Prompting baselines (eval.prompting), each a zero-shot chat prompt: the question + a suffix.
+# "reflection" answers zero-shot, then is asked (a second user turn) to check and revise.
+PROMPTING = {
+    "standard": "",
+    "rules": ("\n\nRules:\n1. Work through the problem step by step.\n2. Check every "
+              "calculation.\n3. End with the final answer on its own line as '#### <number>'."),
+    "cot": "\n\nLet's think step by step.",  # Kojima et al. 2022, arXiv 2205.11916
+    "reflection": "",
+}
+REFLECT = ("Review your solution above step by step. If you find a mistake, correct it. End with "
+           "the final answer on its own line as '#### <number>'.")  # Madaan et al. 2023 (Self-Refine)
+
 
 def fewshot_draws(pool: list[dict], n_questions: int, k: int, seed: int = 1234,
                   per_question: bool = True) -> list[list[dict]]:
@@ -125,7 +137,7 @@ def fewshot_prompt_ids(tokenizer, fmt: ChatFormat, question: str, shots: list[di
 def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
                    gen_cfg: GenerationConfig, acct: Accountant, label: str,
                    shots: list[list[dict]] | None = None, style: str = "chat",
-                   do_generate: bool = True) -> dict:
+                   do_generate: bool = True, prompting: str = "standard") -> dict:
     """Score the model as it is (adapters as set by the caller) on ``examples``.
 
     Zero-shot (no ``shots``) uses the training chat template; ``shots`` holds each example's
@@ -133,7 +145,9 @@ def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
     plain lm-eval text or the multi-turn chat prompt, and generation stops at lm-eval's stop
     strings. The log-prob signals always use the zero-shot chat prompt (the training format).
     ``do_generate=False`` computes only the gold answers' log-prob (cheap; for sweeps): the
-    accuracy fields are then None.
+    accuracy fields are then None. ``prompting`` (not ``standard``) is a zero-shot baseline:
+    ``rules`` / ``cot`` add their text to the question; ``reflection`` answers zero-shot, then
+    answers again after the ``REFLECT`` turn, and the second answer is scored.
     """
     if not do_generate:
         with acct.phase(f"eval_score[{label}]") as ph:
@@ -145,8 +159,10 @@ def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
                 "gold_logp_per_token": sum(lp / max(c, 1) for lp, c in zip(lps, counts)) / max(n, 1),
                 "win_rate_gold_vs_own": None, "samples": []}
     prompts = [e.prompt_ids for e in examples]
+    if PROMPTING.get(prompting):
+        prompts = [fmt.prompt_ids(e.prompt + PROMPTING[prompting]) for e in examples]
     stop_strings = None
-    if shots:
+    if shots and prompting == "standard":
         prompts = [fewshot_prompt_ids(tokenizer, fmt, e.prompt, s, style)
                    for e, s in zip(examples, shots, strict=True)]
         stop_strings = STOP_STRINGS
@@ -158,6 +174,18 @@ def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
         for g in gens:
             for s in stop_strings:
                 g.text = g.text.split(s)[0]
+    first = None
+    if prompting == "reflection":
+        first = gens
+        msgs = [([{"role": "system", "content": fmt.system_prompt}] if fmt.system_prompt else [])
+                + [{"role": "user", "content": e.prompt}, {"role": "assistant", "content": g.text},
+                   {"role": "user", "content": REFLECT}] for e, g in zip(examples, gens)]
+        second = [list(tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True,
+                                                     return_dict=False)) for m in msgs]
+        with acct.phase(f"eval_revise[{label}]") as ph:
+            gens, produced = generate(model, tokenizer, second, gen_cfg, fmt.stop_ids,
+                                      desc=f"eval {label} (revise)")
+            ph.tokens += produced
     golds = [extract_answer(e.answer) for e in examples]
     correct = [g.text and extract_answer(g.text) == gold for g, gold in zip(gens, golds)]
     # lm-eval's strict-match and flexible-extract, exactly (string match on its filters)
@@ -178,7 +206,10 @@ def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
         "label": label, "n": n,
         "accuracy": acc, "accuracy_stderr": math.sqrt(acc * (1 - acc) / max(n - 1, 1)),
         "accuracy_strict": sum(strict) / max(n, 1), "accuracy_flexible": sum(flexible) / max(n, 1),
-        "shots": len(shots[0]) if shots else 0, "style": style if shots else "chat",
+        "shots": len(shots[0]) if shots and prompting == "standard" else 0,
+        "style": style if shots and prompting == "standard" else "chat", "prompting": prompting,
+        "prompt_suffix": PROMPTING[prompting] or None,
+        **({"reflect_turn": REFLECT} if prompting == "reflection" else {}),
         "gold_logp_per_token": sum(gold_pt) / max(n, 1),
         "win_rate_gold_vs_own": win,
         "own_logp_per_token": sum(gen_pt) / max(n, 1),
@@ -186,6 +217,7 @@ def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
         "own_mean_tokens": sum(len(g.ids) for g in gens) / max(n, 1),
         "samples": [{"question": e.prompt, "gold": gold, "output": g.text,
                      "extracted": extract_answer(g.text), "correct": bool(c),
-                     "finished": g.finished}
-                    for e, g, gold, c in zip(examples, gens, golds, correct)],
+                     "finished": g.finished,
+                     **({"first_output": first[i].text} if first else {})}
+                    for i, (e, g, gold, c) in enumerate(zip(examples, gens, golds, correct))],
     }

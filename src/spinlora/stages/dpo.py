@@ -150,7 +150,7 @@ def run_dpo(cfg: RunConfig, model, tokenizer, fmt: ChatFormat, rows: list[dict],
                         f"{dropped} longer than data.max_length={cfg.data.max_length})")
     reference_pass(model, pairs + held, pad, acct, cfg.train.micro_batch_size)
     before = preference_accuracy(model, held, pad, cfg.train.micro_batch_size) if held else None
-    log = MetricsLog(out / "metrics.jsonl")
+    log = MetricsLog(out / "metrics.jsonl", cfg.train.report_to, "dpo")
     try:
         records = train_loop(model, pairs, spin_objective(pad, d.beta, d), cfg.train, d.lr,
                              d.epochs, acct, log, cfg.seed, "dpo", extra={"beta": d.beta},

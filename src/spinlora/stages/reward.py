@@ -153,7 +153,7 @@ def run_reward(cfg: RunConfig) -> dict:
     mb = cfg.train.micro_batch_size
     before = pairwise_accuracy(model, held, tok.pad_token_id, mb) if held else None
     part = rundir.begin(out / "reward")
-    log = MetricsLog(part / "metrics.jsonl")
+    log = MetricsLog(part / "metrics.jsonl", cfg.train.report_to, "reward")
     try:
         records = train_loop(model, train, bradley_terry(tok.pad_token_id), cfg.train,
                              cfg.reward.lr, cfg.reward.epochs, acct, log, cfg.seed, "reward")

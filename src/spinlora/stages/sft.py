@@ -37,7 +37,7 @@ def sft_objective(pad_id: int) -> Objective:
 def run_sft(cfg: RunConfig, model, tokenizer, examples: list[Example], out: Path,
             acct: Accountant, init_path: Path | None = None) -> dict:
     """Train the adapter of ``model`` (a PeftModel) on ``examples``; save into ``out``."""
-    log = MetricsLog(out / "metrics.jsonl")
+    log = MetricsLog(out / "metrics.jsonl", cfg.train.report_to, "sft")
     try:
         records = train_loop(model, examples, sft_objective(tokenizer.pad_token_id), cfg.train,
                              cfg.train.lr, cfg.train.epochs, acct, log, cfg.seed, "sft",

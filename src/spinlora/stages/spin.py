@@ -246,7 +246,7 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
                 f"already correct, {counts['dropped_unfinished']} as unfinished); use more "
                 "spin.prompts, spin.correct_pairs=keep, or spin.drop_truncated=false")
         reference_pass(model, train_pairs, pad, acct, cfg.train.micro_batch_size)
-        log = MetricsLog(part / "metrics.jsonl")
+        log = MetricsLog(part / "metrics.jsonl", cfg.train.report_to, f"spin/{name}")
         try:
             records = train_loop(model, train_pairs, spin_objective(pad, beta, cfg.spin), cfg.train,
                                  lr, cfg.spin.epochs, acct, log, cfg.seed + t + 1, f"spin {name}",

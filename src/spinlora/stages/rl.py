@@ -1,0 +1,173 @@
+"""RL on the adapter with a checkable reward (``spinlora rl``; ``stages: [sft, rl, eval]``).
+
+    spinlora rl configs/demo.yaml --adapter runs/demo/sft/adapter --output-dir runs/rl
+
+Maximises E_{x~D, y~π(·|x)}[r(x, y)] − β·KL(π ‖ π_ref) with a group-relative policy gradient:
+per round, ``rl.prompts`` SFT prompts get ``rl.samples`` k sampled answers each; r = 1 when the
+answer's final number equals the gold ``#### N``, else 0; each answer's advantage is taken
+against its own group, with no value network:
+
+- ``grpo``: A = (r − mean) / (std + 1e-4) over the k answers (Shao et al. 2024, DeepSeekMath,
+  arXiv 2402.03300);
+- ``rloo``: A = r − mean of the other k − 1 (Ahmadian et al. 2024, arXiv 2402.14740).
+
+Groups whose answers all score the same carry no signal and are skipped. The loss per answer is
+the clipped surrogate on the length-normalised sequence ratio s = exp((log π − log π_old)/|y|)
+(GSPO, Zheng et al. 2025, arXiv 2507.18071), −min(s·A, clip(s, 1 ± ε)·A), plus β times the KL
+estimate (log π − log π_ref)/|y| on the model's own samples. π_old is the adapter as the round
+starts; π_ref is θ0 + Δθ of the adapter the stage starts from (the SFT adapter). Both use the
+one model copy: π_ref's log-probs come from swapping the starting adapter's tensors in for one
+pass and back. At a round's first step π = π_old, so the ratio is exactly 1 (``step0_ratio``),
+and in the first round also π = π_ref, so the KL is 0: the RL analogue of SPIN's ln 2 check.
+Generation goes through the same batched generator as SPIN's opponent.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from .. import adapters, dist
+from ..accounting import Accountant, count_parameters
+from ..config import RunConfig
+from ..data import DataError, Example, subset
+from ..generate import generate
+from ..scoring import score_answers, score_sequences
+from ..train import MetricsLog, Objective, train_loop
+from .spin import _heldout, is_correct
+
+
+@dataclasses.dataclass
+class Sample:
+    prompt_ids: list[int]
+    gen_ids: list[int]
+    advantage: float
+    old: float = 0.0  # log π_old(y|x), summed
+    ref: float = 0.0  # log π_ref(y|x), summed
+
+
+def advantages(rewards: list[float], kind: str) -> list[float]:
+    """Group-relative advantages of one prompt's k rewards."""
+    k = len(rewards)
+    mean = sum(rewards) / k
+    if kind == "rloo":
+        return [r - (sum(rewards) - r) / (k - 1) for r in rewards]
+    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / (k - 1)) if k > 1 else 0.0
+    return [(r - mean) / (std + 1e-4) for r in rewards]
+
+
+@contextlib.contextmanager
+def adapter_state(model, state: dict[str, torch.Tensor]):
+    """The trainable tensors set to ``state`` for the block, then put back as they were."""
+    params = dict((n, p) for n, p in model.named_parameters() if p.requires_grad)
+    saved = {n: p.detach().clone() for n, p in params.items()}
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(state[n])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(saved[n])
+
+
+def rl_objective(pad_id: int, beta: float, clip: float) -> Objective:
+    def loss(model, items: list[Sample]):
+        device = next(model.parameters()).device
+        lp, n, _ = score_answers(model, [s.prompt_ids for s in items],
+                                 [[s.gen_ids] for s in items], pad_id)
+        as_t = lambda xs: torch.tensor(xs, device=device, dtype=lp.dtype)  # noqa: E731
+        n = n.clamp(min=1).to(lp.dtype)
+        adv, old, ref = (as_t([getattr(s, k) for s in items]) for k in ("advantage", "old", "ref"))
+        ratio = torch.exp((lp - old) / n)
+        surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+        kl = (lp - ref) / n
+        total = (-surrogate + beta * kl).sum()
+        return total, {"ratio": ratio.detach().sum(), "kl": kl.detach().sum(),
+                       "clipped": ((ratio.detach() - 1).abs() > clip).float().sum()}
+
+    return Objective(loss=loss, weight=lambda items: float(len(items)),
+                     tokens=lambda items: sum(len(s.prompt_ids) + len(s.gen_ids) for s in items),
+                     length=lambda s: len(s.prompt_ids) + len(s.gen_ids),
+                     metric_keys=("ratio", "kl", "clipped"))
+
+
+def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
+           heldout: list[Example], out: Path, acct: Accountant,
+           init_path: Path | None = None) -> dict:
+    """``cfg.rl.rounds`` rounds of sampling and group-relative updates on the adapter."""
+    r, pad = cfg.rl, tokenizer.pad_token_id
+    examples = [e for e in sft_examples if is_correct("", e.answer) is not None]
+    if not examples:
+        raise DataError("rl: no training row has a checkable gold answer ('#### N'); the "
+                        "correctness reward needs one")
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    before = _heldout(model, tokenizer, fmt, heldout, cfg, acct, "rl_start")
+    log = MetricsLog(out / "metrics.jsonl", cfg.train.report_to, "rl")
+    rounds = []
+    try:
+        for t in range(r.rounds):
+            prompts = subset(examples, r.prompts, cfg.data.seed + t) if r.prompts else examples
+            gen_cfg = dataclasses.replace(cfg.generation, do_sample=True,
+                                          temperature=r.temperature, top_p=r.top_p,
+                                          seed=r.seed + 1000 * t)
+            with acct.phase("generate") as ph:
+                gens, produced = generate(model, tokenizer,
+                                          [e.prompt_ids for e in prompts for _ in range(r.samples)],
+                                          gen_cfg, fmt.stop_ids, desc=f"rl round {t + 1}")
+                ph.tokens += produced
+            samples, rewards_all, informative = [], [], 0
+            for i, e in enumerate(prompts):
+                group = gens[i * r.samples:(i + 1) * r.samples]
+                rewards = [float(bool(is_correct(g.text, e.answer))) for g in group]
+                rewards_all += rewards
+                if max(rewards) == min(rewards):
+                    continue  # no signal in this group
+                informative += 1
+                room = cfg.data.max_length - len(e.prompt_ids)
+                for g, a in zip(group, advantages(rewards, r.advantage)):
+                    samples.append(Sample(e.prompt_ids, list(g.ids[:room]) or [fmt.end_id], a))
+            rec = {"round": t + 1, "prompts": len(prompts), "samples": len(gens),
+                   "generated_tokens": produced,
+                   "reward_mean": sum(rewards_all) / max(len(rewards_all), 1),
+                   "informative_groups": informative, "trained_samples": len(samples)}
+            if samples:
+                pairs = [(s.prompt_ids, s.gen_ids) for s in samples]
+                with acct.phase("reference") as ph:
+                    old, _ = score_sequences(model, pairs, pad, cfg.train.micro_batch_size)
+                    with adapter_state(model, start):
+                        ref, _ = score_sequences(model, pairs, pad, cfg.train.micro_batch_size)
+                    ph.tokens += 2 * sum(len(p) + len(a) for p, a in pairs)
+                for s, o, f in zip(samples, old, ref):
+                    s.old, s.ref = o, f
+                steps = train_loop(model, samples, rl_objective(pad, r.beta, r.clip), cfg.train,
+                                   r.lr, r.epochs, acct, log, cfg.seed + t + 1, f"rl round {t + 1}",
+                                   extra={"round": t + 1}, method=cfg.adapter.method)
+                rec.update(steps=len(steps), step0_ratio=steps[0]["ratio"],
+                           step0_kl=steps[0]["kl"], loss_last=steps[-1]["loss"],
+                           kl_last=steps[-1]["kl"])
+            rounds.append(rec)
+            print(f"[spinlora] rl round {t + 1}: reward {rec['reward_mean']:.3f}, "
+                  f"{informative}/{len(prompts)} groups with signal")
+    finally:
+        log.close()
+    with acct.phase("save"):
+        if dist.is_main():
+            adapters.save(model, cfg.adapter, out / "adapter", init_path)
+            with open(out / "rounds.jsonl", "w") as f:
+                f.writelines(json.dumps(x) + "\n" for x in rounds)
+    after = _heldout(model, tokenizer, fmt, heldout, cfg, acct, "rl_end")
+    trained = [x for x in rounds if "step0_ratio" in x]
+    return {"stage": "rl", "reward": "correctness", "advantage": r.advantage, "beta": r.beta,
+            "clip": r.clip, "lr": r.lr, "samples_per_prompt": r.samples, "rounds": rounds,
+            "step0_ratio_ok": all(abs(x["step0_ratio"] - 1) < 1e-4 for x in trained),
+            "first_round_kl0_ok": bool(trained) and trained[0]["round"] == 1
+            and abs(trained[0]["step0_kl"]) < 1e-4,
+            "heldout_before": before, "heldout_after": after,
+            "generated_tokens": sum(x["generated_tokens"] for x in rounds),
+            "parameters": count_parameters(model), "method": cfg.adapter.method}
