@@ -51,3 +51,48 @@ def test_reward_needs_data(tiny_model_dir, tmp_path, capsys):
     assert cli.main(["reward", f"output_dir={tmp_path / 'x'}",
                      f"model.name={tiny_model_dir}"]) == 2
     assert "reward.data" in capsys.readouterr().err
+
+
+def test_best_of_n_picks_the_reward_models_choice(tiny_model_dir, monkeypatch):
+    """Two samples per question, one right and one wrong; a reward that prefers the right one
+    gives accuracy 1 where the samples average 0.5, and pass@2 is 1."""
+    import spinlora.evaluate.gsm8k as g
+    import spinlora.stages.reward as rw
+    from spinlora.accounting import Accountant
+    from spinlora.config import GenerationConfig
+    from spinlora.data import ChatFormat, Example
+    from spinlora.generate import Generation
+    from spinlora.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    fmt = ChatFormat(tok)
+    examples = [Example(f"{a}+1?", f"#### {a + 1}", fmt.prompt_ids(f"{a}+1?"), [1]) for a in range(3)]
+    outs = [t for a in range(3) for t in (f"It is {a + 7}. #### {a + 7}", f"#### {a + 1}")]
+    monkeypatch.setattr(g, "generate", lambda m, t, prompts, *a, **k: (
+        [Generation([5], text, True) for text in outs[:len(prompts)]], len(prompts)))
+    # the "reward model": longer answers score lower, so the short right answer wins
+    monkeypatch.setattr(rw, "rewards", lambda m, seqs, pad: torch.tensor([-len(s) * 1.0 for s in seqs]))
+    r = g.evaluate_best_of_n(None, tok, fmt, examples, GenerationConfig(), Accountant(
+        torch.device("cpu")), "base", None, fmt, n=2)
+    assert r["accuracy"] == 1.0 and r["sample_accuracy"] == 0.5 and r["pass_at_n"] == 1.0
+    assert r["label"] == "base+best_of_2" and r["n"] == 3
+
+
+def test_best_of_n_row_in_the_evaluation(tiny_cfg, tiny_model_dir, tmp_path):
+    from spinlora import cli
+    from spinlora.pipeline import run
+
+    rm_dir = tmp_path / "rm"
+    assert cli.main(["reward", f"output_dir={rm_dir}", f"model.name={tiny_model_dir}",
+                     "model.dtype=float32", f"reward.data={_pairs(tmp_path, 12)}",
+                     "reward.heldout=4", "train.batch_size=4", "train.micro_batch_size=4",
+                     "data.max_length=160"]) == 0
+    tiny_cfg.stages = ["eval"]
+    tiny_cfg.eval.models = ["base"]
+    tiny_cfg.eval.best_of_n = 2
+    tiny_cfg.eval.reward_model = str(rm_dir / "reward" / "adapter")
+    assert run(tiny_cfg)["status"] == "ok"
+    rows = json.loads(open(f"{tiny_cfg.output_dir}/eval/result.json").read())["rows"]
+    assert [r["label"] for r in rows] == ["base", "base+best_of_2"]
+    b = rows[1]
+    assert b["best_of"] == 2 and b["n"] == 3 and 0 <= b["accuracy"] <= b["pass_at_n"] <= 1

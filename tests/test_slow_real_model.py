@@ -85,3 +85,42 @@ def test_gguf_file_as_model_converts_once(tmp_path, monkeypatch):
 
     a, b = load_file(first / "model.safetensors"), load_file(embedded / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_stage_on_the_embedded_model(tmp_path):
+    """SFT -> RL, DPO on SPIN-style pairs, a reward model, best-of-n with it, and the merged
+    export, each end to end on SmolLM2-135M with tiny sizes (the README's examples)."""
+    from spinlora import cli
+
+    common = [f"data.train={SHARED / 'gsm8k' / 'train.jsonl'}",
+              f"data.eval={SHARED / 'gsm8k' / 'test.jsonl'}", "data.sft_examples=8",
+              "data.max_length=320", "train.batch_size=4", "train.micro_batch_size=2",
+              "generation.max_new_tokens=32", "generation.batch_size=8", "eval.limit=2"]
+    run = tmp_path / "run"
+    assert cli.main(["run", *common, f"output_dir={run}", "stages=[sft,rl,eval]",
+                     "rl.rounds=1", "rl.prompts=2", "rl.samples=2", "rl.heldout=2"]) == 0
+    rl = json.loads((run / "rl" / "result.json").read_text())
+    assert rl["rounds"][0]["samples"] == 4
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [json.loads(x) for x in (SHARED / "gsm8k" / "train.jsonl").read_text().splitlines()[:12]]
+    pairs.write_text("".join(json.dumps({"prompt": r["question"], "gold": r["answer"],
+                                         "generated": "I think it is 7. #### 7"}) + "\n"
+                             for r in rows))
+    fields = ["gold", "generated"]
+    assert cli.main(["dpo", *common, f"output_dir={tmp_path / 'dpo'}",
+                     "--adapter", str(run / "sft" / "adapter"), f"dpo.data={pairs}",
+                     f"dpo.chosen_field={fields[0]}", f"dpo.rejected_field={fields[1]}",
+                     "dpo.heldout=4", "eval.models=[dpo]"]) == 0
+    dpo = json.loads((tmp_path / "dpo" / "dpo" / "result.json").read_text())
+    assert dpo["step0_ok"] and dpo["pairs"] == 8
+    assert cli.main(["reward", *common, f"output_dir={tmp_path / 'rm'}", f"reward.data={pairs}",
+                     f"reward.chosen_field={fields[0]}", f"reward.rejected_field={fields[1]}",
+                     "reward.heldout=4"]) == 0
+    assert cli.main(["eval", *common, f"output_dir={tmp_path / 'bon'}", "eval.models=[base]",
+                     "eval.best_of_n=2",
+                     f"eval.reward_model={tmp_path / 'rm' / 'reward' / 'adapter'}"]) == 0
+    bon = json.loads((tmp_path / "bon" / "eval" / "result.json").read_text())["rows"]
+    assert [r["label"] for r in bon] == ["base", "base+best_of_2"]
+    assert cli.main(["export", str(run), "--merge", "--out", str(tmp_path / "merged")]) == 0
+    info = json.loads((tmp_path / "merged" / "export.json").read_text())
+    assert info["adapter"].endswith("rl/adapter") and info["max_abs_logit_diff"] < 1e-3

@@ -213,6 +213,9 @@ class EvalConfig:
     # GSM8K prompting baselines, one row each per model: standard (zero-shot chat template, or
     # k-shot with gsm8k_shots) | rules | cot | reflection (evaluate/gsm8k.py PROMPTING)
     prompting: list[str] = field(default_factory=lambda: ["standard"])
+    best_of_n: int = 0  # n > 1: also a "MODEL+best_of_n" row, n samples reranked by reward_model
+    reward_model: str | None = None  # a `spinlora reward` folder (RUN/reward/adapter)
+    best_of_n_temperature: float = 0.7
 
 
 @dataclass
@@ -314,6 +317,9 @@ class RunConfig:
         for sink in self.train.report_to:
             checks.append(("train.report_to", sink in ("tensorboard", "wandb"),
                            f"unknown sink {sink!r}: use tensorboard, wandb"))
+        checks.append(("eval.best_of_n", self.eval.best_of_n == 0 or (
+            self.eval.best_of_n >= 2 and bool(self.eval.reward_model)),
+            "0 (off), or n >= 2 with eval.reward_model=RUN/reward/adapter"))
         for mode in self.eval.prompting:
             checks.append(("eval.prompting", mode in ("standard", "rules", "cot", "reflection"),
                            f"unknown mode {mode!r}: use standard, rules, cot, reflection"))

@@ -5,7 +5,7 @@ anyone can load.
     spinlora export runs/demo/sft/adapter --out sft_lora/  # the plain peft adapter + tokenizer
 
 A run folder gives its chosen adapter: SPIN's keep-best pick (``spin/best_adapter``), else its
-last SPIN iteration, else its SFT adapter. The base model is the run's ``model.name``
+last SPIN iteration, else its RL or DPO adapter, else its SFT adapter. The base model is the run's ``model.name``
 (config.yaml) or, for a bare adapter folder, its ``base_model_name_or_path``; ``--model``
 overrides both. With ``--merge`` the adapter is folded into the base weights (peft's
 ``merge_and_unload``; BitFit's biases already are weights) and saved as safetensors with the
@@ -35,7 +35,8 @@ def chosen_adapter(source: Path) -> Path:
     if not (source / "run.json").is_file():
         return source
     spin = sorted(source.glob("spin/iter_*/adapter"), key=lambda p: int(p.parent.name[5:]))
-    for cand in [source / "spin" / "best_adapter", *reversed(spin), source / "sft" / "adapter"]:
+    for cand in [source / "spin" / "best_adapter", *reversed(spin), source / "rl" / "adapter",
+                 source / "dpo" / "adapter", source / "sft" / "adapter"]:
         if cand.is_dir():
             return cand
     raise AdapterError(f"run {source} holds no finished adapter (no sft/adapter, no "

@@ -32,7 +32,7 @@ from .config import RunConfig, save_config
 from .rundir import OutputExistsError  # noqa: F401  (part of this module's API)
 from .data import ChatFormat, DataError, build_examples, load_rows, subset
 from .evaluate import evaluate_gsm8k
-from .evaluate.gsm8k import PROMPTING, REFLECT, fewshot_draws
+from .evaluate.gsm8k import PROMPTING, REFLECT, evaluate_best_of_n, fewshot_draws
 from .evaluate.choice import evaluate_choice_task
 from .evaluate.tasks import DEFAULT_SHOTS, load_task
 from .models import load_model, pick_device
@@ -273,8 +273,18 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
     results = []
     finished = {r["label"]: r for r in done or []}
     # one row per model and prompting mode; modes other than standard: GSM8K only, "LABEL+mode"
-    rows = [(label if mode == "standard" else f"{label}+{mode}", path, mode)
-            for label, path in targets for mode in cfg.eval.prompting]
+    n = cfg.eval.best_of_n
+    modes = cfg.eval.prompting + (["best_of_n"] if n else [])
+    rows = [(label if mode == "standard" else f"{label}+best_of_{n}" if mode == "best_of_n"
+             else f"{label}+{mode}", path, mode) for label, path in targets for mode in modes]
+    reranker = None
+    if n:  # the reward model, loaded once for every model's best-of-n row
+        from .stages.reward import load_trained
+
+        rm, rm_tok = load_trained(cfg.eval.reward_model, cfg)
+        reranker = (rm, ChatFormat(rm_tok, cfg.data.system_prompt))
+        head["best_of_n"] = {"n": n, "reward_model": cfg.eval.reward_model,
+                             "temperature": cfg.eval.best_of_n_temperature}
     for label, path, mode in rows:
         if label in finished:
             results.append(finished[label])
@@ -282,7 +292,7 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
         try:
             results.append(_eval_one(cfg, model, tok, fmt, part, acct, init_path, label, path,
                                      examples, shots, choice_items if mode == "standard" else {},
-                                     mode))
+                                     mode, reranker))
         except Exception as e:  # noqa: BLE001  a failure costs only the model it happened on
             if _is_oom(e):
                 raise
@@ -297,7 +307,7 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
 
 def _eval_one(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path, acct: Accountant,
               init_path: Path | None, label: str, path: Path | None, examples, shots,
-              choice_items, prompting: str = "standard") -> dict:
+              choice_items, prompting: str = "standard", reranker=None) -> dict:
     """Every configured task for one model (base when ``path`` is None, else that adapter)."""
     if path is not None:
         # load the saved weights into the one adapter in memory: no second model
@@ -305,6 +315,14 @@ def _eval_one(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path, acct: Acc
     with (adapters.load_base_view(model, cfg.adapter, init_path) if path is None
           else contextlib.nullcontext()):
         r = {"label": label, "adapter": str(path) if path else None, "tasks": {}}
+        if prompting == "best_of_n":
+            b = evaluate_best_of_n(model, tok, fmt, examples, cfg.generation, acct,
+                                   label.rsplit("+", 1)[0], *reranker, cfg.eval.best_of_n,
+                                   cfg.eval.best_of_n_temperature)
+            print(f"[spinlora] eval {label}: GSM8K accuracy {b['accuracy']:.3f} ± "
+                  f"{b['accuracy_stderr']:.3f} (n={b['n']}; samples {b['sample_accuracy']:.3f}, "
+                  f"pass@{cfg.eval.best_of_n} {b['pass_at_n']:.3f})")
+            return {**r, **b}
         if "gsm8k" in cfg.eval.tasks:
             g = evaluate_gsm8k(model, tok, fmt, examples, cfg.generation, acct, label,
                                shots, cfg.eval.gsm8k_style, cfg.eval.gsm8k_generate, prompting)

@@ -10,9 +10,12 @@ where the model prefers the gold answer to its own greedy answer (higher mean lo
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import re
+
+import torch
 
 from ..accounting import Accountant
 from ..config import GenerationConfig
@@ -221,3 +224,48 @@ def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
                      **({"first_output": first[i].text} if first else {})}
                     for i, (e, g, gold, c) in enumerate(zip(examples, gens, golds, correct))],
     }
+
+
+@torch.inference_mode()
+def evaluate_best_of_n(model, tokenizer, fmt: ChatFormat, examples: list[Example],
+                       gen_cfg: GenerationConfig, acct: Accountant, label: str, reward_model,
+                       reward_fmt: ChatFormat, n: int, temperature: float = 0.7) -> dict:
+    """Best-of-n by a reward model: n sampled zero-shot answers per question, the one the reward
+    model scores highest is the answer (``stages/reward.py``; Cobbe et al. 2021 used a verifier
+    the same way). Also reports the mean accuracy of the samples and pass@n (any of n right),
+    the ceiling any reranker could reach."""
+    from ..stages.reward import rewards
+
+    sample_cfg = dataclasses.replace(gen_cfg, do_sample=True, temperature=temperature, top_p=1.0)
+    with acct.phase(f"eval_generate[{label}+best_of_{n}]") as ph:
+        gens, produced = generate(model, tokenizer, [e.prompt_ids for e in examples for _ in range(n)],
+                                  sample_cfg, fmt.stop_ids, desc=f"eval {label} best-of-{n}")
+        ph.tokens += produced
+    seqs = [reward_fmt.prompt_ids(e.prompt) + reward_fmt.answer_ids(g.text)
+            for i, e in enumerate(examples) for g in gens[i * n:(i + 1) * n]]
+    pad = reward_fmt.tok.pad_token_id
+    with acct.phase(f"eval_rerank[{label}+best_of_{n}]") as ph:
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        scores = [0.0] * len(seqs)
+        for s in range(0, len(order), 16):
+            idx = order[s:s + 16]
+            for i, r in zip(idx, rewards(reward_model, [seqs[i] for i in idx], pad).tolist()):
+                scores[i] = r
+        ph.tokens += sum(map(len, seqs))
+    golds = [extract_answer(e.answer) for e in examples]
+    picked, any_right, right = [], [], []
+    for i, gold in enumerate(golds):
+        group = list(range(i * n, (i + 1) * n))
+        ok = [bool(gens[j].text) and extract_answer(gens[j].text) == gold for j in group]
+        best = max(range(n), key=lambda k: scores[group[k]])
+        picked.append(ok[best])
+        any_right.append(any(ok))
+        right += ok
+    m = len(examples)
+    acc = sum(picked) / max(m, 1)
+    return {"label": f"{label}+best_of_{n}", "n": m, "best_of": n, "temperature": temperature,
+            "accuracy": acc, "accuracy_stderr": math.sqrt(acc * (1 - acc) / max(m - 1, 1)),
+            "pass_at_n": sum(any_right) / max(m, 1),
+            "sample_accuracy": sum(right) / max(len(right), 1),
+            "tasks": {"gsm8k": {"n": m, "acc": acc,
+                                "acc_stderr": math.sqrt(acc * (1 - acc) / max(m - 1, 1))}}}
