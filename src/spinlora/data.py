@@ -44,8 +44,9 @@ def strip_calculator_notes(text: str) -> str:
     return CALC_NOTE.sub("", text)
 
 
-def _read_local(path: Path, cfg: DataConfig) -> list[dict]:
-    rows = []
+def read_rows(path: Path) -> list[tuple[str, object]]:
+    """The rows of a ``.json`` list or a jsonl file, each with where it stands ("FILE:LINE" or
+    "FILE row N") for error messages; a malformed file is a DataError naming the line."""
     if path.suffix == ".json":
         try:
             data = json.loads(path.read_text())
@@ -53,23 +54,22 @@ def _read_local(path: Path, cfg: DataConfig) -> list[dict]:
             raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a JSON list of rows")
-        items = [(i + 1, r) for i, r in enumerate(data)]
-        unit = "row"
-    else:
-        items = []
-        with path.open() as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    items.append((lineno, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: malformed JSON line ({e.msg}); "
-                                    "each line must be one JSON object") from None
-        unit = "line"
-    for lineno, row in items:
-        rows.append(_check_row(row, cfg, f"{path}:{lineno}" if unit == "line" else f"{path} row {lineno}"))
-    return rows
+        return [(f"{path} row {i + 1}", r) for i, r in enumerate(data)]
+    items = []
+    with path.open() as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                items.append((f"{path}:{lineno}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: malformed JSON line ({e.msg}); "
+                                "each line must be one JSON object") from None
+    return items
+
+
+def _read_local(path: Path, cfg: DataConfig) -> list[dict]:
+    return [_check_row(row, cfg, where) for where, row in read_rows(path)]
 
 
 def _check_row(row, cfg: DataConfig, where: str) -> dict:

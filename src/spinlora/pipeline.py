@@ -172,27 +172,22 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
         rundir.write_json(out / "spin" / "result.json", result)
         summary["stages"]["spin"] = "ok"
 
-    if "rl" in cfg.stages and cfg.resume and rundir.finished(out / "rl"):
-        summary["stages"]["rl"] = "reused"
-        print("[spinlora] resume: RL finished earlier")
-    elif "rl" in cfg.stages:
-        part = rundir.begin(out / "rl")
-        acct = new_acct()
-        result = run_rl(cfg, model, tok, fmt, sft_examples, heldout, part, acct, init_path)
+    # RL and DPO: one folder each, built in .partial; a finished one is kept on --resume
+    for name, stage in (("rl", lambda part, acct: run_rl(cfg, model, tok, fmt, sft_examples,
+                                                         heldout, part, acct, init_path)),
+                        ("dpo", lambda part, acct: run_dpo(cfg, model, tok, fmt, dpo_rows, part,
+                                                           acct, init_path))):
+        if name not in cfg.stages:
+            continue
+        if cfg.resume and rundir.finished(out / name):
+            summary["stages"][name] = "reused"
+            print(f"[spinlora] resume: {name} finished earlier")
+            continue
+        part, acct = rundir.begin(out / name), new_acct()
+        result = stage(part, acct)
         result["accounting"] = acct.summary()
         rundir.finish(part, result)
-        summary["stages"]["rl"] = "ok"
-
-    if "dpo" in cfg.stages and cfg.resume and rundir.finished(out / "dpo"):
-        summary["stages"]["dpo"] = "reused"
-        print("[spinlora] resume: DPO finished earlier")
-    elif "dpo" in cfg.stages:
-        part = rundir.begin(out / "dpo")
-        acct = new_acct()
-        result = run_dpo(cfg, model, tok, fmt, dpo_rows, part, acct, init_path)
-        result["accounting"] = acct.summary()
-        rundir.finish(part, result)
-        summary["stages"]["dpo"] = "ok"
+        summary["stages"][name] = "ok"
 
     if "eval" in cfg.stages and cfg.resume and rundir.finished(out / "eval"):
         summary["stages"]["eval"] = "reused"

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import bz2
 import csv
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import DataError
+from ..data import DataError, read_rows
 
 LETTERS = ["A", "B", "C", "D"]
 
@@ -35,15 +34,7 @@ class Item:
 
 
 def _jsonl(path: Path) -> list[dict]:
-    rows = []
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from None
-    return rows
+    return [row for _, row in read_rows(path)]
 
 
 def _need(row: dict, keys: tuple, where: str) -> None:

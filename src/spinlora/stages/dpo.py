@@ -26,7 +26,7 @@ import torch
 from .. import adapters, dist
 from ..accounting import Accountant, count_parameters
 from ..config import DataConfig, DpoConfig, RunConfig
-from ..data import ChatFormat, DataError
+from ..data import ChatFormat, DataError, read_rows
 from ..losses import step0_value
 from ..scoring import score_answers
 from ..train import MetricsLog, train_loop
@@ -46,8 +46,7 @@ def _text(value, where: str, role: str | None = None) -> str:
 def load_pairs(cfg: DpoConfig, data: DataConfig) -> list[dict]:
     """``{prompt, chosen, rejected}`` text rows from ``cfg.data`` (a file, folder or Hub id)."""
     rows = []
-    for i, r in enumerate(_raw_rows(cfg)):
-        where = f"{cfg.data} row {i + 1}"
+    for where, r in _raw_rows(cfg):
         if not isinstance(r, dict):
             raise DataError(f"{where}: expected an object with prompt, chosen and rejected")
         missing = [k for k in (cfg.prompt_field, cfg.chosen_field, cfg.rejected_field)
@@ -63,31 +62,18 @@ def load_pairs(cfg: DpoConfig, data: DataConfig) -> list[dict]:
     return rows
 
 
-def _raw_rows(cfg: DpoConfig) -> list[dict]:
-    import json
-
+def _raw_rows(cfg: DpoConfig) -> list[tuple[str, object]]:
     path = Path(cfg.data).expanduser()
     if path.is_file():
-        if path.suffix == ".json":
-            data = json.loads(path.read_text())
-            if not isinstance(data, list):
-                raise DataError(f"{path}: expected a JSON list of rows")
-            return data
-        rows = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{n}: malformed JSON line ({e.msg})") from None
-        return rows
+        return read_rows(path)
     if cfg.data.startswith((".", "/", "~")) or path.suffix in (".jsonl", ".json"):
         raise DataError(f"dpo.data {cfg.data} not found: a jsonl/json file, a dataset folder or "
                         "a Hub id of preference pairs")
     import datasets
 
     try:
-        return list(datasets.load_dataset(cfg.data, split=cfg.split))
+        ds = datasets.load_dataset(cfg.data, split=cfg.split)
+        return [(f"{cfg.data} row {i + 1}", r) for i, r in enumerate(ds)]
     except Exception as e:  # offline, missing split, ...
         raise DataError(f"could not load dpo.data {cfg.data!r} (split {cfg.split!r}): {e}") from None
 
