@@ -1,4 +1,5 @@
 """SPIN quality study: one SFT adapter, then a grid of SPIN settings, each evaluated on GSM8K.
+(``--stage rl`` / ``dpo``: the points run RL or DPO from the same SFT adapter instead.)
 
     python benchmarks/spin_quality.py --config configs/qwen05b_gsm8k.yaml --model qwen.gguf \
         --out runs/spin_quality --parallel 4 \
@@ -102,7 +103,12 @@ def collect(run: Path, overrides: list[str], rc: int, seconds: float) -> dict:
                                           r.get("accounting", {}).get("phases", {}).items()},
                         "peak_MB_over_baseline": round(r.get("accounting", {}).get(
                             "peak_over_baseline_bytes", 0) / 2**20)})
+    rl = load(run / "rl" / "result.json") or {}
     return {"overrides": overrides, "status": status if rc == 0 else f"{status} (exit {rc})",
+            **({"rl_rounds": rl.get("rounds"), "rl_checks": {k: rl.get(k) for k in (
+                "step0_ratio_ok", "first_round_kl0_ok")},
+                "rl_heldout": [(rl.get(k) or {}).get("accuracy") for k in (
+                    "heldout_before", "heldout_after")]} if rl else {}),
             "seconds": round(seconds, 1), "eval_n": ev.get("n"),
             "models": [_acc_fields(r) for r in ev.get("rows", [])],
             "heldout_start_accuracy": ((spin.get("history") or [{}])[0].get("heldout") or {}).get("accuracy"),
@@ -158,6 +164,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="KEY=V for every run")
     ap.add_argument("--parallel", type=int, default=1, help="points running at once")
     ap.add_argument("--no-reference", action="store_true", help="skip the base/SFT evaluation")
+    ap.add_argument("--stage", choices=["spin", "rl", "dpo"], default="spin",
+                    help="what each point runs from the SFT adapter (its keys: spin.*, rl.*, dpo.*)")
     args = ap.parse_args()
 
     out = Path(args.out)
@@ -177,7 +185,8 @@ def main() -> None:
                                                        "eval.models=[base,sft]"], [])]
     for ov in grid_points(args.grid, args.point):
         jobs.append((point_name(ov), ["run", *common, "--adapter", str(sft),
-                                      "stages=[spin,eval]", "eval.models=[spin]", *ov], ov))
+                                      f"stages=[{args.stage},eval]",
+                                      f"eval.models=[{args.stage}]", *ov], ov))
     todo = [j for j in jobs if not (out / "results" / f"{j[0]}.json").exists()]
     print(f"[study] {len(jobs)} points, {len(jobs) - len(todo)} done earlier", flush=True)
     running: dict[str, tuple] = {}

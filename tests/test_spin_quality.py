@@ -33,3 +33,12 @@ def test_study_script_end_to_end(tiny_model_dir, tiny_data, tmp_path):
     assert summary.count("lora_spin_iter_1") == 2 and "lora_sft" in summary
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "3 points, 3 done earlier" in again.stdout
+    # the same study with RL points from the same SFT adapter (--stage rl)
+    rl_cmd = [c for c in cmd if c not in ("--grid", "spin.loss=[dpop,sigmoid]")]
+    rl_cmd += ["--stage", "rl", "--no-reference", "--point", "rl.rounds=1 rl.prompts=2 rl.samples=2",
+               "--set", "rl.heldout=2"]
+    rl = subprocess.run(rl_cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rl.returncode == 0, rl.stdout[-2000:] + rl.stderr[-2000:]
+    res = json.loads((out / "results" / "rounds-1_prompts-2_samples-2.json").read_text())
+    assert res["status"] == "ok" and res["rl_rounds"][0]["samples"] == 4
+    assert [m["label"] for m in res["models"]] == ["lora_rl"]
