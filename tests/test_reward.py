@@ -73,7 +73,7 @@ def test_best_of_n_picks_the_reward_models_choice(tiny_model_dir, monkeypatch):
     # the "reward model": longer answers score lower, so the short right answer wins
     monkeypatch.setattr(rw, "rewards", lambda m, seqs, pad: torch.tensor([-len(s) * 1.0 for s in seqs]))
     r = g.evaluate_best_of_n(None, tok, fmt, examples, GenerationConfig(), Accountant(
-        torch.device("cpu")), "base", None, fmt, n=2)
+        torch.device("cpu")), "base", torch.nn.Identity(), fmt, n=2)
     assert r["accuracy"] == 1.0 and r["sample_accuracy"] == 0.5 and r["pass_at_n"] == 1.0
     assert r["label"] == "base+best_of_2" and r["n"] == 3
 
@@ -96,3 +96,24 @@ def test_best_of_n_row_in_the_evaluation(tiny_cfg, tiny_model_dir, tmp_path):
     assert [r["label"] for r in rows] == ["base", "base+best_of_2"]
     b = rows[1]
     assert b["best_of"] == 2 and b["n"] == 3 and 0 <= b["accuracy"] <= b["pass_at_n"] <= 1
+
+
+def test_spin_keep_best_by_reward_model(tiny_cfg, tiny_model_dir, tmp_path):
+    """spin.keep_best=heldout_reward: each iteration's held-out answers get the reward model's
+    mean score, and the best iteration is the one with the highest."""
+    from spinlora import cli
+    from spinlora.pipeline import run
+
+    rm_dir = tmp_path / "rm"
+    assert cli.main(["reward", f"output_dir={rm_dir}", f"model.name={tiny_model_dir}",
+                     "model.dtype=float32", f"reward.data={_pairs(tmp_path, 12)}",
+                     "reward.heldout=4", "train.batch_size=4", "train.micro_batch_size=4",
+                     "data.max_length=160"]) == 0
+    tiny_cfg.stages = ["sft", "spin"]
+    tiny_cfg.spin.keep_best = "heldout_reward"
+    tiny_cfg.spin.reward_model = str(rm_dir / "reward" / "adapter")
+    assert run(tiny_cfg)["status"] == "ok"
+    spin = json.loads(open(f"{tiny_cfg.output_dir}/spin/result.json").read())
+    means = [h["heldout"]["reward_mean"] for h in spin["history"]]
+    assert len(means) == 3 and all(isinstance(m, float) for m in means)
+    assert spin["best_iteration"] == max(range(3), key=lambda i: (means[i], -i))

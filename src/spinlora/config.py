@@ -23,7 +23,7 @@ from .adapters import REGISTRY, AdapterConfig  # one direction: adapters never i
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 SPIN_LOSSES = ("sigmoid", "sigmoid_nll", "dpop", "ipo")  # losses.spin_loss
-KEEP_BEST = ("heldout_accuracy", "heldout_gold_logp", "heldout_win_rate")
+KEEP_BEST = ("heldout_accuracy", "heldout_gold_logp", "heldout_win_rate", "heldout_reward")
 
 
 class ConfigError(ValueError):
@@ -132,6 +132,8 @@ class SpinConfig:
     correct_pairs: str = "drop"
     opponent: OpponentConfig = field(default_factory=OpponentConfig)
     early_stop: bool = False  # stop when the keep_best metric falls below the previous iteration's
+    reward_model: str | None = None  # keep_best=heldout_reward: a `spinlora reward` folder whose
+    # mean reward of the greedy held-out answers picks the iteration (0 = keep the SFT adapter)
 
     def per_iteration(self, name: str, t: int) -> float:
         """Value of ``beta`` or ``lr`` for iteration ``t`` (0-based); lists repeat their last."""
@@ -288,6 +290,9 @@ class RunConfig:
              "more than one sample needs spin.opponent.temperature > 0 (greedy repeats itself)"),
             ("spin.early_stop", not self.spin.early_stop or self.spin.keep_best is not None,
              "needs spin.keep_best (the metric it watches)"),
+            ("spin.reward_model", self.spin.keep_best != "heldout_reward"
+             or bool(self.spin.reward_model), "keep_best=heldout_reward needs spin.reward_model="
+             "RUN/reward/adapter"),
             ("generation.max_new_tokens", self.generation.max_new_tokens > 0, "must be > 0"),
             ("generation.batch_size", self.generation.batch_size > 0, "must be > 0"),
         ]

@@ -234,24 +234,16 @@ def evaluate_best_of_n(model, tokenizer, fmt: ChatFormat, examples: list[Example
     model scores highest is the answer (``stages/reward.py``; Cobbe et al. 2021 used a verifier
     the same way). Also reports the mean accuracy of the samples and pass@n (any of n right),
     the ceiling any reranker could reach."""
-    from ..stages.reward import rewards
+    from ..stages.reward import score_texts
 
     sample_cfg = dataclasses.replace(gen_cfg, do_sample=True, temperature=temperature, top_p=1.0)
     with acct.phase(f"eval_generate[{label}+best_of_{n}]") as ph:
         gens, produced = generate(model, tokenizer, [e.prompt_ids for e in examples for _ in range(n)],
                                   sample_cfg, fmt.stop_ids, desc=f"eval {label} best-of-{n}")
         ph.tokens += produced
-    seqs = [reward_fmt.prompt_ids(e.prompt) + reward_fmt.answer_ids(g.text)
-            for i, e in enumerate(examples) for g in gens[i * n:(i + 1) * n]]
-    pad = reward_fmt.tok.pad_token_id
-    with acct.phase(f"eval_rerank[{label}+best_of_{n}]") as ph:
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        scores = [0.0] * len(seqs)
-        for s in range(0, len(order), 16):
-            idx = order[s:s + 16]
-            for i, r in zip(idx, rewards(reward_model, [seqs[i] for i in idx], pad).tolist()):
-                scores[i] = r
-        ph.tokens += sum(map(len, seqs))
+    with acct.phase(f"eval_rerank[{label}+best_of_{n}]"):
+        scores = score_texts(reward_model, reward_fmt, [e.prompt for e in examples for _ in range(n)],
+                             [g.text for g in gens])
     golds = [extract_answer(e.answer) for e in examples]
     picked, any_right, right = [], [], []
     for i, gold in enumerate(golds):

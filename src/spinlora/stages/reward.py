@@ -101,6 +101,22 @@ def bradley_terry(pad_id: int) -> Objective:
 
 
 @torch.inference_mode()
+def score_texts(model, fmt: ChatFormat, prompts: list[str], answers: list[str],
+                batch_size: int = 16) -> list[float]:
+    """r(x, y) for each (prompt, answer) text pair, in the reward model's chat format; sorted by
+    length into batches, returned in the caller's order."""
+    model.eval()
+    seqs = [fmt.prompt_ids(p) + fmt.answer_ids(a) for p, a in zip(prompts, answers)]
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    scores = [0.0] * len(seqs)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        for i, r in zip(idx, rewards(model, [seqs[i] for i in idx], fmt.tok.pad_token_id).tolist()):
+            scores[i] = r
+    return scores
+
+
+@torch.inference_mode()
 def pairwise_accuracy(model, pairs: list[RewardPair], pad_id: int, batch_size: int) -> dict:
     """Share of pairs whose chosen answer gets the higher reward, with its standard error."""
     model.eval()

@@ -181,11 +181,20 @@ def reference_pass(model, pairs: list[Pair], pad_id: int, acct: Accountant,
             model.train()
 
 
-def _heldout(model, tokenizer, fmt, heldout: list[Example], cfg: RunConfig, acct, label) -> dict:
+def _heldout(model, tokenizer, fmt, heldout: list[Example], cfg: RunConfig, acct, label,
+             reranker=None) -> dict:
+    """Greedy GSM8K figures on the held-out training rows; with ``reranker`` (reward model, its
+    ChatFormat) also the mean reward of the model's own answers (``reward_mean``)."""
     if not heldout:
         return {}
     r = evaluate_gsm8k(model, tokenizer, fmt, heldout, cfg.generation, acct, label)
-    r.pop("samples")
+    samples = r.pop("samples")
+    if reranker is not None:
+        from .reward import score_texts
+
+        scores = score_texts(reranker[0], reranker[1], [e.prompt for e in heldout],
+                             [s["output"] for s in samples])
+        r["reward_mean"] = sum(scores) / len(scores)
     return r
 
 
@@ -200,12 +209,19 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
     prompts = subset(sft_examples, cfg.spin.prompts, cfg.data.seed)
     pad = tokenizer.pad_token_id
     out.mkdir(parents=True, exist_ok=True)
+    reranker = None
+    if cfg.spin.reward_model:  # keep_best=heldout_reward: the reward model, loaded once
+        from ..data import ChatFormat
+        from .reward import load_trained
+
+        rm, rm_tok = load_trained(cfg.spin.reward_model, cfg)
+        reranker = (rm, ChatFormat(rm_tok, cfg.data.system_prompt))
     acct0 = new_accountant()
     start_file = out / "start.json"
     if cfg.resume and start_file.is_file():
         start = json.loads(start_file.read_text())
     else:
-        start = _heldout(model, tokenizer, fmt, heldout, cfg, acct0, "iter_0")
+        start = _heldout(model, tokenizer, fmt, heldout, cfg, acct0, "iter_0", reranker)
         rundir.write_json(start_file, start)
     history = [{"iteration": 0, "heldout": start}]
     previous: list[Pair] = []
@@ -259,7 +275,7 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
         with acct.phase("save"):
             if dist.is_main():
                 adapters.save(model, cfg.adapter, part / "adapter", init_path)
-        held = _heldout(model, tokenizer, fmt, heldout, cfg, acct, name)
+        held = _heldout(model, tokenizer, fmt, heldout, cfg, acct, name, reranker)
         # player = opponent at step 0, so the preference part of the loss is ln 2 (sigmoid family)
         # or 1/(4β²) (IPO), exact up to float error from padding; dropout > 0 makes it approximate
         step0, expected = records[0]["pref_loss"], step0_value(cfg.spin.loss, beta)
@@ -306,7 +322,7 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
 
 
 _METRIC_KEY = {"heldout_accuracy": "accuracy", "heldout_gold_logp": "gold_logp_per_token",
-               "heldout_win_rate": "win_rate_gold_vs_own"}
+               "heldout_win_rate": "win_rate_gold_vs_own", "heldout_reward": "reward_mean"}
 
 
 def _metric(entry: dict, metric: str) -> float:
