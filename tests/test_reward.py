@@ -117,3 +117,40 @@ def test_spin_keep_best_by_reward_model(tiny_cfg, tiny_model_dir, tmp_path):
     means = [h["heldout"]["reward_mean"] for h in spin["history"]]
     assert len(means) == 3 and all(isinstance(m, float) for m in means)
     assert spin["best_iteration"] == max(range(3), key=lambda i: (means[i], -i))
+
+
+def test_sft_early_stopping_keeps_the_best_state(tiny_cfg, monkeypatch):
+    """train.early_stop_every: the held-out metric is measured every N steps; at its first fall
+    SFT stops and the saved adapter is the best measured state."""
+    import spinlora.stages.spin as spin
+    from safetensors.torch import load_file
+
+    from spinlora.pipeline import run
+
+    values = iter([0.5, 0.7, 0.4, 0.9])  # rises, then falls at the third measurement
+    seen = []
+
+    def fake_heldout(model, *a, **k):
+        lora = [p.detach().clone() for n, p in model.named_parameters() if p.requires_grad]
+        seen.append(lora)
+        return {"accuracy": next(values)}
+
+    monkeypatch.setattr(spin, "_heldout", fake_heldout)
+    tiny_cfg.stages = ["sft"]
+    tiny_cfg.data.sft_examples = 16
+    tiny_cfg.train.early_stop_every = 1
+    tiny_cfg.spin.heldout = 2
+    assert run(tiny_cfg)["status"] == "ok"
+    res = json.loads(open(f"{tiny_cfg.output_dir}/sft/result.json").read())
+    es = res["early_stop"]
+    assert es["best_step"] == 2 and es["stopped_at"] == 3 and res["steps"] == 3
+    assert [h["heldout_accuracy"] for h in es["history"]] == [0.5, 0.7, 0.4]
+    saved = load_file(f"{tiny_cfg.output_dir}/sft/adapter/adapter_model.safetensors")
+    # the state measured at step 2 (the best), not the one after step 3
+    names = [k for k in saved]
+    best = torch.cat([t.flatten() for t in seen[1]])
+    last = torch.cat([t.flatten() for t in seen[2]])
+    got = torch.cat([saved[k].flatten() for k in names])
+    assert got.numel() == best.numel()
+    assert torch.allclose(got.sort().values, best.sort().values)
+    assert not torch.allclose(got.sort().values, last.sort().values)

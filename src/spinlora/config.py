@@ -76,6 +76,11 @@ class TrainConfig:
     group_by_length: bool = True  # batches of similar length: less padding, same expectation
     log_every: int = 5  # one summary line every N optimizer steps
     report_to: list[str] = field(default_factory=list)  # + tensorboard | wandb (JSONL always)
+    # SFT early stopping: every N optimizer steps the held-out metric (a spin.keep_best name;
+    # heldout_reward uses spin.reward_model) is measured on spin.heldout training rows; SFT stops
+    # when it falls below the best so far, and the best adapter state is kept. 0 = off
+    early_stop_every: int = 0
+    early_stop_metric: str = "heldout_accuracy"
 
 
 @dataclass
@@ -290,7 +295,11 @@ class RunConfig:
              "more than one sample needs spin.opponent.temperature > 0 (greedy repeats itself)"),
             ("spin.early_stop", not self.spin.early_stop or self.spin.keep_best is not None,
              "needs spin.keep_best (the metric it watches)"),
-            ("spin.reward_model", self.spin.keep_best != "heldout_reward"
+            ("train.early_stop_metric", self.train.early_stop_metric in KEEP_BEST,
+             ", ".join(KEEP_BEST)),
+            ("spin.reward_model", (self.spin.keep_best != "heldout_reward"
+                                   and (not self.train.early_stop_every
+                                        or self.train.early_stop_metric != "heldout_reward"))
              or bool(self.spin.reward_model), "keep_best=heldout_reward needs spin.reward_model="
              "RUN/reward/adapter"),
             ("generation.max_new_tokens", self.generation.max_new_tokens > 0, "must be > 0"),

@@ -108,7 +108,7 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     chosen = subset(list(range(len(rows))), cfg.data.sft_examples, cfg.data.seed)
     rest = sorted(set(range(len(rows))) - set(chosen))
     sft_examples, counts = build_examples([rows[i] for i in chosen], fmt, cfg.data)
-    n_held = (cfg.spin.heldout if "spin" in cfg.stages else
+    n_held = (cfg.spin.heldout if "spin" in cfg.stages or cfg.train.early_stop_every else
               cfg.rl.heldout if "rl" in cfg.stages else 0)
     held_rows = subset(rest, n_held, cfg.data.seed + 1) if n_held else []
     heldout, _ = build_examples([rows[i] for i in held_rows], fmt, cfg.data)
@@ -158,7 +158,7 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     elif "sft" in cfg.stages:
         part = rundir.begin(out / "sft")
         acct = new_acct()
-        result = run_sft(cfg, model, tok, sft_examples, part, acct, init_path)
+        result = run_sft(cfg, model, tok, sft_examples, part, acct, init_path, heldout, fmt)
         result.update(data=counts, accounting=acct.summary())
         rundir.finish(part, result)
         summary["stages"]["sft"] = "ok"

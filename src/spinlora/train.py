@@ -125,12 +125,14 @@ def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
 
 def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: float, epochs: float,
                acct: Accountant, log: MetricsLog, seed: int, desc: str,
-               extra: dict | None = None, method: str = "lora") -> list[dict]:
+               extra: dict | None = None, method: str = "lora",
+               on_step: Callable[[int], bool] | None = None) -> list[dict]:
     """Train the model's trainable parameters on ``items``. Returns one record per step.
 
     ``method`` names the adapter method, whose hooks run here: a regulariser added once per
     optimizer step (AdaLoRA's orthogonality term), a call after each step (AdaLoRA's rank
-    allocation) and the stage's step count (AdaLoRA's schedule).
+    allocation) and the stage's step count (AdaLoRA's schedule). ``on_step(step)`` runs after
+    each optimizer step; returning True stops training there (early stopping).
     """
     from .adapters import get
 
@@ -220,6 +222,9 @@ def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: f
                 shown = " ".join(f"{k2}={v:.4g}" for k2, v in rec.items()
                                  if k2 not in ("step", "epoch", "tokens") and isinstance(v, float))
                 tqdm.write(f"[{desc}] step {step + 1}/{total} epoch {rec['epoch']:.2f} {shown}")
+            if on_step is not None and on_step(step):
+                tqdm.write(f"[{desc}] stopped early after step {step + 1}/{total}")
+                break
     bar.close()
     if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
         model.gradient_checkpointing_disable()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from .. import adapters, dist
 from ..accounting import Accountant, count_parameters
 from ..config import RunConfig
@@ -35,15 +37,22 @@ def sft_objective(pad_id: int) -> Objective:
 
 
 def run_sft(cfg: RunConfig, model, tokenizer, examples: list[Example], out: Path,
-            acct: Accountant, init_path: Path | None = None) -> dict:
-    """Train the adapter of ``model`` (a PeftModel) on ``examples``; save into ``out``."""
+            acct: Accountant, init_path: Path | None = None,
+            heldout: list[Example] | None = None, fmt=None) -> dict:
+    """Train the adapter of ``model`` (a PeftModel) on ``examples``; save into ``out``.
+    With ``train.early_stop_every`` and ``heldout`` rows, stop when the held-out metric falls
+    and keep the best state (``early_stop`` in the result)."""
     log = MetricsLog(out / "metrics.jsonl", cfg.train.report_to, "sft")
+    watch = EarlyStop(cfg, model, tokenizer, fmt, heldout, acct) if (
+        cfg.train.early_stop_every and heldout) else None
     try:
         records = train_loop(model, examples, sft_objective(tokenizer.pad_token_id), cfg.train,
                              cfg.train.lr, cfg.train.epochs, acct, log, cfg.seed, "sft",
-                             method=cfg.adapter.method)
+                             method=cfg.adapter.method, on_step=watch)
     finally:
         log.close()
+    if watch:
+        watch.restore_best()
     finish = adapters.get(cfg.adapter.method).finish
     selection = finish(model, cfg.adapter) if finish else None
     with acct.phase("save"):
@@ -54,4 +63,57 @@ def run_sft(cfg: RunConfig, model, tokenizer, examples: list[Example], out: Path
         "steps": len(records), **({"selection": selection} if selection else {}),
         "loss_first": records[0]["loss"], "loss_last": records[-1]["loss"],
         "parameters": count_parameters(model),
+        **({"early_stop": watch.summary()} if watch else {}),
     }
+
+
+class EarlyStop:
+    """SFT early stopping on a held-out metric (``train.early_stop_*``): measured every N steps,
+    the best state kept in memory (the trainable tensors only), training stopped at the first
+    fall."""
+
+    def __init__(self, cfg: RunConfig, model, tokenizer, fmt, heldout, acct):
+        from .spin import _METRIC_KEY, _heldout
+
+        self.cfg, self.model, self.tok, self.fmt, self.heldout, self.acct = (
+            cfg, model, tokenizer, fmt, heldout, acct)
+        self.measure, self.key = _heldout, _METRIC_KEY[cfg.train.early_stop_metric]
+        self.reranker = None
+        if cfg.train.early_stop_metric == "heldout_reward":
+            from ..data import ChatFormat
+            from .reward import load_trained
+
+            rm, rm_tok = load_trained(cfg.spin.reward_model, cfg)
+            self.reranker = (rm, ChatFormat(rm_tok, cfg.data.system_prompt))
+        self.history, self.best, self.best_state, self.stopped = [], None, None, None
+
+    def __call__(self, step: int) -> bool:
+        if (step + 1) % self.cfg.train.early_stop_every:
+            return False
+        r = self.measure(self.model, self.tok, self.fmt, self.heldout, self.cfg, self.acct,
+                         f"sft step {step + 1}", self.reranker)
+        value = r[self.key]
+        self.history.append({"step": step + 1, self.cfg.train.early_stop_metric: value})
+        self.model.train()
+        if self.best is None or value > self.best["value"]:  # ties keep the earlier state
+            self.best = {"step": step + 1, "value": value}
+            self.best_state = {n: p.detach().clone() for n, p in self.model.named_parameters()
+                               if p.requires_grad}
+            return False
+        if value < self.best["value"]:
+            self.stopped = step + 1
+            return True
+        return False
+
+    def restore_best(self) -> None:
+        """Put the best measured state back when training ended below it."""
+        if self.stopped and self.best_state is not None:
+            with torch.no_grad():
+                for n, p in self.model.named_parameters():
+                    if n in self.best_state:
+                        p.copy_(self.best_state[n])
+
+    def summary(self) -> dict:
+        return {"metric": self.cfg.train.early_stop_metric, "every": self.cfg.train.early_stop_every,
+                "history": self.history, "best_step": (self.best or {}).get("step"),
+                "stopped_at": self.stopped}
