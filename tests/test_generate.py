@@ -55,3 +55,31 @@ def test_shared_prefix_runs_once_and_gives_the_same_tokens(tiny_model_dir):
     singles = [generate(model, tok, [p], cfg, stop_ids=[2], share_prefix=False)[0][0]
                for p in prompts]
     assert [g.ids for g in shared] == [g.ids for g in plain] == [g.ids for g in singles]
+
+
+def test_auto_batch_size_follows_free_memory(tiny_model_dir, monkeypatch):
+    """generation.batch_size=auto: rows = half the free memory / (KV cache + logits) per row,
+    so less memory means smaller batches, and generation gives the same answers."""
+    from transformers import AutoModelForCausalLM
+
+    import spinlora.generate as g
+    from spinlora.config import GenerationConfig
+    from spinlora.data import ChatFormat
+    from spinlora.models import load_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = load_tokenizer(str(tiny_model_dir))
+    fmt = ChatFormat(tok)
+    prompts = [fmt.prompt_ids(f"{i}+{i}?") for i in range(6)]
+    c = model.config
+    per_row = (2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
+               * (max(map(len, prompts)) + 8) * 4 + 3 * c.vocab_size * 4)
+    monkeypatch.setattr(g, "free_memory", lambda device: 2 * 4 * per_row)
+    assert g.auto_batch_size(model, prompts, 8) == 4
+    monkeypatch.setattr(g, "free_memory", lambda device: 2 * per_row)
+    assert g.auto_batch_size(model, prompts, 8) == 1
+    fixed, _ = g.generate(model, tok, prompts, GenerationConfig(max_new_tokens=8, batch_size=2),
+                          fmt.stop_ids)
+    auto, _ = g.generate(model, tok, prompts, GenerationConfig(max_new_tokens=8, batch_size="auto"),
+                         fmt.stop_ids)
+    assert [x.ids for x in auto] == [x.ids for x in fixed]

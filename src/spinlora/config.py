@@ -91,7 +91,9 @@ class GenerationConfig:
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
-    batch_size: int = 32  # prompts per generate call; prompts are grouped by length
+    # prompts per generate call (grouped by length); "auto": as many as half the free memory
+    # holds (KV cache + logits per row; generate.auto_batch_size)
+    batch_size: Union[int, str] = 32
     seed: int = 0
 
 
@@ -303,7 +305,9 @@ class RunConfig:
              or bool(self.spin.reward_model), "keep_best=heldout_reward needs spin.reward_model="
              "RUN/reward/adapter"),
             ("generation.max_new_tokens", self.generation.max_new_tokens > 0, "must be > 0"),
-            ("generation.batch_size", self.generation.batch_size > 0, "must be > 0"),
+            ("generation.batch_size", self.generation.batch_size == "auto" or (
+                isinstance(self.generation.batch_size, int) and self.generation.batch_size > 0),
+             "a positive integer or auto"),
         ]
         for name in ("beta", "lr"):
             v = getattr(self.spin, name)

@@ -88,6 +88,29 @@ class Generation:
     finished: bool  # ended with an end-of-turn token (False: cut at max_new_tokens)
 
 
+def free_memory(device: torch.device) -> int:
+    """Bytes free for this process's work: CUDA's free memory, or the RAM Linux can give."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def auto_batch_size(model, prompts: list[list[int]], max_new_tokens: int, cap: int = 1024) -> int:
+    """``generation.batch_size: auto``: the rows that half the free memory holds, each costing
+    its KV cache at full length (2 · layers · kv heads · head dim · (longest prompt + new
+    tokens)) plus three fp32 rows of vocabulary logits per step; at least 1, at most ``cap``."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    p = next(model.parameters())
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    length = max(len(x) for x in prompts) + max_new_tokens
+    per_row = (2 * cfg.num_hidden_layers * heads * head_dim * length * p.element_size()
+               + 3 * cfg.vocab_size * 4)
+    return max(1, min(cap, free_memory(p.device) // 2 // per_row))
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, stop_ids: list[int],
              desc: str = "generate", stop_strings: list[str] | None = None,
@@ -110,10 +133,12 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
     produced = 0
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False,
                disable=not dist.is_main())
-    for b, start in enumerate(range(0, len(order), cfg.batch_size)):
+    size = (auto_batch_size(model, prompts, cfg.max_new_tokens) if cfg.batch_size == "auto"
+            else cfg.batch_size)
+    for b, start in enumerate(range(0, len(order), size)):
         if not dist.mine(b):  # several processes: batch b is process b mod world's
             continue
-        idx = order[start:start + cfg.batch_size]
+        idx = order[start:start + size]
         batch = [prompts[i] for i in idx]
         shared = _common_prefix(batch) if share_prefix and not prompt_learning else 0
         if shared < min_shared:
