@@ -28,7 +28,7 @@ import torch
 from .accounting import Accountant, MemoryMeter, count_parameters, environment
 from . import adapters
 from . import dist, rundir
-from .config import RunConfig, save_config
+from .config import RunConfig
 from .rundir import OutputExistsError  # noqa: F401  (part of this module's API)
 from .data import ChatFormat, DataError, build_examples, load_rows, subset
 from .evaluate import evaluate_gsm8k
@@ -52,8 +52,6 @@ def run(cfg: RunConfig) -> dict:
     """Run the configured stages; return the run summary (also written to run.json)."""
     cfg.validate()
     out = rundir.prepare(cfg)
-    if dist.is_main():
-        save_config(cfg, out / "config.yaml")
     summary: dict = {"status": "running", "output_dir": str(out), "stages": {},
                      "processes": dist.world(), "environment": environment()}
     rundir.write_json(out / "run.json", summary)
@@ -139,9 +137,8 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
             # the state the method starts from gives the base model's output for evaluation
             # (and the conversion of PiSSA-style adapters to plain LoRA on the original base)
             init_path = out / "init_adapter"
-            if dist.is_main():
-                adapters.save(model, cfg.adapter, init_path)
-            dist.barrier()
+            adapters.save(model, cfg.adapter, init_path)
+            dist.barrier()  # the other processes read it at evaluation
         if cfg.sft_adapter:
             adapters.load_weights(model, cfg.adapter, cfg.sft_adapter)
     params = count_parameters(model)
@@ -274,10 +271,9 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
              else f"{label}+{mode}", path, mode) for label, path in targets for mode in modes]
     reranker = None
     if n:  # the reward model, loaded once for every model's best-of-n row
-        from .stages.reward import load_trained
+        from .stages.reward import load_reranker
 
-        rm, rm_tok = load_trained(cfg.eval.reward_model, cfg)
-        reranker = (rm, ChatFormat(rm_tok, cfg.data.system_prompt))
+        reranker = load_reranker(cfg.eval.reward_model, cfg)
         head["best_of_n"] = {"n": n, "reward_model": cfg.eval.reward_model,
                              "temperature": cfg.eval.best_of_n_temperature}
     for label, path, mode in rows:

@@ -8,8 +8,9 @@
 
 A folder has its final name only when complete, so a killed run never leaves a half-written
 stage that looks finished. Launched with several processes (``dist``), only the main process
-writes; ``prepare`` and ``finish`` end with a barrier, so the others read finished folders. ``run.json`` (the run's status) marks a folder as a spinlora run;
-``config.yaml`` holds its resolved config, which ``--resume`` must match.
+writes; ``prepare`` and ``finish`` end with a barrier, so the others read finished folders.
+``run.json`` (the run's status) marks a folder as a spinlora run; ``config.yaml`` holds its
+resolved config, which ``--resume`` must match.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from . import dist
-from .config import ConfigError, RunConfig, config_to_dict
+from .config import ConfigError, RunConfig, config_to_dict, save_config
 
 
 class OutputExistsError(ConfigError):
@@ -28,9 +29,10 @@ class OutputExistsError(ConfigError):
 
 
 def prepare(cfg: RunConfig) -> Path:
-    """Create the run folder; refuse to reuse one that holds a run unless ``cfg.overwrite``, and
-    never replace a folder that holds no run. With ``cfg.resume``, check that the folder holds a
-    run of the same config and keep it as it is."""
+    """Create the run folder and write the resolved config into it (``config.yaml``); refuse to
+    reuse one that holds a run unless ``cfg.overwrite``, and never replace a folder that holds
+    no run. With ``cfg.resume``, check that the folder holds a run of the same config and keep
+    it as it is."""
     out = Path(cfg.output_dir)
     if cfg.resume:
         if not (out / "run.json").is_file() or not (out / "config.yaml").is_file():
@@ -43,6 +45,8 @@ def prepare(cfg: RunConfig) -> Path:
         if differ:
             raise ConfigError(f"--resume: the config differs from the run's own in {differ}; "
                               "resume with the same config, or start a new run")
+        if dist.is_main():
+            save_config(cfg, out / "config.yaml")
         return out
     if out.exists() and any(out.iterdir()):
         if not (out / "run.json").is_file():
@@ -59,6 +63,7 @@ def prepare(cfg: RunConfig) -> Path:
         if out.exists() and any(out.iterdir()):
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
     dist.barrier()
     return out
 

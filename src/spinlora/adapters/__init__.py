@@ -170,10 +170,28 @@ def _trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def snapshot(model) -> dict[str, torch.Tensor]:
+    """A copy of the trainable tensors, in place on their device (``restore`` puts it back)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def restore(model, state: dict[str, torch.Tensor]) -> None:
+    """Set the trainable tensors to a ``snapshot``, in place (the model is changed)."""
+    for n, p in model.named_parameters():
+        if n in state:
+            p.copy_(state[n])
+
+
 def save(model, cfg: AdapterConfig, path: str | Path, init_path: str | Path | None = None) -> None:
-    """Write the adapter folder at ``path`` (see the module docstring for the formats)."""
+    """Write the adapter folder at ``path`` (see the module docstring for the formats). Launched
+    with several processes, only the main one writes (the others hold the same adapter)."""
     from safetensors.torch import save_file
 
+    from .. import dist
+
+    if not dist.is_main():
+        return
     method = get(cfg.method)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from ..config import GenerationConfig
 from ..data import ChatFormat, Example
 from ..generate import generate
 from ..scoring import score_sequences
+from .choice import stderr
 
 _HASH = re.compile(r"####\s*\$?\s*(-?[\d,]*\.?\d+)")
 _NUM = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
@@ -256,8 +257,7 @@ def evaluate_best_of_n(model, tokenizer, fmt: ChatFormat, examples: list[Example
     m = len(examples)
     acc = sum(picked) / max(m, 1)
     return {"label": f"{label}+best_of_{n}", "n": m, "best_of": n, "temperature": temperature,
-            "accuracy": acc, "accuracy_stderr": math.sqrt(acc * (1 - acc) / max(m - 1, 1)),
+            "accuracy": acc, "accuracy_stderr": stderr(acc, m),
             "pass_at_n": sum(any_right) / max(m, 1),
             "sample_accuracy": sum(right) / max(len(right), 1),
-            "tasks": {"gsm8k": {"n": m, "acc": acc,
-                                "acc_stderr": math.sqrt(acc * (1 - acc) / max(m - 1, 1))}}}
+            "tasks": {"gsm8k": {"n": m, "acc": acc, "acc_stderr": stderr(acc, m)}}}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .. import adapters, dist
+from .. import adapters
 from ..accounting import Accountant, count_parameters
 from ..config import DataConfig, DpoConfig, RunConfig
 from ..data import ChatFormat, DataError, read_rows
@@ -78,6 +78,14 @@ def _raw_rows(cfg: DpoConfig) -> list[tuple[str, object]]:
         raise DataError(f"could not load dpo.data {cfg.data!r} (split {cfg.split!r}): {e}") from None
 
 
+def split_heldout(rows: list, k: int, seed: int, limit: int | None = None) -> tuple[list, list]:
+    """(training rows, held-out rows): ``k`` rows held out by a seeded draw; the training rows
+    keep their file order, the first ``limit`` of them (None: all)."""
+    held = set(random.Random(seed).sample(range(len(rows)), min(k, len(rows))))
+    return ([r for i, r in enumerate(rows) if i not in held][:limit],
+            [r for i, r in enumerate(rows) if i in held])
+
+
 def build_pairs(rows: list[dict], fmt: ChatFormat, data: DataConfig) -> tuple[list[Pair], int]:
     """Token pairs; a pair longer than ``data.max_length`` is dropped or has its answers cut
     (``data.overlong``). Returns (pairs, dropped)."""
@@ -125,10 +133,7 @@ def run_dpo(cfg: RunConfig, model, tokenizer, fmt: ChatFormat, rows: list[dict],
             acct: Accountant, init_path: Path | None = None) -> dict:
     """Train the adapter of ``model`` on the preference ``rows``; save into ``out``."""
     d, pad = cfg.dpo, tokenizer.pad_token_id
-    # a seeded held-out sample; the training rows keep their file order
-    held_idx = set(random.Random(cfg.data.seed).sample(range(len(rows)), min(d.heldout, len(rows))))
-    held_rows = [r for i, r in enumerate(rows) if i in held_idx]
-    train_rows = [r for i, r in enumerate(rows) if i not in held_idx][:d.pairs]
+    train_rows, held_rows = split_heldout(rows, d.heldout, cfg.data.seed, d.pairs)
     pairs, dropped = build_pairs(train_rows, fmt, cfg.data)
     held, _ = build_pairs(held_rows, fmt, cfg.data)
     if not pairs:
@@ -144,8 +149,7 @@ def run_dpo(cfg: RunConfig, model, tokenizer, fmt: ChatFormat, rows: list[dict],
     finally:
         log.close()
     with acct.phase("save"):
-        if dist.is_main():
-            adapters.save(model, cfg.adapter, out / "adapter", init_path)
+        adapters.save(model, cfg.adapter, out / "adapter", init_path)
     after = preference_accuracy(model, held, pad, cfg.train.micro_batch_size) if held else None
     step0, expected = records[0]["pref_loss"], step0_value(d.loss, d.beta)
     return {

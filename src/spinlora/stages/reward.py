@@ -22,8 +22,6 @@ before training (the random head) and after.
 """
 from __future__ import annotations
 
-import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +32,12 @@ import torch.nn.functional as F
 from .. import dist, rundir
 from ..accounting import Accountant, MemoryMeter, count_parameters, environment
 from ..adapters import AdapterError
-from ..config import RunConfig, save_config
+from ..config import RunConfig
 from ..data import ChatFormat, DataError
+from ..evaluate.choice import stderr
 from ..models import load_tokenizer, pick_device, pick_dtype, resolve_model_path
 from ..train import MetricsLog, Objective, train_loop
-from .dpo import load_pairs
+from .dpo import load_pairs, split_heldout
 
 
 @dataclass
@@ -127,8 +126,7 @@ def pairwise_accuracy(model, pairs: list[RewardPair], pad_id: int, batch_size: i
         wins += (r[:len(chunk)] > r[len(chunk):]).tolist()
     n = len(wins)
     acc = sum(wins) / max(n, 1)
-    return {"n": n, "accuracy": acc,
-            "accuracy_stderr": math.sqrt(acc * (1 - acc) / (n - 1)) if n > 1 else 0.0}
+    return {"n": n, "accuracy": acc, "accuracy_stderr": stderr(acc, n)}
 
 
 def _tokenize(rows: list[dict], fmt: ChatFormat, max_length: int) -> tuple[list[RewardPair], int]:
@@ -149,8 +147,6 @@ def run_reward(cfg: RunConfig) -> dict:
         raise DataError("spinlora reward needs preference pairs: reward.data=FILE_OR_HUB_ID")
     rows = load_pairs(cfg.reward, cfg.data)  # read and checked before any model is loaded
     out = rundir.prepare(cfg)
-    if dist.is_main():
-        save_config(cfg, out / "config.yaml")
     summary = {"status": "running", "stage": "reward", "environment": environment()}
     rundir.write_json(out / "run.json", summary)
     t0 = time.perf_counter()
@@ -158,11 +154,9 @@ def run_reward(cfg: RunConfig) -> dict:
     device = next(model.parameters()).device
     acct = Accountant(device, MemoryMeter(device).baseline)
     fmt = ChatFormat(tok, cfg.data.system_prompt)
-    held_idx = set(random.Random(cfg.data.seed).sample(range(len(rows)),
-                                                        min(cfg.reward.heldout, len(rows))))
-    train, dropped = _tokenize([r for i, r in enumerate(rows) if i not in held_idx][
-        :cfg.reward.pairs], fmt, cfg.data.max_length)
-    held, _ = _tokenize([r for i, r in enumerate(rows) if i in held_idx], fmt, cfg.data.max_length)
+    train_rows, held_rows = split_heldout(rows, cfg.reward.heldout, cfg.data.seed, cfg.reward.pairs)
+    train, dropped = _tokenize(train_rows, fmt, cfg.data.max_length)
+    held, _ = _tokenize(held_rows, fmt, cfg.data.max_length)
     if not train:
         raise DataError(f"reward.data {cfg.reward.data}: no pair left to train on "
                         f"({dropped} longer than data.max_length={cfg.data.max_length})")
@@ -210,3 +204,9 @@ def load_trained(path: str | Path, cfg: RunConfig):
     model.config.pad_token_id = tok.pad_token_id
     model = PeftModel.from_pretrained(model, str(path)).to(device).eval()
     return model, tok
+
+
+def load_reranker(path: str | Path, cfg: RunConfig) -> tuple:
+    """(reward model, its ChatFormat): what best-of-n, keep_best and early stopping score with."""
+    model, tok = load_trained(path, cfg)
+    return model, ChatFormat(tok, cfg.data.system_prompt)

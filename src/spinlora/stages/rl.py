@@ -63,17 +63,12 @@ def advantages(rewards: list[float], kind: str) -> list[float]:
 @contextlib.contextmanager
 def adapter_state(model, state: dict[str, torch.Tensor]):
     """The trainable tensors set to ``state`` for the block, then put back as they were."""
-    params = dict((n, p) for n, p in model.named_parameters() if p.requires_grad)
-    saved = {n: p.detach().clone() for n, p in params.items()}
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(state[n])
+    saved = adapters.snapshot(model)
+    adapters.restore(model, state)
     try:
         yield
     finally:
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(saved[n])
+        adapters.restore(model, saved)
 
 
 def rl_objective(pad_id: int, beta: float, clip: float) -> Objective:
@@ -106,7 +101,7 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
     if not examples:
         raise DataError("rl: no training row has a checkable gold answer ('#### N'); the "
                         "correctness reward needs one")
-    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    start = adapters.snapshot(model)
     before = _heldout(model, tokenizer, fmt, heldout, cfg, acct, "rl_start")
     log = MetricsLog(out / "metrics.jsonl", cfg.train.report_to, "rl")
     rounds = []
@@ -157,8 +152,8 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
     finally:
         log.close()
     with acct.phase("save"):
+        adapters.save(model, cfg.adapter, out / "adapter", init_path)
         if dist.is_main():
-            adapters.save(model, cfg.adapter, out / "adapter", init_path)
             with open(out / "rounds.jsonl", "w") as f:
                 f.writelines(json.dumps(x) + "\n" for x in rounds)
     after = _heldout(model, tokenizer, fmt, heldout, cfg, acct, "rl_end")

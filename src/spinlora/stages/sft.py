@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from .. import adapters, dist
+from .. import adapters
 from ..accounting import Accountant, count_parameters
 from ..config import RunConfig
 from ..data import Example, collate
@@ -56,8 +54,7 @@ def run_sft(cfg: RunConfig, model, tokenizer, examples: list[Example], out: Path
     finish = adapters.get(cfg.adapter.method).finish
     selection = finish(model, cfg.adapter) if finish else None
     with acct.phase("save"):
-        if dist.is_main():
-            adapters.save(model, cfg.adapter, out / "adapter", init_path)
+        adapters.save(model, cfg.adapter, out / "adapter", init_path)
     return {
         "stage": "sft", "method": cfg.adapter.method, "examples": len(examples),
         "steps": len(records), **({"selection": selection} if selection else {}),
@@ -80,11 +77,9 @@ class EarlyStop:
         self.measure, self.key = _heldout, _METRIC_KEY[cfg.train.early_stop_metric]
         self.reranker = None
         if cfg.train.early_stop_metric == "heldout_reward":
-            from ..data import ChatFormat
-            from .reward import load_trained
+            from .reward import load_reranker
 
-            rm, rm_tok = load_trained(cfg.spin.reward_model, cfg)
-            self.reranker = (rm, ChatFormat(rm_tok, cfg.data.system_prompt))
+            self.reranker = load_reranker(cfg.spin.reward_model, cfg)
         self.history, self.best, self.best_state, self.stopped = [], None, None, None
 
     def __call__(self, step: int) -> bool:
@@ -97,8 +92,7 @@ class EarlyStop:
         self.model.train()
         if self.best is None or value > self.best["value"]:  # ties keep the earlier state
             self.best = {"step": step + 1, "value": value}
-            self.best_state = {n: p.detach().clone() for n, p in self.model.named_parameters()
-                               if p.requires_grad}
+            self.best_state = adapters.snapshot(self.model)
             return False
         if value < self.best["value"]:
             self.stopped = step + 1
@@ -108,10 +102,7 @@ class EarlyStop:
     def restore_best(self) -> None:
         """Put the best measured state back when training ended below it."""
         if self.stopped and self.best_state is not None:
-            with torch.no_grad():
-                for n, p in self.model.named_parameters():
-                    if n in self.best_state:
-                        p.copy_(self.best_state[n])
+            adapters.restore(self.model, self.best_state)
 
     def summary(self) -> dict:
         return {"metric": self.cfg.train.early_stop_metric, "every": self.cfg.train.early_stop_every,

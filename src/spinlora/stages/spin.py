@@ -211,11 +211,9 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
     out.mkdir(parents=True, exist_ok=True)
     reranker = None
     if cfg.spin.reward_model:  # keep_best=heldout_reward: the reward model, loaded once
-        from ..data import ChatFormat
-        from .reward import load_trained
+        from .reward import load_reranker
 
-        rm, rm_tok = load_trained(cfg.spin.reward_model, cfg)
-        reranker = (rm, ChatFormat(rm_tok, cfg.data.system_prompt))
+        reranker = load_reranker(cfg.spin.reward_model, cfg)
     acct0 = new_accountant()
     start_file = out / "start.json"
     if cfg.resume and start_file.is_file():
@@ -273,8 +271,7 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
         finish = adapters.get(cfg.adapter.method).finish
         selection = finish(model, cfg.adapter) if finish else None
         with acct.phase("save"):
-            if dist.is_main():
-                adapters.save(model, cfg.adapter, part / "adapter", init_path)
+            adapters.save(model, cfg.adapter, part / "adapter", init_path)
         held = _heldout(model, tokenizer, fmt, heldout, cfg, acct, name, reranker)
         # player = opponent at step 0, so the preference part of the loss is ln 2 (sigmoid family)
         # or 1/(4β²) (IPO), exact up to float error from padding; dropout > 0 makes it approximate
