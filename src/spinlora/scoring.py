@@ -206,11 +206,11 @@ def score_answers(model, prompts: list[list[int]], answers: list[list[list[int]]
         out = token_logps(output_head(model), hidden, targets, greedy=greedy)
         tok_lp, hit = out if greedy else (out, None)
     else:
+        flat = [(p, a) for p, per in zip(prompts, answers) for a in per]
         flat_skip = [s for per in skip for s in per] if skip else [0] * n
-        batch = collate([(p, a) for p, per in zip(prompts, answers) for a in per], pad_id)
-        for r, (p, s) in enumerate(zip((p for p, per in zip(prompts, answers) for _ in per),
-                                       flat_skip)):
-            batch.answer_mask[r, len(p):len(p) + s] = False
+        batch = collate(flat, pad_id)
+        for r, ((p, _), s) in enumerate(zip(flat, flat_skip)):
+            batch.answer_mask[r, len(p):len(p) + s] = False  # context inside the answer
         tok_lp, hit, rows = _full_pass(model, batch.to(next(model.parameters()).device), greedy)
     sums = _per_row(tok_lp, rows, n)
     counts = _per_row(torch.ones_like(tok_lp), rows, n).long()
