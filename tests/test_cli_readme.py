@@ -38,3 +38,22 @@ def test_unknown_option_is_refused(capsys):
     with pytest.raises(SystemExit):
         cli.parse(["run", "configs/demo.yaml", "--bogus"])
     assert "--bogus" in capsys.readouterr().err
+
+
+def test_run_keeps_the_recipes_stages(tmp_path):
+    """``spinlora run`` runs the stages the recipe names (it once forced sft, spin, eval on every
+    recipe: a stages: [eval] recipe trained two models first); single-stage commands and
+    command-line overrides still set them."""
+    from spinlora.config import load_config
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("stages: [sft, rl, eval]\n")
+    cfg = load_config(recipe, cli.config_overrides(cli.parse(["run", str(recipe)])))
+    assert cfg.stages == ["sft", "rl", "eval"]
+    cfg = load_config(None, cli.config_overrides(cli.parse(["run"])))
+    assert cfg.stages == ["sft", "spin", "eval"]  # no recipe: the default pipeline
+    args = cli.parse(["eval", str(recipe), "--output-dir", "o", "--resume"])
+    cfg = load_config(recipe, cli.config_overrides(args))
+    assert (cfg.stages, cfg.output_dir, cfg.resume) == (["eval"], "o", True)
+    args = cli.parse(["run", str(recipe), "stages=[sft,eval]"])
+    assert load_config(recipe, cli.config_overrides(args)).stages == ["sft", "eval"]

@@ -20,9 +20,23 @@ import json
 import sys
 from pathlib import Path
 
-STAGES = {"run": ["sft", "spin", "eval"], "sft": ["sft"], "spin": ["spin"], "dpo": ["dpo"],
-          "rl": ["rl"],
-          "eval": ["eval"], "reward": []}  # reward trains its own model, outside the stages
+# the stage each single-stage command runs; ``run`` takes the recipe's own ``stages`` (default
+# sft, spin, eval), and ``reward`` trains its own model, outside the stages
+STAGES = {"sft": ["sft"], "spin": ["spin"], "dpo": ["dpo"], "rl": ["rl"], "eval": ["eval"],
+          "reward": []}
+
+
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    """The overrides a command line makes: the command's stage (single-stage commands), then
+    KEY=VALUE as given, then the flags (--output-dir, --model, --adapter, --overwrite, --resume)."""
+    out = [f"stages={STAGES[args.command]}"] if args.command in STAGES else []
+    out += list(args.overrides)
+    for flag, key in (("output_dir", "output_dir"), ("model", "model.name"),
+                      ("adapter", "sft_adapter")):
+        if getattr(args, flag, None):
+            out.append(f"{key}={getattr(args, flag)}")
+    out += [f"{flag}=true" for flag in ("overwrite", "resume") if getattr(args, flag, False)]
+    return out
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -113,18 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         from .config import load_config
         from .pipeline import run
 
-        overrides = ([f"stages={STAGES[args.command]}"] if args.command in STAGES else []) + list(args.overrides)
-        if args.output_dir:
-            overrides.append(f"output_dir={args.output_dir}")
-        if args.model:
-            overrides.append(f"model.name={args.model}")
-        if args.adapter:
-            overrides.append(f"sft_adapter={args.adapter}")
-        if args.overwrite:
-            overrides.append("overwrite=true")
-        if args.resume:
-            overrides.append("resume=true")
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, config_overrides(args))
         if args.command == "sweep":
             from .sweep import run_sweep
 
