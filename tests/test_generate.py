@@ -83,3 +83,31 @@ def test_auto_batch_size_follows_free_memory(tiny_model_dir, monkeypatch):
     auto, _ = g.generate(model, tok, prompts, GenerationConfig(max_new_tokens=8, batch_size="auto"),
                          fmt.stop_ids)
     assert [x.ids for x in auto] == [x.ids for x in fixed]
+
+
+def test_static_cache_gives_the_dynamic_caches_tokens(tiny_model_dir):
+    """generation.cache=static (what auto picks on CUDA, where transformers compiles the decode
+    step): widths bucketed, a short last batch filled with rows that are dropped, the same
+    greedy tokens in the caller's order; auto stays dynamic on CPU."""
+    from spinlora.generate import use_static_cache
+    from spinlora.models import load_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = load_tokenizer(str(tiny_model_dir))
+    g = torch.Generator().manual_seed(0)
+    prompts = [[1] + torch.randint(3, 100, (n,), generator=g).tolist() for n in (9, 3, 70, 5, 12)]
+    seen = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda m, a, o: seen.append(a[0].shape))
+    static, n_static = generate(model, tok, prompts, GenerationConfig(
+        max_new_tokens=20, batch_size=2, cache="static"), stop_ids=[2])
+    hook.remove()
+    dynamic, n_dynamic = generate(model, tok, prompts, GenerationConfig(
+        max_new_tokens=20, batch_size=2, cache="dynamic"), stop_ids=[2])
+    assert [x.ids for x in static] == [x.ids for x in dynamic] and n_static == n_dynamic
+    assert [x.finished for x in static] == [x.finished for x in dynamic]
+    prefills = [s for s in seen if s[1] > 1]
+    assert [s[0] for s in prefills] == [2, 2, 2]  # 5 prompts in batches of 2: the last filled
+    assert {s[1] for s in prefills} == {64, 128}  # widths in buckets of 64
+    assert not use_static_cache(model, GenerationConfig(cache="auto"))  # a CPU model
+    assert use_static_cache(model, GenerationConfig(cache="static"))

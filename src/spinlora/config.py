@@ -95,6 +95,10 @@ class GenerationConfig:
     # holds (KV cache + logits per row; generate.auto_batch_size)
     batch_size: Union[int, str] = 32
     seed: int = 0
+    # KV cache: "dynamic" grows per token (CPU: fastest measured); "static" preallocates it at a
+    # bucketed length so transformers compiles the decoding step (CUDA graphs) once per shape;
+    # "auto": static on CUDA for full-attention models, dynamic elsewhere (generate.py)
+    cache: str = "auto"
 
 
 @dataclass
@@ -305,6 +309,8 @@ class RunConfig:
              or bool(self.spin.reward_model), "keep_best=heldout_reward needs spin.reward_model="
              "RUN/reward/adapter"),
             ("generation.max_new_tokens", self.generation.max_new_tokens > 0, "must be > 0"),
+            ("generation.cache", self.generation.cache in ("auto", "dynamic", "static"),
+             "must be auto, dynamic or static"),
             ("generation.batch_size", self.generation.batch_size == "auto" or (
                 isinstance(self.generation.batch_size, int) and self.generation.batch_size > 0),
              "a positive integer or auto"),

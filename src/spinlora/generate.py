@@ -72,6 +72,33 @@ def growing_cache(model):
     return Cache(layers=[layer() for _ in range(cfg.num_hidden_layers)])
 
 
+STATIC_WIDTH = 64  # static cache: prompt widths rounded up to this (one compiled shape a bucket)
+STATIC_LENGTH = 256  # and cache lengths (prompt + new tokens) to this
+
+
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
+
+
+def use_static_cache(model, cfg: GenerationConfig, prompt_learning: bool = False) -> bool:
+    """``generation.cache``: static where asked, or with ``auto`` on CUDA. transformers compiles
+    the decoding step of a model whose cache is static (``torch.compile``, mode reduce-overhead:
+    CUDA graphs), which takes the per-token launch overhead off a small model's decode; on this
+    project's CPU the compiled step was slower than the eager one (benchmarks/generation_speed.py),
+    so ``auto`` keeps the growing cache there. Models that are not plain full attention and
+    prompt-learning adapters keep the dynamic cache (a clear error if ``static`` was asked)."""
+    if cfg.cache == "dynamic":
+        return False
+    device = next(model.parameters()).device
+    if cfg.cache == "auto" and device.type != "cuda":
+        return False
+    plain = not prompt_learning and growing_cache(model) is not None
+    if cfg.cache == "static" and not plain:
+        raise ValueError("generation.cache=static needs a full-attention model without a "
+                         "prompt-learning adapter; use generation.cache=dynamic (or auto)")
+    return plain
+
+
 def _common_prefix(seqs: list[list[int]]) -> int:
     """Length of the longest common prefix, leaving at least one token of every sequence."""
     limit = min(len(s) for s in seqs) - 1
@@ -135,17 +162,25 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
                disable=not dist.is_main())
     size = (auto_batch_size(model, prompts, cfg.max_new_tokens) if cfg.batch_size == "auto"
             else cfg.batch_size)
+    static = use_static_cache(model, cfg, prompt_learning)
+    if static:  # every batch the same number of rows: one compiled shape per width bucket
+        size = min(size, len(prompts))
     for b, start in enumerate(range(0, len(order), size)):
         if not dist.mine(b):  # several processes: batch b is process b mod world's
             continue
         idx = order[start:start + size]
         batch = [prompts[i] for i in idx]
-        shared = _common_prefix(batch) if share_prefix and not prompt_learning else 0
+        if static and len(batch) < size:  # a short last batch runs filler rows, then drops them
+            batch = batch + [batch[-1]] * (size - len(batch))
+        shared = (_common_prefix(batch) if share_prefix and not prompt_learning and not static
+                  else 0)
         if shared < min_shared:
             shared = 0
         width = max(len(p) for p in batch)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        attn = torch.zeros((len(idx), width), dtype=torch.long)
+        if static:
+            width = _round_up(width, STATIC_WIDTH)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
         for row, p in enumerate(batch):
             # padding goes after the shared prefix (before it when there is none): every prompt
             # ends where generation starts, and positions follow the attention mask
@@ -162,7 +197,13 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
             torch.manual_seed(cfg.seed + b)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        cache = None if prompt_learning else growing_cache(model)
+        if static:
+            from transformers import StaticCache
+
+            cache = StaticCache(config=model.config,
+                                max_cache_len=_round_up(width + cfg.max_new_tokens, STATIC_LENGTH))
+        else:
+            cache = None if prompt_learning else growing_cache(model)
         if shared:  # run the shared prefix once and repeat its KV cache for the batch
             from transformers import DynamicCache
 
