@@ -42,7 +42,7 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="spinlora", description="LoRA-SPIN for small language models")
     sub = p.add_subparsers(dest="command", required=True)
-    for name, help_ in [("run", "SFT -> SPIN -> eval from a YAML recipe"),
+    for name, help_ in [("run", "the stages a YAML recipe names (default: SFT -> SPIN -> eval)"),
                         ("sft", "SFT of a fresh adapter"),
                         ("spin", "SPIN iterations on an adapter (--adapter, or a fresh one)"),
                         ("dpo", "DPO on preference pairs (dpo.data) on an adapter (--adapter)"),
