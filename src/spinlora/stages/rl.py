@@ -13,8 +13,13 @@ against its own group, with no value network:
 
 Groups whose answers all score the same carry no signal and are skipped. The loss per answer is
 the clipped surrogate on the length-normalised sequence ratio s = exp((log π − log π_old)/|y|)
-(GSPO, Zheng et al. 2025, arXiv 2507.18071), −min(s·A, clip(s, 1 ± ε)·A), plus β times the KL
-estimate (log π − log π_ref)/|y| on the model's own samples. π_old is the adapter as the round
+(GSPO, Zheng et al. 2025, arXiv 2507.18071), −min(s·A, clip(s, 1 ± ε)·A), plus the KL term
+β·½·k², k = (log π − log π_ref)/|y| on the model's own samples. Its gradient β·k·∇log π/|y| is,
+in expectation over y ~ π, the gradient of β·KL(π‖π_ref) per token (E_π[k·∇log π]), carrying the
+same 1/|y| as the surrogate's A·∇log π/|y| ("k2 in the loss"; see "A Comedy of Estimators: On KL
+Regularization in RL Training of LLMs", arXiv 2512.21852). The plain estimate β·k in the loss,
+which this stage used before, has zero expected gradient on samples from π (E_π[∇log π] = 0): β
+did nothing but add noise. The logged ``kl`` is the estimate k itself. π_old is the adapter as the round
 starts; π_ref is θ0 + Δθ of the adapter the stage starts from (the SFT adapter). Both use the
 one model copy: π_ref's log-probs come from swapping the starting adapter's tensors in for one
 pass and back. At a round's first step π = π_old, so the ratio is exactly 1 (``step0_ratio``),
@@ -81,8 +86,8 @@ def rl_objective(pad_id: int, beta: float, clip: float) -> Objective:
         adv, old, ref = (as_t([getattr(s, k) for s in items]) for k in ("advantage", "old", "ref"))
         ratio = torch.exp((lp - old) / n)
         surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
-        kl = (lp - ref) / n
-        total = (-surrogate + beta * kl).sum()
+        kl = (lp - ref) / n  # per-token log-ratio estimate of KL(π‖π_ref) (logged)
+        total = (-surrogate + beta * 0.5 * kl ** 2).sum()  # k2: the KL's own gradient
         return total, {"ratio": ratio.detach().sum(), "kl": kl.detach().sum(),
                        "clipped": ((ratio.detach() - 1).abs() > clip).float().sum()}
 
