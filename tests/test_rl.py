@@ -45,7 +45,7 @@ def test_rl_stage_end_to_end(tiny_cfg, monkeypatch):
     monkeypatch.setattr(rl, "is_correct", lambda text, gold: len(text) % 2 == 0)
     tiny_cfg.stages = ["sft", "rl", "eval"]
     tiny_cfg.rl.rounds, tiny_cfg.rl.prompts, tiny_cfg.rl.samples = 2, 4, 4
-    tiny_cfg.rl.lr, tiny_cfg.rl.heldout = 1e-2, 3
+    tiny_cfg.rl.lr, tiny_cfg.rl.heldout, tiny_cfg.rl.temperature = 1e-2, 3, 0.8
     assert run(tiny_cfg)["status"] == "ok"
     out = tiny_cfg.output_dir
     res = json.loads(open(f"{out}/rl/result.json").read())
@@ -148,3 +148,24 @@ def test_kl_term_has_no_gradient_at_the_reference_and_pulls_back_to_it(tiny_cfg)
     after = _exact_kl(model, contexts, start)
     # measured: 0.0175 -> 0.0071; the plain β·k term it replaced went the other way (-> 0.025)
     assert before > 0.01 and after < 0.6 * before, (before, after)
+
+
+def test_scores_at_the_sampling_temperature(tiny_model_dir):
+    """RL scores its samples under softmax(logits / T), the distribution they were drawn from:
+    both scoring passes (shared prompt, full sequence) against a hand computation."""
+    from transformers import AutoModelForCausalLM
+
+    from spinlora.scoring import score_answers
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    prompt, answer = [1, 10, 11, 12], [20, 21, 22]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt + answer])).logits[0, len(prompt) - 1:-1]
+        want = torch.log_softmax(logits / 0.5, -1)[torch.arange(3), torch.tensor(answer)].sum()
+        shared, _, _ = score_answers(model, [prompt], [[answer]], 0, temperature=0.5)
+        model.gradient_checkpointing_enable()  # the full-sequence pass
+        full, _, _ = score_answers(model, [prompt], [[answer]], 0, temperature=0.5)
+        plain, _, _ = score_answers(model, [prompt], [[answer]], 0)
+    torch.testing.assert_close(shared[0], want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(full[0], want, atol=1e-4, rtol=1e-4)
+    assert abs(float(plain[0] - want)) > 1e-2  # T matters

@@ -36,10 +36,11 @@ def _lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def output_head(model):
+def output_head(model, temperature: float = 1.0):
     """The LM head as hidden states -> fp32 logits, with the model's own transform between head
     and softmax that calling the head module alone would skip: Gemma 2/3's final-logit
-    soft-capping (cap·tanh(x/cap)) and Cohere's logit scale."""
+    soft-capping (cap·tanh(x/cap)) and Cohere's logit scale; then divided by ``temperature``
+    (the distribution a sampler at that temperature draws from)."""
     lm = _lm(model)
     head = lm.get_output_embeddings()
     cfg = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
@@ -53,7 +54,7 @@ def output_head(model):
             x = x * scale
         if cap:
             x = torch.tanh(x / cap) * cap
-        return x
+        return x if temperature == 1.0 else x / temperature
 
     return logits
 
@@ -107,7 +108,7 @@ def _decoder_alone(model):
     return lm.get_decoder()
 
 
-def _full_pass(model, batch: Batch, greedy: bool = False):
+def _full_pass(model, batch: Batch, greedy: bool = False, temperature: float = 1.0):
     """Per scored token (``batch.answer_mask``): log-prob, argmax hit (with ``greedy``) and row."""
     target_mask = batch.answer_mask[:, 1:]
     targets = batch.input_ids[:, 1:][target_mask]
@@ -116,12 +117,13 @@ def _full_pass(model, batch: Batch, greedy: bool = False):
     if _is_prompt_learning(model) or not hasattr(_lm(model), "get_decoder"):
         # virtual tokens are prepended inside PeftModel.forward: take the full logits there
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        out = token_logps(None, logits[:, -batch.input_ids.shape[1]:-1][target_mask], targets,
-                          greedy=greedy)
+        out = token_logps(None, logits[:, -batch.input_ids.shape[1]:-1][target_mask].float()
+                          / temperature, targets, greedy=greedy)
     else:
         hidden = _lm(model).get_decoder()(input_ids=batch.input_ids,
                                           attention_mask=batch.attention_mask).last_hidden_state
-        out = token_logps(output_head(model), hidden[:, :-1][target_mask], targets, greedy=greedy)
+        out = token_logps(output_head(model, temperature), hidden[:, :-1][target_mask], targets,
+                          greedy=greedy)
     return (*out, rows) if greedy else (out, None, rows)
 
 
@@ -190,20 +192,22 @@ def shared_prompt_pass(model, prompts: list[list[int]], answers: list[list[list[
 
 
 def score_answers(model, prompts: list[list[int]], answers: list[list[list[int]]], pad_id: int,
-                  skip: list[list[int]] | None = None, greedy: bool = False):
+                  skip: list[list[int]] | None = None, greedy: bool = False,
+                  temperature: float = 1.0):
     """log p(answer | prompt) summed over the scored tokens of every answer of every prompt
     (any number per prompt; prompt 0's answers first), the scored tokens per answer, and with
     ``greedy`` whether every scored token was the argmax (lm-eval's is_greedy; else None).
 
     ``skip[i][j]`` leading tokens of answer j of prompt i are context, not scored. Each prompt
     runs once under its answers where the decoder can run alone, else every answer is one full
-    sequence. Differentiable unless called under ``torch.inference_mode``.
+    sequence. Differentiable unless called under ``torch.inference_mode``. ``temperature``
+    scores under softmax(logits / T), the distribution a sampler at T draws from (RL).
     """
     n = sum(len(a) for a in answers)
     res = shared_prompt_pass(model, prompts, answers, pad_id, skip)
     if res is not None:
         hidden, targets, rows = res
-        out = token_logps(output_head(model), hidden, targets, greedy=greedy)
+        out = token_logps(output_head(model, temperature), hidden, targets, greedy=greedy)
         tok_lp, hit = out if greedy else (out, None)
     else:
         flat = [(p, a) for p, per in zip(prompts, answers) for a in per]
@@ -211,7 +215,8 @@ def score_answers(model, prompts: list[list[int]], answers: list[list[list[int]]
         batch = collate(flat, pad_id)
         for r, ((p, _), s) in enumerate(zip(flat, flat_skip)):
             batch.answer_mask[r, len(p):len(p) + s] = False  # context inside the answer
-        tok_lp, hit, rows = _full_pass(model, batch.to(next(model.parameters()).device), greedy)
+        tok_lp, hit, rows = _full_pass(model, batch.to(next(model.parameters()).device), greedy,
+                                       temperature)
     sums = _per_row(tok_lp, rows, n)
     counts = _per_row(torch.ones_like(tok_lp), rows, n).long()
     all_hit = _per_row((~hit).float(), rows, n) == 0 if greedy else None
@@ -220,7 +225,8 @@ def score_answers(model, prompts: list[list[int]], answers: list[list[list[int]]
 
 @torch.inference_mode()
 def score_sequences(model, pairs: list[tuple[list[int], list[int]]], pad_id: int,
-                    batch_size: int = 16) -> tuple[list[float], list[int]]:
+                    batch_size: int = 16, temperature: float = 1.0
+                    ) -> tuple[list[float], list[int]]:
     """log p(answer | prompt) summed over answer tokens, for many (prompt_ids, answer_ids) pairs.
 
     Sorted by length into batches to cut padding; results come back in the caller's order.
@@ -235,7 +241,7 @@ def score_sequences(model, pairs: list[tuple[list[int], list[int]]], pad_id: int
             continue
         idx = order[start:start + batch_size]
         lp, n, _ = score_answers(model, [pairs[i][0] for i in idx], [[pairs[i][1]] for i in idx],
-                                 pad_id)
+                                 pad_id, temperature=temperature)
         for j, i in enumerate(idx):
             done[i] = (float(lp[j]), int(n[j]))
     if was_training:

@@ -24,7 +24,10 @@ starts; π_ref is θ0 + Δθ of the adapter the stage starts from (the SFT adapt
 one model copy: π_ref's log-probs come from swapping the starting adapter's tensors in for one
 pass and back. At a round's first step π = π_old, so the ratio is exactly 1 (``step0_ratio``),
 and in the first round also π = π_ref, so the KL is 0: the RL analogue of SPIN's ln 2 check.
-Generation goes through the same batched generator as SPIN's opponent.
+Generation goes through the same batched generator as SPIN's opponent. The answers are drawn
+at ``rl.temperature`` T, so π, π_old and π_ref are all scored as softmax(logits / T): the
+policy the gradient is about is the one that sampled (as TRL's GRPO does); scoring at T = 1 while
+sampling at 0.8 made the importance ratio and the policy gradient refer to another policy.
 """
 from __future__ import annotations
 
@@ -76,11 +79,13 @@ def adapter_state(model, state: dict[str, torch.Tensor]):
         adapters.restore(model, saved)
 
 
-def rl_objective(pad_id: int, beta: float, clip: float) -> Objective:
+def rl_objective(pad_id: int, beta: float, clip: float, temperature: float = 1.0) -> Objective:
+    """The clipped surrogate + KL loss; log-probs under softmax(logits / ``temperature``), the
+    policy the samples were drawn from (π_old, π_ref and π alike)."""
     def loss(model, items: list[Sample]):
         device = next(model.parameters()).device
         lp, n, _ = score_answers(model, [s.prompt_ids for s in items],
-                                 [[s.gen_ids] for s in items], pad_id)
+                                 [[s.gen_ids] for s in items], pad_id, temperature=temperature)
         as_t = lambda xs: torch.tensor(xs, device=device, dtype=lp.dtype)  # noqa: E731
         n = n.clamp(min=1).to(lp.dtype)
         adv, old, ref = (as_t([getattr(s, k) for s in items]) for k in ("advantage", "old", "ref"))
@@ -139,13 +144,15 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
             if samples:
                 pairs = [(s.prompt_ids, s.gen_ids) for s in samples]
                 with acct.phase("reference") as ph:
-                    old, _ = score_sequences(model, pairs, pad, cfg.train.micro_batch_size)
+                    old, _ = score_sequences(model, pairs, pad, cfg.train.micro_batch_size,
+                                             r.temperature)
                     with adapter_state(model, start):
-                        ref, _ = score_sequences(model, pairs, pad, cfg.train.micro_batch_size)
+                        ref, _ = score_sequences(model, pairs, pad, cfg.train.micro_batch_size,
+                                                 r.temperature)
                     ph.tokens += 2 * sum(len(p) + len(a) for p, a in pairs)
                 for s, o, f in zip(samples, old, ref):
                     s.old, s.ref = o, f
-                steps = train_loop(model, samples, rl_objective(pad, r.beta, r.clip), cfg.train,
+                steps = train_loop(model, samples, rl_objective(pad, r.beta, r.clip, r.temperature), cfg.train,
                                    r.lr, r.epochs, acct, log, cfg.seed + t + 1, f"rl round {t + 1}",
                                    extra={"round": t + 1}, method=cfg.adapter.method)
                 rec.update(steps=len(steps), step0_ratio=steps[0]["ratio"],
