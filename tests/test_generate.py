@@ -111,3 +111,32 @@ def test_static_cache_gives_the_dynamic_caches_tokens(tiny_model_dir):
     assert {s[1] for s in prefills} == {64, 128}  # widths in buckets of 64
     assert not use_static_cache(model, GenerationConfig(cache="auto"))  # a CPU model
     assert use_static_cache(model, GenerationConfig(cache="static"))
+
+
+def test_static_cache_falls_back_when_compiling_fails(tiny_model_dir, monkeypatch, capsys):
+    """A decode step torch.compile cannot compile costs speed, not the run: the batch is redone
+    on the dynamic cache, with a message, and later batches stay there."""
+    from torch._dynamo.exc import BackendCompilerFailed
+    from transformers import AutoModelForCausalLM, StaticCache
+
+    from spinlora.models import load_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = load_tokenizer(str(tiny_model_dir))
+    prompts = [[1, 5, 6, 7], [1, 8], [1, 9, 9, 9, 9, 9], [1, 4, 4]]
+    cfg = GenerationConfig(max_new_tokens=6, batch_size=2, cache="dynamic")
+    want, _ = generate(model, tok, prompts, cfg, stop_ids=[2])
+    real, calls = model.generate, []
+
+    def failing(*a, **kw):
+        calls.append(type(kw.get("past_key_values")).__name__)
+        if isinstance(kw.get("past_key_values"), StaticCache):
+            raise BackendCompilerFailed("inductor", RuntimeError("cannot trace this"), None)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(model, "generate", failing)
+    cfg.cache = "static"
+    got, _ = generate(model, tok, prompts, cfg, stop_ids=[2])
+    assert [g.ids for g in got] == [g.ids for g in want]
+    assert calls == ["StaticCache", "Cache", "Cache"]  # one failure, then dynamic for good
+    assert "compiling the decode step failed" in capsys.readouterr().out

@@ -99,6 +99,24 @@ def use_static_cache(model, cfg: GenerationConfig, prompt_learning: bool = False
     return plain
 
 
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    """What torch.compile raises when it cannot compile a step (dynamo, inductor)."""
+    errors: list[type[BaseException]] = []
+    try:
+        from torch._dynamo.exc import TorchDynamoException
+
+        errors.append(TorchDynamoException)
+    except ImportError:
+        pass
+    try:
+        from torch._inductor.exc import InductorError
+
+        errors.append(InductorError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
 def _common_prefix(seqs: list[list[int]]) -> int:
     """Length of the longest common prefix, leaving at least one token of every sequence."""
     limit = min(len(s) for s in seqs) - 1
@@ -213,7 +231,23 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
             cache.batch_repeat_interleave(len(idx))
         if cache is not None:
             kwargs["past_key_values"] = cache
-        seqs = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **kwargs)
+        try:
+            seqs = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
+                                  **kwargs)
+        except _compile_errors() as e:
+            if not static:
+                raise
+            # compiling the decode step failed (a model or adapter torch.compile cannot trace):
+            # the eager dynamic cache gives the same answers, only slower
+            print(f"[spinlora] generation.cache=static: compiling the decode step failed "
+                  f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                  "going on with the dynamic cache (set generation.cache=dynamic to skip this)")
+            static = False
+            kwargs["past_key_values"] = growing_cache(model)
+            if kwargs["past_key_values"] is None:
+                del kwargs["past_key_values"]
+            seqs = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
+                                  **kwargs)
         new = seqs[:, width:].tolist()
         for row, i in enumerate(idx):
             toks, finished = [], False
