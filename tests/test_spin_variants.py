@@ -165,3 +165,60 @@ def test_early_stop_ends_spin_when_heldout_falls(tiny_cfg, monkeypatch):
     res = json.loads((Path(tiny_cfg.output_dir) / "spin" / "result.json").read_text())
     assert res["stopped_early_after"] == 1 and res["best_iteration"] == 0
     assert not (Path(tiny_cfg.output_dir) / "spin" / "iter_2").exists()
+
+
+def test_own_correct_pairs_right_over_wrong(tiny_cfg, monkeypatch):
+    """spin.chosen=own_correct: the preferred answer is one of the model's own right samples
+    (finished), the other a wrong one (finished first); prompts without both are counted."""
+    import spinlora.stages.spin as sp
+    from spinlora.data import ChatFormat, build_examples
+    from spinlora.models import load_model
+
+    model, tok = load_model(tiny_cfg.model)
+    fmt = ChatFormat(tok)
+    rows = [{"prompt": f"q{i}", "answer": f"work\n#### {i}"} for i in range(4)]
+    examples, _ = build_examples(rows, fmt, tiny_cfg.data)
+    tiny_cfg.spin.chosen = "own_correct"
+    tiny_cfg.spin.opponent.temperature, tiny_cfg.spin.opponent.samples = 0.7, 3
+    answers = ["a #### 7", "b #### 0", "c #### 0",  # prompt 0: right and wrong
+               "#### 5", "#### 6", "#### 9",  # prompt 1: no right sample
+               "x #### 2", "y #### 2", "z #### 2",  # prompt 2: no wrong sample
+               "#### 4", "p #### 3", "q #### 3"]  # prompt 3: wrong first, right later
+    gen, _ = _fake_generate([answers])
+    monkeypatch.setattr(sp, "generate", gen)
+    pairs, records, counts = sp.make_pairs(model, tok, fmt, examples, tiny_cfg,
+                                           Accountant(torch.device("cpu")), "o")
+    assert (counts["pairs"], counts["no_right_sample"], counts["no_wrong_sample"]) == (2, 1, 1)
+    assert counts["samples_correct"] == 2 + 0 + 3 + 2
+    assert [(r["chosen"], r["generated"]) for r in records] == [("b #### 0", "a #### 7"),
+                                                                ("p #### 3", "#### 4")]
+    ids = lambda t: tok(t, add_special_tokens=False).input_ids  # noqa: E731
+    assert [(p.real_ids, p.gen_ids) for p in pairs] == [(ids("b #### 0"), ids("a #### 7")),
+                                                        (ids("p #### 3"), ids("#### 4"))]
+    with pytest.raises(ConfigError, match="own_correct needs"):
+        load_config(None, ["spin.chosen=own_correct"])  # greedy: one answer per prompt
+
+
+def test_own_correct_spin_runs_with_step0_check(tiny_cfg, monkeypatch):
+    """The whole iteration on own pairs (the tiny model is never right: a stand-in check)."""
+    import spinlora.stages.spin as sp
+    from spinlora.pipeline import run
+
+    monkeypatch.setattr(sp, "is_correct", lambda text, gold: len(text) % 2 == 0)
+    real = sp.generate
+
+    def ending(*a, **kw):  # the tiny model seldom ends a turn: end every answer with <|im_end|>
+        gens, n = real(*a, **kw)
+        end = a[1].convert_tokens_to_ids("<|im_end|>")
+        return [Generation(g.ids if g.finished else g.ids + [end], g.text, True) for g in gens], n
+
+    monkeypatch.setattr(sp, "generate", ending)
+    tiny_cfg.stages, tiny_cfg.spin.iterations = ["sft", "spin"], 1
+    tiny_cfg.spin.chosen, tiny_cfg.spin.loss = "own_correct", "sigmoid_nll"
+    tiny_cfg.spin.opponent.temperature, tiny_cfg.spin.opponent.samples = 1.0, 4
+    assert run(tiny_cfg)["status"] == "ok"
+    r = json.loads((Path(tiny_cfg.output_dir) / "spin" / "iter_1" / "result.json").read_text())
+    assert r["chosen"] == "own_correct" and r["step0_ok"] and r["new_pairs"] > 0, r
+    recs = [json.loads(x) for x in open(Path(tiny_cfg.output_dir) / "spin" / "iter_1"
+                                        / "generations.jsonl")]
+    assert all(len(x["chosen"]) % 2 == 0 and len(x["generated"]) % 2 == 1 for x in recs)

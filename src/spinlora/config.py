@@ -141,6 +141,11 @@ class SpinConfig:
     # drop: pairs whose opponent answer is already correct (same final number as the gold
     # answer) are dropped and counted; keep: trained on like any other (the paper's setting)
     correct_pairs: str = "drop"
+    # the preferred answer y: "gold" (SPIN: the dataset's answer) or "own_correct": one of the
+    # opponent's own sampled answers whose final number is right, against one that is wrong
+    # (needs checkable data and opponent.samples >= 2 at temperature > 0; prompts without both
+    # are skipped and counted). With loss=sigmoid_nll this is Iterative RPO (Pang et al. 2024)
+    chosen: str = "gold"
     opponent: OpponentConfig = field(default_factory=OpponentConfig)
     early_stop: bool = False  # stop when the keep_best metric falls below the previous iteration's
     reward_model: str | None = None  # keep_best=heldout_reward: a `spinlora reward` folder whose
@@ -291,6 +296,11 @@ class RunConfig:
              f"{', '.join(KEEP_BEST)} or null"),
             ("spin.loss", self.spin.loss in SPIN_LOSSES, ", ".join(SPIN_LOSSES)),
             ("spin.correct_pairs", self.spin.correct_pairs in ("keep", "drop"), "keep or drop"),
+            ("spin.chosen", self.spin.chosen in ("gold", "own_correct"), "gold or own_correct"),
+            ("spin.chosen", self.spin.chosen == "gold" or (
+                self.spin.opponent.samples >= 2 and self.spin.opponent.temperature > 0),
+             "own_correct needs spin.opponent.samples >= 2 and spin.opponent.temperature > 0 "
+             "(a right and a wrong answer of the model's own per prompt)"),
             ("spin.nll_weight", self.spin.nll_weight >= 0, "must be >= 0"),
             ("spin.dpop_lambda", self.spin.dpop_lambda >= 0, "must be >= 0"),
             ("spin.opponent.temperature", self.spin.opponent.temperature >= 0, "must be >= 0"),

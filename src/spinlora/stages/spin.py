@@ -113,7 +113,12 @@ def make_pairs(model, tokenizer, fmt, examples: list[Example], cfg: RunConfig,
 
     With ``spin.opponent.samples`` k > 1 each prompt gets k sampled answers and one is chosen;
     with ``spin.correct_pairs: drop`` a pair whose chosen answer is already correct is dropped.
+    With ``spin.chosen: own_correct`` the preferred answer is not the gold one but one of the k
+    samples whose final number is right (finished with an end token), and the other answer one
+    that is wrong: prompts without both are skipped (``no_right_sample`` / ``no_wrong_sample``).
     """
+    if cfg.spin.chosen == "own_correct":
+        return _own_pairs(model, tokenizer, fmt, examples, cfg, acct, desc, t)
     k = cfg.spin.opponent.samples
     drop_correct = cfg.spin.correct_pairs == "drop"
     with acct.phase("generate") as ph:
@@ -153,6 +158,50 @@ def make_pairs(model, tokenizer, fmt, examples: list[Example], cfg: RunConfig,
         records.append({"prompt": e.prompt, "gold": e.answer, "generated": g.text,
                         "finished": g.finished, "correct": correct,
                         "generated_tokens": len(g.ids), "prompt_index": i, "gen_ids": ids})
+    counts["pairs"] = len(pairs)
+    return pairs, records, counts
+
+
+def _own_pairs(model, tokenizer, fmt, examples: list[Example], cfg: RunConfig,
+               acct: Accountant, desc: str, t: int) -> tuple[list[Pair], list[dict], dict]:
+    """``spin.chosen: own_correct``: right ≻ wrong among the opponent's own k samples."""
+    k = cfg.spin.opponent.samples
+    with acct.phase("generate") as ph:
+        gens, produced = generate(model, tokenizer,
+                                  [e.prompt_ids for e in examples for _ in range(k)],
+                                  opponent_generation(cfg, t), fmt.stop_ids, desc=desc)
+        ph.tokens += produced
+    pairs, records = [], []
+    counts = {"prompts": len(examples), "generated": len(gens),
+              "unfinished": sum(not g.finished for g in gens), "checkable": 0,
+              "samples_correct": 0, "no_right_sample": 0, "no_wrong_sample": 0,
+              "cut_to_max_length": 0}
+    for i, e in enumerate(examples):
+        samples = gens[i * k:(i + 1) * k]
+        flags = [is_correct(g.text, e.answer) for g in samples]
+        if flags[0] is None:
+            continue  # not checkable: no right or wrong to tell apart
+        counts["checkable"] += 1
+        counts["samples_correct"] += sum(bool(f) for f in flags)
+        right = [g for g, f in zip(samples, flags) if f and g.finished]
+        # a wrong answer that finished first: a cut one would let length give it away
+        wrong = sorted((g for g, f in zip(samples, flags) if not f), key=lambda g: not g.finished)
+        if not right:
+            counts["no_right_sample"] += 1
+            continue
+        if not wrong:
+            counts["no_wrong_sample"] += 1
+            continue
+        room = cfg.data.max_length - len(e.prompt_ids)
+        chosen, rejected = list(right[0].ids), list(wrong[0].ids)
+        if len(chosen) > room or len(rejected) > room:
+            counts["cut_to_max_length"] += 1
+        pairs.append(Pair(e.prompt_ids, chosen[:room], rejected[:room]))
+        records.append({"prompt": e.prompt, "gold": e.answer, "chosen": right[0].text,
+                        "generated": wrong[0].text, "finished": wrong[0].finished,
+                        "correct": False, "generated_tokens": len(wrong[0].ids),
+                        "prompt_index": i, "gen_ids": rejected[:room],
+                        "chosen_ids": chosen[:room]})
     counts["pairs"] = len(pairs)
     return pairs, records, counts
 
@@ -239,7 +288,8 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
         adapters.load_weights(model, cfg.adapter, out / f"iter_{k}" / "adapter")
         with open(out / f"iter_{k}" / "generations.jsonl") as f:
             recs = [json.loads(line) for line in f]
-        previous = [Pair(prompts[r["prompt_index"]].prompt_ids, prompts[r["prompt_index"]].answer_ids,
+        previous = [Pair(prompts[r["prompt_index"]].prompt_ids,
+                         r.get("chosen_ids") or prompts[r["prompt_index"]].answer_ids,
                          r["gen_ids"]) for r in recs]
         print(f"[spinlora] resume: SPIN iterations 1..{k} finished earlier, reused")
     for t in range(k, cfg.spin.iterations if stopped_early is None else k):
@@ -255,10 +305,12 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
                     f.write(json.dumps(r) + "\n")
         train_pairs = pairs + (previous if cfg.spin.mix_previous else [])
         if not train_pairs:
+            skipped = ", ".join(f"{k2} {v}" for k2, v in counts.items()
+                                if k2.startswith(("dropped", "no_")) and v)
             raise RuntimeError(
-                f"SPIN {name}: no pairs left to train on ({counts['dropped_correct']} dropped as "
-                f"already correct, {counts['dropped_unfinished']} as unfinished); use more "
-                "spin.prompts, spin.correct_pairs=keep, or spin.drop_truncated=false")
+                f"SPIN {name}: no pairs left to train on ({skipped or 'no prompts'}); use more "
+                "spin.prompts, spin.correct_pairs=keep, spin.drop_truncated=false, or (with "
+                "spin.chosen=own_correct) more spin.opponent.samples")
         reference_pass(model, train_pairs, pad, acct, cfg.train.micro_batch_size)
         log = MetricsLog(part / "metrics.jsonl", cfg.train.report_to, f"spin/{name}")
         try:
@@ -280,7 +332,7 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
             "stage": "spin", "iteration": t + 1, "beta": beta, "lr": lr, "loss": cfg.spin.loss,
             **({"nll_weight": cfg.spin.nll_weight} if cfg.spin.loss == "sigmoid_nll" else {}),
             **({"dpop_lambda": cfg.spin.dpop_lambda} if cfg.spin.loss == "dpop" else {}),
-            "correct_pairs": cfg.spin.correct_pairs,
+            "correct_pairs": cfg.spin.correct_pairs, "chosen": cfg.spin.chosen,
             "pairs": len(train_pairs), "new_pairs": len(pairs),
             "mixed_previous": len(train_pairs) - len(pairs), "generation": counts,
             "opponent_sampling": {**dataclasses.asdict(cfg.spin.opponent),
