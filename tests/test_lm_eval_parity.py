@@ -294,3 +294,28 @@ def test_gsm8k_fewshot_prompts_and_generation(tiny, tmp_path):
     for s in STOP_STRINGS:
         texts = [t.split(s)[0] for t in texts]
     assert texts == [s["resps"][0][0] for s in lm["samples"]]
+
+
+# ---- the same on the embedded model's BPE tokenizer (slow)
+
+@pytest.fixture(scope="module")
+def smol():
+    """SmolLM2-135M-Instruct (a byte-level BPE tokenizer, where the context / continuation
+    boundary can split a word differently than the character-level tiny tokenizer ever does)."""
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spinlora.models import embedded_model_dir
+
+    path = embedded_model_dir()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    return model, tok, HFLM(pretrained=model, tokenizer=tok, batch_size=16, max_length=8192,
+                            device="cpu")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["arc_challenge", "winogrande", "hellaswag", "mmlu_5shot"])
+def test_choice_tasks_on_the_embedded_model(smol, tmp_path, monkeypatch, task):
+    {"arc_challenge": test_arc_challenge, "winogrande": test_winogrande,
+     "hellaswag": test_hellaswag, "mmlu_5shot": test_mmlu_5shot}[task](smol, tmp_path, monkeypatch)
