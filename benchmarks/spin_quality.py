@@ -99,13 +99,16 @@ def collect(run: Path, overrides: list[str], rc: int, seconds: float) -> dict:
                         "heldout_accuracy": (r.get("heldout") or {}).get("accuracy"),
                         "heldout_gold_logp": (r.get("heldout") or {}).get("gold_logp_per_token"),
                         "seconds": r.get("accounting", {}).get("seconds_total"),
+                        "generated_tokens": r.get("accounting", {}).get("phases", {}).get(
+                            "generate", {}).get("tokens"),
                         "phase_seconds": {k: v["seconds"] for k, v in
                                           r.get("accounting", {}).get("phases", {}).items()},
                         "peak_MB_over_baseline": round(r.get("accounting", {}).get(
                             "peak_over_baseline_bytes", 0) / 2**20)})
     rl = load(run / "rl" / "result.json") or {}
     return {"overrides": overrides, "status": status if rc == 0 else f"{status} (exit {rc})",
-            **({"rl_rounds": rl.get("rounds"), "rl_checks": {k: rl.get(k) for k in (
+            **({"rl_rounds": rl.get("rounds"), "rl_generated_tokens": rl.get("generated_tokens"),
+                "rl_checks": {k: rl.get(k) for k in (
                 "step0_ratio_ok", "first_round_kl0_ok")},
                 "rl_heldout": [(rl.get(k) or {}).get("accuracy") for k in (
                     "heldout_before", "heldout_after")]} if rl else {}),
@@ -121,6 +124,21 @@ def _pct(x, se=None):
     return f"{100 * x:.1f}" + (f" ± {100 * se:.1f}" if se is not None else "")
 
 
+def _skipped(counts: dict) -> int:
+    """Prompts without a pair: already correct (gold pairs) or without a right and a wrong
+    sample (spin.chosen=own_correct)."""
+    return sum(v for k, v in (counts or {}).items()
+               if k in ("dropped_correct", "dropped_unfinished", "no_right_sample", "no_wrong_sample"))
+
+
+def _generated(label: str, it: dict | None, so_far: dict, res: dict) -> str:
+    if it is not None:
+        return f"{so_far.get(it['iteration'], 0):,}"
+    if label.endswith("_rl") and res.get("rl_generated_tokens") is not None:
+        return f"{res['rl_generated_tokens']:,}"
+    return "-"
+
+
 def summary(out: Path) -> str:
     results = {p.stem: json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))}
     ref = results.get("base_sft", {})
@@ -129,12 +147,18 @@ def summary(out: Path) -> str:
                      if r.get("heldout_start_accuracy") is not None), None)
     lines = ["# SPIN quality study", "",
              "GSM8K test, zero-shot in the chat template, greedy; accuracy in % ± stderr "
-             "(headline = strict `#### N`, else the last number); Δ = headline − SFT headline.", "",
+             "(headline = strict `#### N`, else the last number); Δ = headline − SFT headline; "
+             "generated = training-time tokens the model generated up to this model (SPIN: its "
+             "iterations so far; RL: all rounds), for comparisons at equal generation.", "",
              "| point | model | n | headline | strict | flexible | Δ vs SFT | held-out acc "
-             "| step-0 ok | pairs (dropped correct) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| step-0 ok | pairs (skipped) | generated |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, res in results.items():
         iters = {i["iteration"]: i for i in res.get("iterations", [])}
+        so_far, total = {}, 0
+        for k in sorted(iters):
+            total += iters[k].get("generated_tokens") or 0
+            so_far[k] = total
         for m in res.get("models", []):
             it = iters.get(int(m["label"].rsplit("_", 1)[1])) if "_iter_" in m["label"] else None
             delta = ("-" if sft is None or m["accuracy"] is None or sft["accuracy"] is None
@@ -145,9 +169,10 @@ def summary(out: Path) -> str:
                 f"| {_pct(m['strict'], m['strict_stderr'])} | {_pct(m['flexible'], m['flexible_stderr'])} "
                 f"| {delta} | {_pct(it['heldout_accuracy'] if it else held)} "
                 f"| {it['step0_ok'] if it else '-'} "
-                f"| {(str(it['pairs']) + ' (' + str(it['generation'].get('dropped_correct')) + ')') if it else '-'} |")
+                f"| {(str(it['pairs']) + ' (' + str(_skipped(it['generation'])) + ')') if it else '-'} "
+                f"| {_generated(m['label'], it, so_far, res)} |")
         if not res.get("models"):
-            lines.append(f"| {name} | ({res['status']}) | | | | | | | | |")
+            lines.append(f"| {name} | ({res['status']}) | | | | | | | | | |")
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text)
     return text

@@ -31,6 +31,9 @@ def test_study_script_end_to_end(tiny_model_dir, tiny_data, tmp_path):
     assert point["iterations"][0]["loss"] == "dpop" and point["models"][0]["n"] == 3
     summary = (out / "summary.md").read_text()
     assert summary.count("lora_spin_iter_1") == 2 and "lora_sft" in summary
+    row = next(r for r in summary.splitlines() if r.startswith("| loss-dpop | lora_spin_iter_1"))
+    generated = int(row.rstrip(" |").rsplit("|", 1)[1].replace(",", ""))
+    assert generated == point["iterations"][0]["generated_tokens"] > 0
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "3 points, 3 done earlier" in again.stdout
     # the same study with RL points from the same SFT adapter (--stage rl)
@@ -42,3 +45,6 @@ def test_study_script_end_to_end(tiny_model_dir, tiny_data, tmp_path):
     res = json.loads((out / "results" / "rounds-1_prompts-2_samples-2.json").read_text())
     assert res["status"] == "ok" and res["rl_rounds"][0]["samples"] == 4
     assert [m["label"] for m in res["models"]] == ["lora_rl"]
+    row = next(r for r in (out / "summary.md").read_text().splitlines()
+               if r.startswith("| rounds-1_prompts-2_samples-2 | lora_rl"))
+    assert row.rstrip(" |").rsplit("|", 1)[1].strip() == f"{res['rl_generated_tokens']:,}"
