@@ -117,15 +117,15 @@ def make_pairs(model, tokenizer, fmt, examples: list[Example], cfg: RunConfig,
     samples whose final number is right (finished with an end token), and the other answer one
     that is wrong: prompts without both are skipped (``no_right_sample`` / ``no_wrong_sample``).
     """
-    if cfg.spin.chosen == "own_correct":
-        return _own_pairs(model, tokenizer, fmt, examples, cfg, acct, desc, t)
     k = cfg.spin.opponent.samples
-    drop_correct = cfg.spin.correct_pairs == "drop"
-    with acct.phase("generate") as ph:
+    with acct.phase("generate") as ph:  # k answers per prompt, prompt i's at i*k .. i*k+k-1
         gens, produced = generate(model, tokenizer,
                                   [e.prompt_ids for e in examples for _ in range(k)],
                                   opponent_generation(cfg, t), fmt.stop_ids, desc=desc)
         ph.tokens += produced
+    if cfg.spin.chosen == "own_correct":
+        return _own_pairs(gens, examples, cfg)
+    drop_correct = cfg.spin.correct_pairs == "drop"
     pairs, records = [], []
     counts = {"prompts": len(examples), "generated": len(gens), "unfinished": 0,
               "cut_to_max_length": 0, "dropped_unfinished": 0, "opponent_correct": 0,
@@ -162,15 +162,10 @@ def make_pairs(model, tokenizer, fmt, examples: list[Example], cfg: RunConfig,
     return pairs, records, counts
 
 
-def _own_pairs(model, tokenizer, fmt, examples: list[Example], cfg: RunConfig,
-               acct: Accountant, desc: str, t: int) -> tuple[list[Pair], list[dict], dict]:
+def _own_pairs(gens: list, examples: list[Example], cfg: RunConfig
+               ) -> tuple[list[Pair], list[dict], dict]:
     """``spin.chosen: own_correct``: right ≻ wrong among the opponent's own k samples."""
     k = cfg.spin.opponent.samples
-    with acct.phase("generate") as ph:
-        gens, produced = generate(model, tokenizer,
-                                  [e.prompt_ids for e in examples for _ in range(k)],
-                                  opponent_generation(cfg, t), fmt.stop_ids, desc=desc)
-        ph.tokens += produced
     pairs, records = [], []
     counts = {"prompts": len(examples), "generated": len(gens),
               "unfinished": sum(not g.finished for g in gens), "checkable": 0,
