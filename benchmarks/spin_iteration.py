@@ -122,7 +122,9 @@ def run_trl(cfg: RunConfig, args) -> dict:
     return {"total_seconds": round(total, 2), "generate_seconds": round(t_gen, 2),
             "setup_seconds (tokenize)": round(t_setup, 2),
             "train_seconds (incl. reference precompute)": round(t_train, 2),
-            "first_logged_loss": first.get("loss")}
+            "first_logged_loss": first.get("loss"),
+            "logged_losses_first_steps": [h["loss"] for h in trainer.state.log_history
+                                          if "loss" in h][:4]}
 
 
 def main() -> None:
