@@ -9,7 +9,8 @@ loop (answer-only logits, dynamic padding). TRL (1.16), written as its users wri
 ``generate`` in batches of ``--gen-batch-size`` (the same as spinlora's) + ``DPOTrainer`` with
 ``precompute_ref_log_probs=True`` on a PeftModel that carries Δθ_t (TRL then copies the adapter
 to a frozen reference adapter: the right reference), per-device batch ``--trl-batch-size`` (2 on
-CPU). Both start from the same adapter (``--adapter``, or a quick SFT) on the same seeded prompts,
+CPU), and DPOConfig's own defaults, gradient checkpointing on among them (``--gradient-
+checkpointing`` turns it on for spinlora too, for a comparison at the same memory policy). Both start from the same adapter (``--adapter``, or a quick SFT) on the same seeded prompts,
 with the same max_new_tokens, one epoch over the same pairs, λ and learning rate.
 """
 from __future__ import annotations
@@ -143,6 +144,9 @@ def main() -> None:
     p.add_argument("--micro-batch-size", type=int, default=None,
                    help="spinlora's micro-batch (default: 2 on CPU, where it is fastest and "
                         "leanest; --batch-size on GPU)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="spinlora side: train.gradient_checkpointing=true (TRL's DPOConfig turns "
+                        "it on by default)")
     p.add_argument("--model", default="SmolLM2-135M-Instruct")
     p.add_argument("--trl", action="store_true", help="also run the TRL pipeline, print the ratio")
     p.add_argument("--side", choices=["both", "spinlora", "trl"], default="both",
@@ -163,6 +167,7 @@ def main() -> None:
     if args.micro_batch_size:
         cfg.train.micro_batch_size = args.micro_batch_size
     cfg.train.log_every = 1000
+    cfg.train.gradient_checkpointing = args.gradient_checkpointing
     if args.trl_batch_size is None:
         args.trl_batch_size = args.batch_size if torch.cuda.is_available() else 2
     result = {"benchmark": "one SPIN iteration", "args": vars(args), "environment": environment()}
