@@ -25,6 +25,12 @@ for attn in sdpa eager; do
       model.attn_implementation=$attn --output-dir $HOME/next/bf16_$attn --overwrite \
       > $HOME/next/bf16_$attn.log 2>&1 ) &
 done
+# 2b. activation offloading: SFT peak CUDA memory (sft/result.json accounting) with and without
+for off in false true; do
+  python3 -m spinlora sft configs/qwen05b_gsm8k.yaml --model $HOME/qwen.gguf data.sft_examples=256 \
+    train.offload_activations=$off --output-dir $HOME/next/offload_$off --overwrite \
+    > $HOME/next/offload_$off.log 2>&1
+done
 # 3. issues 8 and 11: RL with the correctness reward (KL as β·½·k², scored at the sampling
 #    temperature), and SPIN with the model's own right answer preferred (Iterative RPO)
 python3 benchmarks/spin_quality.py $COMMON --stage rl --out $HOME/next/rl --parallel 2 \

@@ -73,6 +73,10 @@ class TrainConfig:
     schedule: str = "linear"  # linear | constant | cosine (after warmup)
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
+    # saved activations go to CPU memory (pinned) in the forward pass and come back for the
+    # backward (torch.autograd.graph.save_on_cpu): GPU memory traded for host transfers; a
+    # CPU-only run has nothing to move
+    offload_activations: bool = False
     group_by_length: bool = True  # batches of similar length: less padding, same expectation
     log_every: int = 5  # one summary line every N optimizer steps
     report_to: list[str] = field(default_factory=list)  # + tensorboard | wandb (JSONL always)

@@ -7,6 +7,7 @@ same update. Every step is written to the metrics JSONL; a line is printed every
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -157,6 +158,17 @@ def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: f
                          "turns off); set train.gradient_checkpointing=false")
     if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    device = next(model.parameters()).device
+    if cfg.offload_activations and device.type != "cuda":
+        print("[spinlora] train.offload_activations: the model is on the CPU already, so it "
+              "saves no memory here")
+
+    def offloaded():
+        """Saved activations to (pinned) host memory during the forward pass."""
+        if cfg.offload_activations:
+            return torch.autograd.graph.save_on_cpu(pin_memory=device.type == "cuda")
+        return contextlib.nullcontext()
+
     model.train()
     records, batches = [], []
     bar = tqdm(total=total, desc=desc, unit="step", leave=False)
@@ -173,7 +185,8 @@ def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: f
                 if not dist.mine(k):  # several processes: micro-batch k is process k mod world's
                     continue
                 micro = batch[m:m + cfg.micro_batch_size]
-                loss_sum, metrics = objective.loss(model, micro)
+                with offloaded():  # the backward brings offloaded activations back itself
+                    loss_sum, metrics = objective.loss(model, micro)
                 (loss_sum / weight).backward()
                 loss_total += float(loss_sum.detach())
                 for key, v in metrics.items():
