@@ -14,7 +14,7 @@ cd $HOME/repo
 mkdir -p $HOME/shared $HOME/next; ln -sfn $HOME/data $HOME/shared/data
 SFT=benchmarks/results/spin_quality/sft_adapter
 COMMON="--config configs/qwen05b_gsm8k.yaml --model $HOME/qwen.gguf --sft-adapter $SFT
-        --set generation.batch_size=512"
+        --set generation.batch_size=384"  # six processes share the card (~17 GB each at 704)
 # 1. issue 9 item 2: generation tokens/s, HF generate vs the static cache (compiled decode), bf16,
 #    batch 32; two passes each (the first includes compilation)
 python3 benchmarks/generation_speed.py --model $HOME/qwen.gguf --prompts 64 --batch 32 \
@@ -33,8 +33,9 @@ for off in false true; do
 done
 # 3. issues 8 and 11: RL with the correctness reward (KL as β·½·k², scored at the sampling
 #    temperature), and SPIN with the model's own right answer preferred (Iterative RPO)
-python3 benchmarks/spin_quality.py $COMMON --stage rl --out $HOME/next/rl --parallel 2 \
-  --point "rl.lr=1.0e-5" --point "rl.lr=3.0e-6" > $HOME/next/rl.log 2>&1 &
+python3 benchmarks/spin_quality.py $COMMON --stage rl --out $HOME/next/rl --parallel 3 \
+  --point "rl.lr=1.0e-5" --point "rl.lr=3.0e-6" --point "rl.lr=1.0e-5 rl.clip=0.0004" \
+  > $HOME/next/rl.log 2>&1 &
 python3 benchmarks/spin_quality.py $COMMON --out $HOME/next/irpo --parallel 2 --no-reference \
   --point "spin.chosen=own_correct spin.loss=sigmoid_nll spin.opponent.samples=4 spin.opponent.temperature=0.8 spin.lr=5.0e-6" \
   --point "spin.chosen=own_correct spin.loss=dpop spin.opponent.samples=4 spin.opponent.temperature=0.8 spin.lr=2.0e-5" \

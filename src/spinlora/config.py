@@ -195,7 +195,10 @@ class RLConfig:
     seed: int = 0  # round t samples with seed + 1000·t
     advantage: str = "grpo"  # grpo: (r − mean)/std | rloo: r − mean of the others
     beta: float = 0.04  # KL coefficient towards the starting adapter (θ0 + Δθ_SFT)
-    clip: float = 0.2  # ε of the clipped surrogate
+    # ε of the clipped surrogate on the length-normalised sequence ratio. 0.2 is PPO/GRPO's
+    # token-level default; GSPO's paper clips its sequence ratio far tighter (3e-4 / 4e-4), which
+    # matters when a round takes many optimizer steps (rl.prompts × rl.samples / train.batch_size)
+    clip: float = 0.2
     lr: float = 1e-5
     epochs: float = 1.0  # passes over each round's samples
     heldout: int = 16  # held-out training rows: greedy accuracy before and after
