@@ -195,6 +195,15 @@ def test_own_correct_pairs_right_over_wrong(tiny_cfg, monkeypatch):
     ids = lambda t: tok(t, add_special_tokens=False).input_ids  # noqa: E731
     assert [(p.real_ids, p.gen_ids) for p in pairs] == [(ids("b #### 0"), ids("a #### 7")),
                                                         (ids("p #### 3"), ids("#### 4"))]
+    # spin.drop_truncated: a wrong answer cut at max_new_tokens is not used
+    cut = lambda t: Generation(tok(t, add_special_tokens=False).input_ids, t, False)  # noqa: E731
+    monkeypatch.setattr(sp, "generate", lambda *a, **k: (
+        [Generation(ids("r #### 0"), "r #### 0", True), cut("w #### 5"), cut("v #### 6")]
+        + [cut("#### 1")] * 9, 0))
+    tiny_cfg.spin.drop_truncated = True
+    pairs, _, counts = sp.make_pairs(model, tok, fmt, examples, tiny_cfg,
+                                     Accountant(torch.device("cpu")), "o")
+    assert not pairs and counts["dropped_unfinished"] == 1
     with pytest.raises(ConfigError, match="own_correct needs"):
         load_config(None, ["spin.chosen=own_correct"])  # greedy: one answer per prompt
 

@@ -170,7 +170,7 @@ def _own_pairs(gens: list, examples: list[Example], cfg: RunConfig
     counts = {"prompts": len(examples), "generated": len(gens),
               "unfinished": sum(not g.finished for g in gens), "checkable": 0,
               "samples_correct": 0, "no_right_sample": 0, "no_wrong_sample": 0,
-              "cut_to_max_length": 0}
+              "dropped_unfinished": 0, "cut_to_max_length": 0}
     for i, e in enumerate(examples):
         samples = gens[i * k:(i + 1) * k]
         flags = [is_correct(g.text, e.answer) for g in samples]
@@ -186,6 +186,9 @@ def _own_pairs(gens: list, examples: list[Example], cfg: RunConfig
             continue
         if not wrong:
             counts["no_wrong_sample"] += 1
+            continue
+        if not wrong[0].finished and cfg.spin.drop_truncated:
+            counts["dropped_unfinished"] += 1
             continue
         room = cfg.data.max_length - len(e.prompt_ids)
         chosen, rejected = list(right[0].ids), list(wrong[0].ids)
