@@ -140,3 +140,25 @@ def test_static_cache_falls_back_when_compiling_fails(tiny_model_dir, monkeypatc
     assert [g.ids for g in got] == [g.ids for g in want]
     assert calls == ["StaticCache", "Cache", "Cache"]  # one failure, then dynamic for good
     assert "compiling the decode step failed" in capsys.readouterr().out
+
+
+def test_static_cache_with_stop_strings_and_a_shared_prefix(tiny_model_dir):
+    """The static cache under the evaluation's stop strings (k-shot GSM8K) and on prompts with a
+    shared prefix (which it runs in full): the dynamic cache's tokens and finished flags."""
+    from spinlora.models import load_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = load_tokenizer(str(tiny_model_dir))
+    g = torch.Generator().manual_seed(1)
+    prompts = [[1] + torch.randint(3, 100, (n,), generator=g).tolist() for n in (9, 3, 40, 5, 12)]
+    shots = list(range(10, 50))
+    prompts += [shots + [60, 61], shots + [70], shots + [80, 81, 82]]
+    got = {}
+    for cache in ("static", "dynamic"):
+        got[cache], _ = generate(model, tok, prompts, GenerationConfig(
+            max_new_tokens=30, batch_size=3, cache=cache), stop_ids=[2], stop_strings=["AA", "cc"],
+            min_shared=32)
+    assert [x.ids for x in got["static"]] == [x.ids for x in got["dynamic"]]
+    assert [x.finished for x in got["static"]] == [x.finished for x in got["dynamic"]]
+    assert any(x.finished for x in got["static"])  # some answers did stop at a stop string
