@@ -83,19 +83,13 @@ def _kl_setup(tiny_cfg, seed=0):
 def _samples(model, tok, fmt, examples, start, k=16):
     from spinlora.config import GenerationConfig
     from spinlora.generate import generate
-    from spinlora.scoring import score_sequences
-    from spinlora.stages.rl import Sample, adapter_state
+    from spinlora.stages.rl import Sample, old_and_ref
 
     prompts = [e.prompt_ids for e in examples for _ in range(k)]
     gens, _ = generate(model, tok, prompts, GenerationConfig(
         max_new_tokens=12, do_sample=True, temperature=1.0, batch_size=64), fmt.stop_ids)
     samples = [Sample(p, g.ids, 0.0) for p, g in zip(prompts, gens)]
-    pairs = [(s.prompt_ids, s.gen_ids) for s in samples]
-    old, _ = score_sequences(model, pairs, tok.pad_token_id, 64)
-    with adapter_state(model, start):
-        ref, _ = score_sequences(model, pairs, tok.pad_token_id, 64)
-    for s, o, f in zip(samples, old, ref):
-        s.old, s.ref = o, f
+    old_and_ref(model, samples, start, tok.pad_token_id, 64, 1.0)  # as the stage does
     return samples
 
 

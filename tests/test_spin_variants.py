@@ -86,18 +86,24 @@ def _fake_generate(texts_by_call):
     return gen, calls
 
 
+def _checkable_prompts(cfg, n: int):
+    """The tiny model, its chat format and n prompts whose gold answer is '#### i'."""
+    from spinlora.data import ChatFormat, build_examples
+    from spinlora.models import load_model
+
+    model, tok = load_model(cfg.model)
+    fmt = ChatFormat(tok)
+    rows = [{"prompt": f"q{i}", "answer": f"work\n#### {i}"} for i in range(n)]
+    return (model, tok, fmt, *build_examples(rows, fmt, cfg.data)[:1])
+
+
 def test_correct_pairs_drop_and_sampled_opponent(tiny_cfg, monkeypatch):
     """drop: a pair whose chosen answer is right is dropped and counted; with k samples a wrong
     one is chosen when there is one; the opponent samples with its own settings and a seed per
     iteration, while evaluation's generation config stays greedy."""
     import spinlora.stages.spin as sp
-    from spinlora.data import ChatFormat, Example, build_examples
-    from spinlora.models import load_model
 
-    model, tok = load_model(tiny_cfg.model)
-    fmt = ChatFormat(tok)
-    rows = [{"prompt": f"q{i}", "answer": f"work\n#### {i}"} for i in range(3)]
-    examples, _ = build_examples(rows, fmt, tiny_cfg.data)
+    model, tok, fmt, examples = _checkable_prompts(tiny_cfg, 3)
     tiny_cfg.spin.correct_pairs = "drop"
     tiny_cfg.spin.opponent.temperature, tiny_cfg.spin.opponent.samples = 0.7, 2
     # prompt 0: both samples right -> dropped; prompt 1: second wrong -> chosen; 2: both wrong
@@ -171,13 +177,8 @@ def test_own_correct_pairs_right_over_wrong(tiny_cfg, monkeypatch):
     """spin.chosen=own_correct: the preferred answer is one of the model's own right samples
     (finished), the other a wrong one (finished first); prompts without both are counted."""
     import spinlora.stages.spin as sp
-    from spinlora.data import ChatFormat, build_examples
-    from spinlora.models import load_model
 
-    model, tok = load_model(tiny_cfg.model)
-    fmt = ChatFormat(tok)
-    rows = [{"prompt": f"q{i}", "answer": f"work\n#### {i}"} for i in range(4)]
-    examples, _ = build_examples(rows, fmt, tiny_cfg.data)
+    model, tok, fmt, examples = _checkable_prompts(tiny_cfg, 4)
     tiny_cfg.spin.chosen = "own_correct"
     tiny_cfg.spin.opponent.temperature, tiny_cfg.spin.opponent.samples = 0.7, 3
     answers = ["a #### 7", "b #### 0", "c #### 0",  # prompt 0: right and wrong

@@ -79,6 +79,19 @@ def adapter_state(model, state: dict[str, torch.Tensor]):
         adapters.restore(model, saved)
 
 
+def old_and_ref(model, samples: list[Sample], start: dict[str, torch.Tensor], pad_id: int,
+                batch_size: int, temperature: float) -> int:
+    """Set each sample's log π_old (the adapter as it is) and log π_ref (the adapter state
+    ``start``, swapped in for one pass) at the sampling temperature; returns the tokens scored."""
+    pairs = [(s.prompt_ids, s.gen_ids) for s in samples]
+    old, _ = score_sequences(model, pairs, pad_id, batch_size, temperature)
+    with adapter_state(model, start):
+        ref, _ = score_sequences(model, pairs, pad_id, batch_size, temperature)
+    for s, o, f in zip(samples, old, ref):
+        s.old, s.ref = o, f
+    return 2 * sum(len(p) + len(a) for p, a in pairs)
+
+
 def rl_objective(pad_id: int, beta: float, clip: float, temperature: float = 1.0) -> Objective:
     """The clipped surrogate + KL loss; log-probs under softmax(logits / ``temperature``), the
     policy the samples were drawn from (π_old, π_ref and π alike)."""
@@ -142,16 +155,9 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
                    "reward_mean": sum(rewards_all) / max(len(rewards_all), 1),
                    "informative_groups": informative, "trained_samples": len(samples)}
             if samples:
-                pairs = [(s.prompt_ids, s.gen_ids) for s in samples]
                 with acct.phase("reference") as ph:
-                    old, _ = score_sequences(model, pairs, pad, cfg.train.micro_batch_size,
-                                             r.temperature)
-                    with adapter_state(model, start):
-                        ref, _ = score_sequences(model, pairs, pad, cfg.train.micro_batch_size,
-                                                 r.temperature)
-                    ph.tokens += 2 * sum(len(p) + len(a) for p, a in pairs)
-                for s, o, f in zip(samples, old, ref):
-                    s.old, s.ref = o, f
+                    ph.tokens += old_and_ref(model, samples, start, pad,
+                                             cfg.train.micro_batch_size, r.temperature)
                 steps = train_loop(model, samples, rl_objective(pad, r.beta, r.clip, r.temperature), cfg.train,
                                    r.lr, r.epochs, acct, log, cfg.seed + t + 1, f"rl round {t + 1}",
                                    extra={"round": t + 1}, method=cfg.adapter.method)
