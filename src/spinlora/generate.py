@@ -58,15 +58,25 @@ def _growing_layer_class():
     return GrowingLayer
 
 
+def _full_attention(cfg) -> bool:
+    """Every layer plain full attention (no sliding window, no hybrid or linear layers)."""
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+        return False
+    return not (getattr(cfg, "layer_types", None)
+                and any(t != "full_attention" for t in cfg.layer_types))
+
+
+def _text_config(model):
+    return model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+
+
 def growing_cache(model):
     """A KV cache that grows in place, or None (use transformers' default) for models whose
     attention is not plain full attention (sliding windows, hybrid or linear layers)."""
     from transformers.cache_utils import Cache
 
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
-        return None
-    if getattr(cfg, "layer_types", None) and any(t != "full_attention" for t in cfg.layer_types):
+    cfg = _text_config(model)
+    if not _full_attention(cfg):
         return None
     layer = _growing_layer_class()
     return Cache(layers=[layer() for _ in range(cfg.num_hidden_layers)])
@@ -85,14 +95,15 @@ def use_static_cache(model, cfg: GenerationConfig, prompt_learning: bool = False
     the decoding step of a model whose cache is static (``torch.compile``, mode reduce-overhead:
     CUDA graphs), which takes the per-token launch overhead off a small model's decode. On this
     project's CPU the static cache was slower than the growing one (0.93x against 1.09x HF
-    generate, benchmarks/generation_speed.py), so ``auto`` keeps the growing cache there. Models that are not plain full attention and
-    prompt-learning adapters keep the dynamic cache (a clear error if ``static`` was asked)."""
+    generate, benchmarks/generation_speed.py), so ``auto`` keeps the growing cache there. Models
+    that are not plain full attention and prompt-learning adapters keep the dynamic cache (a
+    clear error if ``static`` was asked)."""
     if cfg.cache == "dynamic":
         return False
     device = next(model.parameters()).device
     if cfg.cache == "auto" and device.type != "cuda":
         return False
-    plain = not prompt_learning and growing_cache(model) is not None
+    plain = not prompt_learning and _full_attention(_text_config(model))
     if cfg.cache == "static" and not plain:
         raise ValueError("generation.cache=static needs a full-attention model without a "
                          "prompt-learning adapter; use generation.cache=dynamic (or auto)")
@@ -146,7 +157,7 @@ def auto_batch_size(model, prompts: list[list[int]], max_new_tokens: int, cap: i
     """``generation.batch_size: auto``: the rows that half the free memory holds, each costing
     its KV cache at full length (2 · layers · kv heads · head dim · (longest prompt + new
     tokens)) plus three fp32 rows of vocabulary logits per step; at least 1, at most ``cap``."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    cfg = _text_config(model)
     p = next(model.parameters())
     heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -242,10 +253,8 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
             print(f"[spinlora] generation.cache=static: compiling the decode step failed "
                   f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
                   "going on with the dynamic cache (set generation.cache=dynamic to skip this)")
-            static = False
+            static = False  # (static implies full attention: the growing cache applies)
             kwargs["past_key_values"] = growing_cache(model)
-            if kwargs["past_key_values"] is None:
-                del kwargs["past_key_values"]
             seqs = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
                                   **kwargs)
         new = seqs[:, width:].tolist()

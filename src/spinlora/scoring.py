@@ -117,8 +117,10 @@ def _full_pass(model, batch: Batch, greedy: bool = False, temperature: float = 1
     if _is_prompt_learning(model) or not hasattr(_lm(model), "get_decoder"):
         # virtual tokens are prepended inside PeftModel.forward: take the full logits there
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        out = token_logps(None, logits[:, -batch.input_ids.shape[1]:-1][target_mask].float()
-                          / temperature, targets, greedy=greedy)
+        picked = logits[:, -batch.input_ids.shape[1]:-1][target_mask]
+        if temperature != 1.0:  # (token_logps takes them to fp32 chunk by chunk)
+            picked = picked.float() / temperature
+        out = token_logps(None, picked, targets, greedy=greedy)
     else:
         hidden = _lm(model).get_decoder()(input_ids=batch.input_ids,
                                           attention_mask=batch.attention_mask).last_hidden_state
