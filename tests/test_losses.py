@@ -50,6 +50,42 @@ def test_answer_logps_equals_full_logits_and_ignores_padding(tiny_model_dir):
             assert counts[i].item() == len(a)
 
 
+def test_right_padded_pass_runs_without_a_padding_mask(tiny_model_dir):
+    """SFT's full pass gives the decoder no padding mask for a right-padded batch (so SDPA runs
+    causal, without the masked kernel), with the same log-probs and gradients as with the mask;
+    a batch that is not right-padded keeps its mask."""
+    from transformers import AutoModelForCausalLM
+
+    from spinlora.data import Batch
+    from spinlora.scoring import _causal_mask_only, _lm
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    batch = collate([([1, 5, 6, 7], [8, 9, 2]), ([1, 5], [10, 11, 12, 13, 2]), ([1], [4, 2])], 2)
+    seen = []
+    hook = _lm(model).get_decoder().register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs.get("attention_mask")), with_kwargs=True)
+    lp, _ = answer_logps(model, batch)
+    hook.remove()
+    assert seen == [None]
+    lp.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    decoder = _lm(model).get_decoder()
+    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    target = batch.answer_mask[:, 1:]
+    logits = model.lm_head(hidden[:, :-1]).log_softmax(-1)
+    picked = logits.gather(-1, batch.input_ids[:, 1:, None])[..., 0] * target
+    masked = picked.sum(1)
+    assert torch.allclose(lp, masked, atol=1e-5)
+    masked.sum().backward()
+    for g, p in zip(grads, model.parameters()):
+        assert torch.allclose(g, p.grad, atol=1e-5)
+    left = Batch(batch.input_ids.flip(1), batch.attention_mask.flip(1), batch.answer_mask.flip(1))
+    assert _causal_mask_only(left) is left.attention_mask
+    full = collate([([1, 5], [6, 2]), ([1, 7], [8, 2])], 2)
+    assert _causal_mask_only(full) is None
+
+
 def test_shared_prompt_logps_equal_separate_passes(tiny_model_dir):
     """One prompt pass for several answers gives the same log-probs and gradients as
     separate full passes."""

@@ -108,6 +108,22 @@ def _decoder_alone(model):
     return lm.get_decoder()
 
 
+def _causal_mask_only(batch: Batch) -> torch.Tensor | None:
+    """The attention mask a right-padded batch needs: none. Under causal attention a real token
+    sees only the tokens before it, all real, so its hidden state is the same with or without the
+    padding mask (tested); only the unscored pad positions change. Without a mask, transformers
+    calls SDPA with ``is_causal=True``, which on CUDA can use the flash kernel; with one it takes
+    the masked "memory-efficient" kernel, whose bf16 backward returns NaN gradients on some
+    inputs (pytorch/pytorch#178251; the bf16 SFT of benchmarks/results/spin_quality stopped on a
+    NaN gradient at step 17, where the same batch on CPU gave a finite one). A batch that is not
+    right-padded keeps its mask."""
+    m = batch.attention_mask
+    lengths = m.sum(1)
+    right_padded = bool((m == (torch.arange(m.shape[1], device=m.device)[None] < lengths[:, None])
+                         ).all())
+    return None if right_padded else m
+
+
 def _full_pass(model, batch: Batch, greedy: bool = False, temperature: float = 1.0):
     """Per scored token (``batch.answer_mask``): log-prob, argmax hit (with ``greedy``) and row."""
     target_mask = batch.answer_mask[:, 1:]
@@ -123,7 +139,7 @@ def _full_pass(model, batch: Batch, greedy: bool = False, temperature: float = 1
         out = token_logps(None, picked, targets, greedy=greedy)
     else:
         hidden = _lm(model).get_decoder()(input_ids=batch.input_ids,
-                                          attention_mask=batch.attention_mask).last_hidden_state
+                                          attention_mask=_causal_mask_only(batch)).last_hidden_state
         out = token_logps(output_head(model, temperature), hidden[:, :-1][target_mask], targets,
                           greedy=greedy)
     return (*out, rows) if greedy else (out, None, rows)
