@@ -12,6 +12,8 @@
     spinlora hessian configs/demo.yaml --adapter runs/demo/sft/adapter --k 8
     spinlora methods                                    # the adapter methods and what they support
     spinlora export runs/demo --merge --out merged/     # the run's adapter merged into the base
+    spinlora plan configs/qwen05b_gsm8k.yaml --memory-budget 14GiB   # what fits, measured
+    spinlora run configs/qwen05b_gsm8k.yaml --memory-budget 14GiB    # plan, then run with it
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
     out = [f"stages={STAGES[args.command]}"] if args.command in STAGES else []
     out += list(args.overrides)
     for flag, key in (("output_dir", "output_dir"), ("model", "model.name"),
-                      ("adapter", "sft_adapter")):
+                      ("adapter", "sft_adapter"), ("memory_budget", "memory_budget")):
         if getattr(args, flag, None):
             out.append(f"{key}={getattr(args, flag)}")
     out += [f"{flag}=true" for flag in ("overwrite", "resume") if getattr(args, flag, False)]
@@ -50,7 +52,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         ("reward", "a Bradley-Terry reward model on preference pairs (reward.data)"),
                         ("eval", "evaluation of base / adapters"),
                         ("sweep", "a grid of runs (sweep.*), resumable; summary + plot"),
-                        ("hessian", "top-k Hessian spectrum of the SFT loss in the adapter")]:
+                        ("hessian", "top-k Hessian spectrum of the SFT loss in the adapter"),
+                        ("plan", "measure what the recipe's stages need and print the settings "
+                                 "that fit --memory-budget (trains nothing)")]:
         s = sub.add_parser(name, help=help_)
         s.add_argument("config", nargs="?", help="YAML recipe (defaults when omitted)")
         s.add_argument("overrides", nargs="*", help="section.key=value overrides")
@@ -58,6 +62,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         s.add_argument("--model", help="Hub id, local directory, or SmolLM2-135M-Instruct")
         s.add_argument("--adapter", help="start from this saved adapter (sft_adapter)")
         s.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+        s.add_argument("--memory-budget", help="fit the run into this much device memory "
+                                               "(e.g. 14GiB): memory_budget")
         s.add_argument("--resume", action="store_true",
                        help="continue the run in --output-dir (same config): finished stages and "
                             "SPIN iterations are reused, the interrupted one is redone")
@@ -141,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
             res = run_reward(cfg)
             print(json.dumps({k: res[k] for k in ("pairs", "heldout_before", "heldout_after")},
                              indent=2))
+            return 0
+        if args.command == "plan":
+            from .plan import run_plan
+
+            plan = run_plan(cfg)
+            print(plan.table())
             return 0
         if args.command == "hessian":
             from .hessian import run_hessian

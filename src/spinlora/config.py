@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,19 @@ KEEP_BEST = ("heldout_accuracy", "heldout_gold_logp", "heldout_win_rate", "heldo
 
 class ConfigError(ValueError):
     """A configuration value or key the user supplied is invalid."""
+
+
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_bytes(text: str | int | float) -> int:
+    """``memory_budget``: '14GiB', '15 GB', '900MiB' -> bytes; a bare number is GiB."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?I?B)?\s*", str(text).upper())
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"memory_budget: cannot read {text!r}; write it like 14GiB, 15GB or "
+                          "900MiB (a bare number is GiB)")
+    return int(float(m.group(1)) * _UNITS[m.group(2) or "GIB"])
 
 
 @dataclass
@@ -267,6 +281,10 @@ class RunConfig:
     resume: bool = False  # continue the run in output_dir: finished stages/iterations are reused
     stages: list[str] = field(default_factory=lambda: ["sft", "spin", "eval"])
     sft_adapter: str | None = None  # start SPIN / eval from this saved adapter instead of SFT
+    # the process's memory on its device (CUDA allocated / CPU RSS), e.g. 14GiB: before training,
+    # plan.py measures what the stages need and lowers train.micro_batch_size,
+    # generation.batch_size (and turns on gradient checkpointing) until the run fits
+    memory_budget: Union[str, float, None] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -332,6 +350,8 @@ class RunConfig:
                 isinstance(self.generation.batch_size, int) and self.generation.batch_size > 0),
              "a positive integer or auto"),
         ]
+        if self.memory_budget is not None:
+            parse_bytes(self.memory_budget)  # raises a ConfigError naming the key
         for name in ("beta", "lr"):
             v = getattr(self.spin, name)
             vals = v if isinstance(v, list) else [v]

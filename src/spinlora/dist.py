@@ -96,3 +96,12 @@ def sum_grads(params: list[torch.Tensor]) -> None:
         n = g.numel()
         p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)
         offset += n
+
+
+def broadcast(obj: Any) -> Any:
+    """The main process's ``obj`` on every process (a plan that must agree everywhere)."""
+    if world() == 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]

@@ -28,7 +28,9 @@ import torch
 from .accounting import Accountant, MemoryMeter, count_parameters, environment
 from . import adapters
 from . import dist, rundir
-from .config import RunConfig
+from dataclasses import asdict
+
+from .config import RunConfig, parse_bytes
 from .rundir import OutputExistsError  # noqa: F401  (part of this module's API)
 from .data import ChatFormat, DataError, build_examples, load_rows, subset
 from .evaluate import evaluate_gsm8k
@@ -91,6 +93,38 @@ def run(cfg: RunConfig) -> dict:
     return summary
 
 
+def sft_set(cfg: RunConfig, fmt: ChatFormat):
+    """The training split's rows, the indices of the SFT subset and of the rest (held-out rows
+    come from there), the SFT examples and their counts."""
+    rows = load_rows(cfg.data.train, cfg.data, "train")
+    chosen = subset(list(range(len(rows))), cfg.data.sft_examples, cfg.data.seed)
+    rest = sorted(set(range(len(rows))) - set(chosen))
+    sft_examples, counts = build_examples([rows[i] for i in chosen], fmt, cfg.data)
+    return rows, chosen, rest, sft_examples, counts
+
+
+def attach_adapter(cfg: RunConfig, model, out: Path):
+    """The adapter the stages train: fresh, or ``cfg.sft_adapter`` to continue from (its own
+    method and shapes). Returns (model, init_path): where a PiSSA-style method saved the state
+    it starts from, else None."""
+    init_path = None
+    if cfg.sft_adapter:
+        cfg.adapter = adapters.saved_config(cfg.sft_adapter, cfg.adapter)
+    if cfg.sft_adapter and not adapters.get(cfg.adapter.method).base_from_init:
+        model = adapters.load(model, cfg.sft_adapter, trainable=True)  # a peft folder
+    else:
+        model = adapters.attach(model, cfg.adapter)
+        if adapters.get(cfg.adapter.method).base_from_init:
+            # the state the method starts from gives the base model's output for evaluation
+            # (and the conversion of PiSSA-style adapters to plain LoRA on the original base)
+            init_path = out / "init_adapter"
+            adapters.save(model, cfg.adapter, init_path)
+            dist.barrier()  # the other processes read it at evaluation
+        if cfg.sft_adapter:
+            adapters.load_weights(model, cfg.adapter, cfg.sft_adapter)
+    return model, init_path
+
+
 def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     device = pick_device(cfg.model.device)
     torch.manual_seed(cfg.seed)
@@ -102,10 +136,7 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     fmt = ChatFormat(tok, cfg.data.system_prompt)
 
     # The SFT set, a held-out slice of the same split (for keep-best), the evaluation subset.
-    rows = load_rows(cfg.data.train, cfg.data, "train")
-    chosen = subset(list(range(len(rows))), cfg.data.sft_examples, cfg.data.seed)
-    rest = sorted(set(range(len(rows))) - set(chosen))
-    sft_examples, counts = build_examples([rows[i] for i in chosen], fmt, cfg.data)
+    rows, chosen, rest, sft_examples, counts = sft_set(cfg, fmt)
     n_held = (cfg.spin.heldout if "spin" in cfg.stages or cfg.train.early_stop_every else
               cfg.rl.heldout if "rl" in cfg.stages else 0)
     held_rows = subset(rest, n_held, cfg.data.seed + 1) if n_held else []
@@ -125,26 +156,21 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     inputs = eval_inputs(cfg, fmt) if "eval" in cfg.stages else None
     dpo_rows = load_pairs(cfg.dpo, cfg.data) if "dpo" in cfg.stages else None
 
-    # the adapter: fresh, or a saved one to continue from (its own method and shapes)
-    init_path = None
-    if cfg.sft_adapter:
-        cfg.adapter = adapters.saved_config(cfg.sft_adapter, cfg.adapter)
-    if cfg.sft_adapter and not adapters.get(cfg.adapter.method).base_from_init:
-        model = adapters.load(model, cfg.sft_adapter, trainable=True)  # a peft folder
-    else:
-        model = adapters.attach(model, cfg.adapter)
-        if adapters.get(cfg.adapter.method).base_from_init:
-            # the state the method starts from gives the base model's output for evaluation
-            # (and the conversion of PiSSA-style adapters to plain LoRA on the original base)
-            init_path = out / "init_adapter"
-            adapters.save(model, cfg.adapter, init_path)
-            dist.barrier()  # the other processes read it at evaluation
-        if cfg.sft_adapter:
-            adapters.load_weights(model, cfg.adapter, cfg.sft_adapter)
+    model, init_path = attach_adapter(cfg, model, out)
     params = count_parameters(model)
     summary["parameters"] = params
     print(f"[spinlora] trainable parameters: {params['trainable']:,} of {params['total']:,} "
           f"({params['trainable_pct']:.3f} %)")
+    if cfg.memory_budget is not None and sft_examples:
+        from .plan import apply, make_plan
+
+        plan = make_plan(cfg, model, tok, sft_examples, device, parse_bytes(cfg.memory_budget))
+        plan.chosen = dist.broadcast(plan.chosen)  # every process runs the main one's plan
+        apply(cfg, plan)
+        print(plan.table())
+        summary["plan"] = plan.chosen
+        # config.yaml stays the recipe as given (--resume compares against it and plans again)
+        rundir.write_json(out / "plan.json", asdict(plan))
     new_acct = lambda: Accountant(device, baseline)  # noqa: E731  (one per stage/iteration)
 
     if "sft" in cfg.stages and cfg.resume and rundir.finished(out / "sft"):

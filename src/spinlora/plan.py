@@ -1,0 +1,295 @@
+"""Memory planner: fit a run into a stated memory budget before it starts.
+
+    spinlora plan configs/qwen05b_gsm8k.yaml --memory-budget 14GiB   # print the plan, train nothing
+    spinlora run configs/qwen05b_gsm8k.yaml memory_budget=14GiB      # plan, then run with it
+
+The budget is the whole process's memory on its device: CUDA memory allocated by torch on a GPU
+(weights included; leave the CUDA context and other processes out of it), resident memory (RSS)
+on a CPU. What the loaded model holds is measured, not assumed; the rest is what the run may use.
+
+Per phase (``PhaseCost``: fixed bytes + bytes per row):
+
+- SFT step and SPIN step: *measured* by probes. One forward + backward through the very function
+  the stage trains with (``answer_logps`` on the longest SFT examples; ``score_answers`` on the
+  longest prompt with a gold answer and a ``generation.max_new_tokens`` answer, SPIN's pair) at 1
+  and at 2 rows, with and without gradient checkpointing; cost(m) = fixed + per_row·m from the
+  two peaks, plus Adam's two fp32 moments per trainable parameter (not in a probe: they exist
+  from the first optimizer step on).
+- Generation (SPIN's opponent, evaluation): computed: the KV cache of one row at full length
+  (2 · layers · kv heads · head dim · (longest prompt + new tokens) · dtype bytes) plus three
+  fp32 rows of vocabulary logits per step, as ``generation.batch_size: auto`` counts it.
+
+The plan keeps the configured values where they fit and lowers them where they do not:
+``train.micro_batch_size`` (the largest divisor of ``train.batch_size`` that fits; the optimizer
+step is the same, only the accumulation changes), ``train.gradient_checkpointing`` (turned on
+only when it lets at least twice the rows fit, since it costs ~10-30 % time per step) and
+``generation.batch_size``. Every figure is kept in the plan (``plan.json`` in the run folder).
+Only ``budget · (1 − margin)`` is planned for: allocators fragment, and a CPU's RSS moves with
+glibc's arenas. How close the predictions come is measured by ``benchmarks/plan_accuracy.py``.
+"""
+from __future__ import annotations
+
+import gc
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .accounting import MemoryMeter
+from .config import ConfigError, parse_bytes  # noqa: F401  (parse_bytes: public here too)
+
+MARGIN = 0.1  # share of the budget left unplanned
+class PlanError(ConfigError):
+    """The run cannot fit the budget with any setting the planner may choose."""
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+@dataclass
+class PhaseCost:
+    """Bytes a phase needs over the loaded model: ``fixed + per_row · rows``."""
+
+    fixed: float
+    per_row: float
+    how: str  # "probe" (measured) or "formula"
+
+    def at(self, rows: int) -> float:
+        return self.fixed + self.per_row * rows
+
+    def rows_within(self, room: float) -> int:
+        if self.per_row <= 0:
+            return 1 << 30 if self.fixed <= room else 0
+        return max(0, math.floor((room - self.fixed) / self.per_row))
+
+
+@dataclass
+class Plan:
+    budget_bytes: int
+    loaded_bytes: int  # what the model (and adapter) holds after loading
+    room_bytes: int  # planned for: budget · (1 − margin) − loaded
+    device: str
+    costs: dict[str, dict] = field(default_factory=dict)  # phase -> PhaseCost (+ checkpointing)
+    chosen: dict[str, object] = field(default_factory=dict)  # config key -> value
+    predicted_bytes: dict[str, float] = field(default_factory=dict)  # phase -> over loaded
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        lines = [f"memory plan on {self.device}: budget {gib(self.budget_bytes)}, the loaded "
+                 f"model holds {gib(self.loaded_bytes)}, planned for {gib(self.room_bytes)} "
+                 f"({int(MARGIN * 100)} % kept free)",
+                 "| phase | setting | predicted over the loaded model | how |",
+                 "|---|---|---|---|"]
+        for phase, b in self.predicted_bytes.items():
+            c = self.costs[phase]
+            lines.append(f"| {phase} | {c['setting']} | {gib(b)} | {c['how']} |")
+        lines.append("chosen: " + ", ".join(f"{k}={v}" for k, v in self.chosen.items()))
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _release() -> None:
+    """Hand freed memory back before a probe, so that the next peak counts what it allocates."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _probe(model, device: torch.device, step) -> float:
+    """Peak bytes of one forward + backward (``step()`` returns the loss) over the memory held
+    before it; gradients are dropped afterwards."""
+    _release()
+    meter = MemoryMeter(device)
+    meter.start()
+    loss = step()
+    loss.backward()
+    peak = meter.peak() - meter.baseline
+    del loss
+    model.zero_grad(set_to_none=True)
+    return float(peak)
+
+
+def _linear(model, device, step_for_rows) -> PhaseCost:
+    """fixed + per_row · m from probes at 1 and 2 rows (the 1-row probe twice: the first pays
+    one-off allocations, which the run pays once too and which its other steps reuse)."""
+    _probe(model, device, lambda: step_for_rows(1))
+    one = _probe(model, device, lambda: step_for_rows(1))
+    two = _probe(model, device, lambda: step_for_rows(2))
+    per_row = max(two - one, 0.0)
+    return PhaseCost(fixed=max(one - per_row, 0.0), per_row=per_row, how="probe")
+
+
+def _with_checkpointing(model, on: bool) -> None:
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif getattr(lm, "is_gradient_checkpointing", False):
+        model.gradient_checkpointing_disable()
+
+
+def generation_row_bytes(model, prompt_tokens: int, new_tokens: int) -> int:
+    """One generation row: its KV cache at full length and three fp32 rows of logits."""
+    from .generate import _text_config
+
+    cfg = _text_config(model)
+    p = next(model.parameters())
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return (2 * cfg.num_hidden_layers * heads * head_dim * (prompt_tokens + new_tokens)
+            * p.element_size() + 3 * cfg.vocab_size * 4)
+
+
+def _divisors_desc(n: int, cap: int) -> list[int]:
+    return [d for d in range(min(n, cap), 0, -1) if n % d == 0]
+
+
+def make_plan(cfg, model, tokenizer, examples: list, device: torch.device,
+              budget: int, loaded: int | None = None) -> Plan:
+    """Measure what the configured stages need and choose settings that fit ``budget`` bytes.
+    ``model`` carries its (trainable) adapter; ``examples`` are the SFT examples. Raises
+    PlanError, saying what to change, when nothing fits."""
+    from .data import collate
+    from .scoring import answer_logps, score_answers
+
+    if not examples:
+        raise PlanError("memory_budget: there are no SFT examples to plan for")
+    loaded = MemoryMeter(device).now() if loaded is None else loaded
+    room = int(budget * (1 - MARGIN)) - loaded
+    plan = Plan(budget, loaded, room, str(device))
+    if room <= 0:
+        raise PlanError(f"memory_budget {gib(budget)}: the loaded model alone holds "
+                        f"{gib(loaded)}, more than {int((1 - MARGIN) * 100)} % of the budget; "
+                        "raise the budget, load the base in 4 bits (model.quantization=nf4) "
+                        "or in bfloat16 (model.dtype=bfloat16), or use a smaller model")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    adam = 2 * 4 * trainable if cfg.train.optimizer == "adamw" else 4 * trainable
+    pad = tokenizer.pad_token_id
+    longest = max(examples, key=lambda e: len(e.prompt_ids) + len(e.answer_ids))
+    longest_prompt = max((e.prompt_ids for e in examples), key=len)
+    longest_answer = max((e.answer_ids for e in examples), key=len)
+    new = cfg.generation.max_new_tokens
+    was_training = model.training
+    model.train()
+
+    def sft_rows(m):  # m copies of the longest example: the worst micro-batch SFT can draw
+        batch = collate([(longest.prompt_ids, longest.answer_ids)] * m, pad).to(device)
+        return answer_logps(model, batch)[0].sum()
+
+    def pair_rows(m):  # m SPIN pairs: gold and a max_new_tokens answer on the longest prompt
+        generated = (longest_answer * (new // max(len(longest_answer), 1) + 1))[:new]
+        lp, _, _ = score_answers(model, [longest_prompt] * m,
+                                 [[longest_answer, generated]] * m, pad)
+        return lp.sum()
+
+    training = [("sft", sft_rows)] if "sft" in cfg.stages else []
+    if "spin" in cfg.stages:
+        training.append(("spin", pair_rows))
+    for other in ("dpo", "rl"):
+        if other in cfg.stages:
+            plan.notes.append(f"the {other} stage is not planned: its micro-batches are sized "
+                              "like SPIN's pairs here; check its accounting after the run")
+    from . import adapters
+
+    can_ckpt = adapters.get(cfg.adapter.method).gradient_checkpointing
+    measured: dict[str, dict[bool, PhaseCost]] = {}
+    try:
+        for name, fn in training:
+            measured[name] = {}
+            for ckpt in (False, True) if can_ckpt else (False,):
+                _with_checkpointing(model, ckpt)
+                measured[name][ckpt] = _linear(model, device, fn)
+    finally:
+        _with_checkpointing(model, False)
+        model.train(was_training)
+
+    mb_cap = cfg.train.micro_batch_size
+    fits = {}
+    for ckpt in (False, True) if can_ckpt else (False,):
+        best = None
+        for m in _divisors_desc(cfg.train.batch_size, mb_cap):
+            if all(measured[n][ckpt].at(m) + adam <= room for n in measured):
+                best = m
+                break
+        fits[ckpt] = best
+    if measured:
+        plain, ckpt = fits[False], fits.get(True)
+        if plain is None and ckpt is None:
+            least = can_ckpt  # the cheaper setting
+            worst = max(measured, key=lambda n: measured[n][least].at(1))
+            need = measured[worst][least].at(1) + adam
+            raise PlanError(
+                f"memory_budget {gib(budget)}: one {worst} row"
+                f"{' with gradient checkpointing' if least else ''} needs "
+                f"{gib(need)} over the loaded model ({gib(loaded)}), and {gib(room)} is left; "
+                f"lower data.max_length (now {cfg.data.max_length}) or generation.max_new_tokens "
+                f"(now {new}), load the base in 4 bits (model.quantization=nf4), or raise the "
+                "budget")
+        use_ckpt = can_ckpt and (cfg.train.gradient_checkpointing or plain is None or (
+            ckpt is not None and ckpt >= 2 * plain))
+        m = fits[use_ckpt]
+        if m is None:  # checkpointing was asked for but only fits without it
+            use_ckpt, m = False, plain
+        plan.chosen["train.micro_batch_size"] = m
+        plan.chosen["train.gradient_checkpointing"] = use_ckpt
+        for name in measured:
+            c = measured[name][use_ckpt]
+            plan.costs[name] = {**asdict(c), "setting": f"micro-batch {m}"
+                                + (", checkpointing" if use_ckpt else "")
+                                + f", + Adam {gib(adam)}",
+                                **{("with" if k else "without") + "_checkpointing": asdict(v)
+                                   for k, v in measured[name].items()}}
+            plan.predicted_bytes[name] = c.at(m) + adam
+
+    if {"spin", "rl", "eval"} & set(cfg.stages):
+        per_row = generation_row_bytes(model, len(longest_prompt), new)
+        gen = PhaseCost(0.0, float(per_row), "formula")
+        rows = min(gen.rows_within(room), 1024)
+        if rows < 1:
+            raise PlanError(f"memory_budget {gib(budget)}: one generation row needs "
+                            f"{gib(per_row)} and {gib(room)} is left; lower "
+                            "generation.max_new_tokens or raise the budget")
+        asked = cfg.generation.batch_size
+        chosen = rows if asked == "auto" else min(int(asked), rows)
+        plan.chosen["generation.batch_size"] = chosen
+        plan.costs["generation"] = {**asdict(gen), "setting": f"{chosen} rows of "
+                                    f"{len(longest_prompt)} + {new} tokens"}
+        plan.predicted_bytes["generation"] = gen.at(chosen)
+        plan.notes.append("generation rows are sized for the longest SFT prompt; a k-shot "
+                          "evaluation's longer prompts take more per row")
+    return plan
+
+
+def apply(cfg, plan: Plan) -> None:
+    """Write the plan's choices into ``cfg``."""
+    for key, value in plan.chosen.items():
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, value)
+
+
+def run_plan(cfg) -> Plan:
+    """``spinlora plan``: load the model and the SFT set as a run would, attach the adapter and
+    plan; nothing is trained and no run folder is written."""
+    import tempfile
+    from pathlib import Path
+
+    from .data import ChatFormat
+    from .models import load_model, pick_device
+    from .pipeline import attach_adapter, sft_set
+
+    cfg.validate()
+    if cfg.memory_budget is None:
+        raise ConfigError("spinlora plan needs a budget: --memory-budget 14GiB (or "
+                          "memory_budget=14GiB)")
+    device = pick_device(cfg.model.device)
+    model, tok = load_model(cfg.model)
+    examples = sft_set(cfg, ChatFormat(tok, cfg.data.system_prompt))[3]
+    with tempfile.TemporaryDirectory() as tmp:  # a PiSSA-style init adapter goes nowhere
+        model, _ = attach_adapter(cfg, model, Path(tmp))
+    return make_plan(cfg, model, tok, examples, device, parse_bytes(cfg.memory_budget))

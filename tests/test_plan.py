@@ -1,0 +1,145 @@
+"""The memory planner: budgets as users write them, the choice of micro-batch / checkpointing /
+generation rows from measured costs, clear errors when nothing fits, and the run and the CLI
+using the plan."""
+import json
+
+import pytest
+import torch
+
+from spinlora import plan as planner
+from spinlora.adapters import attach
+from spinlora.config import ConfigError, load_config, parse_bytes
+from spinlora.data import ChatFormat, build_examples, load_rows
+from spinlora.models import load_model
+from spinlora.scoring import _lm
+
+MiB = 2**20
+
+
+def test_budgets_read_as_users_write_them(tiny_cfg):
+    assert parse_bytes("14GiB") == 14 * 2**30
+    assert parse_bytes("15 GB") == 15 * 10**9
+    assert parse_bytes("900mib") == 900 * MiB
+    assert parse_bytes(2) == 2 * 2**30  # a bare number is GiB
+    for bad in ("abc", "14XB", "-3GB", "0"):
+        with pytest.raises(ConfigError, match="memory_budget: cannot read"):
+            parse_bytes(bad)
+    tiny_cfg.memory_budget = "lots"
+    with pytest.raises(ConfigError, match="memory_budget"):
+        tiny_cfg.validate()
+
+
+def _setup(cfg):
+    model, tok = load_model(cfg.model)
+    examples, _ = build_examples(load_rows(cfg.data.train, cfg.data, "train")[:8], ChatFormat(tok),
+                                 cfg.data)
+    return attach(model, cfg.adapter), tok, examples
+
+
+def _fake_costs(monkeypatch, plain, ckpt):
+    """Stand-in probes: (fixed, per_row) in MiB without / with gradient checkpointing."""
+    calls = []
+
+    def linear(model, device, fn):
+        on = bool(getattr(_lm(model), "is_gradient_checkpointing", False))
+        calls.append(on)
+        fixed, per_row = ckpt if on else plain
+        return planner.PhaseCost(fixed * MiB, per_row * MiB, "probe")
+
+    monkeypatch.setattr(planner, "_linear", linear)
+    return calls
+
+
+def test_plan_keeps_what_fits_and_lowers_what_does_not(tiny_cfg, monkeypatch):
+    cfg = tiny_cfg
+    cfg.stages = ["sft", "spin", "eval"]
+    cfg.train.batch_size, cfg.train.micro_batch_size = 8, 4
+    cfg.generation.batch_size = "auto"
+    model, tok, examples = _setup(cfg)
+    calls = _fake_costs(monkeypatch, plain=(100, 100), ckpt=(50, 20))
+    loaded = 1000 * MiB
+    adam = 2 * 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # plenty of room: the configured micro-batch (4) stays, no checkpointing
+    p = planner.make_plan(cfg, model, tok, examples, torch.device("cpu"), 10 * 2**30, loaded)
+    assert calls == [False, True, False, True]  # sft and spin, each without and with
+    assert p.chosen["train.micro_batch_size"] == 4
+    assert p.chosen["train.gradient_checkpointing"] is False
+    assert p.predicted_bytes["sft"] == pytest.approx(500 * MiB + adam)
+    # room for 100 + 100·m + Adam up to m = 2 without checkpointing; with it, 50 + 20·m fits m = 8
+    # capped at the configured 4 (>= 2 × 2 rows: checkpointing is worth it)
+    budget = int((loaded + 330 * MiB + adam) / (1 - planner.MARGIN)) + 1
+    p = planner.make_plan(cfg, model, tok, examples, torch.device("cpu"), budget, loaded)
+    assert p.chosen["train.micro_batch_size"] == 4
+    assert p.chosen["train.gradient_checkpointing"] is True
+    # the generation rows: what the room holds, one row's KV cache + logits each
+    row = planner.generation_row_bytes(model, max(len(e.prompt_ids) for e in examples),
+                                       cfg.generation.max_new_tokens)
+    assert p.chosen["generation.batch_size"] == min(1024, p.room_bytes // row)
+    planner.apply(cfg, p)
+    assert cfg.train.micro_batch_size == 4 and cfg.train.gradient_checkpointing is True
+    # gradients and checkpointing are left as they were found
+    assert not getattr(_lm(model), "is_gradient_checkpointing", False)
+    assert all(q.grad is None for q in model.parameters())
+
+
+def test_plan_says_what_to_change_when_nothing_fits(tiny_cfg, monkeypatch):
+    cfg = tiny_cfg
+    cfg.stages = ["sft"]
+    model, tok, examples = _setup(cfg)
+    _fake_costs(monkeypatch, plain=(400, 400), ckpt=(300, 300))
+    loaded = 1000 * MiB
+    with pytest.raises(planner.PlanError, match="with gradient checkpointing needs.*lower "
+                                                "data.max_length.*nf4"):
+        planner.make_plan(cfg, model, tok, examples, torch.device("cpu"), 1200 * MiB, loaded)
+    with pytest.raises(planner.PlanError, match="the loaded model alone holds"):
+        planner.make_plan(cfg, model, tok, examples, torch.device("cpu"), 1000 * MiB, loaded)
+
+
+def test_real_probes_on_the_tiny_model(tiny_cfg):
+    """The probes run the stages' own forward + backward and leave the model as they found it."""
+    cfg = tiny_cfg
+    cfg.stages = ["sft", "spin"]
+    model, tok, examples = _setup(cfg)
+    p = planner.make_plan(cfg, model, tok, examples, torch.device("cpu"), 64 * 2**30)
+    assert set(p.costs) == {"sft", "spin", "generation"}
+    for phase in ("sft", "spin"):
+        for key in ("without_checkpointing", "with_checkpointing"):
+            c = p.costs[phase][key]
+            assert c["fixed"] >= 0 and c["per_row"] >= 0 and c["how"] == "probe"
+    assert p.chosen["train.micro_batch_size"] == cfg.train.micro_batch_size
+    assert all(q.grad is None for q in model.parameters())
+    assert not getattr(_lm(model), "is_gradient_checkpointing", False)
+    assert model.training
+
+
+def test_run_with_a_budget_writes_its_plan(tiny_cfg, monkeypatch):
+    from spinlora.pipeline import run
+
+    cfg = tiny_cfg
+    cfg.stages = ["sft"]
+    cfg.train.batch_size, cfg.train.micro_batch_size = 4, 4
+    cfg.memory_budget = "64GiB"
+    # one row fits without checkpointing, four with it
+    _fake_costs(monkeypatch, plain=(0, 40_000), ckpt=(0, 10))
+    summary = run(cfg)
+    out = tiny_cfg.output_dir
+    saved = json.loads((__import__("pathlib").Path(out) / "plan.json").read_text())
+    assert saved["chosen"] == summary["plan"] == {"train.micro_batch_size": 4,
+                                                  "train.gradient_checkpointing": True}
+    assert summary["status"] == "ok"
+
+
+def test_plan_command(tiny_cfg, capsys, tmp_path):
+    from spinlora.cli import main
+    from spinlora.config import save_config
+
+    tiny_cfg.stages = ["sft"]
+    path = tmp_path / "cfg.yaml"
+    save_config(tiny_cfg, path)
+    assert main(["plan", str(path), "--memory-budget", "64GiB"]) == 0
+    out = capsys.readouterr().out
+    assert "memory plan on cpu: budget 64.00 GiB" in out and "| sft |" in out
+    assert not (tmp_path / "run").exists()  # trains nothing, writes no run folder
+    assert main(["plan", str(path)]) == 2
+    assert "needs a budget" in capsys.readouterr().err
+    assert load_config(str(path), ["memory_budget=3GiB"]).memory_budget == "3GiB"
