@@ -40,14 +40,46 @@ def _fake_costs(monkeypatch, plain, ckpt):
     """Stand-in probes: (fixed, per_row) in MiB without / with gradient checkpointing."""
     calls = []
 
-    def linear(model, device, fn):
+    def linear(model, device, fn, first, loaded):
         on = bool(getattr(_lm(model), "is_gradient_checkpointing", False))
         calls.append(on)
         fixed, per_row = ckpt if on else plain
         return planner.PhaseCost(fixed * MiB, per_row * MiB, "probe")
 
     monkeypatch.setattr(planner, "_linear", linear)
+    monkeypatch.setattr(planner, "_verify", lambda model, device, steps, m, *a: (m, {}))
+    monkeypatch.setattr(planner, "_generation_cost", lambda *a: planner.PhaseCost(
+        0.0, float(a[-1]), "formula"))  # the formula's row, no probe
     return calls
+
+
+def test_the_chosen_micro_batch_is_probed_and_lowered_until_it_fits(tiny_cfg, monkeypatch):
+    """Above 2 rows the line through the 1- and 2-row probes can be low: the chosen size is
+    probed itself, and the next divisor down is tried while a phase's peak exceeds the room."""
+    model, tok, examples = _setup(tiny_cfg)
+    sizes = []
+
+    def probe(model, device, step, loaded):
+        step()  # the step knows its rows; record them through the fake steps below
+        return sizes[-1] * 100 * MiB
+
+    def fake(name):
+        def step(m):
+            sizes.append(m)
+            return next(q for q in model.parameters() if q.requires_grad).sum() * 0
+        return step
+
+    monkeypatch.setattr(planner, "_probe", probe)
+    steps = {"sft": fake("sft"), "spin": fake("spin")}
+    m, peaks = planner._verify(model, torch.device("cuda"), steps, 8, False, 450 * MiB, 20 * MiB,
+                               8, True)  # (the probes are fakes: no GPU is touched)
+    # 8 rows: 800 MiB > 450 (spin not probed after sft failed); 4 rows: 400 + 20 fits both
+    assert sizes == [8, 4, 4] and m == 4
+    assert peaks == {"sft": 420 * MiB, "spin": 420 * MiB}
+    assert planner._verify(model, torch.device("cuda"), steps, 2, False, 1, 0, 8, True) == (2, {})
+    # on a CPU the chosen size is not probed again (RSS in a warm process reads low)
+    assert planner._verify(model, torch.device("cpu"), steps, 8, False, 1, 0, 8, True) == (8, {})
+    assert model.training
 
 
 def test_plan_keeps_what_fits_and_lowers_what_does_not(tiny_cfg, monkeypatch):
@@ -102,6 +134,9 @@ def test_real_probes_on_the_tiny_model(tiny_cfg):
     model, tok, examples = _setup(cfg)
     p = planner.make_plan(cfg, model, tok, examples, torch.device("cpu"), 64 * 2**30)
     assert set(p.costs) == {"sft", "spin", "generation"}
+    row = planner.generation_row_bytes(model, max(len(e.prompt_ids) for e in examples),
+                                       cfg.generation.max_new_tokens)
+    assert p.costs["generation"]["per_row"] >= row  # never below the KV-cache formula
     for phase in ("sft", "spin"):
         for key in ("without_checkpointing", "with_checkpointing"):
             c = p.costs[phase][key]

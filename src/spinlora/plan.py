@@ -15,16 +15,19 @@ Per phase (``PhaseCost``: fixed bytes + bytes per row):
   and at 2 rows, with and without gradient checkpointing; cost(m) = fixed + per_row·m from the
   two peaks, plus Adam's two fp32 moments per trainable parameter (not in a probe: they exist
   from the first optimizer step on).
-- Generation (SPIN's opponent, evaluation): computed: the KV cache of one row at full length
-  (2 · layers · kv heads · head dim · (longest prompt + new tokens) · dtype bytes) plus three
-  fp32 rows of vocabulary logits per step, as ``generation.batch_size: auto`` counts it.
+- Generation (SPIN's opponent, evaluation): probed at 1 and 2 rows of the longest prompt, run to
+  the full ``max_new_tokens``; per row, the larger of the probes' slope and the formula (the KV
+  cache at full length, 2 · layers · kv heads · head dim · (prompt + new tokens) · dtype bytes,
+  plus three fp32 rows of vocabulary logits), as ``generation.batch_size: auto`` counts it.
 
 The plan keeps the configured values where they fit and lowers them where they do not:
 ``train.micro_batch_size`` (the largest divisor of ``train.batch_size`` that fits; the optimizer
 step is the same, only the accumulation changes), ``train.gradient_checkpointing`` (turned on
 only when it lets at least twice the rows fit, since it costs ~10-30 % time per step) and
-``generation.batch_size``. Every figure is kept in the plan (``plan.json`` in the run folder).
-Only ``budget · (1 − margin)`` is planned for: allocators fragment, and a CPU's RSS moves with
+``generation.batch_size``. On CUDA a chosen micro-batch above 2 rows is probed itself (exact
+there: max-allocated) and lowered while it does not fit. Every figure is kept in the plan
+(``plan.json`` in the run folder). Only ``budget · (1 − MARGIN)`` is planned for: allocators
+fragment, runs draw batches of many shapes where a probe repeats one, and a CPU's RSS moves with
 glibc's arenas. How close the predictions come is measured by ``benchmarks/plan_accuracy.py``.
 """
 from __future__ import annotations
@@ -38,7 +41,7 @@ import torch
 from .accounting import MemoryMeter
 from .config import ConfigError, parse_bytes  # noqa: F401  (parse_bytes: public here too)
 
-MARGIN = 0.1  # share of the budget left unplanned
+MARGIN = 0.15  # share of the budget left unplanned (the CPU predictions ran up to 12 % low)
 class PlanError(ConfigError):
     """The run cannot fit the budget with any setting the planner may choose."""
 
@@ -102,28 +105,37 @@ def _release() -> None:
         pass
 
 
-def _probe(model, device: torch.device, step) -> float:
-    """Peak bytes of one forward + backward (``step()`` returns the loss) over the memory held
-    before it; gradients are dropped afterwards."""
+def _probe(model, device: torch.device, step, loaded: float) -> float:
+    """Peak bytes of one forward + backward (``step()`` returns the loss) over ``loaded``, what
+    the process held before the plan; gradients are dropped afterwards. The peak is the
+    process's own (CUDA max-allocated, or RSS), not its growth during the probe: on a CPU, memory
+    that earlier probes freed stays with the process (glibc keeps it) and is reused, so growth
+    alone read 8-29 % below what runs then measured (benchmarks/plan_accuracy.py)."""
     _release()
     meter = MemoryMeter(device)
     meter.start()
     loss = step()
     loss.backward()
-    peak = meter.peak() - meter.baseline
+    peak = meter.peak() - loaded
     del loss
     model.zero_grad(set_to_none=True)
     return float(peak)
 
 
-def _linear(model, device, step_for_rows) -> PhaseCost:
-    """fixed + per_row · m from probes at 1 and 2 rows (the 1-row probe twice: the first pays
-    one-off allocations, which the run pays once too and which its other steps reuse)."""
-    _probe(model, device, lambda: step_for_rows(1))
-    one = _probe(model, device, lambda: step_for_rows(1))
-    two = _probe(model, device, lambda: step_for_rows(2))
+def _linear(model, device, step_for_rows, first: list, loaded: float) -> PhaseCost:
+    """fixed + per_row · m from probes at 1 and 2 rows. The 1-row probe runs twice: the first
+    (cold) one also pays the one-off allocations of a process's first backward pass (thread
+    pools, kernel workspaces, allocator arenas), which a run pays too and keeps; the second
+    gives the slope with the 2-row probe. The one-off part, measured at the plan's first probe
+    (``first``), is added to every phase: a run measures each phase against the post-load
+    baseline, after whatever came before it."""
+    cold = _probe(model, device, lambda: step_for_rows(1), loaded)
+    one = _probe(model, device, lambda: step_for_rows(1), loaded)
+    two = _probe(model, device, lambda: step_for_rows(2), loaded)
+    if not first:
+        first.append(max(cold - one, 0.0))
     per_row = max(two - one, 0.0)
-    return PhaseCost(fixed=max(one - per_row, 0.0), per_row=per_row, how="probe")
+    return PhaseCost(fixed=max(one - per_row, 0.0) + first[0], per_row=per_row, how="probe")
 
 
 def _with_checkpointing(model, on: bool) -> None:
@@ -132,6 +144,60 @@ def _with_checkpointing(model, on: bool) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     elif getattr(lm, "is_gradient_checkpointing", False):
         model.gradient_checkpointing_disable()
+
+
+def _verify(model, device, steps: dict, m: int, ckpt: bool, room: float, one_off: float,
+            batch_size: int, was_training: bool, loaded: float = 0.0) -> tuple[int, dict]:
+    """Probe the chosen micro-batch itself (above 2 rows the straight line through the 1- and
+    2-row probes can be low: on 2 CPU cores SmolLM2's SFT step grew 554 MB from 1 to 2 rows and
+    759 MB a row from 4 to 8). Steps down through the divisors of ``batch_size`` until every
+    phase's measured peak (+ the one-off bytes) is within ``room``. Returns the micro-batch and
+    the peak of each phase probed at it."""
+    if m <= 2 or device.type != "cuda":  # CPU RSS in a warm process reads low: see _probe
+        return m, {}
+    model.train()
+    _with_checkpointing(model, ckpt)
+    try:
+        for size in [d for d in _divisors_desc(batch_size, m) if d > 2]:
+            peaks = {}
+            for name, fn in steps.items():
+                try:
+                    peaks[name] = _probe(model, device, lambda: fn(size), loaded) + one_off
+                except torch.cuda.OutOfMemoryError:
+                    model.zero_grad(set_to_none=True)
+                    peaks[name] = float("inf")
+                if peaks[name] > room:
+                    break
+            if all(v <= room for v in peaks.values()):
+                return size, peaks
+        return (2 if batch_size % 2 == 0 else 1), {}
+    finally:
+        _with_checkpointing(model, False)
+        model.train(was_training)
+
+
+def _generation_cost(model, tokenizer, gcfg, prompt: list[int], device, loaded: float,
+                     formula_row: int) -> PhaseCost:
+    """Generation probed at 1 and 2 rows of the longest prompt, each run to the full
+    ``max_new_tokens`` (no stop token): the fixed part (prefill activations, the decoder's
+    working set) from the probes; per row the larger of the probes' slope and the formula."""
+    import copy
+
+    from .generate import generate
+
+    g = copy.deepcopy(gcfg)
+    g.do_sample, g.cache = False, "dynamic"
+    peaks = []
+    for rows in (1, 2):
+        g.batch_size = rows
+        _release()
+        meter = MemoryMeter(device)
+        meter.start()
+        generate(model, tokenizer, [prompt] * rows, g, stop_ids=[], desc="plan",
+                 share_prefix=False)  # distinct prompts in a run: each row its own prefill
+        peaks.append(float(meter.peak() - loaded))
+    per_row = max(peaks[1] - peaks[0], float(formula_row))
+    return PhaseCost(fixed=max(peaks[0] - per_row, 0.0), per_row=per_row, how="probe + formula")
 
 
 def generation_row_bytes(model, prompt_tokens: int, new_tokens: int) -> int:
@@ -199,12 +265,13 @@ def make_plan(cfg, model, tokenizer, examples: list, device: torch.device,
 
     can_ckpt = adapters.get(cfg.adapter.method).gradient_checkpointing
     measured: dict[str, dict[bool, PhaseCost]] = {}
+    first: list = []  # the one-off bytes of the first backward pass, from the first probe
     try:
         for name, fn in training:
             measured[name] = {}
             for ckpt in (False, True) if can_ckpt else (False,):
                 _with_checkpointing(model, ckpt)
-                measured[name][ckpt] = _linear(model, device, fn)
+                measured[name][ckpt] = _linear(model, device, fn, first, loaded)
     finally:
         _with_checkpointing(model, False)
         model.train(was_training)
@@ -236,6 +303,13 @@ def make_plan(cfg, model, tokenizer, examples: list, device: torch.device,
         m = fits[use_ckpt]
         if m is None:  # checkpointing was asked for but only fits without it
             use_ckpt, m = False, plain
+        plan.notes.append("micro-batches that fit by the 1- and 2-row probes (divisors of "
+                          f"train.batch_size, at most train.micro_batch_size={mb_cap}): "
+                          f"{plain or 'none'} without gradient checkpointing, {ckpt or 'none'} "
+                          "with it")
+        m, verified = _verify(model, device, dict(training), m, use_ckpt, room - adam,
+                              first[0] if first else 0.0, cfg.train.batch_size, was_training,
+                              loaded)
         plan.chosen["train.micro_batch_size"] = m
         plan.chosen["train.gradient_checkpointing"] = use_ckpt
         for name in measured:
@@ -243,13 +317,16 @@ def make_plan(cfg, model, tokenizer, examples: list, device: torch.device,
             plan.costs[name] = {**asdict(c), "setting": f"micro-batch {m}"
                                 + (", checkpointing" if use_ckpt else "")
                                 + f", + Adam {gib(adam)}",
+                                **({"verified_at_micro_batch": verified[name]}
+                                   if name in verified else {}),
                                 **{("with" if k else "without") + "_checkpointing": asdict(v)
                                    for k, v in measured[name].items()}}
-            plan.predicted_bytes[name] = c.at(m) + adam
+            plan.predicted_bytes[name] = verified.get(name, c.at(m)) + adam
 
     if {"spin", "rl", "eval"} & set(cfg.stages):
         per_row = generation_row_bytes(model, len(longest_prompt), new)
-        gen = PhaseCost(0.0, float(per_row), "formula")
+        gen = _generation_cost(model, tokenizer, cfg.generation, longest_prompt, device, loaded,
+                               per_row)
         rows = min(gen.rows_within(room), 1024)
         if rows < 1:
             raise PlanError(f"memory_budget {gib(budget)}: one generation row needs "
