@@ -33,6 +33,12 @@ for off in false true; do
     train.offload_activations=$off --output-dir $HOME/next/offload_$off --overwrite \
     > $HOME/next/offload_$off.log 2>&1
 done
+# 2c. the memory planner on CUDA (exact probes there): the T4-sized plan for the 0.5B recipe, then
+#     an SFT run under it, whose sft/result.json peak must stay under 14 GiB
+python3 -m spinlora plan configs/qwen05b_gsm8k.yaml --model $HOME/qwen.gguf --memory-budget 14GiB \
+  > $HOME/next/plan_14gib.log 2>&1
+python3 -m spinlora sft configs/qwen05b_gsm8k.yaml --model $HOME/qwen.gguf data.sft_examples=256 \
+  --memory-budget 14GiB --output-dir $HOME/next/plan_sft --overwrite > $HOME/next/plan_sft.log 2>&1
 # 3. issues 8 and 11: RL with the correctness reward (KL as β·½·k², scored at the sampling
 #    temperature), and SPIN with the model's own right answer preferred (Iterative RPO)
 python3 benchmarks/spin_quality.py $COMMON --stage rl --out $HOME/next/rl --parallel 3 \
