@@ -8,8 +8,8 @@ micro-batch size (with and without checkpointing) and a one-iteration SPIN run p
 size, from the same recipe. Each run's own accounting gives the peak of the whole process in its
 training phase (SPIN: also its generation phase), which is what a budget bounds; the table sets
 the plan's figure beside it: what the planning process held once model, data and adapter were
-loaded, plus the phase's predicted bytes ("line": the straight line through the 1- and 2-row
-probes, which is what a CPU plan uses; on CUDA a chosen micro-batch above 2 is probed again,
+loaded, plus the phase's predicted bytes (the straight line through the 1- and 2-row probes,
+which is what a CPU plan uses; on CUDA a chosen micro-batch above 2 is probed again,
 ``plan._verify``, not measured here). CPU: process RSS; GPU: CUDA max-allocated.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ def predictions(config: str, overrides: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model, _ = attach_adapter(cfg, model, Path(tmp))
     plan = make_plan(cfg, model, tok, examples, device, 10**13)  # room for everything
-    return {"costs": plan.costs, "loaded_bytes": plan.loaded_bytes, "probed": {},
+    return {"costs": plan.costs, "loaded_bytes": plan.loaded_bytes,
             "longest_sft_tokens": max(len(e.prompt_ids) + len(e.answer_ids) for e in examples)}
 
 
@@ -69,7 +69,7 @@ def main() -> None:
     pred = predictions(a.config, a.overrides)
     if a.reuse:
         old = json.loads(Path(a.reuse).read_text())
-        rows = [{k: v for k, v in r.items() if k not in ("predicted_MB", "error_pct", "probed_MB")}
+        rows = [{k: v for k, v in r.items() if k not in ("predicted_MB", "error_pct")}
                 for r in old["rows"]]
         for r in rows:
             if r["phase"] == "spin generate":
@@ -122,21 +122,13 @@ def measure(a, micro: list[int], pred: dict) -> list[dict]:
 
 def finish(a, pred: dict, rows: list[dict], measured_at: str | None) -> None:
     for r in rows:
-        key = f"{r['phase'].split()[0]} {r.get('micro_batch')} {r.get('checkpointing')}"
-        if key in pred["probed"]:
-            r["probed_MB"] = round((pred["loaded_bytes"] + pred["probed"][key]) / 2**20)
-    for r in rows:
         r["error_pct"] = round(100 * (r["predicted_MB"] - r["measured_MB"]) / max(r["measured_MB"], 1), 1)
-    print("| phase | micro-batch | checkpointing | measured MB | line MB | error | probed MB "
-          "| error |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| phase | micro-batch | checkpointing | measured MB | plan MB | error |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        probed = (f"{r['probed_MB']} | "
-                  f"{100 * (r['probed_MB'] - r['measured_MB']) / r['measured_MB']:+.1f} %"
-                  if "probed_MB" in r else "- | -")
         print(f"| {r['phase']} | {r.get('micro_batch', r.get('rows'))} | "
               f"{r.get('checkpointing', '-')} | {r['measured_MB']} | {r['predicted_MB']} | "
-              f"{r['error_pct']:+.1f} % | {probed} |")
+              f"{r['error_pct']:+.1f} % |")
     result = {"benchmark": "memory plan accuracy", "args": vars(a), "environment": environment(),
               "loaded_bytes": pred["loaded_bytes"], "longest_sft_tokens": pred["longest_sft_tokens"],
               "costs": pred["costs"], "rows": rows,

@@ -72,13 +72,14 @@ def test_the_chosen_micro_batch_is_probed_and_lowered_until_it_fits(tiny_cfg, mo
     monkeypatch.setattr(planner, "_probe", probe)
     steps = {"sft": fake("sft"), "spin": fake("spin")}
     m, peaks = planner._verify(model, torch.device("cuda"), steps, 8, False, 450 * MiB, 20 * MiB,
-                               8, True)  # (the probes are fakes: no GPU is touched)
+                               8, True, 0)  # (the probes are fakes: no GPU is touched)
     # 8 rows: 800 MiB > 450 (spin not probed after sft failed); 4 rows: 400 + 20 fits both
     assert sizes == [8, 4, 4] and m == 4
     assert peaks == {"sft": 420 * MiB, "spin": 420 * MiB}
-    assert planner._verify(model, torch.device("cuda"), steps, 2, False, 1, 0, 8, True) == (2, {})
+    cuda = torch.device("cuda")
+    assert planner._verify(model, cuda, steps, 2, False, 1, 0, 8, True, 0) == (2, {})
     # on a CPU the chosen size is not probed again (RSS in a warm process reads low)
-    assert planner._verify(model, torch.device("cpu"), steps, 8, False, 1, 0, 8, True) == (8, {})
+    assert planner._verify(model, torch.device("cpu"), steps, 8, False, 1, 0, 8, True, 0) == (8, {})
     assert model.training
 
 

@@ -67,7 +67,8 @@ def _full_attention(cfg) -> bool:
 
 
 def _text_config(model):
-    return model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    cfg = model.config
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
 
 
 def growing_cache(model):
@@ -157,14 +158,19 @@ def auto_batch_size(model, prompts: list[list[int]], max_new_tokens: int, cap: i
     """``generation.batch_size: auto``: the rows that half the free memory holds, each costing
     its KV cache at full length (2 · layers · kv heads · head dim · (longest prompt + new
     tokens)) plus three fp32 rows of vocabulary logits per step; at least 1, at most ``cap``."""
+    per_row = row_bytes(model, max(len(x) for x in prompts) + max_new_tokens)
+    return max(1, min(cap, free_memory(next(model.parameters()).device) // 2 // per_row))
+
+
+def row_bytes(model, length: int) -> int:
+    """One generation row of ``length`` tokens (prompt + new): its KV cache at full length
+    (2 · layers · kv heads · head dim · length · dtype bytes) and three fp32 rows of logits."""
     cfg = _text_config(model)
     p = next(model.parameters())
     heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    length = max(len(x) for x in prompts) + max_new_tokens
-    per_row = (2 * cfg.num_hidden_layers * heads * head_dim * length * p.element_size()
-               + 3 * cfg.vocab_size * 4)
-    return max(1, min(cap, free_memory(p.device) // 2 // per_row))
+    return (2 * cfg.num_hidden_layers * heads * head_dim * length * p.element_size()
+            + 3 * cfg.vocab_size * 4)
 
 
 @torch.inference_mode()

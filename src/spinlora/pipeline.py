@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -28,8 +29,6 @@ import torch
 from .accounting import Accountant, MemoryMeter, count_parameters, environment
 from . import adapters
 from . import dist, rundir
-from dataclasses import asdict
-
 from .config import RunConfig, parse_bytes
 from .rundir import OutputExistsError  # noqa: F401  (part of this module's API)
 from .data import ChatFormat, DataError, build_examples, load_rows, subset

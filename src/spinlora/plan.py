@@ -39,9 +39,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .accounting import MemoryMeter
-from .config import ConfigError, parse_bytes  # noqa: F401  (parse_bytes: public here too)
+from .config import ConfigError, parse_bytes
 
-MARGIN = 0.15  # share of the budget left unplanned (the CPU predictions ran up to 12 % low)
+MARGIN = 0.15  # share of the budget left unplanned (the CPU predictions ran up to 14 % low)
+
+
 class PlanError(ConfigError):
     """The run cannot fit the budget with any setting the planner may choose."""
 
@@ -105,21 +107,26 @@ def _release() -> None:
         pass
 
 
-def _probe(model, device: torch.device, step, loaded: float) -> float:
-    """Peak bytes of one forward + backward (``step()`` returns the loss) over ``loaded``, what
-    the process held before the plan; gradients are dropped afterwards. The peak is the
-    process's own (CUDA max-allocated, or RSS), not its growth during the probe: on a CPU, memory
-    that earlier probes freed stays with the process (glibc keeps it) and is reused, so growth
-    alone read 8-29 % below what runs then measured (benchmarks/plan_accuracy.py)."""
+def _peak(device: torch.device, loaded: float, work) -> float:
+    """The process's peak memory (CUDA max-allocated, or RSS) while ``work()`` runs, over
+    ``loaded``, what it held before the plan. The process's own peak, not its growth during
+    ``work``: on a CPU, memory that earlier probes freed stays with the process (glibc keeps it)
+    and is reused, so growth alone read 8-87 % below what runs then measured
+    (benchmarks/plan_accuracy.py)."""
     _release()
     meter = MemoryMeter(device)
     meter.start()
-    loss = step()
-    loss.backward()
-    peak = meter.peak() - loaded
-    del loss
-    model.zero_grad(set_to_none=True)
-    return float(peak)
+    work()
+    return float(meter.peak() - loaded)
+
+
+def _probe(model, device: torch.device, step, loaded: float) -> float:
+    """Peak bytes over ``loaded`` of one forward + backward (``step()`` returns the loss);
+    gradients are dropped afterwards."""
+    try:
+        return _peak(device, loaded, lambda: step().backward())
+    finally:
+        model.zero_grad(set_to_none=True)
 
 
 def _linear(model, device, step_for_rows, first: list, loaded: float) -> PhaseCost:
@@ -147,7 +154,7 @@ def _with_checkpointing(model, on: bool) -> None:
 
 
 def _verify(model, device, steps: dict, m: int, ckpt: bool, room: float, one_off: float,
-            batch_size: int, was_training: bool, loaded: float = 0.0) -> tuple[int, dict]:
+            batch_size: int, was_training: bool, loaded: float) -> tuple[int, dict]:
     """Probe the chosen micro-batch itself (above 2 rows the straight line through the 1- and
     2-row probes can be low: on 2 CPU cores SmolLM2's SFT step grew 554 MB from 1 to 2 rows and
     759 MB a row from 4 to 8). Steps down through the divisors of ``batch_size`` until every
@@ -163,8 +170,7 @@ def _verify(model, device, steps: dict, m: int, ckpt: bool, room: float, one_off
             for name, fn in steps.items():
                 try:
                     peaks[name] = _probe(model, device, lambda: fn(size), loaded) + one_off
-                except torch.cuda.OutOfMemoryError:
-                    model.zero_grad(set_to_none=True)
+                except torch.cuda.OutOfMemoryError:  # (_probe dropped the gradients)
                     peaks[name] = float("inf")
                 if peaks[name] > room:
                     break
@@ -190,26 +196,18 @@ def _generation_cost(model, tokenizer, gcfg, prompt: list[int], device, loaded: 
     peaks = []
     for rows in (1, 2):
         g.batch_size = rows
-        _release()
-        meter = MemoryMeter(device)
-        meter.start()
-        generate(model, tokenizer, [prompt] * rows, g, stop_ids=[], desc="plan",
-                 share_prefix=False)  # distinct prompts in a run: each row its own prefill
-        peaks.append(float(meter.peak() - loaded))
+        peaks.append(_peak(device, loaded, lambda: generate(
+            model, tokenizer, [prompt] * rows, g, stop_ids=[], desc="plan",
+            share_prefix=False)))  # distinct prompts in a run: each row its own prefill
     per_row = max(peaks[1] - peaks[0], float(formula_row))
     return PhaseCost(fixed=max(peaks[0] - per_row, 0.0), per_row=per_row, how="probe + formula")
 
 
 def generation_row_bytes(model, prompt_tokens: int, new_tokens: int) -> int:
     """One generation row: its KV cache at full length and three fp32 rows of logits."""
-    from .generate import _text_config
+    from .generate import row_bytes
 
-    cfg = _text_config(model)
-    p = next(model.parameters())
-    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return (2 * cfg.num_hidden_layers * heads * head_dim * (prompt_tokens + new_tokens)
-            * p.element_size() + 3 * cfg.vocab_size * 4)
+    return row_bytes(model, prompt_tokens + new_tokens)
 
 
 def _divisors_desc(n: int, cap: int) -> list[int]:
