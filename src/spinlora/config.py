@@ -240,7 +240,7 @@ class EvalConfig:
     limit: int | None = 50  # questions per task (None = all); a seeded random subset
     seed: int = 0  # picks the subset
     models: list[str] = field(default_factory=lambda: ["base", "sft", "spin", "dpo", "rl"])
-    tasks: list[str] = field(default_factory=lambda: ["gsm8k"])  # + mmlu, arc_challenge,
+    tasks: list[str] = field(default_factory=lambda: ["gsm8k"])  # + svamp, mmlu, arc_challenge,
     # arc_easy, hellaswag, winogrande (log-likelihood, lm-evaluation-harness prompt formats)
     data_root: str | None = "../shared/data"  # local benchmark files; null = load from the Hub
     shots: int | None = None  # few-shot examples for the multiple-choice tasks (None: task default)
@@ -386,10 +386,11 @@ class RunConfig:
                            f"unknown mode {mode!r}: use standard, rules, cot, reflection"))
         checks.append(("eval.gsm8k_fewshot", self.eval.gsm8k_fewshot in ("per_question", "fixed"),
                        "per_question or fixed"))
-        checks.append(("eval.shots", not self.eval.shots or set(self.eval.tasks) <= {"gsm8k", "mmlu"},
+        checks.append(("eval.shots", not self.eval.shots or set(self.eval.tasks) <= {"gsm8k", "svamp", "mmlu"},
                        "only MMLU has a few-shot split here (its dev set); set eval.shots to "
                        "null or 0 for arc_*, hellaswag and winogrande"))
-        known_tasks = ("gsm8k", "mmlu", "arc_challenge", "arc_easy", "hellaswag", "winogrande")
+        known_tasks = ("gsm8k", "svamp", "mmlu", "arc_challenge", "arc_easy", "hellaswag",
+                       "winogrande")
         for task in self.eval.tasks:
             checks.append(("eval.tasks", task in known_tasks,
                            f"unknown task {task!r}: use {', '.join(known_tasks)}"))

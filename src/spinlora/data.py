@@ -1,7 +1,8 @@
 """Datasets -> chat-formatted token sequences, and the batching shared by every stage.
 
 A row is a prompt (question) and a gold answer. Sources: a local ``.jsonl``/``.json`` file (read
-here, so a malformed row is reported with file and line), or anything ``datasets.load_dataset``
+here, so a malformed row is reported with file and line), SVAMP's files (its training ``.csv``,
+``SVAMP.json`` or a Hub copy with its fields: converted by ``svamp.py``), or anything ``datasets.load_dataset``
 takes (a Hub id such as ``openai/gsm8k``, or a local directory), with ``id:split`` to pick a split.
 
 Sequences are ``prompt_ids + answer_ids``: the prompt is the model's chat template with the
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from . import svamp
 from .config import DataConfig
 
 CALC_NOTE = re.compile(r"<<[^<>]*>>")
@@ -69,7 +71,19 @@ def read_rows(path: Path) -> list[tuple[str, object]]:
 
 
 def _read_local(path: Path, cfg: DataConfig) -> list[dict]:
-    return [_check_row(row, cfg, where) for where, row in read_rows(path)]
+    if path.suffix == ".csv":  # SVAMP's training file (MAWPS + ASDiv-A): see svamp.py
+        return _svamp(lambda: svamp.read_train_csv(path))
+    items = read_rows(path)
+    if items and svamp.is_svamp_row(items[0][1]):  # SVAMP.json: Body, Question, Equation, Answer
+        return _svamp(lambda: svamp.convert(items, "test"))
+    return [_check_row(row, cfg, where) for where, row in items]
+
+
+def _svamp(read) -> list[dict]:
+    try:
+        return read()
+    except svamp.SvampError as e:
+        raise DataError(str(e)) from None
 
 
 def _check_row(row, cfg: DataConfig, where: str) -> dict:
@@ -90,7 +104,7 @@ def load_rows(source: str, cfg: DataConfig, default_split: str) -> list[dict]:
         return _read_local(path, cfg)
     name, _, split = source.partition(":")
     split = split or default_split
-    looks_local = source.startswith((".", "/", "~")) or path.suffix in (".jsonl", ".json")
+    looks_local = source.startswith((".", "/", "~")) or path.suffix in (".jsonl", ".json", ".csv")
     if looks_local and not Path(name).expanduser().exists():
         raise DataError(f"data file {source} not found. Point data.train / data.eval at a jsonl "
                         "file, a dataset directory, or a Hub id such as openai/gsm8k")
@@ -103,7 +117,10 @@ def load_rows(source: str, cfg: DataConfig, default_split: str) -> list[dict]:
     except Exception as e:  # datasets raises many types (offline, missing split, bad config)
         raise DataError(f"could not load dataset {source!r} (split {split!r}): {e}. Offline? "
                         "Use a local jsonl file (see ../shared/data/) or download it first") from None
-    return [_check_row(r, cfg, f"{source} split {split} row {i}") for i, r in enumerate(ds)]
+    where = [f"{source} split {split} row {i}" for i in range(len(ds))]
+    if len(ds) and svamp.is_svamp_row(ds[0]):  # a SVAMP copy such as ChilleD/SVAMP
+        return _svamp(lambda: svamp.convert(list(zip(where, ds)), "test"))
+    return [_check_row(r, cfg, w) for w, r in zip(where, ds)]
 
 
 class ChatFormat:
@@ -139,7 +156,8 @@ class ChatFormat:
 
 def build_examples(rows: list[dict], fmt: ChatFormat, cfg: DataConfig) -> tuple[list[Example], dict]:
     """Tokenize rows, applying the overlong policy. Returns (examples, counts for the report).
-    A row's ``index`` (its place in its file) is kept in ``Example.meta``."""
+    A row's ``index`` (its place in its file) and ``value`` (SVAMP's gold value) are kept in
+    ``Example.meta``."""
     examples, dropped, truncated = [], 0, 0
     for r in rows:
         answer = strip_calculator_notes(r["answer"]) if cfg.strip_calculator_notes else r["answer"]
@@ -153,7 +171,7 @@ def build_examples(rows: list[dict], fmt: ChatFormat, cfg: DataConfig) -> tuple[
             a_ids, cut = a_ids[:room], True
             truncated += 1
         examples.append(Example(r["prompt"], answer, p_ids, a_ids, cut,
-                                {"index": r["index"]} if "index" in r else {}))
+                                {k: r[k] for k in ("index", "value") if k in r}))
     return examples, {"rows": len(rows), "kept": len(examples), "dropped_overlong": dropped,
                       "truncated_overlong": truncated, "policy": cfg.overlong,
                       "max_length": cfg.max_length}

@@ -28,12 +28,13 @@ import torch
 
 from .accounting import Accountant, MemoryMeter, count_parameters, environment
 from . import adapters
-from . import dist, rundir
+from . import dist, rundir, svamp
 from .config import RunConfig, parse_bytes
 from .rundir import OutputExistsError  # noqa: F401  (part of this module's API)
 from .data import ChatFormat, DataError, build_examples, load_rows, subset
 from .evaluate import evaluate_gsm8k
-from .evaluate.gsm8k import PROMPTING, REFLECT, evaluate_best_of_n, fewshot_draws
+from .evaluate.gsm8k import (PROMPTING, REFLECT, evaluate_best_of_n, evaluate_svamp,
+                             fewshot_draws)
 from .evaluate.choice import evaluate_choice_task
 from .evaluate.tasks import DEFAULT_SHOTS, load_task
 from .models import load_model, pick_device
@@ -242,7 +243,15 @@ def eval_inputs(cfg: RunConfig, fmt: ChatFormat) -> tuple[list, list | None, dic
                                   per_question=cfg.eval.gsm8k_fewshot == "per_question")
             shots = [draws[e.meta["index"]] for e in examples]
     choice_items = {t: subset(load_task(t, cfg.eval.data_root, cfg.eval.shots), cfg.eval.limit,
-                              cfg.eval.seed) for t in cfg.eval.tasks if t != "gsm8k"}
+                              cfg.eval.seed) for t in cfg.eval.tasks if t not in ("gsm8k", "svamp")}
+    if "svamp" in cfg.eval.tasks:  # generative: Examples (with their gold value), not Items
+        try:
+            rows = svamp.load_test(cfg.eval.data_root)
+        except svamp.SvampError as e:
+            raise DataError(str(e)) from None
+        picked = subset(range(len(rows)), cfg.eval.limit, cfg.eval.seed)
+        choice_items["svamp"], _ = build_examples([dict(rows[i], index=i) for i in picked], fmt,
+                                                  cfg.data)
     return examples, shots, choice_items
 
 
@@ -270,7 +279,7 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
     for stage in ("dpo", "rl"):
         if stage in cfg.eval.models and (run_dir / stage / "adapter").exists():
             targets.append((f"{cfg.adapter.method}_{stage}", run_dir / stage / "adapter"))
-    mc_shots = {t: (cfg.eval.shots if cfg.eval.shots is not None else DEFAULT_SHOTS[t])
+    mc_shots = {t: (cfg.eval.shots if cfg.eval.shots is not None else DEFAULT_SHOTS.get(t, 0))
                 for t in choice_items}
     prompt = (f"{cfg.eval.gsm8k_shots}-shot ({cfg.eval.gsm8k_fewshot.replace('_', ' ')} "
               f"exemplars), {cfg.eval.gsm8k_style}" if cfg.eval.gsm8k_shots
@@ -354,6 +363,18 @@ def _eval_one(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path, acct: Acc
                   f"± {g['accuracy_stderr']} (n={g['n']}), gold logp/token "
                   f"{g['gold_logp_per_token']:.3f}, prefers gold {g['win_rate_gold_vs_own']}")
         for task, items in choice_items.items():
+            if task == "svamp":
+                c = evaluate_svamp(model, tok, fmt, items, cfg.generation, acct, label)
+                if dist.is_main():
+                    with open(part / f"samples_{label}_svamp.jsonl", "w") as f:
+                        for s in c.pop("samples"):
+                            f.write(json.dumps(s) + "\n")
+                c.pop("samples", None)
+                r["tasks"][task] = c
+                print(f"[spinlora] eval {label}: SVAMP accuracy {c['acc']:.3f} ± "
+                      f"{c['acc_stderr']:.3f} (value of its equation; stated number "
+                      f"{c['stated_acc']:.3f}; n={c['n']})")
+                continue
             with acct.phase(f"eval_{task}[{label}]"):
                 c = evaluate_choice_task(model, tok, task, items, label)
             r["tasks"][task] = c

@@ -17,6 +17,7 @@ import re
 
 import torch
 
+from .. import svamp
 from ..accounting import Accountant
 from ..config import GenerationConfig
 from ..data import ChatFormat, Example
@@ -141,7 +142,8 @@ def fewshot_prompt_ids(tokenizer, fmt: ChatFormat, question: str, shots: list[di
 def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
                    gen_cfg: GenerationConfig, acct: Accountant, label: str,
                    shots: list[list[dict]] | None = None, style: str = "chat",
-                   do_generate: bool = True, prompting: str = "standard") -> dict:
+                   do_generate: bool = True, prompting: str = "standard",
+                   signals: bool = True) -> dict:
     """Score the model as it is (adapters as set by the caller) on ``examples``.
 
     Zero-shot (no ``shots``) uses the training chat template; ``shots`` holds each example's
@@ -151,7 +153,8 @@ def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
     ``do_generate=False`` computes only the gold answers' log-prob (cheap; for sweeps): the
     accuracy fields are then None. ``prompting`` (not ``standard``) is a zero-shot baseline:
     ``rules`` / ``cot`` add their text to the question; ``reflection`` answers zero-shot, then
-    answers again after the ``REFLECT`` turn, and the second answer is scored.
+    answers again after the ``REFLECT`` turn, and the second answer is scored. ``signals=False``
+    skips the log-prob signals (one scoring pass over gold and own answers).
     """
     if not do_generate:
         with acct.phase(f"eval_score[{label}]") as ph:
@@ -196,16 +199,18 @@ def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
     strict = [lm_eval_match(lm_eval_filter(g.text, False), e.answer) for g, e in zip(gens, examples)]
     flexible = [lm_eval_match(lm_eval_filter(g.text, True), e.answer)
                 for g, e in zip(gens, examples)]
-    with acct.phase(f"eval_score[{label}]") as ph:
-        pairs = [(e.prompt_ids, e.answer_ids) for e in examples]
-        pairs += [(e.prompt_ids, g.ids or [fmt.end_id]) for e, g in zip(examples, gens)]
-        lps, counts = score_sequences(model, pairs, tokenizer.pad_token_id)
-        ph.tokens += sum(len(p) + len(a) for p, a in pairs)
     n = len(examples)
-    gold_pt = [lps[i] / max(counts[i], 1) for i in range(n)]
-    gen_pt = [lps[n + i] / max(counts[n + i], 1) for i in range(n)]
+    gold_pt = gen_pt = [float("nan")] * n
+    if signals:
+        with acct.phase(f"eval_score[{label}]") as ph:
+            pairs = [(e.prompt_ids, e.answer_ids) for e in examples]
+            pairs += [(e.prompt_ids, g.ids or [fmt.end_id]) for e, g in zip(examples, gens)]
+            lps, counts = score_sequences(model, pairs, tokenizer.pad_token_id)
+            ph.tokens += sum(len(p) + len(a) for p, a in pairs)
+        gold_pt = [lps[i] / max(counts[i], 1) for i in range(n)]
+        gen_pt = [lps[n + i] / max(counts[n + i], 1) for i in range(n)]
     acc = sum(map(bool, correct)) / max(n, 1)
-    win = sum(g > o for g, o in zip(gold_pt, gen_pt)) / max(n, 1)
+    win = sum(g > o for g, o in zip(gold_pt, gen_pt)) / max(n, 1) if signals else None
     return {
         "label": label, "n": n,
         "accuracy": acc, "accuracy_stderr": math.sqrt(acc * (1 - acc) / max(n - 1, 1)),
@@ -214,9 +219,9 @@ def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
         "style": style if shots and prompting == "standard" else "chat", "prompting": prompting,
         "prompt_suffix": PROMPTING[prompting] or None,
         **({"reflect_turn": REFLECT} if prompting == "reflection" else {}),
-        "gold_logp_per_token": sum(gold_pt) / max(n, 1),
+        "gold_logp_per_token": sum(gold_pt) / max(n, 1) if signals else None,
         "win_rate_gold_vs_own": win,
-        "own_logp_per_token": sum(gen_pt) / max(n, 1),
+        "own_logp_per_token": sum(gen_pt) / max(n, 1) if signals else None,
         "own_finished_rate": sum(g.finished for g in gens) / max(n, 1),
         "own_mean_tokens": sum(len(g.ids) for g in gens) / max(n, 1),
         "samples": [{"question": e.prompt, "gold": gold, "output": g.text,
@@ -225,6 +230,28 @@ def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
                      **({"first_output": first[i].text} if first else {})}
                     for i, (e, g, gold, c) in enumerate(zip(examples, gens, golds, correct))],
     }
+
+
+def evaluate_svamp(model, tokenizer, fmt: ChatFormat, examples: list[Example],
+                   gen_cfg: GenerationConfig, acct: Accountant, label: str) -> dict:
+    """SVAMP (``svamp.py``): greedy zero-shot answers in the training chat template, scored as
+    the SVAMP paper scores its models, by the value of the equation the answer writes
+    (``accuracy``; the stated number where it writes none), with the stated number's accuracy
+    (``stated_accuracy``) beside it. Each sample keeps both verdicts, so two models' rows can be
+    compared problem by problem (paired differences)."""
+    g = evaluate_gsm8k(model, tokenizer, fmt, examples, gen_cfg, acct, f"{label} svamp",
+                       signals=False)
+    n = g["n"]
+    for s, e in zip(g["samples"], examples, strict=True):
+        s.update(svamp.score(s["output"], e.meta["value"]), index=e.meta.get("index"),
+                 gold_value=e.meta["value"])
+    acc = sum(s["correct"] for s in g["samples"]) / max(n, 1)
+    stated = sum(s["stated_correct"] for s in g["samples"]) / max(n, 1)
+    return {"n": n, "acc": acc, "acc_stderr": stderr(acc, n), "stated_acc": stated,
+            "stated_acc_stderr": stderr(stated, n),
+            "with_equation": sum(s["has_equation"] for s in g["samples"]) / max(n, 1),
+            "finished_rate": g["own_finished_rate"], "mean_tokens": g["own_mean_tokens"],
+            "max_new_tokens": gen_cfg.max_new_tokens, "samples": g["samples"]}
 
 
 @torch.inference_mode()

@@ -1,0 +1,180 @@
+"""SVAMP study on the embedded model, 2 CPU cores: base, LoRA-SFT, then from the same SFT adapter
+SPIN (gold ≻ own answer), Iterative RPO (own right ≻ own wrong + NLL) and GRPO, every model
+scored on the 1000 SVAMP problems (``configs/svamp.yaml``; ``svamp.py`` says how).
+
+    python benchmarks/svamp_study.py                       # the whole study, ~1-1.5 h on 2 cores
+    python benchmarks/svamp_study.py --set eval.limit=50   # a small smoke run (another --out)
+
+Each point is an ordinary ``spinlora`` run with its own folder and report under ``--out``:
+  ``main``  ``spinlora run configs/svamp.yaml``: SFT, SPIN with its shipped defaults, evaluation
+            of base / SFT / each SPIN iteration;
+  ``irpo``  ``spinlora spin --adapter main/sft/adapter spin.chosen=own_correct
+            spin.loss=sigmoid_nll …``: its iterations evaluated;
+  ``grpo``  ``spinlora rl --adapter main/sft/adapter …``: as many sampled answers as IRPO drew.
+Points run one after the other (two heavy processes on 2 cores slow each other many times over);
+a point whose run finished is skipped on the next call. The summary,
+``benchmarks/results/svamp/summary.json`` (``--summary``), is a list of rows ``{model, method,
+iteration, accuracy, stated_accuracy, stderr, n, delta_vs_sft, delta_vs_sft_se,
+generated_tokens, seconds}``: ``accuracy`` is the value of the equation the model writes (the
+SVAMP paper's score), ``delta_vs_sft`` the paired difference from SFT on the same problems with
+its paired standard error, ``generated_tokens`` the tokens the method sampled to train (the
+opponent's or the policy's), ``seconds`` that row's own training and evaluation time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = "configs/svamp.yaml"
+# chosen before the study ran; README "SVAMP" says what else was tried
+POINTS = {
+    "main": ["run", RECIPE],
+    "irpo": ["spin", RECIPE, "--adapter", "{out}/main/sft/adapter", "spin.chosen=own_correct",
+             "spin.loss=sigmoid_nll", "spin.opponent.samples=4", "spin.opponent.temperature=0.8",
+             "spin.lr=5.0e-5", "stages=[spin,eval]", "eval.models=[spin]"],
+    # 4 rounds x 64 prompts x 8 samples = 2048 answers, as IRPO's 2 x 256 prompts x 4 samples
+    "grpo": ["rl", RECIPE, "--adapter", "{out}/main/sft/adapter", "rl.rounds=4", "rl.prompts=64",
+             "rl.samples=8", "rl.temperature=0.8", "rl.lr=5.0e-5", "rl.beta=0.04",
+             "rl.heldout=64", "stages=[rl,eval]", "eval.models=[rl]"],
+}
+
+
+def run_point(name: str, out: Path, extra: list[str]) -> float:
+    """Run one point (unless its run finished earlier); its wall seconds (0 when skipped)."""
+    folder = out / name
+    status = (json.loads((folder / "run.json").read_text()).get("status")
+              if (folder / "run.json").is_file() else None)
+    if status == "ok":
+        print(f"[study] {name}: finished earlier, kept")
+        return 0.0
+    cmd = [a.format(out=out) for a in POINTS[name]] + extra + ["--output-dir", str(folder)]
+    cmd += ["--resume"] if status else []
+    log = out / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[study] {name}: spinlora {' '.join(cmd)}  (log {log})", flush=True)
+    t0 = time.perf_counter()
+    with open(log, "a") as f:
+        rc = subprocess.call([sys.executable, "-m", "spinlora", *cmd], stdout=f,
+                             stderr=subprocess.STDOUT, cwd=ROOT,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if rc:
+        raise SystemExit(f"[study] {name} failed (exit {rc}); see {log}. Run again to resume.")
+    return time.perf_counter() - t0
+
+
+def _load(p: Path):
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _samples(run: Path, label: str) -> dict[int, dict]:
+    with open(run / "eval" / f"samples_{label}_svamp.jsonl") as f:
+        return {s["index"]: s for s in map(json.loads, f)}
+
+
+def _eval_seconds(run: Path, label: str) -> float:
+    phases = _load(run / "eval" / "result.json")["accounting"]["phases"]
+    return sum(v["seconds"] for k, v in phases.items() if k.endswith(f"[{label} svamp]"))
+
+
+def paired(a: dict[int, dict], b: dict[int, dict]) -> tuple[float, float, int]:
+    """Mean and standard error of correct(a) − correct(b) over the problems both answered."""
+    keys = sorted(set(a) & set(b))
+    d = [int(a[k]["correct"]) - int(b[k]["correct"]) for k in keys]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(var / n), n
+
+
+def summarize(out: Path) -> list[dict]:
+    main = out / "main"
+    ev = _load(main / "eval" / "result.json")
+    labels = {r["label"]: r for r in ev["rows"]}
+    sft_label = next(k for k in labels if k.endswith("_sft"))
+    sft = _samples(main, sft_label)
+    entries = [("base", "base", 0, main, "base", 0, None),
+               (sft_label, "sft", 0, main, sft_label, 0, main / "sft" / "result.json")]
+    for method, folder in (("spin", main), ("irpo", out / "irpo")):
+        done = [p for p in (folder / "spin").glob("iter_*") if p.name[5:].isdigit()]
+        for it in sorted(done, key=lambda p: int(p.name[5:])):
+            label = f"{sft_label.rsplit('_', 1)[0]}_spin_{it.name}"
+            res = _load(it / "result.json")
+            tokens = res["accounting"]["phases"].get("generate", {}).get("tokens", 0)
+            entries.append((f"{method}_{it.name}", method, int(it.name[5:]), folder, label,
+                            tokens, it / "result.json"))
+    if (out / "grpo" / "rl" / "result.json").is_file():
+        rl = _load(out / "grpo" / "rl" / "result.json")
+        entries.append(("grpo", "grpo", rl.get("rounds_done", len(rl.get("rounds", []))),
+                        out / "grpo", f"{sft_label.rsplit('_', 1)[0]}_rl",
+                        rl.get("generated_tokens", 0), out / "grpo" / "rl" / "result.json"))
+    rows = []
+    for model, method, iteration, run, label, tokens, result in entries:
+        if not (run / "eval" / f"samples_{label}_svamp.jsonl").is_file():
+            continue
+        task = {r["label"]: r for r in _load(run / "eval" / "result.json")["rows"]}[label][
+            "tasks"]["svamp"]
+        s = _samples(run, label)
+        delta, se, _ = paired(s, sft)
+        train_s = _load(result)["accounting"]["seconds_total"] if result else 0.0
+        rows.append({"model": model, "method": method, "iteration": iteration,
+                     "accuracy": task["acc"], "stated_accuracy": task["stated_acc"],
+                     "stderr": task["acc_stderr"], "n": task["n"],
+                     "delta_vs_sft": delta, "delta_vs_sft_se": se,
+                     "generated_tokens": tokens,
+                     "seconds": round(train_s + _eval_seconds(run, label), 1),
+                     "with_equation": task.get("with_equation"),
+                     "max_new_tokens": task.get("max_new_tokens")})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | accuracy (equation value) ± se | stated number | Δ vs SFT ± paired se | "
+             "sampled tokens | seconds |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {100 * r['accuracy']:.1f} % ± {100 * r['stderr']:.1f} | "
+                     f"{100 * r['stated_accuracy']:.1f} % | {100 * r['delta_vs_sft']:+.1f} ± "
+                     f"{100 * r['delta_vs_sft_se']:.1f} | {r['generated_tokens']:,} | "
+                     f"{r['seconds']:.0f} |")
+    n = {r["n"] for r in rows}
+    lines.append(f"\nn = {', '.join(map(str, sorted(n)))} SVAMP problems; greedy evaluation.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="runs/svamp_study")
+    ap.add_argument("--summary", default="benchmarks/results/svamp/summary.json")
+    ap.add_argument("--points", default="main,irpo,grpo")
+    ap.add_argument("--set", nargs="*", default=[], help="KEY=VALUE for every point")
+    args = ap.parse_args()
+    out = (ROOT / args.out).resolve()
+    wall = {}
+    for name in args.points.split(","):
+        wall[name] = round(run_point(name, out, args.set), 1)
+    rows = summarize(out)
+    dest = ROOT / args.summary
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(rows, indent=1) + "\n")
+    (dest.parent / "points_wall_seconds.json").write_text(json.dumps(
+        {**_merge_wall(dest.parent / "points_wall_seconds.json", wall),
+         "overrides": args.set}, indent=1) + "\n")
+    (dest.with_suffix(".md")).write_text(table(rows) + "\n")
+    print(table(rows))
+    print(f"[study] {dest}")
+
+
+def _merge_wall(path: Path, new: dict) -> dict:
+    """Wall seconds per point, kept from earlier calls for points this call skipped."""
+    old = (_load(path) or {}).get("points", {})
+    return {"points": {k: new.get(k) or old.get(k, 0.0) for k in {**old, **new}}}
+
+
+if __name__ == "__main__":
+    main()
