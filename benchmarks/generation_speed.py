@@ -9,8 +9,11 @@ LoRA on q/k/v, as the SPIN opponent runs; ``--adapter`` loads a trained one), th
 
 - ``hf``: HF ``generate`` as its users write it: left-padded batches of the tokenised chat
   prompts in dataset order, the default (dynamic) cache;
-- ``dynamic``: spinlora's generator with ``generation.cache: dynamic`` (prompts grouped by
+- ``dynamic``: spinlora's generator with ``generation.cache: dynamic``, ``decode: hf`` (prompts grouped by
   length, the in-place growing cache, a shared prefix run once);
+- ``drop``: spinlora's default (``generation.decode: drop``): its own decoding loop on the
+  growing cache, in which a finished row leaves the batch (HF ``generate`` decodes every row
+  until the batch's longest answer ends);
 - ``static``: ``generation.cache: static``: widths bucketed, a preallocated cache, so that on
   CUDA transformers compiles the decode step (torch.compile, CUDA graphs). Its first pass
   includes compilation: every side runs ``--repeats`` times and both the first and the best pass
@@ -105,8 +108,9 @@ def main() -> None:
                 outs = hf_side(model, tok, texts, args.batch, args.max_new_tokens, stop_ids)
             else:
                 gcfg = cfg.generation
-                gcfg.max_new_tokens, gcfg.batch_size, gcfg.cache = (args.max_new_tokens,
-                                                                    args.batch, side)
+                gcfg.max_new_tokens, gcfg.batch_size = args.max_new_tokens, args.batch
+                gcfg.cache = "dynamic" if side == "drop" else side
+                gcfg.decode = "drop" if side == "drop" else "hf"
                 gens, _ = generate(model, tok, prompt_ids, gcfg, stop_ids, desc=side)
                 outs = [g.ids for g in gens]
             _sync(device)

@@ -138,7 +138,9 @@ def test_static_cache_falls_back_when_compiling_fails(tiny_model_dir, monkeypatc
     cfg.cache = "static"
     got, _ = generate(model, tok, prompts, cfg, stop_ids=[2])
     assert [g.ids for g in got] == [g.ids for g in want]
-    assert calls == ["StaticCache", "Cache", "Cache"]  # one failure, then dynamic for good
+    # one failure, the batch redone on the dynamic cache; later batches stay dynamic (through
+    # spinlora's own decoding loop, generation.decode=drop: no model.generate call)
+    assert calls == ["StaticCache", "Cache"]
     assert "compiling the decode step failed" in capsys.readouterr().out
 
 
@@ -157,8 +159,72 @@ def test_static_cache_with_stop_strings_and_a_shared_prefix(tiny_model_dir):
     got = {}
     for cache in ("static", "dynamic"):
         got[cache], _ = generate(model, tok, prompts, GenerationConfig(
-            max_new_tokens=30, batch_size=3, cache=cache), stop_ids=[2], stop_strings=["AA", "cc"],
+            max_new_tokens=30, batch_size=3, cache=cache, decode="hf"), stop_ids=[2],
+            stop_strings=["AA", "cc"],
             min_shared=32)
     assert [x.ids for x in got["static"]] == [x.ids for x in got["dynamic"]]
     assert [x.finished for x in got["static"]] == [x.finished for x in got["dynamic"]]
     assert any(x.finished for x in got["static"])  # some answers did stop at a stop string
+
+
+def test_finished_rows_leave_the_batch_and_tokens_stay_hfs(tiny_model_dir):
+    """generation.decode=drop (spinlora's loop: a finished row leaves the batch) gives HF
+    generate's tokens, greedy in fp32, while later decoding steps run on fewer rows; with a
+    shared prefix and with stop strings too."""
+    import dataclasses
+
+    from spinlora.models import load_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = load_tokenizer(str(tiny_model_dir))
+    torch.manual_seed(1)
+    prompts = [[1] + torch.randint(3, 100, (int(k),)).tolist() for k in torch.randint(2, 12, (16,))]
+    hf = GenerationConfig(max_new_tokens=40, batch_size=16, decode="hf")
+    ref, _ = generate(model, tok, prompts, hf, stop_ids=[2])
+    # stop tokens that end rows at different steps
+    stops = sorted({g.ids[k] for g, k in zip(ref, (3, 9, 17, 25))})
+    ref, n_ref = generate(model, tok, prompts, hf, stop_ids=stops)
+    rows_seen = []
+    hook = model.model.embed_tokens.register_forward_hook(
+        lambda m, a, o: rows_seen.append(a[0].shape[0]))
+    ours, n_ours = generate(model, tok, prompts, dataclasses.replace(hf, decode="drop"),
+                            stop_ids=stops)
+    hook.remove()
+    assert [g.ids for g in ours] == [g.ids for g in ref] and n_ours == n_ref
+    assert [g.finished for g in ours] == [g.finished for g in ref]
+    assert any(g.finished for g in ours) and not all(g.finished for g in ours)
+    assert rows_seen[0] == 16 and min(rows_seen) < 16  # the batch shrank as rows finished
+    assert sum(rows_seen[1:]) < 16 * (len(rows_seen) - 1)
+    # a shared prefix already in the cache, and stop strings
+    shots = list(range(10, 50))
+    pre = [shots + p for p in prompts[:6]]
+    a, _ = generate(model, tok, pre, hf, stop_ids=stops, min_shared=32)
+    b, _ = generate(model, tok, pre, dataclasses.replace(hf, decode="drop"), stop_ids=stops,
+                    min_shared=32)
+    assert [g.ids for g in a] == [g.ids for g in b]
+    text = ref[0].text
+    stop = text[len(text) // 2: len(text) // 2 + 2]
+    if stop.strip():
+        a, _ = generate(model, tok, prompts[:4], hf, stop_ids=[2], stop_strings=[stop])
+        b, _ = generate(model, tok, prompts[:4], dataclasses.replace(hf, decode="drop"),
+                        stop_ids=[2], stop_strings=[stop])
+        assert [g.text.split(stop)[0] for g in a] == [g.text.split(stop)[0] for g in b]
+        assert b[0].finished and stop in b[0].text
+
+
+def test_sampled_decoding_is_seeded(tiny_model_dir):
+    """decode=drop samples from softmax(logits / T) with the batch's seed: the same seed gives
+    the same answers, another seed others."""
+    from spinlora.models import load_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = load_tokenizer(str(tiny_model_dir))
+    prompts = [[1, 5, 6, 7], [1, 8, 9], [1, 10]]
+    cfg = GenerationConfig(max_new_tokens=20, do_sample=True, temperature=1.0, top_p=0.9, seed=3)
+    a, _ = generate(model, tok, prompts, cfg, stop_ids=[2])
+    b, _ = generate(model, tok, prompts, cfg, stop_ids=[2])
+    c, _ = generate(model, tok, prompts, GenerationConfig(**{**cfg.__dict__, "seed": 4}),
+                    stop_ids=[2])
+    assert [g.ids for g in a] == [g.ids for g in b] != [g.ids for g in c]

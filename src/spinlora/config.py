@@ -117,6 +117,9 @@ class GenerationConfig:
     # bucketed length so transformers compiles the decoding step (CUDA graphs) once per shape;
     # "auto": static on CUDA for full-attention models, dynamic elsewhere (generate.py)
     cache: str = "auto"
+    # drop: spinlora's decoding loop, a finished row leaves the batch (work ~ tokens produced);
+    # hf: transformers' generate (every row decodes until the batch's longest answer ends)
+    decode: str = "drop"
 
 
 @dataclass
@@ -344,6 +347,7 @@ class RunConfig:
              or bool(self.spin.reward_model), "keep_best=heldout_reward needs spin.reward_model="
              "RUN/reward/adapter"),
             ("generation.max_new_tokens", self.generation.max_new_tokens > 0, "must be > 0"),
+            ("generation.decode", self.generation.decode in ("drop", "hf"), "drop or hf"),
             ("generation.cache", self.generation.cache in ("auto", "dynamic", "static"),
              "must be auto, dynamic or static"),
             ("generation.batch_size", self.generation.batch_size == "auto" or (

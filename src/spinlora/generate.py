@@ -138,6 +138,75 @@ def _common_prefix(seqs: list[list[int]]) -> int:
     return n
 
 
+def _sample(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator | None) -> torch.Tensor:
+    """The next token of every row: argmax (greedy), or a draw from softmax(logits / T) cut to
+    the top-p nucleus (HF's TemperatureLogitsWarper + TopPLogitsWarper, top_k off)."""
+    if not cfg.do_sample:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / max(cfg.temperature, 1e-6), dim=-1)
+    if cfg.top_p < 1.0:
+        sorted_p, idx = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > cfg.top_p  # keeps the token that crosses top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, idx, sorted_p)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+def decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, cache, shared: int,
+                             cfg: GenerationConfig, stop_ids: list[int], tokenizer=None,
+                             stop_strings: list[str] | None = None,
+                             gen: torch.Generator | None = None
+                             ) -> tuple[list[list[int]], list[bool]]:
+    """Greedy or sampled decoding in which a row that has finished leaves the batch.
+
+    HF ``generate`` decodes every row until the longest answer of the batch ends: a batch of 64
+    short answers and one that runs to ``max_new_tokens`` costs 64 rows × max_new_tokens. On a
+    CPU a decoding step costs in proportion to its rows, so here finished rows are removed from
+    the batch (input, mask, positions and the KV cache, ``Cache.batch_select_indices``) once they
+    are an eighth of it, and the work done is close to the tokens actually produced. Positions
+    follow the attention mask as in HF ``generate`` (left padding, or padding after a shared
+    prefix already in ``cache``). Returns each row's new tokens (up to and including its stop
+    token or stop string) and whether it finished."""
+    device = ids.device
+    n = ids.shape[0]
+    pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
+    stops = torch.tensor(sorted(set(stop_ids)), device=device)
+    out: list[list[int]] = [[] for _ in range(n)]
+    finished = [False] * n
+    rows = torch.arange(n, device=device)  # which original row each batch row is
+    done_in_batch = torch.zeros(n, dtype=torch.bool, device=device)
+    longest = max((len(s) for s in stop_strings or []), default=0)
+    logits = model(input_ids=ids[:, shared:], attention_mask=attn, position_ids=pos[:, shared:],
+                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    next_pos = pos[:, -1] + 1
+    for _ in range(cfg.max_new_tokens):
+        tok = _sample(logits, cfg, gen)
+        hit = torch.isin(tok, stops)
+        for j, (t, h) in enumerate(zip(tok.tolist(), hit.tolist())):
+            if done_in_batch[j]:
+                continue
+            r = int(rows[j])
+            out[r].append(t)
+            if h or (stop_strings and any(
+                    s in tokenizer.decode(out[r][-(longest + 2):], skip_special_tokens=True)
+                    for s in stop_strings)):
+                finished[r] = True
+                done_in_batch[j] = True
+        live = (~done_in_batch).nonzero().squeeze(-1)
+        if live.numel() == 0 or all(len(out[int(r)]) >= cfg.max_new_tokens for r in rows[live]):
+            break
+        if len(live) <= len(rows) * 7 // 8:  # an eighth finished: drop those rows
+            cache.batch_select_indices(live)
+            rows, tok, attn, next_pos = rows[live], tok[live], attn[live], next_pos[live]
+            done_in_batch = done_in_batch[live]
+        attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
+        logits = model(input_ids=tok[:, None], attention_mask=attn,
+                       position_ids=next_pos[:, None], past_key_values=cache,
+                       use_cache=True).logits[:, -1]
+        next_pos = next_pos + 1
+    return out, finished
+
+
 @dataclass
 class Generation:
     ids: list[int]  # answer tokens, including the end token when the model produced one
@@ -176,7 +245,7 @@ def row_bytes(model, length: int) -> int:
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, stop_ids: list[int],
              desc: str = "generate", stop_strings: list[str] | None = None,
-             share_prefix: bool = True, min_shared: int = 32) -> tuple[list[Generation], int]:
+             share_prefix: bool = True, min_shared: int = 16) -> tuple[list[Generation], int]:
     """Generate one answer per prompt (token ids). Returns (generations, new tokens produced).
 
     When a batch's prompts share a prefix of at least ``min_shared`` tokens (the k-shot examples
@@ -246,6 +315,20 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
             model(input_ids=ids[:1, :shared].to(device), past_key_values=cache, use_cache=True,
                   logits_to_keep=1)
             cache.batch_repeat_interleave(len(idx))
+        if cache is not None and not static and not prompt_learning and cfg.decode == "drop":
+            gen = None
+            if cfg.do_sample:
+                gen = torch.Generator(device=device).manual_seed(cfg.seed + b)
+            toks_rows, fin = decode_dropping_finished(
+                model, ids.to(device), attn.to(device), cache, shared, cfg, stop_ids, tokenizer,
+                stop_strings, gen)
+            for row, i in enumerate(idx):
+                produced += len(toks_rows[row])
+                out[i] = Generation(toks_rows[row], tokenizer.decode(toks_rows[row],
+                                                                     skip_special_tokens=True),
+                                    fin[row])
+            bar.update(len(idx) * dist.world())
+            continue
         if cache is not None:
             kwargs["past_key_values"] = cache
         try:

@@ -1,0 +1,144 @@
+"""SVAMP: the training and test files as chat rows, the equation-value score, the safe evaluator,
+and ``eval.tasks: [svamp]`` through the pipeline on the tiny model."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+
+import pytest
+
+from conftest import SHARED
+from spinlora import svamp
+
+SVAMP_DIR = SHARED / "svamp"
+needs_data = pytest.mark.skipif(not (SVAMP_DIR / "SVAMP.json").is_file(),
+                                reason="../shared/data/svamp not present")
+
+
+@needs_data
+def test_training_file_becomes_equations_over_real_numbers():
+    """All 3138 rows read; every gold answer's equation evaluates to its own final number; the
+    18 rows whose stated Answer differs from the equation are counted, not silently changed."""
+    rows = svamp.read_train_csv(SVAMP_DIR / "mawps-asdiv-a_train.csv")
+    assert len(rows) == 3138 and svamp.LOAD_STATS == {"rows": 3138, "answer_mismatch": 18}
+    assert rows[0]["answer"] == "56 * 9 = 504\n#### 504"
+    assert rows[0]["prompt"].startswith("Bryan took a look at his books as well. If Bryan has 56")
+    for r in rows:
+        assert not re.search(r"number\d", r["prompt"])  # every placeholder replaced
+        assert svamp.score(r["answer"], r["value"])["correct"], r
+        assert svamp.equation_value(r["answer"]) == pytest.approx(r["value"], rel=1e-4, abs=1e-4)
+        final = r["answer"].split("#### ")[1]
+        assert final == svamp.fmt_number(r["value"]) and not final.endswith(".0")
+
+
+@needs_data
+def test_test_file_is_the_1000_problems():
+    rows = svamp.load_test(SHARED)
+    assert len(rows) == 1000
+    assert rows[0]["answer"] == "76 - 25 = 51\n#### 51" and rows[0]["value"] == 51.0
+    raw = json.loads((SVAMP_DIR / "SVAMP.json").read_text())
+    for r, x in zip(rows, raw):
+        assert r["value"] == pytest.approx(x["Answer"], abs=1e-6) or r["answer_mismatch"]
+        assert r["prompt"] == f"{x['Body'].strip()} {x['Question'].strip()}"
+
+
+def test_render_keeps_only_needed_parentheses():
+    cases = {"( 9.0 * ( 15.0 - 8.0 ) )": "9 * (15 - 8)", "( ( 19.0 - 11.0 ) / 2.0 )": "(19 - 11) / 2",
+             "( 6.0 - ( 3.0 + 2.0 ) )": "6 - (3 + 2)", "( ( 6.0 - 3.0 ) + 2.0 )": "6 - 3 + 2",
+             "( 8.0 / ( 4.0 / 2.0 ) )": "8 / (4 / 2)", "( 2.5 * 4.0 )": "2.5 * 4"}
+    for infix, shown in cases.items():
+        tree = svamp.parse_infix(infix)
+        assert svamp._render(tree) == shown
+        assert eval(shown) == pytest.approx(float(svamp._value(tree)))  # same value
+
+
+def test_equation_value_and_stated_number():
+    """The headline is the value of the equation written; the stated number is kept beside it."""
+    s = svamp.score("180 / 18 = 1\n#### 1", 10)  # right operation, wrong arithmetic
+    assert s["correct"] and not s["stated_correct"] and s["equation_value"] == 10
+    s = svamp.score("(15 * 4) + 13 = 62\n#### 62", 255)
+    assert not s["correct"] and s["equation_value"] == 73
+    s = svamp.score("So 3 * 4 = 12 and then 12 - 2 = 10 apples.\n#### 10", 10)
+    assert s["correct"] and s["stated_correct"]
+    assert svamp.score("Total = 5 + 3 = 8", 8)["correct"]
+    s = svamp.score("The answer is 12.", 12)  # no equation: the stated number counts
+    assert s["correct"] and not s["has_equation"]
+    assert svamp.score("56 × 9 = 504", 504)["correct"]
+    assert svamp.score("1,000 + 24 = 1,024\n#### 1,024", 1024)["stated_correct"]
+    assert not svamp.score("", 3)["correct"]
+
+
+def test_safe_evaluator_refuses_everything_but_arithmetic():
+    """Nothing but numbers, + - * / and parentheses is ever evaluated."""
+    for text in ["__import__('os').system('true')", "2 ** 100000", "a + b", "(lambda: 1)()",
+                 "[1, 2]", "9" * 300, "1 if 1 else 2"]:
+        with pytest.raises(svamp.SvampError):
+            svamp.parse_infix(text)
+    assert svamp.equation_value("__import__('os') = 3") is None
+    assert svamp.equation_value("2 ** 100000 = 3") is None
+    assert svamp.equation_value("5 / 0 = 1") is None  # division by zero is no equation
+    assert svamp.equation_value("(((((1 + 2 = 3") == 3
+
+
+def test_malformed_training_rows_name_the_line(tmp_path):
+    from spinlora.config import DataConfig
+    from spinlora.data import DataError, load_rows
+
+    path = tmp_path / "train.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Question", "Numbers", "Equation", "Answer"])
+        w.writerow(["Tim has number0 and number1 books. How many?", "3.0 4.0", "+ number0 number1", "7"])
+        w.writerow(["Tim has number0 books.", "3.0", "+ number0 number1", "7"])
+    with pytest.raises(DataError, match=r"train.csv:3: cannot read this SVAMP row"):
+        load_rows(str(path), DataConfig(), "train")
+    bad = tmp_path / "other.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match="SVAMP training columns"):
+        load_rows(str(bad), DataConfig(), "train")
+
+
+def test_svamp_eval_through_the_pipeline(tiny_cfg, tmp_path):
+    """SFT on SVAMP-format training rows, then base and SFT scored on SVAMP problems: each row
+    has the equation-value accuracy, the stated-number accuracy and per-problem samples."""
+    from spinlora import run
+
+    root = tmp_path / "data"
+    (root / "svamp").mkdir(parents=True)
+    problems = [{"ID": f"chal-{i}", "Body": f"Tom has {a} apples. He buys {b} more.",
+                 "Question": "How many apples does he have?", "Equation": f"( {a}.0 + {b}.0 )",
+                 "Answer": float(a + b), "Type": "Addition"} for i, (a, b) in
+                enumerate(zip(range(1, 7), range(3, 9)))]
+    (root / "svamp" / "SVAMP.json").write_text(json.dumps(problems))
+    train = tmp_path / "train.csv"
+    with open(train, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Question", "Numbers", "Equation", "Answer"])
+        for a in range(1, 13):
+            w.writerow([f"Tom has number0 apples. He buys number1 more. How many apples does he "
+                        "have?", f"{a}.0 {a + 2}.0", "+ number0 number1", f"{2 * a + 2}.0"])
+    for o in (f"data.train={train}", f"eval.data_root={root}", "eval.tasks=[svamp]",
+              "stages=[sft,eval]", "eval.models=[base,sft]", "eval.limit=4",
+              "generation.max_new_tokens=16"):
+        k, v = o.split("=", 1)
+        section, _, key = k.rpartition(".")
+        import yaml
+
+        setattr(getattr(tiny_cfg, section) if section else tiny_cfg, key, yaml.safe_load(v))
+    summary = run(tiny_cfg)
+    assert summary["status"] == "ok"
+    out = tmp_path / "run"
+    ev = json.loads((out / "eval" / "result.json").read_text())
+    for row in ev["rows"]:
+        s = row["tasks"]["svamp"]
+        assert s["n"] == 4 and 0 <= s["acc"] <= 1 and 0 <= s["stated_acc"] <= 1
+        assert math.isclose(s["acc_stderr"], math.sqrt(s["acc"] * (1 - s["acc"]) / 3))
+        samples = [json.loads(x) for x in
+                   (out / "eval" / f"samples_{row['label']}_svamp.jsonl").read_text().splitlines()]
+        assert len(samples) == 4 and {"correct", "stated_correct", "index"} <= set(samples[0])
+        assert sum(x["correct"] for x in samples) / 4 == s["acc"]
+        for x in samples:  # each verdict is the scorer's on the saved output
+            assert x["correct"] == svamp.score(x["output"], x["gold_value"])["correct"]
+    assert "svamp" in (out / "summary.md").read_text()
