@@ -1,4 +1,5 @@
-"""Every spinlora command line shown in the README parses (overrides anywhere on the line)."""
+"""Every spinlora command line shown in the README and the docs parses (overrides anywhere on
+the line)."""
 import re
 import shlex
 from pathlib import Path
@@ -7,12 +8,15 @@ import pytest
 
 from spinlora import cli
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def readme_commands() -> list[str]:
     lines = []
-    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S):
+    text = "\n".join(p.read_text() for p in PAGES)
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.splitlines():
             line = line.split("  #")[0].strip()
             if " -m spinlora " in line:  # torchrun / accelerate launch ... -m spinlora ARGS

@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .scoring import _checkpointing
+
 from .accounting import MemoryMeter
 from .config import ConfigError, parse_bytes
 
@@ -149,7 +151,7 @@ def _with_checkpointing(model, on: bool) -> None:
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     if on:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif getattr(lm, "is_gradient_checkpointing", False):
+    elif _checkpointing(lm):
         model.gradient_checkpointing_disable()
 
 

@@ -97,12 +97,19 @@ def _is_prompt_learning(model) -> bool:
     return bool(getattr(cfg, "is_prompt_learning", False))
 
 
+def _checkpointing(lm) -> bool:
+    """Whether activation checkpointing is on (transformers 5 renamed is_gradient_checkpointing,
+    whose old name now warns on every read)."""
+    return bool(getattr(lm, "is_activation_checkpointing",
+                        getattr(lm, "is_gradient_checkpointing", False)))
+
+
 def _decoder_alone(model):
     """The decoder of a transformers model or PeftModel, or None where it cannot run on its own:
     prompt-learning adapters (virtual tokens are added in PeftModel.forward), gradient
     checkpointing (which turns the KV cache off), models without the split."""
     lm = _lm(model)
-    if (_is_prompt_learning(model) or getattr(lm, "is_gradient_checkpointing", False)
+    if (_is_prompt_learning(model) or _checkpointing(lm)
             or not hasattr(lm, "get_decoder")):
         return None
     return lm.get_decoder()
