@@ -12,7 +12,7 @@ def test_refuses_existing_run_without_overwrite(tiny_cfg):
     out = Path(tiny_cfg.output_dir)
     out.mkdir(parents=True)
     (out / "config.yaml").write_text("x: 1\n")
-    (out / "run.json").write_text("{}")
+    (out / "run.json").write_text('{"spinlora_run": 1}')  # spinlora's marker
     with pytest.raises(OutputExistsError, match="--overwrite"):
         run(tiny_cfg)
     assert (out / "config.yaml").read_text() == "x: 1\n"  # untouched

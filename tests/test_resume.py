@@ -96,6 +96,15 @@ def test_sigkill_then_resume_equals_uninterrupted(recipe, tmp_path, where, n):
     assert cli.main(["run", str(path), "--output-dir", str(out), "--resume"]) == 0
     _same_run(ref, out)
     assert not list(out.rglob("*.partial"))
+    ev = json.loads((out / "eval" / "result.json").read_text())
+    status = json.loads((out / "run.json").read_text())
+    assert status["resumed_after"] == "killed" and status["status"] == "ok"
+    if where == "eval":  # the models evaluated before the kill keep their time and memory rows
+        reused = [r["label"] for r in ev["rows"] if r.get("reused")]
+        assert len(reused) == n - 1
+        for label in reused:
+            assert any(f"[{label}]" in k for k in ev["accounting"]["phases"]), label
+            assert label in (out / "summary.md").read_text()
 
 
 def test_resume_refuses_another_config(recipe, tmp_path, capsys):

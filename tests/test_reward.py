@@ -19,7 +19,7 @@ def _pairs(tmp_path, n=40):
 def test_reward_model_learns_and_reloads(tiny_model_dir, tmp_path):
     from spinlora import cli
     from spinlora.config import load_config
-    from spinlora.stages.reward import load_trained, rewards
+    from spinlora.reward_model import load_trained, rewards
 
     out = tmp_path / "rm"
     args = ["reward", f"output_dir={out}", f"model.name={tiny_model_dir}", "model.dtype=float32",
@@ -57,7 +57,7 @@ def test_best_of_n_picks_the_reward_models_choice(tiny_model_dir, monkeypatch):
     """Two samples per question, one right and one wrong; a reward that prefers the right one
     gives accuracy 1 where the samples average 0.5, and pass@2 is 1."""
     import spinlora.evaluate.gsm8k as g
-    import spinlora.stages.reward as rw
+    import spinlora.reward_model as rw
     from spinlora.accounting import Accountant
     from spinlora.config import GenerationConfig
     from spinlora.data import ChatFormat, Example

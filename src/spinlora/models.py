@@ -87,7 +87,13 @@ def resolve_model_path(name: str) -> str:
         return str(embedded_model_dir())
     p = Path(name).expanduser()
     if p.is_file() and p.suffix == ".gguf":
-        return str(gguf_model_dir(p))
+        try:
+            return str(gguf_model_dir(p))
+        except (ValueError, KeyError, IndexError, OSError, RuntimeError) as e:
+            raise ModelNotFoundError(
+                f"{p} is not a GGUF model spinlora can read ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:160] if str(e) else 'no detail'}); check the file "
+                "(a partial download?) or pass a transformers checkpoint or Hub id") from None
     if p.exists():
         if not (p / "config.json").is_file():
             raise ModelNotFoundError(
@@ -95,10 +101,37 @@ def resolve_model_path(name: str) -> str:
                 "checkpoint (save_pretrained output) or use a Hub id")
         return str(p)
     if name.count("/") == 1 and not name.startswith((".", "/")):
+        _hub_reachable_or_cached(name)
         return name  # Hub id; from_pretrained downloads it (or reads the HF cache offline)
     raise ModelNotFoundError(
         f"model {name!r} is not a local directory, a .gguf file, nor a Hub id (owner/name). "
         f"Use the embedded default `{DEFAULT_MODEL}`, a directory, or e.g. Qwen/Qwen2.5-0.5B-Instruct")
+
+
+def _hub_reachable_or_cached(repo: str, timeout: float = 3.0) -> None:
+    """A Hub id on a machine that cannot reach the Hub fails in seconds, not after a minute of
+    HTTP retries: a model already in the local HF cache is used as it is (offline mode for the
+    loads that follow); otherwise one TCP connection, ``timeout`` seconds at most, decides."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+            return
+    except Exception:  # noqa: BLE001  an older or newer hub API: decide by the connection
+        pass
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        raise ModelNotFoundError(
+            f"model {repo!r} is a Hub id, the Hub ({host}) cannot be reached and the model is "
+            "not in the local Hugging Face cache. Download it on a machine with internet "
+            f"(`huggingface-cli download {repo}`), or pass a local directory or .gguf file"
+        ) from None
 
 
 def pick_device(device: str) -> torch.device:

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -38,6 +41,7 @@ from .evaluate.gsm8k import (PROMPTING, REFLECT, evaluate_best_of_n, evaluate_sv
 from .evaluate.choice import evaluate_choice_task
 from .evaluate.tasks import DEFAULT_SHOTS, load_task
 from .models import load_model, pick_device
+from .start import attach_adapter, sft_set  # noqa: F401  (part of this module's API)
 from .report import write_report
 from .stages.sft import run_sft
 from .stages.dpo import load_pairs, run_dpo
@@ -50,23 +54,55 @@ def _is_oom(e: BaseException) -> bool:
         isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, ``kill``): handled like Ctrl-C, so run.json tells the truth."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def run(cfg: RunConfig) -> dict:
     """Run the configured stages; return the run summary (also written to run.json)."""
     cfg.validate()
-    out = rundir.prepare(cfg)
-    summary: dict = {"status": "running", "output_dir": str(out), "stages": {},
-                     "processes": dist.world(), "environment": environment()}
+    out = rundir.prepare(cfg)  # holds the folder's lock until this run ends
+    try:
+        return _run_locked(cfg, out)
+    finally:
+        rundir.release(out)
+
+
+def _run_locked(cfg: RunConfig, out: Path) -> dict:
+    before = rundir.read_status(out) if cfg.resume else {}
+    summary: dict = {rundir.MARKER: 1, "status": "running", "pid": os.getpid(),
+                     "output_dir": str(out), "stages": {}, "processes": dist.world(),
+                     "environment": environment()}
+    if before.get("status") == "running":  # its process is gone (we hold the lock): killed
+        summary["resumed_after"] = "killed"
+        print(f"[spinlora] resume: the previous attempt (pid {before.get('pid', '?')}) was "
+              "killed; its finished stages are reused")
+    elif before:
+        summary["resumed_after"] = before.get("status")
     rundir.write_json(out / "run.json", summary)
     t_start = time.perf_counter()
+    abandoned = False
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         _run_stages(cfg, out, summary)
         summary["status"] = "ok"
-    except KeyboardInterrupt:
-        summary["status"] = "interrupted"
-        print(f"\n[spinlora] interrupted: finished stages are kept intact in {out}; "
-              "folders ending in .partial are incomplete")
-        raise
-    except Exception as e:
+    except BaseException as e:
+        # a failure before the run read its inputs (bad data, model, ...): nothing of it stays,
+        # and a run it was to replace (--overwrite) is put back as it was
+        abandoned = rundir.abandon(out)
+        if abandoned:
+            raise
+        if isinstance(e, KeyboardInterrupt):
+            summary["status"] = "interrupted"
+            print(f"\n[spinlora] interrupted: finished stages are kept intact in {out}; "
+                  "folders ending in .partial are incomplete")
+            raise
         from .train import TrainingDiverged
 
         summary["status"] = ("oom" if _is_oom(e) else "diverged" if isinstance(e, TrainingDiverged)
@@ -78,14 +114,17 @@ def run(cfg: RunConfig) -> dict:
                   f"data.max_length. Finished stages are kept in {out}")
         raise
     finally:
-        summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
-        rundir.write_json(out / "run.json", summary)
-        if dist.is_main() and ((out / "sft" / "result.json").exists()
-                               or (out / "eval" / "result.json").exists()):
-            try:
-                summary["report"] = write_report(out)
-            except Exception as e:  # a broken report must not hide the run's own error
-                print(f"[spinlora] report failed: {e}")
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+        if not abandoned:
+            summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
+            rundir.write_json(out / "run.json", summary)
+            if dist.is_main() and ((out / "sft" / "result.json").exists()
+                                   or (out / "eval" / "result.json").exists()):
+                try:
+                    summary["report"] = write_report(out)
+                except Exception as e:  # a broken report must not hide the run's own error
+                    print(f"[spinlora] report failed: {e}")
     print(f"[spinlora] done in {summary['wall_seconds']:.0f}s. Outputs: {out.resolve()}")
     for name in ("summary.md", "report.html", "loss.png"):
         if (out / name).exists():
@@ -93,36 +132,10 @@ def run(cfg: RunConfig) -> dict:
     return summary
 
 
-def sft_set(cfg: RunConfig, fmt: ChatFormat):
-    """The training split's rows, the indices of the SFT subset and of the rest (held-out rows
-    come from there), the SFT examples and their counts."""
-    rows = load_rows(cfg.data.train, cfg.data, "train")
-    chosen = subset(list(range(len(rows))), cfg.data.sft_examples, cfg.data.seed)
-    rest = sorted(set(range(len(rows))) - set(chosen))
-    sft_examples, counts = build_examples([rows[i] for i in chosen], fmt, cfg.data)
-    return rows, chosen, rest, sft_examples, counts
-
-
-def attach_adapter(cfg: RunConfig, model, out: Path):
-    """The adapter the stages train: fresh, or ``cfg.sft_adapter`` to continue from (its own
-    method and shapes). Returns (model, init_path): where a PiSSA-style method saved the state
-    it starts from, else None."""
-    init_path = None
-    if cfg.sft_adapter:
-        cfg.adapter = adapters.saved_config(cfg.sft_adapter, cfg.adapter)
-    if cfg.sft_adapter and not adapters.get(cfg.adapter.method).base_from_init:
-        model = adapters.load(model, cfg.sft_adapter, trainable=True)  # a peft folder
-    else:
-        model = adapters.attach(model, cfg.adapter)
-        if adapters.get(cfg.adapter.method).base_from_init:
-            # the state the method starts from gives the base model's output for evaluation
-            # (and the conversion of PiSSA-style adapters to plain LoRA on the original base)
-            init_path = out / "init_adapter"
-            adapters.save(model, cfg.adapter, init_path)
-            dist.barrier()  # the other processes read it at evaluation
-        if cfg.sft_adapter:
-            adapters.load_weights(model, cfg.adapter, cfg.sft_adapter)
-    return model, init_path
+def _stage(out: Path, summary: dict, name: str, state: str) -> None:
+    """Record a stage's state in run.json at once: a killed run still lists what it finished."""
+    summary["stages"][name] = state
+    rundir.write_json(out / "run.json", summary)
 
 
 def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
@@ -172,11 +185,12 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
         # config.yaml stays the recipe as given (--resume compares against it and plans again)
         rundir.write_json(out / "plan.json", asdict(plan))
     new_acct = lambda: Accountant(device, baseline)  # noqa: E731  (one per stage/iteration)
+    rundir.commit(out)  # config, data and model read: a run this one replaces goes now
 
     if "sft" in cfg.stages and cfg.resume and rundir.finished(out / "sft"):
         # a finished SFT is reused: its adapter is what SPIN starts from
         adapters.load_weights(model, cfg.adapter, out / "sft" / "adapter")
-        summary["stages"]["sft"] = "reused"
+        _stage(out, summary, "sft", "reused")
         print(f"[spinlora] resume: SFT finished earlier, its adapter reused ({out / 'sft'})")
     elif "sft" in cfg.stages:
         part = rundir.begin(out / "sft")
@@ -184,16 +198,16 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
         result = run_sft(cfg, model, tok, sft_examples, part, acct, init_path, heldout, fmt)
         result.update(data=counts, accounting=acct.summary())
         rundir.finish(part, result)
-        summary["stages"]["sft"] = "ok"
+        _stage(out, summary, "sft", "ok")
 
     if "spin" in cfg.stages and cfg.resume and rundir.finished(out / "spin"):
-        summary["stages"]["spin"] = "reused"
+        _stage(out, summary, "spin", "reused")
         print("[spinlora] resume: SPIN finished earlier")
     elif "spin" in cfg.stages:
         result = run_spin(cfg, model, tok, fmt, sft_examples, heldout, out / "spin", new_acct,
                           init_path)
         rundir.write_json(out / "spin" / "result.json", result)
-        summary["stages"]["spin"] = "ok"
+        _stage(out, summary, "spin", "ok")
 
     # RL and DPO: one folder each, built in .partial; a finished one is kept on --resume
     for name, stage in (("rl", lambda part, acct: run_rl(cfg, model, tok, fmt, sft_examples,
@@ -203,26 +217,28 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
         if name not in cfg.stages:
             continue
         if cfg.resume and rundir.finished(out / name):
-            summary["stages"][name] = "reused"
+            _stage(out, summary, name, "reused")
             print(f"[spinlora] resume: {name} finished earlier")
             continue
         part, acct = rundir.begin(out / name), new_acct()
         result = stage(part, acct)
         result["accounting"] = acct.summary()
         rundir.finish(part, result)
-        summary["stages"][name] = "ok"
+        _stage(out, summary, name, "ok")
 
     if "eval" in cfg.stages and cfg.resume and rundir.finished(out / "eval"):
-        summary["stages"]["eval"] = "reused"
+        _stage(out, summary, "eval", "reused")
     elif "eval" in cfg.stages:
         part = rundir.begin(out / "eval", keep=cfg.resume)
-        done = []
+        done, earlier = [], None
         if (part / "result.json").is_file():  # --resume: models evaluated before the stop
-            done = [r for r in json.loads((part / "result.json").read_text())["rows"]
-                    if "error" not in r]
-        result = run_eval(cfg, model, tok, fmt, out, part, new_acct(), init_path, inputs, done)
+            before = json.loads((part / "result.json").read_text())
+            done = [dict(r, reused=True) for r in before["rows"] if "error" not in r]
+            earlier = before.get("accounting")
+        result = run_eval(cfg, model, tok, fmt, out, part, new_acct(), init_path, inputs, done,
+                          earlier)
         rundir.finish(part, result)
-        summary["stages"]["eval"] = "ok"
+        _stage(out, summary, "eval", "ok")
 
 
 def eval_inputs(cfg: RunConfig, fmt: ChatFormat) -> tuple[list, list | None, dict]:
@@ -257,10 +273,11 @@ def eval_inputs(cfg: RunConfig, fmt: ChatFormat) -> tuple[list, list | None, dic
 
 def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: Path,
              acct: Accountant, init_path: Path | None, inputs: tuple,
-             done: list[dict] | None = None) -> dict:
+             done: list[dict] | None = None, earlier: dict | None = None) -> dict:
     """The configured tasks for base, SFT and each SPIN iteration, one model in memory.
     ``inputs``: what ``eval_inputs`` read before training; ``done``: rows of models already
-    evaluated (a resumed run), kept as they are."""
+    evaluated (a resumed run), kept as they are (marked ``reused``), with ``earlier``, the
+    accounting of their phases, so their time and memory stay in the result."""
 
     examples, shots, choice_items = inputs
     targets: list[tuple[str, Path | None]] = []
@@ -305,7 +322,7 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
              else f"{label}+{mode}", path, mode) for label, path in targets for mode in modes]
     reranker = None
     if n:  # the reward model, loaded once for every model's best-of-n row
-        from .stages.reward import load_reranker
+        from .reward_model import load_reranker
 
         reranker = load_reranker(cfg.eval.reward_model, cfg)
         head["best_of_n"] = {"n": n, "reward_model": cfg.eval.reward_model,
@@ -326,8 +343,21 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
             results.append({"label": label, "adapter": str(path) if path else None, "tasks": {},
                             "error": f"{type(e).__name__}: {e}"})
         # written after every model: an interrupted evaluation keeps the models it finished
-        rundir.write_json(part / "result.json", {**head, "complete": False, "rows": results})
-    return {**head, "complete": True, "rows": results, "accounting": acct.summary()}
+        rundir.write_json(part / "result.json", {**head, "complete": False, "rows": results,
+                                                 "accounting": _merged(earlier, acct.summary())})
+    return {**head, "complete": True, "rows": results,
+            "accounting": _merged(earlier, acct.summary())}
+
+
+def _merged(earlier: dict | None, now: dict) -> dict:
+    """One evaluation's accounting from an interrupted attempt's phases and this one's."""
+    if not earlier:
+        return now
+    phases = {**earlier.get("phases", {}), **now["phases"]}
+    return {**now, "phases": phases,
+            "seconds_total": round(sum(p["seconds"] for p in phases.values()), 3),
+            "peak_over_baseline_bytes": max(earlier.get("peak_over_baseline_bytes", 0),
+                                            now["peak_over_baseline_bytes"])}
 
 
 def _eval_one(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path, acct: Accountant,

@@ -358,7 +358,7 @@ def run_plan(cfg) -> Plan:
 
     from .data import ChatFormat
     from .models import load_model, pick_device
-    from .pipeline import attach_adapter, sft_set
+    from .start import attach_adapter, sft_set
 
     cfg.validate()
     if cfg.memory_budget is None:

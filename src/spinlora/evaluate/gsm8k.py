@@ -262,7 +262,7 @@ def evaluate_best_of_n(model, tokenizer, fmt: ChatFormat, examples: list[Example
     model scores highest is the answer (``stages/reward.py``; Cobbe et al. 2021 used a verifier
     the same way). Also reports the mean accuracy of the samples and pass@n (any of n right),
     the ceiling any reranker could reach."""
-    from ..stages.reward import score_texts
+    from ..reward_model import score_texts
 
     sample_cfg = dataclasses.replace(gen_cfg, do_sample=True, temperature=temperature, top_p=1.0)
     with acct.phase(f"eval_generate[{label}+best_of_{n}]") as ph:

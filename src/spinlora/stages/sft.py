@@ -77,7 +77,7 @@ class EarlyStop:
         self.measure, self.key = _heldout, _METRIC_KEY[cfg.train.early_stop_metric]
         self.reranker = None
         if cfg.train.early_stop_metric == "heldout_reward":
-            from .reward import load_reranker
+            from ..reward_model import load_reranker
 
             self.reranker = load_reranker(cfg.spin.reward_model, cfg)
         self.history, self.best, self.best_state, self.stopped = [], None, None, None

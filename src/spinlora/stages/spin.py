@@ -237,7 +237,7 @@ def _heldout(model, tokenizer, fmt, heldout: list[Example], cfg: RunConfig, acct
     r = evaluate_gsm8k(model, tokenizer, fmt, heldout, cfg.generation, acct, label)
     samples = r.pop("samples")
     if reranker is not None:
-        from .reward import score_texts
+        from ..reward_model import score_texts
 
         scores = score_texts(reranker[0], reranker[1], [e.prompt for e in heldout],
                              [s["output"] for s in samples])
@@ -258,7 +258,7 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
     out.mkdir(parents=True, exist_ok=True)
     reranker = None
     if cfg.spin.reward_model:  # keep_best=heldout_reward: the reward model, loaded once
-        from .reward import load_reranker
+        from ..reward_model import load_reranker
 
         reranker = load_reranker(cfg.spin.reward_model, cfg)
     acct0 = new_accountant()
