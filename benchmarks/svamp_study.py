@@ -168,8 +168,29 @@ def main() -> None:
         {**_merge_wall(dest.parent / "points_wall_seconds.json", wall),
          "overrides": args.set}, indent=1) + "\n")
     (dest.with_suffix(".md")).write_text(table(rows) + "\n")
+    keep_results(out, dest.parent / "points")
     print(table(rows))
     print(f"[study] {dest}")
+
+
+def keep_results(out: Path, dest: Path) -> None:
+    """Each point's result files (and its per-problem verdicts, compressed) beside the summary:
+    the figures the summary cites stay checkable without the run folders."""
+    import gzip
+    import shutil
+
+    for point in POINTS:
+        run = out / point
+        for f in [run / "run.json", run / "config.yaml", *run.glob("*/result.json"),
+                  *run.glob("spin/iter_*/result.json"), *run.glob("*/rounds.jsonl")]:
+            if f.is_file() and ".partial" not in str(f):
+                target = dest / point / f.relative_to(run)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, target)
+        for f in run.glob("eval/samples_*_svamp.jsonl"):
+            target = dest / point / "eval" / (f.name + ".gz")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(gzip.compress(f.read_bytes(), mtime=0))
 
 
 def _merge_wall(path: Path, new: dict) -> dict:

@@ -142,3 +142,23 @@ def test_svamp_eval_through_the_pipeline(tiny_cfg, tmp_path):
         for x in samples:  # each verdict is the scorer's on the saved output
             assert x["correct"] == svamp.score(x["output"], x["gold_value"])["correct"]
     assert "svamp" in (out / "summary.md").read_text()
+
+
+def test_study_paired_difference_is_hand_computed():
+    """benchmarks/svamp_study.py: the paired difference and its standard error over the same
+    problems, only where both models answered."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("svamp_study",
+                                                  ROOT / "benchmarks" / "svamp_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    a = {i: {"correct": c} for i, c in enumerate([1, 1, 0, 1, 0])}
+    b = {i: {"correct": c} for i, c in enumerate([1, 0, 0, 0, 1])}
+    b[7] = {"correct": 1}  # a problem only one model answered: not paired
+    mean, se, n = study.paired(a, b)
+    d = [0, 1, 0, 1, -1]
+    var = sum((x - 0.2) ** 2 for x in d) / 4
+    assert n == 5 and mean == pytest.approx(0.2) and se == pytest.approx(math.sqrt(var / 5))

@@ -307,7 +307,8 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
                            **({"temperature": cfg.generation.temperature,
                                "top_p": cfg.generation.top_p, "seed": cfg.generation.seed}
                               if cfg.generation.do_sample else {})},
-            "tasks": cfg.eval.tasks, "task_shots": {"gsm8k": cfg.eval.gsm8k_shots, **mc_shots},
+            "tasks": cfg.eval.tasks, "task_shots": {**({"gsm8k": cfg.eval.gsm8k_shots} if "gsm8k" in cfg.eval.tasks
+                               else {}), **mc_shots},
             "limit": cfg.eval.limit, "seed": cfg.eval.seed, "n": len(examples)}
     if cfg.eval.prompting != ["standard"]:
         head["prompting"] = {m: {"suffix": PROMPTING[m] or None,

@@ -100,9 +100,10 @@ def _column_notes(runs: list[Path]) -> list[str]:
         ev = _load(run / "eval" / "result.json")
         if ev:
             shots = ev.get("task_shots", {"gsm8k": ev.get("shots", 0)})
+            gsm8k = f"; GSM8K {ev['prompt']}" if "gsm8k" in shots else ""
             notes.append(f"{run.name}: " + ", ".join(
                 f"{t} {k}-shot" for t, k in shots.items()) +
-                f"; subset limit {ev['limit']} (seed {ev['seed']}); GSM8K {ev['prompt']}, "
+                f"; subset limit {ev['limit']} (seed {ev['seed']}){gsm8k}, "
                 + ("sampled" if ev.get("generation", {}).get("do_sample") else "greedy"))
     return notes
 
