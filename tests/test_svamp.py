@@ -100,7 +100,7 @@ def test_malformed_training_rows_name_the_line(tmp_path):
         load_rows(str(bad), DataConfig(), "train")
 
 
-def test_svamp_eval_through_the_pipeline(tiny_cfg, tmp_path):
+def test_svamp_eval_through_the_pipeline(tiny_cfg, tmp_path, capsys):
     """SFT on SVAMP-format training rows, then base and SFT scored on SVAMP problems: each row
     has the equation-value accuracy, the stated-number accuracy and per-problem samples."""
     from spinlora import run
@@ -129,6 +129,9 @@ def test_svamp_eval_through_the_pipeline(tiny_cfg, tmp_path):
         setattr(getattr(tiny_cfg, section) if section else tiny_cfg, key, yaml.safe_load(v))
     summary = run(tiny_cfg)
     assert summary["status"] == "ok"
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1].startswith("| run | lora_sft | ") or "lora_sft" in printed[-1]
+    assert any(line.startswith("| run | model | svamp") for line in printed[-5:])
     out = tmp_path / "run"
     ev = json.loads((out / "eval" / "result.json").read_text())
     for row in ev["rows"]:

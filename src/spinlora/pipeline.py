@@ -129,7 +129,23 @@ def _run_locked(cfg: RunConfig, out: Path) -> dict:
     for name in ("summary.md", "report.html", "loss.png"):
         if (out / name).exists():
             print(f"  {out.resolve() / name}")
+    if dist.is_main() and (out / "summary.md").is_file():  # the run ends with its table
+        table = [line for line in comparison_table(out / "summary.md") if line.startswith("|")]
+        if table:
+            print("\n" + "\n".join(table))
     return summary
+
+
+def comparison_table(summary_md: Path) -> list[str]:
+    """The lines of the report's "Comparison" section (the table of every evaluated model)."""
+    lines, keep = [], False
+    for line in summary_md.read_text().splitlines():
+        if line.startswith("## "):
+            keep = line.strip() == "## Comparison"
+            continue
+        if keep:
+            lines.append(line)
+    return lines
 
 
 def _stage(out: Path, summary: dict, name: str, state: str) -> None:
