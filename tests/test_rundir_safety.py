@@ -223,3 +223,20 @@ def test_no_third_party_warning_on_import_and_attach(tiny_model_dir):
                        env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     assert r.returncode == 0, r.stderr
     assert "gemm_4bit_forward" not in r.stderr and "is_gradient_checkpointing" not in r.stderr
+
+
+def test_empty_train_file_and_zero_examples_say_what_is_wrong(tiny_cfg, tmp_path):
+    from spinlora import run
+    from spinlora.config import ConfigError
+    from spinlora.data import DataError
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    cfg = fast(tiny_cfg)
+    cfg.data.train = str(empty)
+    with pytest.raises(DataError, match="holds no rows"):
+        run(cfg)
+    assert not Path(cfg.output_dir).exists()
+    cfg.data.sft_examples = 0
+    with pytest.raises(ConfigError, match="data.sft_examples"):
+        cfg.validate()

@@ -347,6 +347,8 @@ class RunConfig:
              or bool(self.spin.reward_model), "keep_best=heldout_reward needs spin.reward_model="
              "RUN/reward/adapter"),
             ("generation.max_new_tokens", self.generation.max_new_tokens > 0, "must be > 0"),
+            ("data.sft_examples", self.data.sft_examples is None or self.data.sft_examples > 0,
+             "must be > 0, or null for all rows"),
             ("generation.decode", self.generation.decode in ("drop", "hf"), "drop or hf"),
             ("generation.cache", self.generation.cache in ("auto", "dynamic", "static"),
              "must be auto, dynamic or static"),

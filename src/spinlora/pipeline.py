@@ -174,10 +174,14 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     print(f"[spinlora] SFT set: {counts['kept']} examples ({counts['dropped_overlong']} dropped, "
           f"{counts['truncated_overlong']} truncated at data.max_length={cfg.data.max_length})")
     if not sft_examples and {"sft", "spin", "rl"} & set(cfg.stages):
+        if not rows:
+            raise DataError(f"data.train {cfg.data.train} holds no rows; point it at a file or "
+                            "dataset with prompt / answer rows")
+        advice = ("raise data.max_length or use data.overlong=truncate"
+                  if cfg.data.overlong == "drop" else "raise data.max_length")
         raise DataError(f"data.train {cfg.data.train}: no example left to train on "
                         f"({counts['rows']} rows, {counts['dropped_overlong']} dropped as longer "
-                        f"than data.max_length={cfg.data.max_length}); raise data.max_length or "
-                        "use data.overlong=truncate")
+                        f"than data.max_length={cfg.data.max_length}); {advice}")
     if "spin" in cfg.stages and cfg.spin.keep_best and not heldout:
         print("[spinlora] note: no held-out rows left outside the SFT set; spin.keep_best and "
               "spin.early_stop are off for this run")
