@@ -142,8 +142,28 @@ def test_config_yaml_is_a_recipe_and_a_moved_run_resumes(tiny_cfg, tmp_path):
     assert summary["status"] == "ok" and summary["stages"]["sft"] == "reused"
 
 
-def _pipeline_process(cfg_path: Path, out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "spinlora", "run", str(cfg_path),
+CHILD = r"""
+import sys, time
+from pathlib import Path
+import spinlora.stages.spin as sp
+from spinlora import cli
+
+ready, calls, real = Path(sys.argv[1]), [], sp.make_pairs
+
+def second_iteration_waits(*a, **k):  # SPIN iteration 1 is finished: say so, then wait
+    calls.append(1)
+    if len(calls) == 2:
+        ready.write_text("ready")
+        time.sleep(120)
+    return real(*a, **k)
+
+sp.make_pairs = second_iteration_waits
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def _pipeline_process(cfg_path: Path, out: Path, ready: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(ready), "run", str(cfg_path),
                              "--output-dir", str(out)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
@@ -169,8 +189,9 @@ def test_run_json_tells_the_truth_after_a_signal(tiny_cfg, tmp_path, sig):
     cfg_path = tmp_path / "recipe.yaml"
     save_config(cfg, cfg_path)
     out = tmp_path / "signalled"
-    proc = _pipeline_process(cfg_path, out)
-    _wait_for(out / "spin" / "iter_1" / "result.json", proc)
+    ready = tmp_path / "ready"
+    proc = _pipeline_process(cfg_path, out, ready)
+    _wait_for(ready, proc)  # SPIN iteration 1 finished, iteration 2 about to start
     proc.send_signal(sig)
     proc.wait(timeout=120)
     status = json.loads((out / "run.json").read_text())
