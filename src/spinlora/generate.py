@@ -179,7 +179,7 @@ def decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, cache
     logits = model(input_ids=ids[:, shared:], attention_mask=attn, position_ids=pos[:, shared:],
                    past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
     next_pos = pos[:, -1] + 1
-    for _ in range(cfg.max_new_tokens):
+    for step in range(cfg.max_new_tokens):
         tok = _sample(logits, cfg, gen)
         hit = torch.isin(tok, stops)
         for j, (t, h) in enumerate(zip(tok.tolist(), hit.tolist())):
@@ -193,7 +193,8 @@ def decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, cache
                 finished[r] = True
                 done_in_batch[j] = True
         live = (~done_in_batch).nonzero().squeeze(-1)
-        if live.numel() == 0 or all(len(out[int(r)]) >= cfg.max_new_tokens for r in rows[live]):
+        # every live row has step + 1 tokens: the last step needs no forward pass after it
+        if live.numel() == 0 or step == cfg.max_new_tokens - 1:
             break
         if len(live) <= len(rows) * 7 // 8:  # an eighth finished: drop those rows
             cache.batch_select_indices(live)

@@ -43,6 +43,7 @@ MARKER = "spinlora_run"  # run.json[MARKER] == 1: this folder is a spinlora run
 FLAGS = ("resume", "overwrite")  # command-line flags: not part of a run's recipe
 _held: dict[Path, int] = {}  # folder -> file descriptor of its lock, while this process runs it
 _aside: dict[Path, Path] = {}  # folder -> where its replaced run waits until commit
+_new: set[Path] = set()  # folders this process created and has not committed yet
 
 
 class OutputExistsError(ConfigError):
@@ -92,10 +93,7 @@ def release(out: Path) -> None:
 
 def is_run(out: Path) -> bool:
     """The folder holds a spinlora run: its run.json carries the marker."""
-    try:
-        return json.loads((out / "run.json").read_text()).get(MARKER) == 1
-    except (OSError, ValueError, AttributeError):
-        return False
+    return read_status(out).get(MARKER) == 1
 
 
 def recipe(cfg: RunConfig) -> dict:
@@ -158,9 +156,6 @@ def prepare(cfg: RunConfig) -> Path:
     return out
 
 
-_new: set[Path] = set()  # folders this process created and has not committed yet
-
-
 def commit(out: Path) -> None:
     """The new run has read its config, data and model: the run it replaces is removed now."""
     key = Path(out).resolve()
@@ -187,9 +182,10 @@ def abandon(out: Path) -> bool:
 def read_status(out: Path) -> dict:
     """The run.json a run left (empty when there is none or it cannot be read)."""
     try:
-        return json.loads((Path(out) / "run.json").read_text())
+        status = json.loads((Path(out) / "run.json").read_text())
     except (OSError, ValueError):
         return {}
+    return status if isinstance(status, dict) else {}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -93,13 +93,12 @@ def run_reward(cfg: RunConfig) -> dict:
     rows = load_pairs(cfg.reward, cfg.data)  # read and checked before any model is loaded
     out = rundir.prepare(cfg)
     try:
-        model, tok = load_reward_model(cfg)
-    except BaseException:
-        rundir.abandon(out)  # a model that cannot be loaded leaves no half-made folder
-        rundir.release(out)
-        raise
-    rundir.commit(out)
-    try:
+        try:
+            model, tok = load_reward_model(cfg)
+        except BaseException:
+            rundir.abandon(out)  # a model that cannot be loaded leaves no half-made folder
+            raise
+        rundir.commit(out)
         return _train_reward(cfg, out, rows, model, tok)
     finally:
         rundir.release(out)
