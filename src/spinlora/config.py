@@ -49,11 +49,11 @@ class ModelConfig:
     """Which base model to load and how."""
 
     name: str = DEFAULT_MODEL  # Hub id, local directory, or the embedded default's name
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (auto: fp32 on CPU, bf16 on GPU)
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (auto: bf16 where the GPU or CPU has it)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     revision: str | None = None  # Hub revision, for reproducible downloads
     quantization: str = "none"  # none | nf4 (QLoRA: 4-bit NF4 + double quantization) | int8
-    attn_implementation: str | None = None  # None: transformers' default (sdpa) | eager | ...
+    attn_implementation: str | None = None  # None: eager for bf16 on CPU, else sdpa
 
 
 @dataclass

@@ -144,13 +144,66 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16, from /proc/cpuinfo).
+    There bf16 matmuls run 2-9x faster than fp32; elsewhere torch emulates them, ~5x slower than
+    fp32 (PEFT_NOTES.md). ``SPINLORA_CPU_BF16=0`` / ``1`` overrides the detection."""
+    forced = os.environ.get("SPINLORA_CPU_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on GPUs that support it and on CPUs with bf16 units, else fp32. The
+    adapter's weights and the optimizer state stay fp32 either way (peft keeps adapter weights
+    in fp32 over a bf16 base)."""
     if dtype == "auto":
-        # bf16 is ~5x slower than fp32 on CPUs without AVX512-BF16/AMX (PEFT_NOTES.md)
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def pick_attention(asked: str | None, device: torch.device, dtype: torch.dtype) -> str | None:
+    """The attention implementation: the configured one, else ``eager`` for bf16 on a CPU, else
+    transformers' default (sdpa).
+
+    On a CPU in bf16, torch's SDPA kernel gives a row a different result when the batch pads it
+    differently (0.3 nats over a 50-token answer on SmolLM2, against 1e-4 in fp32), so SPIN's
+    reference pass and its training pass, or RL's sampling-time and training-time log-probs,
+    disagree at step 0 (loss 0.94 instead of ln 2 with ``dpop``). Eager attention gives every row
+    the same bits whatever else is in the batch, and on these CPUs it is also faster (benchmarks/
+    train_speed.py)."""
+    if asked:
+        return asked
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        return "eager"
+    return None
+
+
+def set_cpu_threads() -> int:
+    """Torch threads per process = the cores this process may use / the processes launched on
+    this machine, so that several processes never oversubscribe the cores (bf16 training ran
+    ~20x slower oversubscribed). Only ever lowers the count (OMP_NUM_THREADS is respected);
+    returns the count in force."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    share = max(1, cores // local)
+    if torch.get_num_threads() > share:
+        torch.set_num_threads(share)
+    return torch.get_num_threads()
 
 
 def load_tokenizer(path: str, revision: str | None = None):
@@ -173,9 +226,12 @@ def load_model(cfg: ModelConfig):
     path = resolve_model_path(cfg.name)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
+    if device.type == "cpu":
+        set_cpu_threads()
     kwargs = {}
-    if cfg.attn_implementation:
-        kwargs["attn_implementation"] = cfg.attn_implementation
+    attention = pick_attention(cfg.attn_implementation, device, dtype)
+    if attention:
+        kwargs["attn_implementation"] = attention
     if cfg.quantization != "none":
         kwargs.update(quantization_config=quantization_config(cfg.quantization, dtype),
                       device_map={"": str(device)})

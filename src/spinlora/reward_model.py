@@ -15,6 +15,14 @@ from .data import ChatFormat
 from .models import load_tokenizer, pick_device, pick_dtype, resolve_model_path
 
 
+def _dtype(cfg: RunConfig, device: torch.device) -> torch.dtype:
+    """The policy's dtype, except that ``auto`` stays fp32 on a CPU: the reward head is trained
+    whole (not an adapter), and bf16 weights lose AdamW's small updates."""
+    if cfg.model.dtype == "auto" and device.type == "cpu":
+        return torch.float32
+    return pick_dtype(cfg.model.dtype, device)
+
+
 def load_reward_model(cfg: RunConfig):
     """(scalar-head model with LoRA on the body, tokenizer)."""
     from peft import LoraConfig, get_peft_model
@@ -28,7 +36,7 @@ def load_reward_model(cfg: RunConfig):
     tok = load_tokenizer(path, cfg.model.revision)
     torch.manual_seed(cfg.seed)  # the head's initialisation
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=pick_dtype(cfg.model.dtype, device), revision=cfg.model.revision)
+        path, num_labels=1, dtype=_dtype(cfg, device), revision=cfg.model.revision)
     model.config.pad_token_id = tok.pad_token_id
     a = cfg.adapter
     model = get_peft_model(model, LoraConfig(
@@ -80,7 +88,7 @@ def load_trained(path: str | Path, cfg: RunConfig):
     tok = load_tokenizer(str(path))
     device = pick_device(cfg.model.device)
     model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=1, dtype=pick_dtype(cfg.model.dtype, device))
+        base, num_labels=1, dtype=_dtype(cfg, device))
     model.config.pad_token_id = tok.pad_token_id
     model = PeftModel.from_pretrained(model, str(path)).to(device).eval()
     return model, tok

@@ -48,8 +48,10 @@ def output_head(model, temperature: float = 1.0):
     scale = getattr(cfg, "logit_scale", None)
     scale = None if scale in (None, 1, 1.0) else float(scale)
 
+    fp32_head = _fp32_head(head) if head.weight.device.type == "cpu" else None
+
     def logits(h):
-        x = head(h).float()
+        x = fp32_head(h) if fp32_head is not None else head(h).float()
         if scale is not None:
             x = x * scale
         if cap:
@@ -57,6 +59,28 @@ def output_head(model, temperature: float = 1.0):
         return x if temperature == 1.0 else x / temperature
 
     return logits
+
+
+def _fp32_head(head):
+    """On a CPU with a bf16 / fp16 model: the LM head in fp32 (None when it already is).
+
+    A bf16 logit of magnitude ~20 is rounded to 1/8, so a token's log-prob is off by up to
+    ~0.06 nats, and by a different amount when the matmul kernel changes with the number of rows:
+    SPIN's reference pass and training pass then disagree (step-0 loss 0.94 instead of ln 2 with
+    ``dpop``) and the bf16 loss drifts from the fp32 one. The fp32 copy of the head's weight is
+    made once per weight version and kept on the module; the rest of the model stays bf16."""
+    w = getattr(head, "weight", None)
+    if w is None or w.dtype == torch.float32:
+        return None
+    key = (w.data_ptr(), w._version)
+    cached = getattr(head, "_spinlora_fp32", None)
+    if cached is None or cached[0] != key:
+        with torch.inference_mode(False):  # a copy autograd may use later, whatever made it
+            bias = head.bias.detach().float() if getattr(head, "bias", None) is not None else None
+            cached = (key, w.detach().float(), bias)
+        head._spinlora_fp32 = cached
+    _, weight, bias = cached
+    return lambda h: F.linear(h.float(), weight, bias)
 
 
 def token_logps(head, hidden: torch.Tensor, targets: torch.Tensor, chunk: int | None = None,

@@ -57,6 +57,14 @@ def epoch_batches(n: int, batch_size: int, rng: random.Random,
     return batches
 
 
+def length_units(lengths: list[int], size: int) -> list[list[int]]:
+    """Indices grouped once into micro-batches of ``size`` items of similar length (sorted by
+    length, then cut): the fixed units of ``train_loop(units=...)`` and of the reference pass
+    that goes with it."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[k:k + size] for k in range(0, len(order), size)]
+
+
 class MetricsLog:
     """Append-only JSONL, flushed every line so an interrupted run keeps what it logged (by the
     main process only, when there are several). ``report_to`` adds TensorBoard (event files in
@@ -127,13 +135,21 @@ def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
 def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: float, epochs: float,
                acct: Accountant, log: MetricsLog, seed: int, desc: str,
                extra: dict | None = None, method: str = "lora",
-               on_step: Callable[[int], bool] | None = None) -> list[dict]:
+               on_step: Callable[[int], bool] | None = None,
+               units: list[list[int]] | None = None) -> list[dict]:
     """Train the model's trainable parameters on ``items``. Returns one record per step.
 
     ``method`` names the adapter method, whose hooks run here: a regulariser added once per
     optimizer step (AdaLoRA's orthogonality term), a call after each step (AdaLoRA's rank
     allocation) and the stage's step count (AdaLoRA's schedule). ``on_step(step)`` runs after
     each optimizer step; returning True stops training there (early stopping).
+
+    ``units``: fixed micro-batches (lists of item indices, e.g. from ``length_units``). Each
+    epoch shuffles the units, not the items, and a step takes ``batch_size // micro_batch_size``
+    of them, so an item is always computed beside the same companions with the same padding:
+    exactly as the reference pass that scored those units before training (SPIN, DPO, RL). In
+    bf16 a row's log-prob depends on its batch's padding by ~0.03 nats, which would otherwise
+    show up as a false step-0 margin.
     """
     from .adapters import get
 
@@ -142,9 +158,14 @@ def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: f
     if not params:
         raise RuntimeError("the model has no trainable parameters: was the adapter loaded with "
                            "is_trainable=True?")
-    steps_per_epoch = math.ceil(len(items) / cfg.batch_size)
     lengths = ([objective.length(x) for x in items]
                if cfg.group_by_length and objective.length else None)
+    if units is None:
+        steps_per_epoch = math.ceil(len(items) / cfg.batch_size)
+    else:
+        per_step = max(1, cfg.batch_size // cfg.micro_batch_size)
+        steps_per_epoch = math.ceil(len(units) / per_step)
+        unit_lengths = [max(lengths[i] for i in u) for u in units] if lengths else None
     total = max(1, math.ceil(steps_per_epoch * epochs))
     opt = make_optimizer(params, cfg, lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total))
@@ -175,16 +196,22 @@ def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: f
     with acct.phase("train") as ph:
         for step in range(total):
             if step % steps_per_epoch == 0:
-                batches = epoch_batches(len(items), cfg.batch_size, rng, lengths)
-            batch = [items[i] for i in batches[step % steps_per_epoch]]
+                if units is None:
+                    batches = [[idx[m:m + cfg.micro_batch_size]
+                                for m in range(0, len(idx), cfg.micro_batch_size)]
+                               for idx in epoch_batches(len(items), cfg.batch_size, rng, lengths)]
+                else:
+                    batches = [[units[u] for u in ub]
+                               for ub in epoch_batches(len(units), per_step, rng, unit_lengths)]
+            micros = [[items[i] for i in idx] for idx in batches[step % steps_per_epoch]]
+            batch = [x for micro in micros for x in micro]
             t0 = time.perf_counter()
             weight = objective.weight(batch)
             sums: dict[str, float] = {}
             loss_total = 0.0
-            for k, m in enumerate(range(0, len(batch), cfg.micro_batch_size)):
+            for k, micro in enumerate(micros):
                 if not dist.mine(k):  # several processes: micro-batch k is process k mod world's
                     continue
-                micro = batch[m:m + cfg.micro_batch_size]
                 with offloaded():  # the backward brings offloaded activations back itself
                     loss_sum, metrics = objective.loss(model, micro)
                 (loss_sum / weight).backward()

@@ -139,13 +139,15 @@ def run_dpo(cfg: RunConfig, model, tokenizer, fmt: ChatFormat, rows: list[dict],
     if not pairs:
         raise DataError(f"dpo.data {d.data}: no pair left to train on ({len(train_rows)} rows, "
                         f"{dropped} longer than data.max_length={cfg.data.max_length})")
-    reference_pass(model, pairs + held, pad, acct, cfg.train.micro_batch_size)
+    units = reference_pass(model, pairs, pad, acct, cfg.train.micro_batch_size)
+    if held:
+        reference_pass(model, held, pad, acct, cfg.train.micro_batch_size)
     before = preference_accuracy(model, held, pad, cfg.train.micro_batch_size) if held else None
     log = MetricsLog(out / "metrics.jsonl", cfg.train.report_to, "dpo")
     try:
         records = train_loop(model, pairs, spin_objective(pad, d.beta, d), cfg.train, d.lr,
                              d.epochs, acct, log, cfg.seed, "dpo", extra={"beta": d.beta},
-                             method=cfg.adapter.method)
+                             method=cfg.adapter.method, units=units)
     finally:
         log.close()
     with acct.phase("save"):

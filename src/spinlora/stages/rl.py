@@ -44,8 +44,8 @@ from ..accounting import Accountant, count_parameters
 from ..config import RunConfig
 from ..data import DataError, Example, subset
 from ..generate import generate
-from ..scoring import score_answers, score_sequences
-from ..train import MetricsLog, Objective, train_loop
+from ..scoring import score_answers
+from ..train import MetricsLog, Objective, length_units, train_loop
 from .spin import _heldout, is_correct
 
 
@@ -80,16 +80,34 @@ def adapter_state(model, state: dict[str, torch.Tensor]):
 
 
 def old_and_ref(model, samples: list[Sample], start: dict[str, torch.Tensor], pad_id: int,
-                batch_size: int, temperature: float) -> int:
+                batch_size: int, temperature: float) -> list[list[int]]:
     """Set each sample's log π_old (the adapter as it is) and log π_ref (the adapter state
-    ``start``, swapped in for one pass) at the sampling temperature; returns the tokens scored."""
-    pairs = [(s.prompt_ids, s.gen_ids) for s in samples]
-    old, _ = score_sequences(model, pairs, pad_id, batch_size, temperature)
+    ``start``, swapped in for one pass) at the sampling temperature. Scored as training scores
+    them (``score_answers``) on fixed micro-batches, which it returns for
+    ``train_loop(units=...)``: the step-0 ratio is then exactly 1 in bf16 as in fp32."""
+    units = length_units([len(s.prompt_ids) + len(s.gen_ids) for s in samples], batch_size)
+
+    @torch.inference_mode()
+    def score() -> dict[int, float]:
+        done = {}
+        for b, idx in enumerate(units):
+            if dist.mine(b):  # several processes: batch b is process b mod world's
+                lp, _, _ = score_answers(model, [samples[i].prompt_ids for i in idx],
+                                         [[samples[i].gen_ids] for i in idx], pad_id,
+                                         temperature=temperature)
+                done.update(zip(idx, lp.tolist()))
+        return done
+
+    was_training = model.training
+    model.eval()
+    old = dist.gather(score(), len(samples))
     with adapter_state(model, start):
-        ref, _ = score_sequences(model, pairs, pad_id, batch_size, temperature)
+        ref = dist.gather(score(), len(samples))
+    if was_training:
+        model.train()
     for s, o, f in zip(samples, old, ref):
         s.old, s.ref = o, f
-    return 2 * sum(len(p) + len(a) for p, a in pairs)
+    return units
 
 
 def rl_objective(pad_id: int, beta: float, clip: float, temperature: float = 1.0) -> Objective:
@@ -156,11 +174,13 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
                    "informative_groups": informative, "trained_samples": len(samples)}
             if samples:
                 with acct.phase("reference") as ph:
-                    ph.tokens += old_and_ref(model, samples, start, pad,
-                                             cfg.train.micro_batch_size, r.temperature)
-                steps = train_loop(model, samples, rl_objective(pad, r.beta, r.clip, r.temperature), cfg.train,
-                                   r.lr, r.epochs, acct, log, cfg.seed + t + 1, f"rl round {t + 1}",
-                                   extra={"round": t + 1}, method=cfg.adapter.method)
+                    units = old_and_ref(model, samples, start, pad, cfg.train.micro_batch_size,
+                                        r.temperature)
+                    ph.tokens += 2 * sum(len(s.prompt_ids) + len(s.gen_ids) for s in samples)
+                steps = train_loop(model, samples, rl_objective(pad, r.beta, r.clip, r.temperature),
+                                   cfg.train, r.lr, r.epochs, acct, log, cfg.seed + t + 1,
+                                   f"rl round {t + 1}", extra={"round": t + 1},
+                                   method=cfg.adapter.method, units=units)
                 rec.update(steps=len(steps), step0_ratio=steps[0]["ratio"],
                            step0_kl=steps[0]["kl"], loss_last=steps[-1]["loss"],
                            kl_last=steps[-1]["kl"])

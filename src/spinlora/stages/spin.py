@@ -31,7 +31,7 @@ from ..evaluate.gsm8k import extract_answer, extract_strict
 from ..generate import generate
 from ..losses import spin_loss, step0_value
 from ..scoring import score_answers
-from ..train import MetricsLog, Objective, train_loop
+from ..train import MetricsLog, Objective, length_units, train_loop
 
 
 @dataclass
@@ -205,18 +205,21 @@ def _own_pairs(gens: list, examples: list[Example], cfg: RunConfig
 
 
 def reference_pass(model, pairs: list[Pair], pad_id: int, acct: Accountant,
-                   batch_size: int = 8) -> None:
-    """Fill ref_real / ref_gen with log p_θt under the current adapter (θ0 + Δθ_t), once."""
+                   batch_size: int = 8) -> list[list[int]]:
+    """Fill ref_real / ref_gen with log p_θt under the current adapter (θ0 + Δθ_t), once.
+
+    Returns the micro-batches it scored (indices into ``pairs``, grouped by length): pass them to
+    ``train_loop(units=...)`` and every pair is trained beside the same companions, so the
+    training pass computes exactly what the reference pass computed (bf16 included)."""
+    units = length_units([len(p.prompt_ids) + max(len(p.real_ids), len(p.gen_ids))
+                          for p in pairs], batch_size)
     with acct.phase("reference") as ph, torch.inference_mode():
         was_training = model.training
         model.eval()
-        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt_ids)
-                       + max(len(pairs[i].real_ids), len(pairs[i].gen_ids)))
         done = {}
-        for b, start in enumerate(range(0, len(order), batch_size)):
+        for b, idx in enumerate(units):
             if not dist.mine(b):  # several processes: batch b is process b mod world's
                 continue
-            idx = order[start:start + batch_size]
             chunk = [pairs[i] for i in idx]
             both, _, _ = score_answers(model, [p.prompt_ids for p in chunk],
                                        [[p.real_ids, p.gen_ids] for p in chunk], pad_id)
@@ -226,6 +229,7 @@ def reference_pass(model, pairs: list[Pair], pad_id: int, acct: Accountant,
         ph.tokens += sum(len(p.prompt_ids) + len(p.real_ids) + len(p.gen_ids) for p in pairs)
         if was_training:
             model.train()
+    return units
 
 
 def _heldout(model, tokenizer, fmt, heldout: list[Example], cfg: RunConfig, acct, label,
@@ -309,13 +313,13 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
                 f"SPIN {name}: no pairs left to train on ({skipped or 'no prompts'}); use more "
                 "spin.prompts, spin.correct_pairs=keep, spin.drop_truncated=false, or (with "
                 "spin.chosen=own_correct) more spin.opponent.samples")
-        reference_pass(model, train_pairs, pad, acct, cfg.train.micro_batch_size)
+        units = reference_pass(model, train_pairs, pad, acct, cfg.train.micro_batch_size)
         log = MetricsLog(part / "metrics.jsonl", cfg.train.report_to, f"spin/{name}")
         try:
             records = train_loop(model, train_pairs, spin_objective(pad, beta, cfg.spin), cfg.train,
                                  lr, cfg.spin.epochs, acct, log, cfg.seed + t + 1, f"spin {name}",
                                  extra={"iteration": t + 1, "beta": beta},
-                                 method=cfg.adapter.method)
+                                 method=cfg.adapter.method, units=units)
         finally:
             log.close()
         finish = adapters.get(cfg.adapter.method).finish
@@ -324,7 +328,8 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
             adapters.save(model, cfg.adapter, part / "adapter", init_path)
         held = _heldout(model, tokenizer, fmt, heldout, cfg, acct, name, reranker)
         # player = opponent at step 0, so the preference part of the loss is ln 2 (sigmoid family)
-        # or 1/(4β²) (IPO), exact up to float error from padding; dropout > 0 makes it approximate
+        # or 1/(4β²) (IPO), exact: the same micro-batches as the reference pass (bf16 too);
+        # dropout > 0 makes it approximate
         step0, expected = records[0]["pref_loss"], step0_value(cfg.spin.loss, beta)
         result = {
             "stage": "spin", "iteration": t + 1, "beta": beta, "lr": lr, "loss": cfg.spin.loss,

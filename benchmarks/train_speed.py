@@ -1,0 +1,85 @@
+"""Benchmark: LoRA-SFT training steps in fp32 and bf16 on the same rows; prints JSON.
+
+    python benchmarks/train_speed.py                       # SmolLM2, SVAMP rows, 20 steps of 8
+    python benchmarks/train_speed.py --model ../shared/models/qwen2.5-0.5b-instruct --steps 20
+
+Every side starts from the same seed (same LoRA init, same batches in the same order) and runs
+``--steps`` optimizer steps; the result gives tokens/s per side (the first step, which warms the
+kernels up, is left out), the loss of every step, and the bf16 / fp32 ratios. A side is
+``dtype`` or ``dtype:attention`` (``bfloat16:eager``: eager attention, whose per-row results do
+not depend on what else is in the batch; see docs/adapters.md).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from _common import emit  # noqa: E402
+from spinlora.accounting import Accountant, environment  # noqa: E402
+from spinlora.adapters import attach  # noqa: E402
+from spinlora.config import load_config  # noqa: E402
+from spinlora.data import ChatFormat, build_examples, load_rows, subset  # noqa: E402
+from spinlora.models import load_model  # noqa: E402
+from spinlora.stages.sft import sft_objective  # noqa: E402
+from spinlora.train import MetricsLog, train_loop  # noqa: E402
+
+
+def side(spec: str, args) -> dict:
+    dtype, _, attn = spec.partition(":")
+    over = [f"model.dtype={dtype}", f"train.batch_size={args.batch}",
+            f"train.micro_batch_size={args.batch}", "train.warmup_ratio=0", "train.schedule=constant"]
+    if args.model:
+        over.append(f"model.name={args.model}")
+    if attn:
+        over.append(f"model.attn_implementation={attn}")
+    cfg = load_config(str(ROOT / "configs" / "svamp.yaml"), over)
+    torch.manual_seed(0)
+    model, tok = load_model(cfg.model)
+    model = attach(model, cfg.adapter)
+    fmt = ChatFormat(tok, cfg.data.system_prompt)
+    rows = load_rows(args.data, cfg.data, "train")
+    examples, _ = build_examples(subset(rows, args.batch * args.steps, 0), fmt, cfg.data)
+    acct = Accountant(next(model.parameters()).device)
+    times = []
+    records = train_loop(model, examples, sft_objective(tok.pad_token_id), cfg.train, cfg.train.lr,
+                         1.0, acct, MetricsLog(None), 0, spec)
+    times = [r["seconds"] for r in records]
+    tokens = sum(len(e.prompt_ids) + len(e.answer_ids) for e in examples)
+    per_step = tokens / len(records)
+    timed = times[1:] or times
+    return {"side": spec, "dtype": dtype, "attention": attn or "default", "steps": len(records),
+            "tokens": tokens, "tokens_per_s": round(per_step * len(timed) / sum(timed), 1),
+            "seconds": round(sum(times), 2), "losses": [round(r["loss"], 5) for r in records],
+            "loss_last": records[-1]["loss"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
+    p.add_argument("--data", default=str(ROOT.parent / "shared/data/svamp/mawps-asdiv-a_train.csv"))
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--sides", default="float32,bfloat16,bfloat16:eager")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    results = [side(s, args) for s in args.sides.split(",")]
+    base = next((r for r in results if r["side"] == "float32"), None)
+    if base:
+        for r in results:
+            r["speed_vs_fp32"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2)
+            r["loss_last_rel_diff_vs_fp32"] = round(abs(r["loss_last"] - base["loss_last"])
+                                                    / abs(base["loss_last"]), 4)
+    emit({"benchmark": "train_speed", "steps": args.steps, "batch": args.batch, "data": args.data,
+          "model": args.model or "SmolLM2-135M-Instruct", "threads": torch.get_num_threads(),
+          "sides": results, "environment": environment()}, args.out)
+
+
+if __name__ == "__main__":
+    main()
