@@ -1,0 +1,153 @@
+"""bf16 on CPUs that have it: ``model.dtype: auto`` follows the CPU's bf16 units, bf16 on a CPU
+gets eager attention and an fp32 LM head, threads never oversubscribe the cores, and the step-0
+checks of SPIN (every loss) and RL hold exactly in bf16: the reference passes score the very
+micro-batches that training computes."""
+import copy
+
+import pytest
+import torch
+
+from spinlora.accounting import Accountant
+from spinlora.adapters import attach
+from spinlora.data import ChatFormat, build_examples, load_rows
+from spinlora.losses import step0_value
+from spinlora.models import load_model, pick_attention, pick_dtype, set_cpu_threads
+from spinlora.stages.sft import sft_objective
+from spinlora.stages.spin import make_pairs, reference_pass, spin_objective
+from spinlora.train import MetricsLog, train_loop
+
+CPU = torch.device("cpu")
+
+
+def test_auto_dtype_follows_the_cpus_bf16_units(monkeypatch):
+    monkeypatch.setenv("SPINLORA_CPU_BF16", "1")
+    assert pick_dtype("auto", CPU) == torch.bfloat16
+    assert pick_attention(None, CPU, torch.bfloat16) == "eager"
+    assert pick_attention("sdpa", CPU, torch.bfloat16) == "sdpa"  # an explicit choice stays
+    monkeypatch.setenv("SPINLORA_CPU_BF16", "0")
+    assert pick_dtype("auto", CPU) == torch.float32
+    assert pick_attention(None, CPU, torch.float32) is None
+    assert pick_dtype("bfloat16", CPU) == torch.bfloat16  # explicit dtypes are never changed
+
+
+def test_threads_are_shared_between_local_processes(monkeypatch):
+    import os
+
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0))
+    try:
+        torch.set_num_threads(cores)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores * 2))
+        assert set_cpu_threads() == 1
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+        assert set_cpu_threads() == 1  # only ever lowered: OMP_NUM_THREADS / the user's choice
+    finally:
+        torch.set_num_threads(before)
+
+
+def _bf16_setup(cfg, sft_steps=2, attention=None):
+    cfg = copy.deepcopy(cfg)
+    cfg.model.dtype = "bfloat16"
+    cfg.model.attn_implementation = attention
+    torch.manual_seed(0)
+    model, tok = load_model(cfg.model)
+    assert model.config._attn_implementation == attention or "eager"
+    fmt = ChatFormat(tok)
+    examples, _ = build_examples(load_rows(cfg.data.train, cfg.data, "train")[:8], fmt, cfg.data)
+    model = attach(model, cfg.adapter)
+    cfg.train.warmup_ratio = 0.0
+    train_loop(model, examples, sft_objective(tok.pad_token_id), cfg.train, 1e-2,
+               sft_steps * cfg.train.batch_size / len(examples), Accountant(CPU),
+               MetricsLog(None), 0, "sft")  # Δθ_0 ≠ 0
+    return cfg, model, tok, fmt, examples
+
+
+def test_fp32_head_on_a_bf16_cpu_model(tiny_cfg):
+    from spinlora.scoring import output_head
+
+    _, model, _, _, _ = _bf16_setup(tiny_cfg, sft_steps=0)
+    head = model.get_output_embeddings()
+    assert head.weight.dtype == torch.bfloat16
+    h = torch.randn(5, head.weight.shape[1], dtype=torch.bfloat16) * 4
+    got = output_head(model)(h)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, h.float() @ head.weight.float().T)
+
+
+def _batch_dependent(module, monkeypatch):
+    """Make ``module.score_answers`` depend on what else is in the batch, as SmolLM2's bf16
+    kernels do (0.03-0.3 nats with other padding; the tiny model's kernels happen not to): a
+    row's log-prob gets 1e-3 x its place in the batch x the batch's longest answer added."""
+    real = module.score_answers
+
+    def scored(model, prompts, answers, pad_id, *args, **kwargs):
+        sums, counts, hit = real(model, prompts, answers, pad_id, *args, **kwargs)
+        longest = max(len(a) for per in answers for a in per)
+        return sums + 1e-3 * longest * torch.arange(1, len(sums) + 1), counts, hit
+
+    monkeypatch.setattr(module, "score_answers", scored)
+
+
+@pytest.mark.parametrize("loss", ["sigmoid", "dpop", "ipo", "sigmoid_nll"])
+def test_spin_step0_is_exact_in_bf16(tiny_cfg, loss, monkeypatch):
+    import spinlora.stages.spin as sp
+
+    _batch_dependent(sp, monkeypatch)
+    cfg, model, tok, fmt, examples = _bf16_setup(tiny_cfg)
+    cfg.spin.loss = loss
+    cfg.generation.max_new_tokens = 24
+    pairs, _, _ = make_pairs(model, tok, fmt, examples, cfg, Accountant(CPU), "opp")
+    lengths = {len(p.prompt_ids) + len(p.gen_ids) for p in pairs}
+    assert len(pairs) >= 4 and len(lengths) > 1  # micro-batches pad their rows differently
+    cfg.train.batch_size, cfg.train.micro_batch_size = 4, 2
+    units = reference_pass(model, pairs, tok.pad_token_id, Accountant(CPU),
+                           cfg.train.micro_batch_size)
+    assert sorted(i for u in units for i in u) == list(range(len(pairs)))
+    beta = 0.1
+    records = train_loop(model, pairs, spin_objective(tok.pad_token_id, beta, cfg.spin), cfg.train,
+                         1e-2, 2, Accountant(CPU), MetricsLog(None), 1, "spin", units=units)
+    assert records[0]["pref_loss"] == pytest.approx(step0_value(loss, beta), abs=1e-6)
+    assert records[0]["margin"] == 0.0
+
+
+def test_rl_step0_ratio_is_exact_in_bf16(tiny_cfg, monkeypatch):
+    import spinlora.stages.rl as rl
+    from spinlora import adapters
+    from spinlora.config import GenerationConfig
+    from spinlora.generate import generate
+    from spinlora.stages.rl import Sample, old_and_ref, rl_objective
+
+    _batch_dependent(rl, monkeypatch)
+    cfg, model, tok, fmt, examples = _bf16_setup(tiny_cfg)
+    start = adapters.snapshot(model)
+    prompts = [e.prompt_ids for e in examples for _ in range(4)]
+    gens, _ = generate(model, tok, prompts, GenerationConfig(
+        max_new_tokens=16, do_sample=True, temperature=1.0, batch_size=64), fmt.stop_ids)
+    samples = [Sample(p, g.ids, float(i % 2) - 0.5) for i, (p, g) in enumerate(zip(prompts, gens))]
+    assert len({len(s.gen_ids) for s in samples}) > 1
+    cfg.train.batch_size, cfg.train.micro_batch_size = 8, 4
+    units = old_and_ref(model, samples, start, tok.pad_token_id, 4, 1.0)
+    records = train_loop(model, samples, rl_objective(tok.pad_token_id, 0.04, 0.2), cfg.train,
+                         1e-2, 1, Accountant(CPU), MetricsLog(None), 1, "rl", units=units)
+    assert records[0]["ratio"] == 1.0 and records[0]["kl"] == 0.0
+    assert records[-1]["ratio"] != 1.0  # the policy moved, and the ratio shows it
+
+
+def test_units_keep_their_members_across_epochs(tiny_cfg):
+    """train_loop(units=...) shuffles whole micro-batches: every pass over an item has the
+    same companions."""
+    from spinlora.train import Objective
+
+    seen = []
+    obj = Objective(loss=lambda m, items: (sum(p.sum() for p in m.parameters()
+                                               if p.requires_grad) * 0, seen.append(sorted(items))
+                                          or {}),
+                    weight=lambda items: float(len(items)), tokens=lambda items: len(items))
+    model = torch.nn.Linear(2, 1)
+    cfg = copy.deepcopy(tiny_cfg.train)
+    cfg.batch_size, cfg.micro_batch_size = 4, 2
+    units = [[0, 1], [2, 3], [4, 5], [6]]
+    train_loop(model, list(range(7)), obj, cfg, 1e-3, 3, Accountant(CPU), MetricsLog(None), 0,
+               "u", units=units)
+    assert len(seen) == 12 and all(s in units for s in seen)
+    assert seen[:4] != seen[4:8] or seen[4:8] != seen[8:]  # the order is shuffled per epoch
