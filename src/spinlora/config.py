@@ -120,7 +120,8 @@ class GenerationConfig:
     # continuous: spinlora's continuous batching, the slot of a finished row is refilled with
     # the next prompt (generate.decode_continuous); drop: batch by batch, a finished row leaves
     # its batch; hf: transformers' generate (every row decodes until its batch's longest answer
-    # ends). Models without a plain full-attention cache fall back to drop
+    # ends). Models without a plain full-attention cache, and runs of several processes (whose
+    # units must match one process's), use drop instead of continuous
     decode: str = "drop"
     # a calculator in the decoding loop: when the model writes "=", the arithmetic expression
     # before it is computed (numbers, + - * /, parentheses; nothing is executed) and its value

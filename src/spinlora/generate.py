@@ -237,6 +237,7 @@ class _Rows:
         self.forced: dict[int, list[int]] = {}  # row -> calculator tokens still to write
         self.out: list[list[int]] = [[] for _ in range(n)]
         self.finished = [False] * n
+        self.ended = 0  # rows that have ended so far
 
     def take(self, rows: list[int], logits: torch.Tensor, done: list[bool]) -> torch.Tensor:
         """Next tokens of the batch rows (``rows[j]``: the prompt batch row j answers); marks in
@@ -260,8 +261,10 @@ class _Rows:
                     x in self.tokenizer.decode(out[-(self.longest + 2):], skip_special_tokens=True)
                     for x in self.stop_strings)):
                 self.finished[r] = done[j] = True
+                self.ended += 1
             elif len(out) >= self.cfg.max_new_tokens:
                 done[j] = True
+                self.ended += 1
             elif t in self.equals and j not in written:
                 value = self.calculator(self.tokenizer.decode(out, skip_special_tokens=True))
                 if value is not None:
@@ -280,11 +283,12 @@ def decode_continuous(model, tokenizer, prompts: list[list[int]], slots: int,
     refilled with the next prompts, so no step is spent on a batch that waits for its longest
     answer (HF ``generate``), nor on a batch that runs on with a few rows (``decode: drop``).
 
-    Once an eighth of the slots have finished, the finished rows leave and as many new prompts
-    are prefilled together (on a copy of the shared prefix's cache, when the prompts share one
-    of ``min_shared`` tokens or more: it runs once per call) and join: every cache layer is
-    rebuilt once, the running rows and the new ones right-aligned (positions follow the
-    attention mask, as in HF ``generate``), and columns that no row attends any more are cut.
+    Once an eighth of the slots have finished, as many new prompts are prefilled together (on a
+    copy of the shared prefix's cache when the prompts share ``min_shared`` tokens or more: that
+    prefix runs once per call) and written into the finished rows' slots of the KV cache,
+    right-aligned with the running rows (positions follow the attention mask, as in HF
+    ``generate``); only their own keys and values are copied. Columns that no row attends any
+    more are cut now and then, and when no prompt is left finished rows leave the batch.
     Returns each prompt's new tokens (up to and including its stop token or string) and whether
     it finished; greedy tokens are HF ``generate``'s (tested in fp32). ``on_done(k)``: k more
     prompts have their answers (a progress bar)."""
@@ -303,13 +307,17 @@ def decode_continuous(model, tokenizer, prompts: list[list[int]], slots: int,
         prefix = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
     pending = deque(range(len(prompts)))
     rows: list[int] = []  # the prompt each batch row answers
-    done: list[bool] = []
+    done: list[bool] = []  # finished, its slot free
     cache = tok = attn = next_pos = None
+    reported = 0  # rows ended that on_done has been told of
 
-    def prefill(idx: list[int]):
+    def admit(k: int):
+        """Prefill the next k prompts; their cache, mask, next positions, first tokens, rows,
+        and which of them ended at their first token."""
+        idx = [pending.popleft() for _ in range(k)]
         width = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        ids = torch.full((k, width), pad, dtype=torch.long)
+        mask = torch.zeros((k, width), dtype=torch.long)
         for row, i in enumerate(idx):  # padding after the shared prefix, prompts end together
             p = prompts[i]
             ids[row, :shared], mask[row, :shared] = torch.tensor(p[:shared]), 1
@@ -318,75 +326,86 @@ def decode_continuous(model, tokenizer, prompts: list[list[int]], slots: int,
         ids, mask = ids.to(device), mask.to(device)
         new = growing_cache(model)
         if prefix:
-            for layer, (k, v) in zip(new.layers, prefix):
-                layer.adopt([(k.expand(len(idx), -1, -1, -1), v.expand(len(idx), -1, -1, -1))],
-                            shared)
+            for layer, (k_, v_) in zip(new.layers, prefix):
+                layer.adopt([(k_.expand(k, -1, -1, -1), v_.expand(k, -1, -1, -1))], shared)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = model(input_ids=ids[:, shared:], attention_mask=mask,
                        position_ids=pos[:, shared:], past_key_values=new, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
-        return new, mask, pos[:, -1] + 1, logits
+        ended = [False] * k
+        first = st.take(idx, logits, ended)
+        return new, mask, pos[:, -1] + 1, first, idx, ended
 
-    while rows or pending:
+    def rebuild(keep: list[int], extra=None, lead: int = 0) -> None:
+        """The cache rebuilt from the rows ``keep`` (and the admitted ``extra``), right-aligned,
+        the first ``lead`` columns cut: one copy of what stays."""
+        nonlocal cache, tok, attn, next_pos, rows, done
+        sel = torch.tensor(keep, dtype=torch.long, device=device)
+        masks, layers = [attn[sel][:, lead:]], [[(layer.keys[sel][..., lead:, :],
+                                                 layer.values[sel][..., lead:, :])]
+                                               for layer in cache.layers]
+        tok, next_pos = tok[sel], next_pos[sel]
+        rows, done = [rows[j] for j in keep], [done[j] for j in keep]
+        if extra is not None:
+            new, mask, pos, first, idx, ended = extra
+            masks.append(mask)
+            for acc, layer in zip(layers, new.layers):
+                acc.append((layer.keys, layer.values))
+            tok, next_pos = torch.cat([tok, first]), torch.cat([next_pos, pos])
+            rows, done = rows + idx, done + ended
+        length = max(m.shape[1] for m in masks)
+        attn = torch.cat([F.pad(m, (length - m.shape[1], 0)) for m in masks])
+        for layer, acc in zip(cache.layers, layers):
+            layer.adopt(acc, length)
+
+    while True:
         n_done = sum(done)
-        free = slots - len(rows) + n_done
-        refill = bool(pending) and n_done >= max(1, slots // 8)
-        shrink = n_done > 0 and (n_done == len(rows) or (not pending and n_done * 8 >= len(rows)))
-        if not rows or refill or shrink:
-            if on_done and n_done:
-                on_done(n_done)
-            live = [j for j in range(len(rows)) if not done[j]]
-            idx = [pending.popleft() for _ in range(min(free, len(pending)))] if pending else []
-            parts, masks, parts_pos, parts_tok, new_rows = [], [], [], [], []
-            if live:
-                sel = torch.tensor(live, dtype=torch.long, device=device)
-                masks.append(attn[sel])
-                parts_pos.append(next_pos[sel])
-                parts_tok.append(tok[sel])
-                new_rows += [rows[j] for j in live]
-            if idx:
-                new_cache, new_mask, new_pos, logits = prefill(idx)
-                new_done = [False] * len(idx)
-                first = st.take(idx, logits, new_done)
-                keep = [j for j in range(len(idx)) if not new_done[j]]
-                if on_done and len(keep) < len(idx):
-                    on_done(len(idx) - len(keep))
-                if len(keep) < len(idx):
-                    ksel = torch.tensor(keep, dtype=torch.long, device=device)
-                    new_mask, new_pos, first = new_mask[ksel], new_pos[ksel], first[ksel]
-                    new_cache.batch_select_indices(ksel)
-                masks.append(new_mask)
-                parts_pos.append(new_pos)
-                parts_tok.append(first)
-                new_rows += [idx[j] for j in keep]
-            rows, done = new_rows, [False] * len(new_rows)
-            if not rows:
-                cache = None
-                continue
-            length = max(m.shape[1] for m in masks)
-            attn = torch.cat([F.pad(m, (length - m.shape[1], 0)) for m in masks])
-            lead = int(attn.any(0).nonzero()[0])  # columns no row attends: cut
-            attn, length = attn[:, lead:], length - lead
-            layers = [[] for _ in range(len(cache.layers if cache is not None else
-                                            new_cache.layers))]
-            if live:
-                for acc, layer in zip(layers, cache.layers):
-                    acc.append((layer.keys[sel], layer.values[sel]))
-            if idx and keep:
-                for acc, layer in zip(layers, new_cache.layers):
-                    acc.append((layer.keys, layer.values))
-            cache = cache if cache is not None else growing_cache(model)
-            for layer, acc in zip(cache.layers, layers):
-                layer.adopt(acc, length)
-            next_pos, tok = torch.cat(parts_pos), torch.cat(parts_tok)
         if not rows:
-            break
+            if not pending:
+                break
+            cache, attn, next_pos, tok, rows, done = admit(min(slots, len(pending)))
+        elif pending and n_done >= max(1, slots // 8):
+            free = [j for j in range(len(rows)) if done[j]]
+            extra = admit(min(len(free), len(pending)))
+            new, mask, pos, first, idx, ended = extra
+            n, width = attn.shape[1], mask.shape[1]
+            if width > n:  # the new prompts are longer than the cache: rebuild it wider
+                rebuild([j for j in range(len(rows)) if not done[j]], extra)
+            else:  # into the free slots, right-aligned: only the new rows' keys and values
+                sl = torch.tensor(free[:len(idx)], dtype=torch.long, device=device)
+                for layer, fresh in zip(cache.layers, new.layers):
+                    for old, add in ((layer.keys, fresh.keys), (layer.values, fresh.values)):
+                        block = old.new_zeros((len(idx), *old.shape[1:]))
+                        block[:, :, n - width:] = add
+                        old[sl] = block
+                attn[sl] = F.pad(mask, (n - width, 0))
+                next_pos[sl], tok[sl] = pos, first
+                for j, i, e in zip(free, idx, ended):
+                    rows[j], done[j] = i, e
+                for j in free[len(idx):]:
+                    done[j] = True
+        elif n_done and (n_done == len(rows) or (not pending and n_done * 8 >= len(rows))):
+            keep = [j for j in range(len(rows)) if not done[j]]
+            if not keep:
+                rows, done = [], []
+                continue
+            rebuild(keep)
+        if on_done and st.ended > reported:
+            on_done(st.ended - reported)
+            reported = st.ended
+        lead = int(attn.any(0).nonzero()[0])
+        if lead >= 64:  # columns no row attends any more: cut them
+            rebuild(list(range(len(rows))), lead=lead)
+        if all(done):
+            continue
         attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
         logits = model(input_ids=tok[:, None], attention_mask=attn,
                        position_ids=next_pos[:, None], past_key_values=cache,
                        use_cache=True).logits[:, -1]
         next_pos = next_pos + 1
         tok = st.take(rows, logits, done)
+    if on_done and st.ended > reported:
+        on_done(st.ended - reported)
     return st.out, st.finished
 
 
@@ -469,12 +488,11 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
     static = use_static_cache(model, cfg, prompt_learning) and calculator is None
     if static:  # every batch the same number of rows: one compiled shape per width bucket
         size = min(size, len(prompts))
-    if (cfg.decode == "continuous" and not static and not prompt_learning
+    if (cfg.decode == "continuous" and not static and not prompt_learning and dist.world() == 1
             and growing_cache(model) is not None):
-        # this process's prompts (batch b of the length order is process b mod world's), in
-        # length order, through one continuous batch of ``size`` slots
-        mine = [i for b, start in enumerate(range(0, len(order), size)) if dist.mine(b)
-                for i in order[start:start + size]]
+        # the prompts in length order through one continuous batch of ``size`` slots. Several
+        # processes keep batch-by-batch units (drop), so that every unit runs as in one process
+        mine = order
         gen = None
         if cfg.do_sample:
             gen = torch.Generator(device=device).manual_seed(cfg.seed)
