@@ -12,12 +12,14 @@ LoRA on q/k/v, as the SPIN opponent runs; ``--adapter`` loads a trained one), th
   the tokenised chat prompts in dataset order, the default (dynamic) cache;
 - ``auto``: what spinlora picks on this machine with no generation settings but the length and
   the batch: its dtype (``--dtype auto``: bf16 on CPUs with bf16 units and on GPUs), its
-  attention (eager for bf16 on a CPU), its cache and decoding loop (today ``drop``);
+  attention (fp32-score eager for bf16 on a CPU), its cache and decoding loop (``drop``);
 - ``dynamic``: spinlora's generator with ``generation.cache: dynamic``, ``decode: hf`` (prompts grouped by
   length, the in-place growing cache, a shared prefix run once);
-- ``drop``: spinlora's default (``generation.decode: drop``): its own decoding loop on the
-  growing cache, in which a finished row leaves the batch (HF ``generate`` decodes every row
-  until the batch's longest answer ends);
+- ``drop``: ``generation.decode: drop``: spinlora's decoding loop on the growing cache, batch
+  by batch, in which a finished row leaves its batch (HF ``generate`` decodes every row until
+  the batch's longest answer ends);
+- ``continuous``: ``generation.decode: continuous``: continuous batching, the slot of a finished
+  row refilled with the next prompt;
 - ``static``: ``generation.cache: static``: widths bucketed, a preallocated cache, so that on
   CUDA transformers compiles the decode step (torch.compile, CUDA graphs). Its first pass
   includes compilation: every side runs ``--repeats`` times and both the first and the best pass
@@ -134,9 +136,10 @@ def main() -> None:
             else:
                 gcfg = RunConfig().generation  # auto: spinlora's own defaults
                 gcfg.max_new_tokens, gcfg.batch_size = args.max_new_tokens, args.batch
-                if side != "auto":
-                    gcfg.cache = "dynamic" if side == "drop" else side
-                    gcfg.decode = "drop" if side == "drop" else "hf"
+                if side != "auto":  # a named loop on the growing cache, or HF generate
+                    loop = side in ("drop", "continuous")
+                    gcfg.cache = "dynamic" if loop else side
+                    gcfg.decode = side if loop else "hf"
                 gens, _ = generate(model, tok, prompt_ids, gcfg, stop_ids, desc=side)
                 outs = [g.ids for g in gens]
             _sync(device)

@@ -186,7 +186,13 @@ def cpu_attention(module, query, key, value, attention_mask, scaling, dropout=0.
     ~10 is then off by up to 0.03, a probability by ~3 %): the first SFT loss of SmolLM2 in bf16
     was 1.0 % off fp32's with it, against 0.3 % with SDPA. SDPA on a CPU is slower for short
     sequences (benchmarks/train_speed.py). Attention is a few percent of a short sequence's
-    FLOPs, so this computes it in fp32 and returns bf16."""
+    FLOPs, so this computes it in fp32 and returns bf16. A decoding step (one query per row)
+    goes to SDPA instead: upcasting the whole KV cache every step cost generation 10-20 %."""
+    if query.shape[-2] == 1:  # a decoding step: SDPA's CPU kernel keeps its scores in fp32
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     k = key.float().repeat_interleave(groups, dim=1) if groups > 1 else key.float()
     v = value.float().repeat_interleave(groups, dim=1) if groups > 1 else value.float()
