@@ -1,19 +1,25 @@
 """Benchmark: generation tokens/s, spinlora's generator against HF ``generate``; prints JSON.
 
-    python benchmarks/generation_speed.py                                  # CPU: SmolLM2, fp32
-    python benchmarks/generation_speed.py --model qwen.gguf --prompts 64   # GPU: bf16, 0.5B
+    python benchmarks/generation_speed.py                                  # SmolLM2, hf vs auto
+    python benchmarks/generation_speed.py --model qwen.gguf --prompts 64   # the 0.5B model
 
 The same seeded GSM8K training prompts in the chat template, the same model object (base + a
 LoRA on q/k/v, as the SPIN opponent runs; ``--adapter`` loads a trained one), the same
 ``--max-new-tokens`` and the same batch (``--batch``), greedy, one side after the other:
 
-- ``hf``: HF ``generate`` as its users write it: left-padded batches of the tokenised chat
-  prompts in dataset order, the default (dynamic) cache;
+- ``hf``: HF ``generate`` as its users write it: the model loaded with
+  ``from_pretrained(dtype=...)`` (transformers' default attention, sdpa), left-padded batches of
+  the tokenised chat prompts in dataset order, the default (dynamic) cache;
+- ``auto``: what spinlora picks on this machine with no generation settings but the length and
+  the batch: its dtype (``--dtype auto``: bf16 on CPUs with bf16 units and on GPUs), its
+  attention (fp32-score eager for bf16 on a CPU), its cache and decoding loop (``drop``);
 - ``dynamic``: spinlora's generator with ``generation.cache: dynamic``, ``decode: hf`` (prompts grouped by
   length, the in-place growing cache, a shared prefix run once);
-- ``drop``: spinlora's default (``generation.decode: drop``): its own decoding loop on the
-  growing cache, in which a finished row leaves the batch (HF ``generate`` decodes every row
-  until the batch's longest answer ends);
+- ``drop``: ``generation.decode: drop``: spinlora's decoding loop on the growing cache, batch
+  by batch, in which a finished row leaves its batch (HF ``generate`` decodes every row until
+  the batch's longest answer ends);
+- ``continuous``: ``generation.decode: continuous``: continuous batching, the slot of a finished
+  row refilled with the next prompt;
 - ``static``: ``generation.cache: static``: widths bucketed, a preallocated cache, so that on
   CUDA transformers compiles the decode step (torch.compile, CUDA graphs). Its first pass
   includes compilation: every side runs ``--repeats`` times and both the first and the best pass
@@ -66,15 +72,31 @@ def hf_side(model, tok, texts: list[str], batch: int, max_new: int, stop_ids: li
     return outs
 
 
+def hf_model(args, device: torch.device, dtype: torch.dtype):
+    """The model as HF users load it (transformers' default attention) with the same adapter."""
+    from peft import PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from spinlora.adapters.lora import peft_config
+    from spinlora.models import resolve_model_path
+
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_path(args.model), dtype=dtype)
+    base = base.to(device).eval()
+    if args.adapter:
+        return PeftModel.from_pretrained(base, args.adapter).eval()
+    return get_peft_model(base, peft_config(RunConfig().adapter)).eval()  # B = 0: the base
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="SmolLM2-135M-Instruct")
-    p.add_argument("--dtype", default="auto", help="auto: fp32 on CPU, bf16 on CUDA")
+    p.add_argument("--dtype", default="auto",
+                   help="both sides; auto: bf16 on GPUs and CPUs with bf16 units, else fp32")
     p.add_argument("--adapter", help="a trained adapter (default: a fresh LoRA on q/k/v)")
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--sides", default="hf,dynamic,static")
+    p.add_argument("--sides", default="hf,auto", help="hf, auto, dynamic, drop, static")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--data", default=str(ROOT.parent / "shared/data/gsm8k/train.jsonl"))
     p.add_argument("--out")
@@ -85,6 +107,9 @@ def main() -> None:
     model = load(model, args.adapter) if args.adapter else attach(model, cfg.adapter)
     model.eval()
     device = next(model.parameters()).device
+    plain = model
+    if "hf" in args.sides.split(",") and model.config._attn_implementation != "sdpa":
+        plain = hf_model(args, device, next(model.parameters()).dtype)
     fmt = ChatFormat(tok)
     rows = subset(load_rows(args.data, cfg.data, "train"), args.prompts, 0)
     prompt_ids = [fmt.prompt_ids(r["prompt"]) for r in rows]
@@ -95,7 +120,9 @@ def main() -> None:
     stop_ids = fmt.stop_ids
     result = {"benchmark": "generation tokens/s", "args": vars(args),
               "environment": environment(), "device": str(device),
-              "dtype": str(next(model.parameters()).dtype), "sides": {}}
+              "dtype": str(next(model.parameters()).dtype),
+              "attention": {"hf": plain.config._attn_implementation,
+                            "spinlora": model.config._attn_implementation}, "sides": {}}
     reference = None
     for side in args.sides.split(","):
         passes = []
@@ -105,12 +132,14 @@ def main() -> None:
             _sync(device)
             t0 = time.perf_counter()
             if side == "hf":
-                outs = hf_side(model, tok, texts, args.batch, args.max_new_tokens, stop_ids)
+                outs = hf_side(plain, tok, texts, args.batch, args.max_new_tokens, stop_ids)
             else:
-                gcfg = cfg.generation
+                gcfg = RunConfig().generation  # auto: spinlora's own defaults
                 gcfg.max_new_tokens, gcfg.batch_size = args.max_new_tokens, args.batch
-                gcfg.cache = "dynamic" if side == "drop" else side
-                gcfg.decode = "drop" if side == "drop" else "hf"
+                if side != "auto":  # a named loop on the growing cache, or HF generate
+                    loop = side in ("drop", "continuous")
+                    gcfg.cache = "dynamic" if loop else side
+                    gcfg.decode = side if loop else "hf"
                 gens, _ = generate(model, tok, prompt_ids, gcfg, stop_ids, desc=side)
                 outs = [g.ids for g in gens]
             _sync(device)

@@ -10,7 +10,9 @@ Each point is an ordinary ``spinlora`` run with its own folder and report under 
             of base / SFT / each SPIN iteration;
   ``irpo``  ``spinlora spin --adapter main/sft/adapter spin.chosen=own_correct
             spin.loss=sigmoid_nll …``: its iterations evaluated;
-  ``grpo``  ``spinlora rl --adapter main/sft/adapter …``: as many sampled answers as IRPO drew.
+  ``grpo``  ``spinlora rl --adapter main/sft/adapter …``: as many sampled answers as IRPO drew;
+  ``calc``  ``spinlora eval --adapter main/sft/adapter generation.calculator=true``: the SFT
+            model with the calculator in its decoding loop (row ``sft_calculator``).
 Points run one after the other (two heavy processes on 2 cores slow each other many times over);
 a point whose run finished is skipped on the next call. The summary,
 ``benchmarks/results/svamp/summary.json`` (``--summary``), is a list of rows ``{model, method,
@@ -45,6 +47,12 @@ POINTS = {
     "grpo": ["rl", RECIPE, "--adapter", "{out}/main/sft/adapter", "rl.rounds=4", "rl.prompts=64",
              "rl.samples=8", "rl.temperature=0.8", "rl.lr=1.0e-4", "rl.beta=0.04",
              "rl.heldout=64", "stages=[rl,eval]", "eval.models=[rl]"],
+    # the optional calculator (generation.calculator): the SFT adapter evaluated with it, with
+    # the attention and decoding loop of the study's other evaluations (the bf16 study of
+    # benchmarks/results/svamp ran before spinlora_cpu attention and continuous batching), so
+    # that the calculator is the only difference
+    "calc": ["eval", RECIPE, "--adapter", "{out}/main/sft/adapter", "generation.calculator=true",
+             "model.attn_implementation=eager", "generation.decode=drop", "eval.models=[sft]"],
 }
 
 
@@ -116,6 +124,7 @@ def summarize(out: Path) -> list[dict]:
         entries.append(("grpo", "grpo", rl.get("rounds_done", len(rl.get("rounds", []))),
                         out / "grpo", f"{sft_label.rsplit('_', 1)[0]}_rl",
                         rl.get("generated_tokens", 0), out / "grpo" / "rl" / "result.json"))
+    entries.append(("sft_calculator", "sft_calculator", 0, out / "calc", sft_label, 0, None))
     rows = []
     for model, method, iteration, run, label, tokens, result in entries:
         if not (run / "eval" / f"samples_{label}_svamp.jsonl").is_file():
@@ -153,7 +162,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/svamp_study")
     ap.add_argument("--summary", default="benchmarks/results/svamp/summary.json")
-    ap.add_argument("--points", default="main,irpo,grpo")
+    ap.add_argument("--points", default="main,irpo,grpo,calc")
     ap.add_argument("--set", nargs="*", default=[], help="KEY=VALUE for every point")
     args = ap.parse_args()
     out = (ROOT / args.out).resolve()

@@ -1,6 +1,6 @@
 """bf16 on CPUs that have it: ``model.dtype: auto`` follows the CPU's bf16 units, bf16 on a CPU
-gets eager attention and an fp32 LM head, threads never oversubscribe the cores, and the step-0
-checks of SPIN (every loss) and RL hold exactly in bf16: the reference passes score the very
+gets attention with fp32 scores and an fp32 LM head, threads never oversubscribe the cores, and
+the step-0 checks of SPIN (every loss) and RL hold exactly in bf16: the reference passes score the very
 micro-batches that training computes."""
 import copy
 
@@ -11,7 +11,8 @@ from spinlora.accounting import Accountant
 from spinlora.adapters import attach
 from spinlora.data import ChatFormat, build_examples, load_rows
 from spinlora.losses import step0_value
-from spinlora.models import load_model, pick_attention, pick_dtype, set_cpu_threads
+from spinlora.models import (CPU_ATTENTION, load_model, pick_attention, pick_dtype,
+                             set_cpu_threads)
 from spinlora.stages.sft import sft_objective
 from spinlora.stages.spin import make_pairs, reference_pass, spin_objective
 from spinlora.train import MetricsLog, train_loop
@@ -22,11 +23,12 @@ CPU = torch.device("cpu")
 def test_auto_dtype_follows_the_cpus_bf16_units(monkeypatch):
     monkeypatch.setenv("SPINLORA_CPU_BF16", "1")
     assert pick_dtype("auto", CPU) == torch.bfloat16
-    assert pick_attention(None, CPU, torch.bfloat16) == "eager"
-    assert pick_attention("sdpa", CPU, torch.bfloat16) == "sdpa"  # an explicit choice stays
+    assert pick_attention(None, CPU, torch.bfloat16, "llama") == CPU_ATTENTION
+    assert pick_attention("sdpa", CPU, torch.bfloat16, "llama") == "sdpa"  # an explicit choice
+    assert pick_attention(None, CPU, torch.bfloat16, "gemma2") is None  # soft-capped: its own
     monkeypatch.setenv("SPINLORA_CPU_BF16", "0")
     assert pick_dtype("auto", CPU) == torch.float32
-    assert pick_attention(None, CPU, torch.float32) is None
+    assert pick_attention(None, CPU, torch.float32, "llama") is None
     assert pick_dtype("bfloat16", CPU) == torch.bfloat16  # explicit dtypes are never changed
 
 
@@ -51,7 +53,7 @@ def _bf16_setup(cfg, sft_steps=2, attention=None):
     cfg.model.attn_implementation = attention
     torch.manual_seed(0)
     model, tok = load_model(cfg.model)
-    assert model.config._attn_implementation == attention or "eager"
+    assert model.config._attn_implementation == (attention or CPU_ATTENTION)
     fmt = ChatFormat(tok)
     examples, _ = build_examples(load_rows(cfg.data.train, cfg.data, "train")[:8], fmt, cfg.data)
     model = attach(model, cfg.adapter)
@@ -60,6 +62,30 @@ def _bf16_setup(cfg, sft_steps=2, attention=None):
                sft_steps * cfg.train.batch_size / len(examples), Accountant(CPU),
                MetricsLog(None), 0, "sft")  # Δθ_0 ≠ 0
     return cfg, model, tok, fmt, examples
+
+
+def test_cpu_attention_is_fp32_softmax_attention(tiny_cfg):
+    """The bf16 CPU attention equals softmax(QKᵀ·scale + mask)·V computed in fp64, to bf16
+    rounding of the output; transformers' eager attention (scores rounded to bf16) is further."""
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    from spinlora.models import cpu_attention
+
+    torch.manual_seed(0)
+    q = (torch.randn(2, 4, 7, 16) * 3).bfloat16()
+    k, v = (torch.randn(2, 2, 7, 16) * 3).bfloat16(), torch.randn(2, 2, 7, 16).bfloat16()
+    mask = torch.full((7, 7), float("-inf")).triu(1)[None, None].expand(2, 1, 7, 7)
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.training = 2, False
+    kk, vv = (x.double().repeat_interleave(2, 1) for x in (k, v))
+    exact = torch.softmax(q.double() @ kk.transpose(2, 3) * 0.25 + mask.double(), -1) @ vv
+    exact = exact.transpose(1, 2)
+    ours, _ = cpu_attention(module, q, k, v, mask.bfloat16(), 0.25)
+    theirs, _ = eager_attention_forward(module, q, k, v, mask.bfloat16(), 0.25)
+    err = lambda x: float((x.double() - exact).abs().max())  # noqa: E731
+    assert ours.dtype == torch.bfloat16
+    assert err(ours) <= 2 ** -8 * float(exact.abs().max())
+    assert err(ours) < err(theirs)
 
 
 def test_fp32_head_on_a_bf16_cpu_model(tiny_cfg):

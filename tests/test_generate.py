@@ -1,4 +1,5 @@
 """Batched generation: the in-place KV cache gives exactly transformers' default result."""
+import pytest
 import torch
 
 from spinlora.config import GenerationConfig
@@ -228,3 +229,86 @@ def test_sampled_decoding_is_seeded(tiny_model_dir):
     c, _ = generate(model, tok, prompts, GenerationConfig(**{**cfg.__dict__, "seed": 4}),
                     stop_ids=[2])
     assert [g.ids for g in a] == [g.ids for g in b] != [g.ids for g in c]
+
+
+def test_calculator_writes_its_value_in_place_of_the_models_tokens(tiny_model_dir, monkeypatch):
+    """generation.calculator: after a token ending in "=", the calculator gets the answer so far
+    and the tokens of " value" are written for the row, then the model goes on. Here every
+    token counts as "=" and the calculator always says 42, so each row reads x, " 42", y, " 42"."""
+    import spinlora.generate as G
+    import spinlora.svamp as S
+    from spinlora.models import load_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = load_tokenizer(str(tiny_model_dir))
+    monkeypatch.setattr(G, "_equals_ids", lambda t: frozenset(range(len(t))))
+    seen = []
+    monkeypatch.setattr(S, "calculate", lambda text: seen.append(text) or "42")
+    forced = tok.encode(" 42", add_special_tokens=False)
+    prompts = [[1, 5, 6, 7, 8, 9], [1, 5], [1, 5, 6, 7]]
+    n = 2 * (len(forced) + 1)
+    cfg = GenerationConfig(max_new_tokens=n, batch_size=8, calculator=True)
+    plain, _ = generate(model, tok, prompts, GenerationConfig(max_new_tokens=n, batch_size=8),
+                        stop_ids=[2])
+    gens, _ = generate(model, tok, prompts, cfg, stop_ids=[])
+    assert seen
+    for p, g in zip(plain, gens):
+        assert g.ids[0] == p.ids[0]  # the model's own first token
+        assert g.ids[1:1 + len(forced)] == forced
+        assert g.ids[2 + len(forced):] == forced
+    with pytest.raises(ValueError, match="decode=drop"):
+        generate(model, tok, prompts, GenerationConfig(calculator=True, decode="hf"), [2])
+
+
+def test_continuous_batching_refills_slots_and_keeps_hfs_tokens(tiny_model_dir):
+    """generation.decode=continuous: 4 slots for 16 prompts; a finished row's slot takes the
+    next prompt (later prefills have fewer rows than the slots), and every answer is HF
+    generate's, greedy in fp32: with stop tokens ending rows at different steps, a shared
+    prefix, stop strings and sampling by seed."""
+    import dataclasses
+
+    from spinlora.models import load_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = load_tokenizer(str(tiny_model_dir))
+    torch.manual_seed(1)
+    prompts = [[1] + torch.randint(3, 100, (int(k),)).tolist() for k in torch.randint(2, 12, (16,))]
+    hf = GenerationConfig(max_new_tokens=40, batch_size=16, decode="hf")
+    ref, _ = generate(model, tok, prompts, hf, stop_ids=[2])
+    stops = sorted({g.ids[k] for g, k in zip(ref, (3, 9, 17, 25))})
+    ref, n_ref = generate(model, tok, prompts, hf, stop_ids=stops)
+    cont = GenerationConfig(max_new_tokens=40, batch_size=4, decode="continuous")
+    ours, n_ours = generate(model, tok, prompts, cont, stop_ids=stops)
+    assert [g.ids for g in ours] == [g.ids for g in ref] and n_ours == n_ref
+    assert [g.finished for g in ours] == [g.finished for g in ref]
+    # sampled answers end at scattered steps (5 stop tokens of ~100): slots refill one by one
+    calls = []
+    hook = model.model.embed_tokens.register_forward_hook(
+        lambda m, a, o: calls.append(tuple(a[0].shape)))
+    sampled = dataclasses.replace(cont, do_sample=True, temperature=1.0, seed=3)
+    x, _ = generate(model, tok, prompts, sampled, stop_ids=list(range(20, 25)))
+    hook.remove()
+    prefills = [c for c in calls if c[1] > 1]
+    assert len({len(g.ids) for g in x}) > 4
+    assert max(c[0] for c in calls) <= 4  # never more rows than slots
+    assert any(c[0] < 4 for c in prefills[:-1])  # a slot refilled while the others ran on
+    # a shared prefix (run once, copied into each admission), and stop strings
+    shots = list(range(10, 50))
+    pre = [shots + p for p in prompts[:6]]
+    a, _ = generate(model, tok, pre, hf, stop_ids=stops, min_shared=32)
+    b, _ = generate(model, tok, pre, dataclasses.replace(cont, batch_size=2), stop_ids=stops,
+                    min_shared=32)
+    assert [g.ids for g in a] == [g.ids for g in b]
+    text = ref[0].text
+    stop = text[len(text) // 2: len(text) // 2 + 2]
+    if stop.strip():
+        a, _ = generate(model, tok, prompts[:4], hf, stop_ids=[2], stop_strings=[stop])
+        b, _ = generate(model, tok, prompts[:4], dataclasses.replace(cont, batch_size=2),
+                        stop_ids=[2], stop_strings=[stop])
+        assert [g.text.split(stop)[0] for g in a] == [g.text.split(stop)[0] for g in b]
+    y, _ = generate(model, tok, prompts, sampled, stop_ids=list(range(20, 25)))
+    z, _ = generate(model, tok, prompts, dataclasses.replace(sampled, seed=4),
+                    stop_ids=list(range(20, 25)))
+    assert [g.ids for g in x] == [g.ids for g in y] != [g.ids for g in z]

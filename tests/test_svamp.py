@@ -165,3 +165,15 @@ def test_study_paired_difference_is_hand_computed():
     d = [0, 1, 0, 1, -1]
     var = sum((x - 0.2) ** 2 for x in d) / 4
     assert n == 5 and mean == pytest.approx(0.2) and se == pytest.approx(math.sqrt(var / 5))
+
+
+def test_calculator_computes_the_expression_before_equals():
+    """generation.calculator's arithmetic: the expression that ends the line, numbers written as
+    the gold answers write them; nothing for a line without an operator or a division by zero."""
+    assert svamp.calculate("56 * 9 =") == "504"
+    assert svamp.calculate("He buys (15 * 4) + 13 =") == "73"
+    assert svamp.calculate("First 3 + 4 = 7\n458 + 692 =") == "1150"  # the current line only
+    assert svamp.calculate("<<48/2=") == "24"  # GSM8K's calculator notes
+    assert svamp.calculate("10 / 4 =") == "2.5" and svamp.calculate("7 - 9 =") == "-2"
+    for text in ["x =", "5 + 3 = 8 =", "5 / 0 =", "56 * 9", "__import__('os') + 1 ="]:
+        assert svamp.calculate(text) is None, text

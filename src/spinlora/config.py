@@ -53,7 +53,7 @@ class ModelConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     revision: str | None = None  # Hub revision, for reproducible downloads
     quantization: str = "none"  # none | nf4 (QLoRA: 4-bit NF4 + double quantization) | int8
-    attn_implementation: str | None = None  # None: eager for bf16 on CPU, else sdpa
+    attn_implementation: str | None = None  # None: fp32-score eager for bf16 on CPU, else sdpa
 
 
 @dataclass
@@ -117,9 +117,17 @@ class GenerationConfig:
     # bucketed length so transformers compiles the decoding step (CUDA graphs) once per shape;
     # "auto": static on CUDA for full-attention models, dynamic elsewhere (generate.py)
     cache: str = "auto"
-    # drop: spinlora's decoding loop, a finished row leaves the batch (work ~ tokens produced);
-    # hf: transformers' generate (every row decodes until the batch's longest answer ends)
+    # continuous: spinlora's continuous batching, the slot of a finished row is refilled with
+    # the next prompt (generate.decode_continuous); drop: batch by batch, a finished row leaves
+    # its batch; hf: transformers' generate (every row decodes until its batch's longest answer
+    # ends). Models without a plain full-attention cache, and runs of several processes (whose
+    # units must match one process's), use drop instead of continuous
     decode: str = "drop"
+    # a calculator in the decoding loop: when the model writes "=", the arithmetic expression
+    # before it is computed (numbers, + - * /, parentheses; nothing is executed) and its value
+    # written for the model, which goes on from there (what GSM8K's <<...>> notes were made for).
+    # Needs decode: drop; off by default, so that a score measures the model alone
+    calculator: bool = False
 
 
 @dataclass
@@ -349,7 +357,11 @@ class RunConfig:
             ("generation.max_new_tokens", self.generation.max_new_tokens > 0, "must be > 0"),
             ("data.sft_examples", self.data.sft_examples is None or self.data.sft_examples > 0,
              "must be > 0, or null for all rows"),
-            ("generation.decode", self.generation.decode in ("drop", "hf"), "drop or hf"),
+            ("generation.decode", self.generation.decode in ("continuous", "drop", "hf"),
+             "continuous, drop or hf"),
+            ("generation.calculator", not self.generation.calculator
+             or self.generation.decode != "hf", "needs generation.decode=continuous or drop (the "
+             "calculator lives in spinlora's decoding loops)"),
             ("generation.cache", self.generation.cache in ("auto", "dynamic", "static"),
              "must be auto, dynamic or static"),
             ("generation.batch_size", self.generation.batch_size == "auto" or (

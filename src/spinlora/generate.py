@@ -7,8 +7,10 @@ the answer ended with an end-of-turn token or was cut at ``max_new_tokens``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import dist
@@ -54,6 +56,26 @@ def _growing_layer_class():
             self.keys = self._kbuf[..., :self._n, :]
             self.values = self._vbuf[..., :self._n, :]
             return self.keys, self.values
+
+        def adopt(self, parts: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> None:
+            """Replace the cache by ``parts`` (keys, values of some rows each) stacked along the
+            batch, each right-aligned in ``length`` positions (zeros on the left, which the
+            caller masks): one copy into a fresh buffer with room to grow."""
+            rows = sum(k.shape[0] for k, _ in parts)
+            k0, v0 = parts[0]
+            cap = length + self.chunk
+            kbuf = k0.new_zeros((rows, k0.shape[1], cap, k0.shape[-1]))
+            vbuf = v0.new_zeros((rows, v0.shape[1], cap, v0.shape[-1]))
+            r = 0
+            for k, v in parts:
+                n = min(k.shape[-2], length)
+                kbuf[r:r + k.shape[0], :, length - n:length] = k[..., k.shape[-2] - n:, :]
+                vbuf[r:r + v.shape[0], :, length - n:length] = v[..., v.shape[-2] - n:, :]
+                r += k.shape[0]
+            if not self.is_initialized:
+                self.lazy_initialization(kbuf[..., :0, :], vbuf[..., :0, :])
+            self._kbuf, self._vbuf, self._n = kbuf, vbuf, length
+            self.keys, self.values = kbuf[..., :length, :], vbuf[..., :length, :]
 
     return GrowingLayer
 
@@ -155,7 +177,8 @@ def _sample(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator | 
 def decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, cache, shared: int,
                              cfg: GenerationConfig, stop_ids: list[int], tokenizer=None,
                              stop_strings: list[str] | None = None,
-                             gen: torch.Generator | None = None
+                             gen: torch.Generator | None = None,
+                             calculator: Callable[[str], str | None] | None = None
                              ) -> tuple[list[list[int]], list[bool]]:
     """Greedy or sampled decoding in which a row that has finished leaves the batch.
 
@@ -166,46 +189,234 @@ def decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, cache
     are an eighth of it, and the work done is close to the tokens actually produced. Positions
     follow the attention mask as in HF ``generate`` (left padding, or padding after a shared
     prefix already in ``cache``). Returns each row's new tokens (up to and including its stop
-    token or stop string) and whether it finished."""
+    token or stop string) and whether it finished.
+
+    ``calculator(text) -> str | None`` (``generation.calculator``): after a token that ends in
+    ``=``, it gets the row's answer so far; the tokens of " value" it returns are then written
+    for the row, one a step, in place of what the model would have chosen."""
     device = ids.device
     n = ids.shape[0]
     pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
-    stops = torch.tensor(sorted(set(stop_ids)), device=device)
-    out: list[list[int]] = [[] for _ in range(n)]
-    finished = [False] * n
-    rows = torch.arange(n, device=device)  # which original row each batch row is
-    done_in_batch = torch.zeros(n, dtype=torch.bool, device=device)
-    longest = max((len(s) for s in stop_strings or []), default=0)
+    st = _Rows(n, cfg, stop_ids, tokenizer, stop_strings, gen, calculator, device)
+    rows = list(range(n))  # which original row each batch row is
+    done = [False] * n
     logits = model(input_ids=ids[:, shared:], attention_mask=attn, position_ids=pos[:, shared:],
                    past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
     next_pos = pos[:, -1] + 1
     for step in range(cfg.max_new_tokens):
-        tok = _sample(logits, cfg, gen)
-        hit = torch.isin(tok, stops)
-        for j, (t, h) in enumerate(zip(tok.tolist(), hit.tolist())):
-            if done_in_batch[j]:
-                continue
-            r = int(rows[j])
-            out[r].append(t)
-            if h or (stop_strings and any(
-                    s in tokenizer.decode(out[r][-(longest + 2):], skip_special_tokens=True)
-                    for s in stop_strings)):
-                finished[r] = True
-                done_in_batch[j] = True
-        live = (~done_in_batch).nonzero().squeeze(-1)
+        tok = st.take(rows, logits, done)
+        live = [j for j in range(len(rows)) if not done[j]]
         # every live row has step + 1 tokens: the last step needs no forward pass after it
-        if live.numel() == 0 or step == cfg.max_new_tokens - 1:
+        if not live or step == cfg.max_new_tokens - 1:
             break
         if len(live) <= len(rows) * 7 // 8:  # an eighth finished: drop those rows
-            cache.batch_select_indices(live)
-            rows, tok, attn, next_pos = rows[live], tok[live], attn[live], next_pos[live]
-            done_in_batch = done_in_batch[live]
+            sel = torch.tensor(live, dtype=torch.long, device=device)
+            cache.batch_select_indices(sel)
+            tok, attn, next_pos = tok[sel], attn[sel], next_pos[sel]
+            rows, done = [rows[j] for j in live], [False] * len(live)
         attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
         logits = model(input_ids=tok[:, None], attention_mask=attn,
                        position_ids=next_pos[:, None], past_key_values=cache,
                        use_cache=True).logits[:, -1]
         next_pos = next_pos + 1
-    return out, finished
+    return st.out, st.finished
+
+
+class _Rows:
+    """What the decoding loops do with each step's logits: sample, let the calculator write its
+    tokens, record tokens, notice stop tokens, stop strings and the length limit."""
+
+    def __init__(self, n: int, cfg: GenerationConfig, stop_ids: list[int], tokenizer,
+                 stop_strings: list[str] | None, gen: torch.Generator | None,
+                 calculator: Callable[[str], str | None] | None, device: torch.device):
+        self.cfg, self.tokenizer, self.stop_strings, self.gen = cfg, tokenizer, stop_strings, gen
+        self.calculator = calculator
+        self.stops = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
+        self.longest = max((len(x) for x in stop_strings or []), default=0)
+        self.equals = _equals_ids(tokenizer) if calculator else frozenset()
+        self.forced: dict[int, list[int]] = {}  # row -> calculator tokens still to write
+        self.out: list[list[int]] = [[] for _ in range(n)]
+        self.finished = [False] * n
+        self.ended = 0  # rows that have ended so far
+
+    def take(self, rows: list[int], logits: torch.Tensor, done: list[bool]) -> torch.Tensor:
+        """Next tokens of the batch rows (``rows[j]``: the prompt batch row j answers); marks in
+        ``done`` the rows that ended at this token (stop token or string, or the length limit)."""
+        tok = _sample(logits, self.cfg, self.gen)
+        written = set()  # batch rows whose token is the calculator's this step
+        if self.forced:
+            tok = tok.clone()
+            for j, r in enumerate(rows):
+                if self.forced.get(r) and not done[j]:
+                    tok[j] = self.forced[r].pop(0)
+                    written.add(j)
+        hit = torch.isin(tok, self.stops)
+        for j, (t, h) in enumerate(zip(tok.tolist(), hit.tolist())):
+            if done[j]:
+                continue
+            r = rows[j]
+            out = self.out[r]
+            out.append(t)
+            if h or (self.stop_strings and any(
+                    x in self.tokenizer.decode(out[-(self.longest + 2):], skip_special_tokens=True)
+                    for x in self.stop_strings)):
+                self.finished[r] = done[j] = True
+                self.ended += 1
+            elif len(out) >= self.cfg.max_new_tokens:
+                done[j] = True
+                self.ended += 1
+            elif t in self.equals and j not in written:
+                value = self.calculator(self.tokenizer.decode(out, skip_special_tokens=True))
+                if value is not None:
+                    self.forced[r] = self.tokenizer.encode(" " + value, add_special_tokens=False)
+        return tok
+
+
+def decode_continuous(model, tokenizer, prompts: list[list[int]], slots: int,
+                      cfg: GenerationConfig, stop_ids: list[int],
+                      stop_strings: list[str] | None = None,
+                      gen: torch.Generator | None = None,
+                      calculator: Callable[[str], str | None] | None = None,
+                      min_shared: int = 16, on_done: Callable[[int], None] | None = None
+                      ) -> tuple[list[list[int]], list[bool]]:
+    """Continuous batching: ``slots`` rows decode together, and the slots of finished rows are
+    refilled with the next prompts, so no step is spent on a batch that waits for its longest
+    answer (HF ``generate``), nor on a batch that runs on with a few rows (``decode: drop``).
+
+    Once an eighth of the slots have finished, as many new prompts are prefilled together (on a
+    copy of the shared prefix's cache when the prompts share ``min_shared`` tokens or more: that
+    prefix runs once per call) and written into the finished rows' slots of the KV cache,
+    right-aligned with the running rows (positions follow the attention mask, as in HF
+    ``generate``); only their own keys and values are copied. Columns that no row attends any
+    more are cut now and then, and when no prompt is left finished rows leave the batch.
+    Returns each prompt's new tokens (up to and including its stop token or string) and whether
+    it finished; greedy tokens are HF ``generate``'s (tested in fp32). ``on_done(k)``: k more
+    prompts have their answers (a progress bar)."""
+    from collections import deque
+
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    st = _Rows(len(prompts), cfg, stop_ids, tokenizer, stop_strings, gen, calculator, device)
+    shared = _common_prefix(prompts) if len(prompts) > 1 else 0
+    shared = shared if shared >= min_shared else 0
+    prefix = None
+    if shared:  # the shared prefix runs once; each admission repeats its keys and values
+        cache = growing_cache(model)
+        model(input_ids=torch.tensor([prompts[0][:shared]], device=device),
+              past_key_values=cache, use_cache=True, logits_to_keep=1)
+        prefix = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+    pending = deque(range(len(prompts)))
+    rows: list[int] = []  # the prompt each batch row answers
+    done: list[bool] = []  # finished, its slot free
+    cache = tok = attn = next_pos = None
+    reported = 0  # rows ended that on_done has been told of
+
+    def admit(k: int):
+        """Prefill the next k prompts; their cache, mask, next positions, first tokens, rows,
+        and which of them ended at their first token."""
+        idx = [pending.popleft() for _ in range(k)]
+        width = max(len(prompts[i]) for i in idx)
+        ids = torch.full((k, width), pad, dtype=torch.long)
+        mask = torch.zeros((k, width), dtype=torch.long)
+        for row, i in enumerate(idx):  # padding after the shared prefix, prompts end together
+            p = prompts[i]
+            ids[row, :shared], mask[row, :shared] = torch.tensor(p[:shared]), 1
+            ids[row, width - len(p) + shared:] = torch.tensor(p[shared:])
+            mask[row, width - len(p) + shared:] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        new = growing_cache(model)
+        if prefix:
+            for layer, (k_, v_) in zip(new.layers, prefix):
+                layer.adopt([(k_.expand(k, -1, -1, -1), v_.expand(k, -1, -1, -1))], shared)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids[:, shared:], attention_mask=mask,
+                       position_ids=pos[:, shared:], past_key_values=new, use_cache=True,
+                       logits_to_keep=1).logits[:, -1]
+        ended = [False] * k
+        first = st.take(idx, logits, ended)
+        return new, mask, pos[:, -1] + 1, first, idx, ended
+
+    def rebuild(keep: list[int], extra=None, lead: int = 0) -> None:
+        """The cache rebuilt from the rows ``keep`` (and the admitted ``extra``), right-aligned,
+        the first ``lead`` columns cut: one copy of what stays."""
+        nonlocal cache, tok, attn, next_pos, rows, done
+        sel = torch.tensor(keep, dtype=torch.long, device=device)
+        masks, layers = [attn[sel][:, lead:]], [[(layer.keys[sel][..., lead:, :],
+                                                 layer.values[sel][..., lead:, :])]
+                                               for layer in cache.layers]
+        tok, next_pos = tok[sel], next_pos[sel]
+        rows, done = [rows[j] for j in keep], [done[j] for j in keep]
+        if extra is not None:
+            new, mask, pos, first, idx, ended = extra
+            masks.append(mask)
+            for acc, layer in zip(layers, new.layers):
+                acc.append((layer.keys, layer.values))
+            tok, next_pos = torch.cat([tok, first]), torch.cat([next_pos, pos])
+            rows, done = rows + idx, done + ended
+        length = max(m.shape[1] for m in masks)
+        attn = torch.cat([F.pad(m, (length - m.shape[1], 0)) for m in masks])
+        for layer, acc in zip(cache.layers, layers):
+            layer.adopt(acc, length)
+
+    while True:
+        n_done = sum(done)
+        if not rows:
+            if not pending:
+                break
+            cache, attn, next_pos, tok, rows, done = admit(min(slots, len(pending)))
+        elif pending and n_done >= max(1, slots // 8):
+            free = [j for j in range(len(rows)) if done[j]]
+            extra = admit(min(len(free), len(pending)))
+            new, mask, pos, first, idx, ended = extra
+            n, width = attn.shape[1], mask.shape[1]
+            if width > n:  # the new prompts are longer than the cache: rebuild it wider
+                rebuild([j for j in range(len(rows)) if not done[j]], extra)
+            else:  # into the free slots, right-aligned: only the new rows' keys and values
+                sl = torch.tensor(free[:len(idx)], dtype=torch.long, device=device)
+                for layer, fresh in zip(cache.layers, new.layers):
+                    for old, add in ((layer.keys, fresh.keys), (layer.values, fresh.values)):
+                        block = old.new_zeros((len(idx), *old.shape[1:]))
+                        block[:, :, n - width:] = add
+                        old[sl] = block
+                attn[sl] = F.pad(mask, (n - width, 0))
+                next_pos[sl], tok[sl] = pos, first
+                for j, i, e in zip(free, idx, ended):
+                    rows[j], done[j] = i, e
+                for j in free[len(idx):]:
+                    done[j] = True
+        elif n_done and (n_done == len(rows) or (not pending and n_done * 8 >= len(rows))):
+            keep = [j for j in range(len(rows)) if not done[j]]
+            if not keep:
+                rows, done = [], []
+                continue
+            rebuild(keep)
+        if on_done and st.ended > reported:
+            on_done(st.ended - reported)
+            reported = st.ended
+        lead = int(attn.any(0).nonzero()[0])
+        if lead >= 64:  # columns no row attends any more: cut them
+            rebuild(list(range(len(rows))), lead=lead)
+        if all(done):
+            continue
+        attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
+        logits = model(input_ids=tok[:, None], attention_mask=attn,
+                       position_ids=next_pos[:, None], past_key_values=cache,
+                       use_cache=True).logits[:, -1]
+        next_pos = next_pos + 1
+        tok = st.take(rows, logits, done)
+    if on_done and st.ended > reported:
+        on_done(st.ended - reported)
+    return st.out, st.finished
+
+
+def _equals_ids(tokenizer) -> frozenset[int]:
+    """The token ids whose text ends in ``=`` (kept on the tokenizer after the first call)."""
+    ids = getattr(tokenizer, "_spinlora_equals", None)
+    if ids is None:
+        ids = frozenset(i for i in range(len(tokenizer))
+                        if tokenizer.decode([i]).rstrip().endswith("="))
+        tokenizer._spinlora_equals = ids
+    return ids
 
 
 @dataclass
@@ -267,9 +478,34 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
                disable=not dist.is_main())
     size = (auto_batch_size(model, prompts, cfg.max_new_tokens) if cfg.batch_size == "auto"
             else cfg.batch_size)
-    static = use_static_cache(model, cfg, prompt_learning)
+    calculator = None
+    if cfg.calculator:
+        if prompt_learning or cfg.decode == "hf":
+            raise ValueError("generation.calculator needs spinlora's decoding loop "
+                             "(generation.decode=drop or continuous) and an adapter that is not "
+                             "prompt learning")
+        from .svamp import calculate as calculator
+    static = use_static_cache(model, cfg, prompt_learning) and calculator is None
     if static:  # every batch the same number of rows: one compiled shape per width bucket
         size = min(size, len(prompts))
+    if (cfg.decode == "continuous" and not static and not prompt_learning and dist.world() == 1
+            and growing_cache(model) is not None):
+        # the prompts in length order through one continuous batch of ``size`` slots. Several
+        # processes keep batch-by-batch units (drop), so that every unit runs as in one process
+        mine = order
+        gen = None
+        if cfg.do_sample:
+            gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        if mine:
+            toks_rows, fin = decode_continuous(
+                model, tokenizer, [prompts[i] for i in mine], size, cfg, stop_ids, stop_strings,
+                gen, calculator, min_shared if share_prefix else 1 << 30,
+                on_done=lambda k: bar.update(k * dist.world()))
+            for row, i in enumerate(mine):
+                produced += len(toks_rows[row])
+                out[i] = Generation(toks_rows[row], tokenizer.decode(
+                    toks_rows[row], skip_special_tokens=True), fin[row])
+        order = []  # nothing left for the batch loop
     for b, start in enumerate(range(0, len(order), size)):
         if not dist.mine(b):  # several processes: batch b is process b mod world's
             continue
@@ -316,13 +552,14 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
             model(input_ids=ids[:1, :shared].to(device), past_key_values=cache, use_cache=True,
                   logits_to_keep=1)
             cache.batch_repeat_interleave(len(idx))
-        if cache is not None and not static and not prompt_learning and cfg.decode == "drop":
+        if (cache is not None and not static and not prompt_learning
+                and cfg.decode in ("drop", "continuous")):
             gen = None
             if cfg.do_sample:
                 gen = torch.Generator(device=device).manual_seed(cfg.seed + b)
             toks_rows, fin = decode_dropping_finished(
                 model, ids.to(device), attn.to(device), cache, shared, cfg, stop_ids, tokenizer,
-                stop_strings, gen)
+                stop_strings, gen, calculator)
             for row, i in enumerate(idx):
                 produced += len(toks_rows[row])
                 out[i] = Generation(toks_rows[row], tokenizer.decode(toks_rows[row],

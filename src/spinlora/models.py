@@ -173,20 +173,57 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
-def pick_attention(asked: str | None, device: torch.device, dtype: torch.dtype) -> str | None:
-    """The attention implementation: the configured one, else ``eager`` for bf16 on a CPU, else
-    transformers' default (sdpa).
+# decoder families whose eager attention is plain softmax(QKᵀ·scale + mask)·V (no soft-capping,
+# no attention sinks): the ones CPU_ATTENTION may stand in for
+PLAIN_ATTENTION_MODELS = {"llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo2", "granite"}
+CPU_ATTENTION = "spinlora_cpu"
 
-    On a CPU in bf16, torch's SDPA kernel gives a row a different result when the batch pads it
-    differently (0.3 nats over a 50-token answer on SmolLM2, against 1e-4 in fp32), so SPIN's
-    reference pass and its training pass, or RL's sampling-time and training-time log-probs,
-    disagree at step 0 (loss 0.94 instead of ln 2 with ``dpop``). Eager attention gives every row
-    the same bits whatever else is in the batch, and on these CPUs it is also faster (benchmarks/
-    train_speed.py)."""
+
+def cpu_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Eager attention with fp32 scores, softmax and weighted sum, for a bf16 model on a CPU.
+
+    transformers' eager attention rounds the scores QKᵀ to bf16 before the softmax (a score of
+    ~10 is then off by up to 0.03, a probability by ~3 %): the first SFT loss of SmolLM2 in bf16
+    was 1.0 % off fp32's with it, against 0.3 % with SDPA. SDPA on a CPU is slower for short
+    sequences (benchmarks/train_speed.py). Attention is a few percent of a short sequence's
+    FLOPs, so this computes it in fp32 and returns bf16. A decoding step (one query per row)
+    goes to SDPA instead: upcasting the whole KV cache every step cost generation 10-20 %."""
+    if query.shape[-2] == 1:  # a decoding step: SDPA's CPU kernel keeps its scores in fp32
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    k = key.float().repeat_interleave(groups, dim=1) if groups > 1 else key.float()
+    v = value.float().repeat_interleave(groups, dim=1) if groups > 1 else value.float()
+    scores = torch.matmul(query.float(), k.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask[..., :k.shape[-2]].float()
+    weights = torch.softmax(scores, dim=-1)
+    if dropout and module.training:
+        weights = torch.nn.functional.dropout(weights, p=dropout)
+    out = torch.matmul(weights, v).to(query.dtype)
+    return out.transpose(1, 2).contiguous(), weights
+
+
+def _register_cpu_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+    AttentionInterface.register(CPU_ATTENTION, cpu_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(CPU_ATTENTION, eager_mask)
+
+
+def pick_attention(asked: str | None, device: torch.device, dtype: torch.dtype,
+                   model_type: str | None = None) -> str | None:
+    """The attention implementation: the configured one; else, for a bf16 model on a CPU whose
+    attention is plain, ``cpu_attention`` (fp32 scores, faster than SDPA there); else
+    transformers' default (sdpa)."""
     if asked:
         return asked
-    if device.type == "cpu" and dtype == torch.bfloat16:
-        return "eager"
+    if device.type == "cpu" and dtype == torch.bfloat16 and model_type in PLAIN_ATTENTION_MODELS:
+        _register_cpu_attention()
+        return CPU_ATTENTION
     return None
 
 
@@ -229,9 +266,8 @@ def load_model(cfg: ModelConfig):
     if device.type == "cpu":
         set_cpu_threads()
     kwargs = {}
-    attention = pick_attention(cfg.attn_implementation, device, dtype)
-    if attention:
-        kwargs["attn_implementation"] = attention
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.quantization != "none":
         kwargs.update(quantization_config=quantization_config(cfg.quantization, dtype),
                       device_map={"": str(device)})
@@ -245,6 +281,10 @@ def load_model(cfg: ModelConfig):
             f"`huggingface-cli download {cfg.name}` or pass a local directory") from None
     if cfg.quantization == "none":
         model.to(device)
+    attention = pick_attention(cfg.attn_implementation, device, dtype,
+                               getattr(model.config, "model_type", None))
+    if attention and attention != model.config._attn_implementation:
+        model.set_attn_implementation(attention)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -160,6 +160,13 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     t0 = time.perf_counter()
     model, tok = load_model(cfg.model)
     summary["load_seconds"] = round(time.perf_counter() - t0, 2)
+    # what model.dtype / attn_implementation "auto" chose here, and the threads in force
+    summary["precision"] = {"dtype": str(model.dtype).removeprefix("torch."),
+                            "attention": model.config._attn_implementation,
+                            "threads": torch.get_num_threads()}
+    pr, chosen = summary["precision"], " (model.dtype=auto)" if cfg.model.dtype == "auto" else ""
+    print(f"[spinlora] model in {pr['dtype']}{chosen}, {pr['attention']} attention, "
+          f"{pr['threads']} threads")
     baseline = MemoryMeter(device).baseline  # every stage's peak is measured against this
     summary["post_load_baseline_bytes"] = baseline
     fmt = ChatFormat(tok, cfg.data.system_prompt)

@@ -239,6 +239,10 @@ def _tail_expression(segment: str) -> str | None:
     return expr if re.search(r"\d", expr) else None
 
 
+# an operator between operands: "5 + 3", "2*(", ") /"
+_HAS_OP = re.compile(r"\d\s*[-+*/]\s*[\d(]|\)\s*[-+*/]")
+
+
 def equation_value(text: str) -> float | None:
     """The value of the last equation ``expr = …`` in ``text`` (before ``####``) whose left side
     holds at least one operator; None when there is none. Only numbers, + - * / and parentheses
@@ -249,13 +253,30 @@ def equation_value(text: str) -> float | None:
         parts = line.split("=")
         for left in parts[:-1]:
             expr = _tail_expression(left)
-            if not expr or not re.search(r"\d\s*[-+*/]\s*[\d(]|\)\s*[-+*/]", expr):
+            if not expr or not _HAS_OP.search(expr):
                 continue
             try:
                 found = float(_value(parse_infix(expr)))
             except (SvampError, ZeroDivisionError, ValueError, OverflowError, RecursionError):
                 continue
     return found
+
+
+def calculate(text: str) -> str | None:
+    """``generation.calculator``: the value of the expression that ends ``text`` (an answer so
+    far, ending with ``=``), written as the gold answers write numbers; None when the line holds
+    no expression with an operator ("x = ", "8 = ") or it cannot be computed (``5 / 0``)."""
+    body = text.rstrip()
+    if not body.endswith("="):
+        return None
+    segment = body[:-1].split("\n")[-1].split("=")[-1].split("<<")[-1]
+    expr = _tail_expression(segment)
+    if not expr or not _HAS_OP.search(expr):
+        return None
+    try:
+        return fmt_number(_value(parse_infix(expr)))
+    except (SvampError, ZeroDivisionError, ValueError, OverflowError, RecursionError):
+        return None
 
 
 _STATED = re.compile(r"####\s*\$?\s*(-?[\d,]*\.?\d+)")
