@@ -51,7 +51,10 @@ def test_sft_spin_eval_and_plain_peft_reload(tmp_path):
     # same logits from plain transformers + peft in a fresh interpreter
     from spinlora.adapters import load
 
+    # (the run trained in what model.dtype=auto picks here, bf16 on CPUs with bf16 units; the
+    # reload check compares fp32 with fp32)
     adapter = out / "spin" / "iter_1" / "adapter"
+    cfg.model.dtype = "float32"
     model, tok = load_model(cfg.model)
     model = load(model, adapter, trainable=False).eval()
     ids = torch.tensor([tok("Natalia sold clips to 48 of her friends.").input_ids])
