@@ -47,7 +47,6 @@ def side(spec: str, args) -> dict:
     rows = load_rows(args.data, cfg.data, "train")
     examples, _ = build_examples(subset(rows, args.batch * args.steps, 0), fmt, cfg.data)
     acct = Accountant(next(model.parameters()).device)
-    times = []
     records = train_loop(model, examples, sft_objective(tok.pad_token_id), cfg.train, cfg.train.lr,
                          1.0, acct, MetricsLog(None), 0, spec)
     times = [r["seconds"] for r in records]

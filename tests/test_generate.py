@@ -168,12 +168,9 @@ def test_static_cache_with_stop_strings_and_a_shared_prefix(tiny_model_dir):
     assert any(x.finished for x in got["static"])  # some answers did stop at a stop string
 
 
-def test_finished_rows_leave_the_batch_and_tokens_stay_hfs(tiny_model_dir):
-    """generation.decode=drop (spinlora's loop: a finished row leaves the batch) gives HF
-    generate's tokens, greedy in fp32, while later decoding steps run on fewer rows; with a
-    shared prefix and with stop strings too."""
-    import dataclasses
-
+def _hf_reference(tiny_model_dir):
+    """The tiny model, 16 prompts of 3-12 tokens, HF generate's config, stop tokens that end
+    rows at different steps, and HF generate's answers (and token count) with them."""
     from spinlora.models import load_tokenizer
     from transformers import AutoModelForCausalLM
 
@@ -183,9 +180,36 @@ def test_finished_rows_leave_the_batch_and_tokens_stay_hfs(tiny_model_dir):
     prompts = [[1] + torch.randint(3, 100, (int(k),)).tolist() for k in torch.randint(2, 12, (16,))]
     hf = GenerationConfig(max_new_tokens=40, batch_size=16, decode="hf")
     ref, _ = generate(model, tok, prompts, hf, stop_ids=[2])
-    # stop tokens that end rows at different steps
     stops = sorted({g.ids[k] for g, k in zip(ref, (3, 9, 17, 25))})
     ref, n_ref = generate(model, tok, prompts, hf, stop_ids=stops)
+    return model, tok, prompts, hf, stops, ref, n_ref
+
+
+def _prefix_and_stop_string_match_hf(model, tok, prompts, hf, stops, ref, ours):
+    """``ours`` gives HF generate's tokens with a 40-token shared prefix (run once) and, where
+    the reference text allows one, with a two-character stop string; returns the answers with
+    the stop string and the string (None, None without one)."""
+    pre = [list(range(10, 50)) + p for p in prompts[:6]]
+    a, _ = generate(model, tok, pre, hf, stop_ids=stops, min_shared=32)
+    b, _ = generate(model, tok, pre, ours, stop_ids=stops, min_shared=32)
+    assert [g.ids for g in a] == [g.ids for g in b]
+    text = ref[0].text
+    stop = text[len(text) // 2: len(text) // 2 + 2]
+    if not stop.strip():
+        return None, None
+    a, _ = generate(model, tok, prompts[:4], hf, stop_ids=[2], stop_strings=[stop])
+    b, _ = generate(model, tok, prompts[:4], ours, stop_ids=[2], stop_strings=[stop])
+    assert [g.text.split(stop)[0] for g in a] == [g.text.split(stop)[0] for g in b]
+    return b, stop
+
+
+def test_finished_rows_leave_the_batch_and_tokens_stay_hfs(tiny_model_dir):
+    """generation.decode=drop (spinlora's loop: a finished row leaves the batch) gives HF
+    generate's tokens, greedy in fp32, while later decoding steps run on fewer rows; with a
+    shared prefix and with stop strings too."""
+    import dataclasses
+
+    model, tok, prompts, hf, stops, ref, n_ref = _hf_reference(tiny_model_dir)
     rows_seen = []
     hook = model.model.embed_tokens.register_forward_hook(
         lambda m, a, o: rows_seen.append(a[0].shape[0]))
@@ -198,19 +222,9 @@ def test_finished_rows_leave_the_batch_and_tokens_stay_hfs(tiny_model_dir):
     assert rows_seen[0] == 16 and min(rows_seen) < 16  # the batch shrank as rows finished
     assert sum(rows_seen[1:]) < 16 * (len(rows_seen) - 1)
     # a shared prefix already in the cache, and stop strings
-    shots = list(range(10, 50))
-    pre = [shots + p for p in prompts[:6]]
-    a, _ = generate(model, tok, pre, hf, stop_ids=stops, min_shared=32)
-    b, _ = generate(model, tok, pre, dataclasses.replace(hf, decode="drop"), stop_ids=stops,
-                    min_shared=32)
-    assert [g.ids for g in a] == [g.ids for g in b]
-    text = ref[0].text
-    stop = text[len(text) // 2: len(text) // 2 + 2]
-    if stop.strip():
-        a, _ = generate(model, tok, prompts[:4], hf, stop_ids=[2], stop_strings=[stop])
-        b, _ = generate(model, tok, prompts[:4], dataclasses.replace(hf, decode="drop"),
-                        stop_ids=[2], stop_strings=[stop])
-        assert [g.text.split(stop)[0] for g in a] == [g.text.split(stop)[0] for g in b]
+    b, stop = _prefix_and_stop_string_match_hf(model, tok, prompts, hf, stops, ref,
+                                               dataclasses.replace(hf, decode="drop"))
+    if b is not None:
         assert b[0].finished and stop in b[0].text
 
 
@@ -268,17 +282,7 @@ def test_continuous_batching_refills_slots_and_keeps_hfs_tokens(tiny_model_dir):
     prefix, stop strings and sampling by seed."""
     import dataclasses
 
-    from spinlora.models import load_tokenizer
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    tok = load_tokenizer(str(tiny_model_dir))
-    torch.manual_seed(1)
-    prompts = [[1] + torch.randint(3, 100, (int(k),)).tolist() for k in torch.randint(2, 12, (16,))]
-    hf = GenerationConfig(max_new_tokens=40, batch_size=16, decode="hf")
-    ref, _ = generate(model, tok, prompts, hf, stop_ids=[2])
-    stops = sorted({g.ids[k] for g, k in zip(ref, (3, 9, 17, 25))})
-    ref, n_ref = generate(model, tok, prompts, hf, stop_ids=stops)
+    model, tok, prompts, hf, stops, ref, n_ref = _hf_reference(tiny_model_dir)
     cont = GenerationConfig(max_new_tokens=40, batch_size=4, decode="continuous")
     ours, n_ours = generate(model, tok, prompts, cont, stop_ids=stops)
     assert [g.ids for g in ours] == [g.ids for g in ref] and n_ours == n_ref
@@ -295,19 +299,8 @@ def test_continuous_batching_refills_slots_and_keeps_hfs_tokens(tiny_model_dir):
     assert max(c[0] for c in calls) <= 4  # never more rows than slots
     assert any(c[0] < 4 for c in prefills[:-1])  # a slot refilled while the others ran on
     # a shared prefix (run once, copied into each admission), and stop strings
-    shots = list(range(10, 50))
-    pre = [shots + p for p in prompts[:6]]
-    a, _ = generate(model, tok, pre, hf, stop_ids=stops, min_shared=32)
-    b, _ = generate(model, tok, pre, dataclasses.replace(cont, batch_size=2), stop_ids=stops,
-                    min_shared=32)
-    assert [g.ids for g in a] == [g.ids for g in b]
-    text = ref[0].text
-    stop = text[len(text) // 2: len(text) // 2 + 2]
-    if stop.strip():
-        a, _ = generate(model, tok, prompts[:4], hf, stop_ids=[2], stop_strings=[stop])
-        b, _ = generate(model, tok, prompts[:4], dataclasses.replace(cont, batch_size=2),
-                        stop_ids=[2], stop_strings=[stop])
-        assert [g.text.split(stop)[0] for g in a] == [g.text.split(stop)[0] for g in b]
+    _prefix_and_stop_string_match_hf(model, tok, prompts, hf, stops, ref,
+                                     dataclasses.replace(cont, batch_size=2))
     y, _ = generate(model, tok, prompts, sampled, stop_ids=list(range(20, 25)))
     z, _ = generate(model, tok, prompts, dataclasses.replace(sampled, seed=4),
                     stop_ids=list(range(20, 25)))

@@ -160,6 +160,20 @@ def _common_prefix(seqs: list[list[int]]) -> int:
     return n
 
 
+def _layout(batch: list[list[int]], shared: int, width: int, pad: int
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input ids and attention mask of a batch of prompts, ``width`` wide. Padding goes after
+    the ``shared`` prefix (before everything when there is none): every prompt ends where
+    generation starts, and positions follow the attention mask."""
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, p in enumerate(batch):
+        ids[row, :shared], attn[row, :shared] = torch.tensor(p[:shared]), 1
+        ids[row, width - len(p) + shared:] = torch.tensor(p[shared:])
+        attn[row, width - len(p) + shared:] = 1
+    return ids, attn
+
+
 def _sample(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator | None) -> torch.Tensor:
     """The next token of every row: argmax (greedy), or a draw from softmax(logits / T) cut to
     the top-p nucleus (HF's TemperatureLogitsWarper + TopPLogitsWarper, top_k off)."""
@@ -315,14 +329,8 @@ def decode_continuous(model, tokenizer, prompts: list[list[int]], slots: int,
         """Prefill the next k prompts; their cache, mask, next positions, first tokens, rows,
         and which of them ended at their first token."""
         idx = [pending.popleft() for _ in range(k)]
-        width = max(len(prompts[i]) for i in idx)
-        ids = torch.full((k, width), pad, dtype=torch.long)
-        mask = torch.zeros((k, width), dtype=torch.long)
-        for row, i in enumerate(idx):  # padding after the shared prefix, prompts end together
-            p = prompts[i]
-            ids[row, :shared], mask[row, :shared] = torch.tensor(p[:shared]), 1
-            ids[row, width - len(p) + shared:] = torch.tensor(p[shared:])
-            mask[row, width - len(p) + shared:] = 1
+        batch = [prompts[i] for i in idx]
+        ids, mask = _layout(batch, shared, max(len(p) for p in batch), pad)
         ids, mask = ids.to(device), mask.to(device)
         new = growing_cache(model)
         if prefix:
@@ -489,7 +497,7 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
     if static:  # every batch the same number of rows: one compiled shape per width bucket
         size = min(size, len(prompts))
     if (cfg.decode == "continuous" and not static and not prompt_learning and dist.world() == 1
-            and growing_cache(model) is not None):
+            and _full_attention(_text_config(model))):  # (what growing_cache needs)
         # the prompts in length order through one continuous batch of ``size`` slots. Several
         # processes keep batch-by-batch units (drop), so that every unit runs as in one process
         mine = order
@@ -520,15 +528,7 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
         width = max(len(p) for p in batch)
         if static:
             width = _round_up(width, STATIC_WIDTH)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        attn = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, p in enumerate(batch):
-            # padding goes after the shared prefix (before it when there is none): every prompt
-            # ends where generation starts, and positions follow the attention mask
-            ids[row, :shared] = torch.tensor(p[:shared])
-            attn[row, :shared] = 1
-            ids[row, width - len(p) + shared:] = torch.tensor(p[shared:])
-            attn[row, width - len(p) + shared:] = 1
+        ids, attn = _layout(batch, shared, width, pad)
         kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
                       eos_token_id=stop_ids, pad_token_id=pad)
         if stop_strings:
