@@ -177,3 +177,19 @@ def test_units_keep_their_members_across_epochs(tiny_cfg):
                "u", units=units)
     assert len(seen) == 12 and all(s in units for s in seen)
     assert seen[:4] != seen[4:8] or seen[4:8] != seen[8:]  # the order is shuffled per epoch
+
+
+def test_the_lm_head_gets_a_contiguous_input(tiny_cfg):
+    """A prefill that keeps the last position's logits hands the head a strided view; on a CPU
+    a strided 3-D linear copies the whole weight once per row (pytorch/pytorch#151934), so
+    load_model makes the head's input contiguous."""
+    model, _ = load_model(tiny_cfg.model)
+    seen = []
+    model.get_output_embeddings().register_forward_hook(
+        lambda m, args, out: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(5, 50, (3, 7))
+    with torch.inference_mode():
+        full = model(input_ids=ids).logits[:, -1]
+        last = model(input_ids=ids, logits_to_keep=1).logits[:, -1]
+    assert seen == [True, True]
+    torch.testing.assert_close(full, last)
