@@ -64,26 +64,34 @@ def _bf16_setup(cfg, sft_steps=2, attention=None):
     return cfg, model, tok, fmt, examples
 
 
-def test_cpu_attention_is_fp32_softmax_attention(tiny_cfg):
+@pytest.mark.parametrize("q_len, mask_heads", [(7, 1), (1, 1), (7, 4)])
+def test_cpu_attention_is_fp32_softmax_attention(q_len, mask_heads):
     """The bf16 CPU attention equals softmax(QKᵀ·scale + mask)·V computed in fp64, to bf16
-    rounding of the output; transformers' eager attention (scores rounded to bf16) is further."""
+    rounding of the output; transformers' eager attention (scores rounded to bf16) is further.
+    A prefill (causal mask), a decoding step (one query, left padding), a per-head mask."""
     from transformers.models.llama.modeling_llama import eager_attention_forward
 
     from spinlora.models import cpu_attention
 
     torch.manual_seed(0)
-    q = (torch.randn(2, 4, 7, 16) * 3).bfloat16()
+    q = (torch.randn(2, 4, q_len, 16) * 3).bfloat16()
     k, v = (torch.randn(2, 2, 7, 16) * 3).bfloat16(), torch.randn(2, 2, 7, 16).bfloat16()
-    mask = torch.full((7, 7), float("-inf")).triu(1)[None, None].expand(2, 1, 7, 7)
+    low = torch.finfo(torch.bfloat16).min  # what transformers masks with
+    mask = torch.full((7, 7), low).triu(1)[-q_len:][None, None].repeat(2, 1, 1, 1)
+    mask[1, ..., :2] = low  # row 1 is left-padded by two
+    mask = mask.repeat(1, mask_heads, 1, 1)
+    if mask_heads > 1:
+        mask[:, 3, :, 4] = low  # one head may not see column 4
     module = torch.nn.Module()
     module.num_key_value_groups, module.training = 2, False
     kk, vv = (x.double().repeat_interleave(2, 1) for x in (k, v))
     exact = torch.softmax(q.double() @ kk.transpose(2, 3) * 0.25 + mask.double(), -1) @ vv
     exact = exact.transpose(1, 2)
-    ours, _ = cpu_attention(module, q, k, v, mask.bfloat16(), 0.25)
+    ours, weights = cpu_attention(module, q, k, v, mask.bfloat16(), 0.25)
     theirs, _ = eager_attention_forward(module, q, k, v, mask.bfloat16(), 0.25)
     err = lambda x: float((x.double() - exact).abs().max())  # noqa: E731
-    assert ours.dtype == torch.bfloat16
+    assert ours.dtype == torch.bfloat16 and ours.shape == theirs.shape
+    assert weights.shape == (2, 4, q_len, 7)
     assert err(ours) <= 2 ** -8 * float(exact.abs().max())
     assert err(ours) < err(theirs)
 

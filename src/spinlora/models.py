@@ -184,26 +184,30 @@ def cpu_attention(module, query, key, value, attention_mask, scaling, dropout=0.
 
     transformers' eager attention rounds the scores QKᵀ to bf16 before the softmax (a score of
     ~10 is then off by up to 0.03, a probability by ~3 %): the first SFT loss of SmolLM2 in bf16
-    was 1.0 % off fp32's with it, against 0.3 % with SDPA. SDPA on a CPU is slower for short
-    sequences (benchmarks/train_speed.py). Attention is a few percent of a short sequence's
-    FLOPs, so this computes it in fp32 and returns bf16. A decoding step (one query per row)
-    goes to SDPA instead: upcasting the whole KV cache every step cost generation 10-20 %."""
-    if query.shape[-2] == 1:  # a decoding step: SDPA's CPU kernel keeps its scores in fp32
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
-    groups = getattr(module, "num_key_value_groups", 1)
-    k = key.float().repeat_interleave(groups, dim=1) if groups > 1 else key.float()
-    v = value.float().repeat_interleave(groups, dim=1) if groups > 1 else value.float()
-    scores = torch.matmul(query.float(), k.transpose(2, 3)) * scaling
+    was 1.0 % off fp32's with it, against 0.3 % with SDPA. SDPA's CPU kernel is slow in bf16:
+    for short sequences in training (benchmarks/train_speed.py), and far more so for a
+    decoding step (one query per row), which it ran 6-15× slower than these matmuls do (batch 32,
+    SmolLM2's 9 query and 3 key/value heads, 64-400 cached tokens: 1.2-6.6 ms against 0.2-1.0 ms
+    a layer). So this computes attention in fp32 and returns bf16. Grouped-query heads are
+    matched by a view, never by copying keys and values once per query head."""
+    b, heads, q_len, dim = query.shape
+    kv_heads, k_len = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
+    # query heads g·groups … (g+1)·groups − 1 share key/value head g (repeat_kv's order)
+    q = query.float().reshape(b, kv_heads, groups * q_len, dim)
+    scores = torch.matmul(q, key.float().transpose(2, 3)) * scaling
+    scores = scores.view(b, kv_heads, groups, q_len, k_len)
     if attention_mask is not None:
-        scores = scores + attention_mask[..., :k.shape[-2]].float()
+        mask = attention_mask[..., :k_len].float()
+        mask = (mask.unsqueeze(2) if mask.shape[1] == 1
+                else mask.view(mask.shape[0], kv_heads, groups, q_len, k_len))
+        scores = scores + mask
     weights = torch.softmax(scores, dim=-1)
     if dropout and module.training:
         weights = torch.nn.functional.dropout(weights, p=dropout)
-    out = torch.matmul(weights, v).to(query.dtype)
-    return out.transpose(1, 2).contiguous(), weights
+    out = torch.matmul(weights.view(b, kv_heads, groups * q_len, k_len), value.float())
+    out = out.view(b, heads, q_len, dim).to(query.dtype)
+    return out.transpose(1, 2).contiguous(), weights.view(b, heads, q_len, k_len)
 
 
 def _register_cpu_attention() -> None:
