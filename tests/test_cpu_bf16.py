@@ -201,3 +201,29 @@ def test_the_lm_head_gets_a_contiguous_input(tiny_cfg):
         last = model(input_ids=ids, logits_to_keep=1).logits[:, -1]
     assert seen == [True, True]
     torch.testing.assert_close(full, last)
+
+
+def test_packed_linears_give_the_same_tokens(tiny_cfg):
+    """While generating, a bf16 CPU model's frozen linear layers run from oneDNN-packed
+    weights: the same logits as the plain layers, restored afterwards, an adapter's own
+    trainable matrices left alone."""
+    from spinlora.generate import packed_linears
+
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.model.dtype = "bfloat16"
+    model, _ = load_model(cfg.model)
+    model = attach(model, cfg.adapter)
+    torch.nn.init.normal_(next(p for n, p in model.named_parameters() if "lora_B" in n))
+    ids = torch.randint(5, 50, (3, 9))
+    with torch.inference_mode():
+        plain = model(input_ids=ids).logits
+        with packed_linears(model) as n:
+            packed = model(input_ids=ids).logits
+            swapped = [m for m in model.modules() if "forward" in vars(m)]
+        after = model(input_ids=ids).logits
+    frozen = [m for m in model.modules() if type(m) is torch.nn.Linear
+              and not m.weight.requires_grad]
+    assert n == len(frozen) == len(swapped) > 0
+    assert all(not m.weight.requires_grad for m in swapped)  # LoRA A/B not among them
+    assert not any("forward" in vars(m) for m in model.modules())
+    assert torch.equal(packed, plain) and torch.equal(after, plain)

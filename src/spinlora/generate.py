@@ -6,7 +6,9 @@ the answer ended with an end-of-turn token or was cut at ``max_new_tokens``.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch
@@ -462,6 +464,41 @@ def row_bytes(model, length: int) -> int:
             + 3 * cfg.vocab_size * 4)
 
 
+def _packed_forward(module, packed, x):
+    if x.dtype != packed.dtype or (x.requires_grad and torch.is_grad_enabled()):
+        return F.linear(x, module.weight, module.bias)
+    return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
+
+
+@contextmanager
+def packed_linears(model):
+    """While generating, the frozen bf16 ``nn.Linear`` layers of a CPU model (the base weights;
+    an adapter's own matrices stay as they are) multiply from weights reordered once into
+    oneDNN's blocked layout, as torch.compile's CPU "freezing" does, instead of being reordered
+    on every call. The products are the same numbers (bf16: checked equal); at 1-64 rows a
+    SmolLM2 layer runs 15-45 % faster, its LM head ~40 %. Costs one copy of those weights
+    for the duration (270 MB for SmolLM2); yields how many layers were packed."""
+    mods = []
+    if (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and next(model.parameters()).device.type == "cpu"):
+        for m in model.modules():
+            w = getattr(m, "weight", None)
+            if (type(m) is not torch.nn.Linear or w.dtype != torch.bfloat16 or w.requires_grad
+                    or "forward" in vars(m)):
+                continue
+            try:
+                packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), None)
+            except RuntimeError:  # a torch built without oneDNN's bf16 kernels
+                break
+            m.forward = partial(_packed_forward, m, packed)
+            mods.append(m)
+    try:
+        yield len(mods)
+    finally:
+        for m in mods:
+            del m.forward
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, stop_ids: list[int],
              desc: str = "generate", stop_strings: list[str] | None = None,
@@ -470,8 +507,19 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
 
     When a batch's prompts share a prefix of at least ``min_shared`` tokens (the k-shot examples
     of an evaluation prompt, a long system prompt), the prefix runs once and its KV cache is
-    repeated for every row instead of being recomputed per prompt.
-    """
+    repeated for every row instead of being recomputed per prompt. On a CPU in bf16 the frozen
+    linear layers run from prepacked weights (``packed_linears``)."""
+    if cfg.cache == "static":  # leave a compiled decode step its plain modules
+        return _generate(model, tokenizer, prompts, cfg, stop_ids, desc, stop_strings,
+                         share_prefix, min_shared)
+    with packed_linears(model):
+        return _generate(model, tokenizer, prompts, cfg, stop_ids, desc, stop_strings,
+                         share_prefix, min_shared)
+
+
+def _generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig,
+              stop_ids: list[int], desc: str, stop_strings: list[str] | None,
+              share_prefix: bool, min_shared: int) -> tuple[list[Generation], int]:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
