@@ -48,11 +48,9 @@ POINTS = {
              "rl.samples=8", "rl.temperature=0.8", "rl.lr=1.0e-4", "rl.beta=0.04",
              "rl.heldout=64", "stages=[rl,eval]", "eval.models=[rl]"],
     # the optional calculator (generation.calculator): the SFT adapter evaluated with it, with
-    # the attention and decoding loop of the study's other evaluations (the bf16 study of
-    # benchmarks/results/svamp ran before spinlora_cpu attention and continuous batching), so
-    # that the calculator is the only difference
+    # the study's own attention and decoding loop, so that the calculator is the only difference
     "calc": ["eval", RECIPE, "--adapter", "{out}/main/sft/adapter", "generation.calculator=true",
-             "model.attn_implementation=eager", "generation.decode=drop", "eval.models=[sft]"],
+             "eval.models=[sft]"],
 }
 
 
