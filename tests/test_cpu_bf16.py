@@ -207,11 +207,13 @@ def test_packed_linears_give_the_same_tokens(tiny_cfg):
     """While generating, a bf16 CPU model's frozen linear layers run from oneDNN-packed
     weights: the same logits as the plain layers, restored afterwards, an adapter's own
     trainable matrices left alone."""
-    from spinlora.generate import packed_linears
+    from spinlora.generate import packed_linears, packs_linears
 
+    assert not packs_linears(load_model(tiny_cfg.model)[0])  # fp32 stays plain: bit-exact HF
     cfg = copy.deepcopy(tiny_cfg)
     cfg.model.dtype = "bfloat16"
     model, _ = load_model(cfg.model)
+    assert packs_linears(model)
     model = attach(model, cfg.adapter)
     torch.nn.init.normal_(next(p for n, p in model.named_parameters() if "lora_B" in n))
     ids = torch.randint(5, 50, (3, 9))

@@ -470,6 +470,16 @@ def _packed_forward(module, packed, x):
     return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
 
 
+def packs_linears(model) -> bool:
+    """Whether ``generate`` runs this model's frozen linear layers from packed weights: a bf16
+    model on a CPU with oneDNN (recorded in ``run.json["precision"]``)."""
+    p = next(model.parameters())
+    return (p.device.type == "cpu" and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and any(type(m) is torch.nn.Linear and m.weight.dtype == torch.bfloat16
+                    for m in model.modules()))
+
+
 @contextmanager
 def packed_linears(model):
     """While generating, the frozen bf16 ``nn.Linear`` layers of a CPU model (the base weights;
@@ -479,8 +489,7 @@ def packed_linears(model):
     SmolLM2 layer runs 15-45 % faster, its LM head ~40 %. Costs one copy of those weights
     for the duration (270 MB for SmolLM2); yields how many layers were packed."""
     mods = []
-    if (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and next(model.parameters()).device.type == "cpu"):
+    if packs_linears(model):
         for m in model.modules():
             w = getattr(m, "weight", None)
             if (type(m) is not torch.nn.Linear or w.dtype != torch.bfloat16 or w.requires_grad

@@ -40,6 +40,7 @@ from .evaluate.gsm8k import (PROMPTING, REFLECT, evaluate_best_of_n, evaluate_sv
                              fewshot_draws)
 from .evaluate.choice import evaluate_choice_task
 from .evaluate.tasks import DEFAULT_SHOTS, load_task
+from .generate import packs_linears
 from .models import load_model, pick_device
 from .start import attach_adapter, sft_set  # noqa: F401  (part of this module's API)
 from .report import write_report
@@ -163,10 +164,13 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     # what model.dtype / attn_implementation "auto" chose here, and the threads in force
     summary["precision"] = {"dtype": str(model.dtype).removeprefix("torch."),
                             "attention": model.config._attn_implementation,
-                            "threads": torch.get_num_threads()}
+                            "threads": torch.get_num_threads(),
+                            "generation_linears": ("onednn_packed" if packs_linears(model)
+                                                   else "plain")}
     pr, chosen = summary["precision"], " (model.dtype=auto)" if cfg.model.dtype == "auto" else ""
+    packed = ", generation from oneDNN-packed weights" if packs_linears(model) else ""
     print(f"[spinlora] model in {pr['dtype']}{chosen}, {pr['attention']} attention, "
-          f"{pr['threads']} threads")
+          f"{pr['threads']} threads{packed}")
     baseline = MemoryMeter(device).baseline  # every stage's peak is measured against this
     summary["post_load_baseline_bytes"] = baseline
     fmt = ChatFormat(tok, cfg.data.system_prompt)
