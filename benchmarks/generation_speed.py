@@ -12,7 +12,9 @@ LoRA on q/k/v, as the SPIN opponent runs; ``--adapter`` loads a trained one), th
   the tokenised chat prompts in dataset order, the default (dynamic) cache;
 - ``auto``: what spinlora picks on this machine with no generation settings but the length and
   the batch: its dtype (``--dtype auto``: bf16 on CPUs with bf16 units and on GPUs), its
-  attention (fp32-score eager for bf16 on a CPU), its cache and decoding loop (``drop``);
+  attention (fp32-score eager for bf16 on a CPU, decoding steps included), its cache and
+  decoding loop (``drop``), and on a bf16 CPU model the frozen linear layers from oneDNN-packed
+  weights and the LM head's contiguous input (docs/precision.md);
 - ``dynamic``: spinlora's generator with ``generation.cache: dynamic``, ``decode: hf`` (prompts grouped by
   length, the in-place growing cache, a shared prefix run once);
 - ``drop``: ``generation.decode: drop``: spinlora's decoding loop on the growing cache, batch
