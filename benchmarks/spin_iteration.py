@@ -64,9 +64,11 @@ def run_spinlora(cfg: RunConfig, args) -> tuple[dict, list[dict]]:
     acct = Accountant(pick_device(cfg.model.device))
     t0 = time.perf_counter()
     pairs, records, counts = make_pairs(model, tok, fmt, examples, cfg, acct, "opponent")
-    reference_pass(model, pairs, tok.pad_token_id, acct, cfg.train.micro_batch_size)
+    # the micro-batches the reference pass scored are the ones training runs (as the SPIN stage
+    # does): in bf16 a row's log-prob depends on its batch, and step 0 is ln 2 only this way
+    units = reference_pass(model, pairs, tok.pad_token_id, acct, cfg.train.micro_batch_size)
     steps = train_loop(model, pairs, spin_objective(tok.pad_token_id, args.beta), cfg.train,
-                       args.lr, args.epochs, acct, MetricsLog(None), 0, "spin")
+                       args.lr, args.epochs, acct, MetricsLog(None), 0, "spin", units=units)
     total = time.perf_counter() - t0
     s = acct.summary()
     return {"total_seconds": round(total, 2), "step0_loss": steps[0]["loss"],
