@@ -6,7 +6,7 @@ the answer ended with an end-of-turn token or was cut at ``max_new_tokens``.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -470,14 +470,17 @@ def _packed_forward(module, packed, x):
     return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
 
 
+def _packable(m) -> bool:
+    return type(m) is torch.nn.Linear and m.weight.dtype == torch.bfloat16
+
+
 def packs_linears(model) -> bool:
     """Whether ``generate`` runs this model's frozen linear layers from packed weights: a bf16
     model on a CPU with oneDNN (recorded in ``run.json["precision"]``)."""
-    p = next(model.parameters())
-    return (p.device.type == "cpu" and torch.backends.mkldnn.is_available()
+    return (next(model.parameters()).device.type == "cpu"
+            and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and any(type(m) is torch.nn.Linear and m.weight.dtype == torch.bfloat16
-                    for m in model.modules()))
+            and any(_packable(m) for m in model.modules()))
 
 
 @contextmanager
@@ -491,12 +494,10 @@ def packed_linears(model):
     mods = []
     if packs_linears(model):
         for m in model.modules():
-            w = getattr(m, "weight", None)
-            if (type(m) is not torch.nn.Linear or w.dtype != torch.bfloat16 or w.requires_grad
-                    or "forward" in vars(m)):
+            if not _packable(m) or m.weight.requires_grad or "forward" in vars(m):
                 continue
             try:
-                packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), None)
+                packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), None)
             except RuntimeError:  # a torch built without oneDNN's bf16 kernels
                 break
             m.forward = partial(_packed_forward, m, packed)
@@ -518,10 +519,8 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
     of an evaluation prompt, a long system prompt), the prefix runs once and its KV cache is
     repeated for every row instead of being recomputed per prompt. On a CPU in bf16 the frozen
     linear layers run from prepacked weights (``packed_linears``)."""
-    if cfg.cache == "static":  # leave a compiled decode step its plain modules
-        return _generate(model, tokenizer, prompts, cfg, stop_ids, desc, stop_strings,
-                         share_prefix, min_shared)
-    with packed_linears(model):
+    # a compiled (static-cache) decode step keeps its plain modules
+    with nullcontext() if cfg.cache == "static" else packed_linears(model):
         return _generate(model, tokenizer, prompts, cfg, stop_ids, desc, stop_strings,
                          share_prefix, min_shared)
 

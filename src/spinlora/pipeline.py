@@ -168,7 +168,8 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
                             "generation_linears": ("onednn_packed" if packs_linears(model)
                                                    else "plain")}
     pr, chosen = summary["precision"], " (model.dtype=auto)" if cfg.model.dtype == "auto" else ""
-    packed = ", generation from oneDNN-packed weights" if packs_linears(model) else ""
+    packed = (", generation from oneDNN-packed weights"
+              if pr["generation_linears"] == "onednn_packed" else "")
     print(f"[spinlora] model in {pr['dtype']}{chosen}, {pr['attention']} attention, "
           f"{pr['threads']} threads{packed}")
     baseline = MemoryMeter(device).baseline  # every stage's peak is measured against this
