@@ -122,15 +122,18 @@ def _batch_dependent(module, monkeypatch):
     monkeypatch.setattr(module, "score_answers", scored)
 
 
-@pytest.mark.parametrize("loss", ["sigmoid", "dpop", "ipo", "sigmoid_nll"])
+@pytest.mark.parametrize("loss", ["sigmoid", "dpop", "ipo", "sigmoid_nll", "dpop divergence"])
 def test_spin_step0_is_exact_in_bf16(tiny_cfg, loss, monkeypatch):
     import spinlora.stages.spin as sp
 
+    loss, _, tokens = loss.partition(" ")
     _batch_dependent(sp, monkeypatch)
     cfg, model, tok, fmt, examples = _bf16_setup(tiny_cfg)
     cfg.spin.loss = loss
     cfg.generation.max_new_tokens = 24
     pairs, _, _ = make_pairs(model, tok, fmt, examples, cfg, Accountant(CPU), "opp")
+    if tokens:  # spin.pair_tokens=divergence: the parts of y and y', and the whole gold answer
+        assert sp.cut_at_divergence(pairs) >= 1
     lengths = {len(p.prompt_ids) + len(p.gen_ids) for p in pairs}
     assert len(pairs) >= 4 and len(lengths) > 1  # micro-batches pad their rows differently
     cfg.train.batch_size, cfg.train.micro_batch_size = 4, 2

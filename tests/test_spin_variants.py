@@ -26,6 +26,49 @@ def test_sigmoid_nll_by_hand():
     assert margin.item() == pytest.approx(0.15, abs=1e-6)
 
 
+def test_whole_gold_answer_for_nll_and_dpop_penalty():
+    """spin.pair_tokens=divergence: the preference sums part of y, the NLL term and DPOP's
+    penalty the whole gold answer (whole_real / whole_ref)."""
+    loss, _, pref = spin_loss(**P, beta=0.1, kind="sigmoid_nll", nll_weight=0.5,
+                              whole_real=torch.tensor([-20.0]), whole_ref=torch.tensor([-21.0]))
+    assert loss.item() == pytest.approx(pref.item() + 0.5 * 20 / 5, abs=1e-6)
+    # whole gold answer 3 nats below its reference: the penalty is 3 though the part is above
+    loss, _, _ = spin_loss(**P, beta=0.1, kind="dpop", dpop_lambda=5,
+                           whole_real=torch.tensor([-24.0]), whole_ref=torch.tensor([-21.0]))
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-0.1 * (H - 5 * 3))), abs=1e-5)
+
+
+def test_divergence_cut():
+    from spinlora.stages.spin import Pair, cut_at_divergence, divergence
+
+    assert divergence([5, 6, 7, 8], [5, 6, 9, 8]) == 3  # up to and including the first that differs
+    assert divergence([5, 6], [5, 6, 7]) == 0  # a prefix: no token tells them apart
+    pairs = [Pair([1], [5, 6, 7, 8], [5, 6, 9, 8, 2]), Pair([1], [5, 6], [5, 6, 7])]
+    assert cut_at_divergence(pairs) == 3.0
+    assert pairs[0].scored() == [[5, 6, 7, 8], [5, 6, 7], [5, 6, 9]]
+    assert pairs[1].scored() == [[5, 6], [5, 6], [5, 6, 7]]  # whole answers
+    assert Pair([1], [5], [6]).scored() == [[5], [6]]  # no cut: the two answers
+
+
+def test_divergence_ignores_what_follows_the_choice(tiny_cfg):
+    """With a cut, y' tokens after the first differing one do not change the preference part:
+    the opponent's arithmetic after its (wrong) choice is not pushed down."""
+    from spinlora.models import load_model
+    from spinlora.stages.spin import Pair, cut_at_divergence, spin_objective
+
+    model, tok = load_model(tiny_cfg.model)
+    obj = spin_objective(tok.pad_token_id, 0.1, tiny_cfg.spin)
+    a = Pair([3, 4, 5], [10, 11, 12, 13], [10, 20, 21, 22], ref_real=-9.0, ref_gen=-8.0)
+    b = Pair([3, 4, 5], [10, 11, 12, 13], [10, 20, 30, 31], ref_real=-9.0, ref_gen=-8.0)
+    with torch.no_grad():
+        whole = [obj.loss(model, [p])[1]["pref_loss"].item() for p in (a, b)]
+        cut_at_divergence([a, b])
+        a.ref_whole = b.ref_whole = -9.0
+        part = [obj.loss(model, [p])[1]["pref_loss"].item() for p in (a, b)]
+    assert whole[0] != pytest.approx(whole[1], abs=1e-6)
+    assert part[0] == pytest.approx(part[1], abs=1e-6)
+
+
 def test_dpop_by_hand():
     # gold above the reference: no penalty, equals the sigmoid loss
     loss, _, _ = spin_loss(**P, beta=0.1, kind="dpop", dpop_lambda=50)
@@ -58,6 +101,8 @@ def test_unknown_loss_is_a_config_error():
         load_config(None, ["spin.loss=hinge"])
     with pytest.raises(ConfigError, match="temperature"):
         load_config(None, ["spin.opponent.samples=4"])  # greedy samples are all the same
+    with pytest.raises(ConfigError, match="pair_tokens"):
+        load_config(None, ["spin.loss=ipo", "spin.pair_tokens=divergence"])
     with pytest.raises(ConfigError, match="keep_best"):
         load_config(None, ["spin.early_stop=true", "spin.keep_best=null"])
 
@@ -129,17 +174,21 @@ def test_correct_pairs_drop_and_sampled_opponent(tiny_cfg, monkeypatch):
     assert [r["generated"] for r in records] == ["#### 0", "#### 1", "#### 9"]
 
 
-@pytest.mark.parametrize("kind", ["sigmoid_nll", "dpop", "ipo"])
-def test_every_variant_runs_with_step0_check(tiny_cfg, kind):
+@pytest.mark.parametrize("kind,tokens", [("sigmoid_nll", "all"), ("dpop", "all"), ("ipo", "all"),
+                                         ("sigmoid_nll", "divergence")])
+def test_every_variant_runs_with_step0_check(tiny_cfg, kind, tokens):
     from spinlora.pipeline import run
 
     tiny_cfg.spin.loss, tiny_cfg.spin.iterations = kind, 1
+    tiny_cfg.spin.pair_tokens = tokens
     tiny_cfg.stages = ["sft", "spin"]
     tiny_cfg.spin.beta = 0.5
     assert run(tiny_cfg)["status"] == "ok"
     r = json.loads((Path(tiny_cfg.output_dir) / "spin" / "iter_1" / "result.json").read_text())
-    assert r["loss"] == kind and r["step0_ok"], r
+    assert r["loss"] == kind and r["step0_ok"] and r["pair_tokens"] == tokens, r
     assert r["step0_pref_loss"] == pytest.approx(step0_value(kind, 0.5), rel=1e-4)
+    if tokens == "divergence":
+        assert r["generation"]["divergence_token_mean"] >= 1
     if kind == "sigmoid_nll":  # the NLL term makes the total larger than the preference part
         assert r["step0_loss"] > r["step0_pref_loss"] + 0.1
 

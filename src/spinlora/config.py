@@ -175,6 +175,13 @@ class SpinConfig:
     # (needs checkable data and opponent.samples >= 2 at temperature > 0; prompts without both
     # are skipped and counted). With loss=sigmoid_nll this is Iterative RPO (Pang et al. 2024)
     chosen: str = "gold"
+    # which answer tokens the preference part of the loss sums: "all" (the paper's), or
+    # "divergence": y and y' up to and including their first differing token, the one decision
+    # that tells them apart (what follows y' is conditioned on its own choice: "56 + 9 = 65"
+    # computes right after choosing wrong, and "all" would push that arithmetic down). The NLL
+    # term (sigmoid_nll) and DPOP's penalty keep the whole gold answer. Step-DPO (Lai et al.
+    # 2024, arXiv 2406.18629) prefers at the first wrong step; here the step is one token
+    pair_tokens: str = "all"
     opponent: OpponentConfig = field(default_factory=OpponentConfig)
     early_stop: bool = False  # stop when the keep_best metric falls below the previous iteration's
     reward_model: str | None = None  # keep_best=heldout_reward: a `spinlora reward` folder whose
@@ -332,6 +339,11 @@ class RunConfig:
              f"{', '.join(KEEP_BEST)} or null"),
             ("spin.loss", self.spin.loss in SPIN_LOSSES, ", ".join(SPIN_LOSSES)),
             ("spin.correct_pairs", self.spin.correct_pairs in ("keep", "drop"), "keep or drop"),
+            ("spin.pair_tokens", self.spin.pair_tokens in ("all", "divergence"),
+             "all or divergence"),
+            ("spin.pair_tokens", self.spin.pair_tokens == "all" or self.spin.loss != "ipo",
+             "divergence needs a summed loss (sigmoid, sigmoid_nll, dpop): ipo averages over "
+             "each answer's tokens"),
             ("spin.chosen", self.spin.chosen in ("gold", "own_correct"), "gold or own_correct"),
             ("spin.chosen", self.spin.chosen == "gold" or (
                 self.spin.opponent.samples >= 2 and self.spin.opponent.temperature > 0),

@@ -22,7 +22,8 @@ def sft_loss_sum(seq_logps: torch.Tensor, counts: torch.Tensor) -> tuple[torch.T
 def spin_loss(policy_real: torch.Tensor, policy_gen: torch.Tensor, ref_real: torch.Tensor,
               ref_gen: torch.Tensor, beta: float, kind: str = "sigmoid",
               real_len: torch.Tensor | None = None, gen_len: torch.Tensor | None = None,
-              nll_weight: float = 1.0, dpop_lambda: float = 50.0
+              nll_weight: float = 1.0, dpop_lambda: float = 50.0,
+              whole_real: torch.Tensor | None = None, whole_ref: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SPIN loss per pair for gold answer y (chosen) and the opponent's answer y' (rejected).
 
@@ -39,12 +40,18 @@ def spin_loss(policy_real: torch.Tensor, policy_gen: torch.Tensor, ref_real: tor
     - ``ipo``: (h̄ − 1/(2β))², h̄ being h on log-probs averaged per answer token as TRL computes
       IPO (``real_len`` / ``gen_len`` = answer lengths). Azar et al. 2023, arXiv 2310.12036, eq. 17.
 
+    ``whole_real`` / ``whole_ref``: log p(y|x) of the whole gold answer under the policy and the
+    reference, when ``policy_real`` / ``ref_real`` sum only part of it (``spin.pair_tokens:
+    divergence``); the NLL term and DPOP's penalty use the whole answer (``real_len`` its tokens).
+
     Returns (loss per pair, margin per pair = β·h, preference part per pair: the loss without the
     NLL term). At step 0 of an iteration player = reference, so h = 0 and the preference part is
     ``step0_value(kind, beta)``: ln 2 for the sigmoid family, 1/(4β²) for IPO.
     """
     h = (policy_real - ref_real) - (policy_gen - ref_gen)
     margin = beta * h
+    whole_real = policy_real if whole_real is None else whole_real
+    whole_ref = ref_real if whole_ref is None else whole_ref
     if kind == "sigmoid":
         pref = F.softplus(-margin)
         return pref, margin, pref
@@ -52,9 +59,9 @@ def spin_loss(policy_real: torch.Tensor, policy_gen: torch.Tensor, ref_real: tor
         if real_len is None:
             raise ValueError("sigmoid_nll needs real_len (gold answer tokens per pair)")
         pref = F.softplus(-margin)
-        return pref + nll_weight * (-policy_real / real_len.clamp(min=1)), margin, pref
+        return pref + nll_weight * (-whole_real / real_len.clamp(min=1)), margin, pref
     if kind == "dpop":
-        penalty = torch.clamp(ref_real - policy_real, min=0)
+        penalty = torch.clamp(whole_ref - whole_real, min=0)
         pref = F.softplus(-beta * (h - dpop_lambda * penalty))
         return pref, margin, pref
     if kind == "ipo":

@@ -44,6 +44,34 @@ class Pair:
     gen_ids: list[int]
     ref_real: float = 0.0  # log p_θt(y|x), set by the reference pass
     ref_gen: float = 0.0  # log p_θt(y'|x)
+    # spin.pair_tokens=divergence: the preference sums the first ``cut`` tokens of y and y' (up to
+    # and including the first that differs; ref_real / ref_gen are theirs) and ref_whole is
+    # log p_θt(y|x) of the whole gold answer. 0: whole answers
+    cut: int = 0
+    ref_whole: float = 0.0
+
+    def scored(self) -> list[list[int]]:
+        """The answers one pass scores: [y, y'], or [y, y[:cut], y'[:cut]] with a cut."""
+        if not self.cut:
+            return [self.real_ids, self.gen_ids]
+        return [self.real_ids, self.real_ids[:self.cut], self.gen_ids[:self.cut]]
+
+
+def cut_at_divergence(pairs: list[Pair]) -> float:
+    """``spin.pair_tokens: divergence``: set every pair's cut (a pair with no differing token
+    keeps whole answers); returns the mean cut, in tokens."""
+    for p in pairs:
+        p.cut = divergence(p.real_ids, p.gen_ids) or max(len(p.real_ids), len(p.gen_ids))
+    return round(sum(p.cut for p in pairs) / max(1, len(pairs)), 2)
+
+
+def divergence(a: list[int], b: list[int]) -> int:
+    """Tokens up to and including the first where ``a`` and ``b`` differ (0 when one is a prefix
+    of the other: no single token tells them apart)."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i + 1
+    return 0
 
 
 def spin_objective(pad_id: int, beta: float, spin_cfg: SpinConfig | DpoConfig | None = None
@@ -59,23 +87,28 @@ def spin_objective(pad_id: int, beta: float, spin_cfg: SpinConfig | DpoConfig | 
     def loss(model, pairs: list[Pair]):
         device = next(model.parameters()).device
         # y and y' of a pair share one pass of their prompt where the decoder runs alone
-        both, _, _ = score_answers(model, [p.prompt_ids for p in pairs],
-                                   [[p.real_ids, p.gen_ids] for p in pairs], pad_id)
-        real, gen = both[0::2], both[1::2]
+        scored = [p.scored() for p in pairs]
+        per = len(scored[0])  # 2, or 3 with spin.pair_tokens=divergence (every pair has a cut)
+        out, _, _ = score_answers(model, [p.prompt_ids for p in pairs], scored, pad_id)
+        out = out.view(-1, per)
+        real, gen = out[:, -2], out[:, -1]
         as_tensor = lambda xs: torch.tensor(xs, device=device, dtype=real.dtype)  # noqa: E731
         ref_real, ref_gen = as_tensor([p.ref_real for p in pairs]), as_tensor([p.ref_gen for p in pairs])
+        whole = dict(whole_real=out[:, 0], whole_ref=as_tensor([p.ref_whole for p in pairs])
+                     ) if per == 3 else {}
         real_len = as_tensor([len(p.real_ids) for p in pairs])
         losses, margins, pref = spin_loss(real, gen, ref_real, ref_gen, beta, spin_cfg.loss,
                                           real_len=real_len,
                                           gen_len=as_tensor([len(p.gen_ids) for p in pairs]),
                                           nll_weight=spin_cfg.nll_weight,
-                                          dpop_lambda=spin_cfg.dpop_lambda)
-        d = margins.detach()
+                                          dpop_lambda=spin_cfg.dpop_lambda, **whole)
+        d, whole_real = margins.detach(), out[:, 0].detach()  # the whole gold answer
+        real = real.detach()
         metrics = {"margin": d.sum(), "disc_accuracy": (d > 0).float().sum(),
                    "pref_loss": pref.detach().sum(),
-                   "logp_real": real.detach().sum(), "logp_gen": gen.detach().sum(),
-                   "nll_real_per_token": (-real.detach() / real_len).sum(),
-                   "reward_real": (beta * (real.detach() - ref_real)).sum(),
+                   "logp_real": whole_real.sum(), "logp_gen": gen.detach().sum(),
+                   "nll_real_per_token": (-whole_real / real_len).sum(),
+                   "reward_real": (beta * (real - ref_real)).sum(),
                    "reward_gen": (beta * (gen.detach() - ref_gen)).sum()}
         return losses.sum(), metrics
 
@@ -221,11 +254,11 @@ def reference_pass(model, pairs: list[Pair], pad_id: int, acct: Accountant,
             if not dist.mine(b):  # several processes: batch b is process b mod world's
                 continue
             chunk = [pairs[i] for i in idx]
-            both, _, _ = score_answers(model, [p.prompt_ids for p in chunk],
-                                       [[p.real_ids, p.gen_ids] for p in chunk], pad_id)
-            done.update(zip(idx, both.view(-1, 2).tolist()))
-        for p, (r, g) in zip(pairs, dist.gather(done, len(pairs))):
-            p.ref_real, p.ref_gen = r, g
+            scored = [p.scored() for p in chunk]
+            out, _, _ = score_answers(model, [p.prompt_ids for p in chunk], scored, pad_id)
+            done.update(zip(idx, out.view(-1, len(scored[0])).tolist()))
+        for p, logps in zip(pairs, dist.gather(done, len(pairs))):
+            p.ref_whole, p.ref_real, p.ref_gen = logps[0], logps[-2], logps[-1]
         ph.tokens += sum(len(p.prompt_ids) + len(p.real_ids) + len(p.gen_ids) for p in pairs)
         if was_training:
             model.train()
@@ -306,6 +339,8 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
                 for r in gen_records:
                     f.write(json.dumps(r) + "\n")
         train_pairs = pairs + (previous if cfg.spin.mix_previous else [])
+        if cfg.spin.pair_tokens == "divergence":
+            counts["divergence_token_mean"] = cut_at_divergence(train_pairs)
         if not train_pairs:
             skipped = ", ".join(f"{k2} {v}" for k2, v in counts.items()
                                 if k2.startswith(("dropped", "no_")) and v)
@@ -336,6 +371,7 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
             **({"nll_weight": cfg.spin.nll_weight} if cfg.spin.loss == "sigmoid_nll" else {}),
             **({"dpop_lambda": cfg.spin.dpop_lambda} if cfg.spin.loss == "dpop" else {}),
             "correct_pairs": cfg.spin.correct_pairs, "chosen": cfg.spin.chosen,
+            "pair_tokens": cfg.spin.pair_tokens,
             "pairs": len(train_pairs), "new_pairs": len(pairs),
             "mixed_previous": len(train_pairs) - len(pairs), "generation": counts,
             "opponent_sampling": {**dataclasses.asdict(cfg.spin.opponent),
