@@ -1,0 +1,58 @@
+"""Which operations the equations use: SVAMP's gold equations against each model's answers.
+
+    python benchmarks/svamp_forms.py benchmarks/results/svamp/points/main/eval/samples_*_svamp.jsonl.gz
+
+Each answer's form is the set of operators on the left side of its last equation (``-``,
+``+-``, ``+/`` …; ``none`` without one). A method that shifts the forms away from the gold ones
+shows here before it shows in the accuracy (docs/svamp.md, "What was tried").
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OPS = re.compile(r"[-+*/]")
+
+
+def form(equation: str) -> str:
+    return "".join(sorted(set(OPS.findall(equation)))) or "none"
+
+
+def answer_form(text: str) -> str:
+    body = text.split("####")[0]
+    lines = [ln for ln in body.splitlines() if "=" in ln]
+    return form(lines[-1].split("=")[0]) if lines else "none"
+
+
+def read(path: Path) -> list[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        return [json.loads(line) for line in f]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("samples", nargs="+", type=Path, help="eval/samples_<model>_svamp.jsonl[.gz]")
+    ap.add_argument("--gold", type=Path, default=ROOT.parent / "shared/data/svamp/SVAMP.json")
+    ap.add_argument("--top", type=int, default=7)
+    args = ap.parse_args()
+    gold = Counter(form(r["Equation"]) for r in json.loads(args.gold.read_text()))
+    keys = [k for k, _ in gold.most_common(args.top)]
+    cols = {"gold": gold}
+    for p in args.samples:
+        name = f"{p.parent.parent.name}/{p.name.split('samples_')[1].split('_svamp')[0]}"
+        cols[name] = Counter(answer_form(s["output"]) for s in read(p))
+    extra = sorted({k for c in cols.values() for k, _ in c.most_common(args.top)} - set(keys))
+    print("| form | " + " | ".join(cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for k in keys + extra:
+        print(f"| `{k}` | " + " | ".join(str(c.get(k, 0)) for c in cols.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()
