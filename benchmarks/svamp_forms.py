@@ -1,6 +1,6 @@
 """Which operations the equations use: SVAMP's gold equations against each model's answers.
 
-    python benchmarks/svamp_forms.py benchmarks/results/svamp/points/main/eval/samples_*_svamp.jsonl.gz
+    python benchmarks/svamp_forms.py benchmarks/results/svamp_lr5e-4/extra/*/eval/*.gz
 
 Each answer's form is the set of operators on the left side of its last equation (``-``,
 ``+-``, ``+/`` …; ``none`` without one). A method that shifts the forms away from the gold ones
