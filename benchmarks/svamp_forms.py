@@ -2,8 +2,8 @@
 
     python benchmarks/svamp_forms.py benchmarks/results/svamp_lr5e-4/extra/*/eval/*.gz
 
-Each answer's form is the set of operators on the left side of its last equation (``-``,
-``+-``, ``+/`` …; ``none`` without one). A method that shifts the forms away from the gold ones
+Each answer's form is the set of operators in the equation its score comes from
+(``svamp.last_equation``: ``-``, ``+-``, ``+/`` …; ``none`` without one). A method that shifts the forms away from the gold ones
 shows here before it shows in the accuracy (docs/svamp.md, "What was tried").
 """
 from __future__ import annotations
@@ -12,10 +12,15 @@ import argparse
 import gzip
 import json
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from spinlora.svamp import last_equation  # noqa: E402
+
 OPS = re.compile(r"[-+*/]")
 
 
@@ -24,9 +29,8 @@ def form(equation: str) -> str:
 
 
 def answer_form(text: str) -> str:
-    body = text.split("####")[0]
-    lines = [ln for ln in body.splitlines() if "=" in ln]
-    return form(lines[-1].split("=")[0]) if lines else "none"
+    eq = last_equation(text)
+    return form(eq[0]) if eq else "none"
 
 
 def read(path: Path) -> list[dict]:

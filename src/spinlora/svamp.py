@@ -243,10 +243,10 @@ def _tail_expression(segment: str) -> str | None:
 _HAS_OP = re.compile(r"\d\s*[-+*/]\s*[\d(]|\)\s*[-+*/]")
 
 
-def equation_value(text: str) -> float | None:
-    """The value of the last equation ``expr = …`` in ``text`` (before ``####``) whose left side
-    holds at least one operator; None when there is none. Only numbers, + - * / and parentheses
-    are evaluated (``parse_infix``)."""
+def last_equation(text: str) -> tuple[str, float] | None:
+    """The last equation ``expr = …`` in ``text`` (before ``####``) whose left side holds at
+    least one operator and evaluates: ``(expr, its value)``; None when there is none. Only
+    numbers, + - * / and parentheses are evaluated (``parse_infix``)."""
     body = text.split("####")[0]
     found = None
     for line in body.splitlines():
@@ -256,10 +256,16 @@ def equation_value(text: str) -> float | None:
             if not expr or not _HAS_OP.search(expr):
                 continue
             try:
-                found = float(_value(parse_infix(expr)))
+                found = (expr, float(_value(parse_infix(expr))))
             except (SvampError, ZeroDivisionError, ValueError, OverflowError, RecursionError):
                 continue
     return found
+
+
+def equation_value(text: str) -> float | None:
+    """The value of ``last_equation(text)``: the SVAMP paper's score of an answer."""
+    eq = last_equation(text)
+    return eq[1] if eq else None
 
 
 def calculate(text: str) -> str | None:
