@@ -48,6 +48,7 @@ def test_divergence_cut():
     assert pairs[0].scored() == [[5, 6, 7, 8], [5, 6, 7], [5, 6, 9]]
     assert pairs[1].scored() == [[5, 6], [5, 6], [5, 6, 7]]  # whole answers
     assert Pair([1], [5], [6]).scored() == [[5], [6]]  # no cut: the two answers
+    assert pairs[0].tokens() == 1 + 4 + 3 + 3 and Pair([1], [5], [6]).tokens() == 3  # accounting
 
 
 def test_divergence_ignores_what_follows_the_choice(tiny_cfg):

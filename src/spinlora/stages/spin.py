@@ -56,6 +56,10 @@ class Pair:
             return [self.real_ids, self.gen_ids]
         return [self.real_ids, self.real_ids[:self.cut], self.gen_ids[:self.cut]]
 
+    def tokens(self) -> int:
+        """Tokens one pass scores: the prompt once (shared by its answers) and ``scored()``."""
+        return len(self.prompt_ids) + sum(map(len, self.scored()))
+
 
 def cut_at_divergence(pairs: list[Pair]) -> float:
     """``spin.pair_tokens: divergence``: set every pair's cut (a pair with no differing token
@@ -113,9 +117,7 @@ def spin_objective(pad_id: int, beta: float, spin_cfg: SpinConfig | DpoConfig | 
         return losses.sum(), metrics
 
     return Objective(loss=loss, weight=lambda pairs: float(len(pairs)),
-                     # tokens of a pair: its prompt once (shared by y and y') and both answers
-                     tokens=lambda pairs: sum(len(p.prompt_ids) + len(p.real_ids)
-                                              + len(p.gen_ids) for p in pairs),
+                     tokens=lambda pairs: sum(p.tokens() for p in pairs),
                      length=lambda p: len(p.prompt_ids) + max(len(p.real_ids), len(p.gen_ids)),
                      metric_keys=("margin", "disc_accuracy", "pref_loss", "logp_real", "logp_gen",
                                   "nll_real_per_token", "reward_real", "reward_gen"))
@@ -259,7 +261,7 @@ def reference_pass(model, pairs: list[Pair], pad_id: int, acct: Accountant,
             done.update(zip(idx, out.view(-1, len(scored[0])).tolist()))
         for p, logps in zip(pairs, dist.gather(done, len(pairs))):
             p.ref_whole, p.ref_real, p.ref_gen = logps[0], logps[-2], logps[-1]
-        ph.tokens += sum(len(p.prompt_ids) + len(p.real_ids) + len(p.gen_ids) for p in pairs)
+        ph.tokens += sum(p.tokens() for p in pairs)
         if was_training:
             model.train()
     return units
