@@ -98,7 +98,8 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--sides", default="hf,auto", help="hf, auto, dynamic, drop, static")
+    p.add_argument("--sides", default="hf,auto",
+                   help="hf, auto, dynamic, drop, continuous, static, llamacpp")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--data", default=str(ROOT.parent / "shared/data/gsm8k/train.jsonl"))
     p.add_argument("--out")
@@ -138,7 +139,9 @@ def main() -> None:
             else:
                 gcfg = RunConfig().generation  # auto: spinlora's own defaults
                 gcfg.max_new_tokens, gcfg.batch_size = args.max_new_tokens, args.batch
-                if side != "auto":  # a named loop on the growing cache, or HF generate
+                if side == "llamacpp":
+                    gcfg.engine = "llamacpp"
+                elif side != "auto":  # a named loop on the growing cache, or HF generate
                     loop = side in ("drop", "continuous")
                     gcfg.cache = "dynamic" if loop else side
                     gcfg.decode = side if loop else "hf"

@@ -128,6 +128,12 @@ class GenerationConfig:
     # written for the model, which goes on from there (what GSM8K's <<...>> notes were made for).
     # Needs decode: drop; off by default, so that a score measures the model alone
     calculator: bool = False
+    # torch: transformers' model in spinlora's decoding loops; llamacpp: the same base weights
+    # and live LoRA run by llama.cpp (pip install 'spinlora[llamacpp]'; CPU, a LoRA adapter,
+    # a model converted from a GGUF such as the embedded one; spinlora/llamacpp.py). torch is
+    # the default: on the 2 measured cores (AVX512-BF16, no AMX) llama.cpp was 1.07x faster on
+    # long answers and 0.85x on short ones (docs/precision.md)
+    engine: str = "torch"
 
 
 @dataclass
@@ -374,6 +380,8 @@ class RunConfig:
             ("generation.calculator", not self.generation.calculator
              or self.generation.decode != "hf", "needs generation.decode=continuous or drop (the "
              "calculator lives in spinlora's decoding loops)"),
+            ("generation.engine", self.generation.engine in ("torch", "llamacpp"),
+             "must be torch or llamacpp"),
             ("generation.cache", self.generation.cache in ("auto", "dynamic", "static"),
              "must be auto, dynamic or static"),
             ("generation.batch_size", self.generation.batch_size == "auto" or (

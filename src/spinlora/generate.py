@@ -9,6 +9,7 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -519,10 +520,60 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
     of an evaluation prompt, a long system prompt), the prefix runs once and its KV cache is
     repeated for every row instead of being recomputed per prompt. On a CPU in bf16 the frozen
     linear layers run from prepacked weights (``packed_linears``)."""
+    engine = pick_engine(model, cfg)
+    if engine == "llamacpp":
+        return _generate_llamacpp(model, tokenizer, prompts, cfg, stop_ids, desc, stop_strings)
     # a compiled (static-cache) decode step keeps its plain modules
     with nullcontext() if cfg.cache == "static" else packed_linears(model):
         return _generate(model, tokenizer, prompts, cfg, stop_ids, desc, stop_strings,
                          share_prefix, min_shared)
+
+
+def pick_engine(model, cfg: GenerationConfig) -> str:
+    """``generation.engine``; ``llamacpp`` for a model it cannot run is an error that says why."""
+    if cfg.engine == "torch":
+        return "torch"
+    from . import llamacpp
+
+    why = llamacpp.supported(model, cfg)
+    if why is not None:
+        raise ValueError(f"generation.engine=llamacpp cannot run this model: {why}. "
+                         "Use generation.engine=torch")
+    return "llamacpp"
+
+
+def _generate_llamacpp(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig,
+                       stop_ids: list[int], desc: str, stop_strings: list[str] | None
+                       ) -> tuple[list[Generation], int]:
+    """``generate`` through llama.cpp: the base as a GGUF in the model's dtype, the LoRA as a
+    llama.cpp adapter written from the live weights, continuous batching over ``batch_size``
+    sequences (``llamacpp.Engine``)."""
+    import tempfile
+
+    from . import llamacpp
+    from .models import cache_dir
+
+    p = next(model.parameters())
+    base = llamacpp._base_model(model)
+    path = llamacpp.engine_gguf(llamacpp.source_gguf(base), p.dtype, cache_dir() / "engines")
+    engine = llamacpp.Engine.get(path, torch.get_num_threads())
+    size = (auto_batch_size(model, prompts, cfg.max_new_tokens) if cfg.batch_size == "auto"
+            else cfg.batch_size)
+    calculator = None
+    if cfg.calculator:
+        from .svamp import calculate as calculator
+    gen = torch.Generator().manual_seed(cfg.seed) if cfg.do_sample else None
+    st = _Rows(len(prompts), cfg, stop_ids, tokenizer, stop_strings, gen, calculator,
+               torch.device("cpu"))
+    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False)
+    with tempfile.TemporaryDirectory(prefix="spinlora-lora-") as tmp:
+        lora = llamacpp.lora_gguf(model, Path(tmp) / "lora.gguf")
+        engine.run(prompts, size, cfg, st, lora, kv_f32=p.dtype == torch.float32,
+                   on_done=bar.update)
+    bar.close()
+    out = [Generation(t, tokenizer.decode(t, skip_special_tokens=True), f)
+           for t, f in zip(st.out, st.finished)]
+    return out, sum(len(t) for t in st.out)
 
 
 def _generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig,

