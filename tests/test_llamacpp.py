@@ -128,10 +128,12 @@ def test_llamacpp_greedy_tokens_are_the_torch_engines_in_fp32():
     ours, n_ours = generate(model, tok, prompts, cfg, fmt.stop_ids)
     assert [g.ids for g in ours] == [g.ids for g in ref] and n_ours == n_ref
     assert [g.finished for g in ours] == [g.finished for g in ref]
-    with model.disable_adapter():
+    with model.disable_adapter():  # (how evaluation runs the base)
         plain, _ = generate(model, tok, prompts, GenerationConfig(max_new_tokens=40, batch_size=4),
                             fmt.stop_ids)
+        plain_l, _ = generate(model, tok, prompts, cfg, fmt.stop_ids)
     assert sum(a.ids != b.ids for a, b in zip(plain, ref)) >= 3
+    assert [g.ids for g in plain_l] == [g.ids for g in plain]
     # seeded sampling: the same seed gives the same answers, another seed others
     cfg.do_sample, cfg.temperature = True, 1.0
     one, _ = generate(model, tok, prompts, cfg, fmt.stop_ids)
@@ -139,3 +141,31 @@ def test_llamacpp_greedy_tokens_are_the_torch_engines_in_fp32():
     cfg.seed = 1
     three, _ = generate(model, tok, prompts, cfg, fmt.stop_ids)
     assert [g.ids for g in one] == [g.ids for g in two] != [g.ids for g in three]
+
+
+@pytest.mark.slow
+def test_llamacpp_refuses_base_weights_that_are_not_the_source_ggufs():
+    """A method that rewrites the base (PiSSA, MiLoRA: W0 - B0·A0) must not be decoded with the
+    original weights, nor one that adds weights: one weight of one layer moved by 0.01, or one
+    extra parameter, is refused."""
+    from spinlora.config import GenerationConfig, ModelConfig
+    from spinlora.generate import generate
+    from spinlora.models import load_model
+
+    model, tok = load_model(ModelConfig(dtype="bfloat16"))
+    model = _lora_model(model)
+    cfg = GenerationConfig(max_new_tokens=4, batch_size=2, engine="llamacpp")
+    prompt = [tok.encode("2 + 2 =")]
+    if not __import__("importlib").util.find_spec("llama_cpp"):
+        pytest.skip("pip install 'spinlora[llamacpp]'")
+    generate(model, tok, prompt, cfg, [tok.eos_token_id])  # the unchanged base runs
+    mlp = model.get_submodule("base_model.model.model.layers.0.mlp")
+    mlp.register_parameter("extra", torch.nn.Parameter(torch.zeros(3)))  # BitFit-like
+    with pytest.raises(ValueError, match=r"would not run \(model.layers.0.mlp.extra:"):
+        generate(model, tok, prompt, cfg, [tok.eos_token_id])
+    del mlp.extra
+    w = model.get_submodule("base_model.model.model.layers.5.self_attn.q_proj").base_layer.weight
+    with torch.no_grad():
+        w[3, 7] += 0.01
+    with pytest.raises(ValueError, match="layers.5.self_attn.q_proj.* not the source GGUF's"):
+        generate(model, tok, prompt, cfg, [tok.eos_token_id])

@@ -131,8 +131,8 @@ class GenerationConfig:
     # torch: transformers' model in spinlora's decoding loops; llamacpp: the same base weights
     # and live LoRA run by llama.cpp (pip install 'spinlora[llamacpp]'; CPU, a LoRA adapter,
     # a model converted from a GGUF such as the embedded one; spinlora/llamacpp.py). torch is
-    # the default: on the 2 measured cores (AVX512-BF16, no AMX) llama.cpp was 1.07x faster on
-    # long answers and 0.85x on short ones (docs/precision.md)
+    # the default: on the 2 measured cores (AVX512-BF16, no AMX) llama.cpp was 0.98-1.05x the
+    # torch loop on SmolLM2 and 0.73x on the 0.5B Qwen (docs/precision.md)
     engine: str = "torch"
 
 

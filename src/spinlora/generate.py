@@ -556,6 +556,7 @@ def _generate_llamacpp(model, tokenizer, prompts: list[list[int]], cfg: Generati
     p = next(model.parameters())
     base = llamacpp._base_model(model)
     path = llamacpp.engine_gguf(llamacpp.source_gguf(base), p.dtype, cache_dir() / "engines")
+    llamacpp.check_base(model, path)
     engine = llamacpp.Engine.get(path, torch.get_num_threads())
     size = (auto_batch_size(model, prompts, cfg.max_new_tokens) if cfg.batch_size == "auto"
             else cfg.batch_size)

@@ -76,6 +76,8 @@ def supported(model, cfg) -> str | None:
         return "several processes"
     if _base_model(model).config.model_type not in ARCHITECTURES:
         return f"model type {_base_model(model).config.model_type} (supported: {sorted(ARCHITECTURES)})"
+    if getattr(_base_model(model), "hf_quantizer", None) is not None:
+        return "a quantized base (QLoRA)"
     if source_gguf(_base_model(model)) is None:
         return "the base model has no source GGUF (a Hub or directory checkpoint)"
     peft_cfg = getattr(model, "peft_config", None)
@@ -97,7 +99,7 @@ def _lora_modules(model) -> dict[str, list]:
 
     out: dict[str, list] = {}
     for name, m in model.named_modules():
-        if isinstance(m, LoraLayer) and m.active_adapters:
+        if isinstance(m, LoraLayer) and m.active_adapters and not m.disable_adapters:
             out.setdefault(name.rsplit(".", 1)[-1], []).append((name, m))
     return out
 
@@ -108,7 +110,7 @@ def engine_gguf(source: Path, dtype: torch.dtype, cache: Path) -> Path:
 
     kind = "bf16" if dtype == torch.bfloat16 else "f32"
     out = cache / f"{source.stem}-{source.stat().st_size}-{kind}.gguf"
-    if out.is_file():
+    if out.is_file() and sums_path(out).is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     reader = gguf.GGUFReader(source)
@@ -125,24 +127,76 @@ def engine_gguf(source: Path, dtype: torch.dtype, cache: Path) -> Path:
         writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_BF16 if kind == "bf16"
                          else gguf.LlamaFileType.ALL_F32)
+    sums = {}
     for t in reader.tensors:
         data = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
         data = data.reshape([int(x) for x in reversed(t.shape.tolist())])
-        if kind == "bf16":
-            # torch's rounding (to nearest, ties to even), kept in fp32 storage for 1-d tensors
-            rounded = torch.from_numpy(data).to(torch.bfloat16)
-            if data.ndim > 1:
-                writer.add_tensor(t.name, rounded.view(torch.int16).numpy().view(np.uint16),
-                                  raw_dtype=gguf.GGMLQuantizationType.BF16)
-                continue
-            data = rounded.float().numpy()
-        writer.add_tensor(t.name, data)
+        if kind == "bf16":  # torch's rounding (to nearest, ties to even)
+            data = torch.from_numpy(data).to(torch.bfloat16).float().numpy()
+        sums[t.name] = _fingerprint(torch.from_numpy(data))
+        if kind == "bf16" and data.ndim > 1:
+            bits = torch.from_numpy(data).to(torch.bfloat16).view(torch.int16).numpy()
+            writer.add_tensor(t.name, bits.view(np.uint16), raw_dtype=gguf.GGMLQuantizationType.BF16)
+        else:  # fp32, and the 1-d tensors (norms) of a bf16 file: fp32 storage
+            writer.add_tensor(t.name, data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    tmp.rename(out)
+    sums_path(out).write_text(json.dumps(sums))
+    tmp.replace(out)
     return out
+
+
+def sums_path(engine_file: Path) -> Path:
+    return engine_file.with_name(engine_file.name + ".sums.json")
+
+
+def _fingerprint(t: torch.Tensor) -> list[float]:
+    """A tensor's sum and sum of magnitudes in float64: blind to row order (llama.cpp permutes
+    q's and k's rows), not to a changed value (float64 sums of the same values agree to ~1e-13)."""
+    x = t.detach().double().reshape(-1)
+    return [float(x.sum()), float(x.abs().sum())]
+
+
+def check_base(model, engine_file: Path) -> None:
+    """The torch model must be the engine file's base plus LoRA matrices: a method that rewrites
+    the base (PiSSA, MiLoRA, OLoRA: W0 - B0·A0; full fine-tuning; an edited checkpoint) or adds
+    weights of its own (BitFit's biases, bottleneck adapters) would otherwise be decoded without
+    them. Checks every other parameter against the sums recorded at conversion; a parameter
+    already matched is skipped until it changes."""
+    import gguf
+
+    base = _base_model(model)
+    sums = json.loads(sums_path(engine_file).read_text())
+    # every parameter is a LoRA matrix or a base tensor of the GGUF with the GGUF's values
+    names = gguf.get_tensor_name_map(_arch_enum(base.config.model_type),
+                                     base.config.num_hidden_layers)
+    seen = set()
+    for name, p in model.named_parameters():
+        if ".lora_A." in name or ".lora_B." in name:  # the adapter (lora_gguf writes it)
+            continue
+        hf = name.removeprefix("base_model.model.").replace("base_layer.", "")
+        target = names.get_name(hf, try_suffixes=(".weight", ".bias"))
+        if target is None or target not in sums:
+            raise ValueError(
+                f"generation.engine=llamacpp: the model has a weight llama.cpp would not run "
+                f"({hf}: an adapter other than LoRA, or a bias the GGUF lacks); use "
+                "generation.engine=torch")
+        seen.add(target)
+        stamp = (str(engine_file), p._version)
+        if getattr(p, "_spinlora_llamacpp", None) == stamp:
+            continue
+        want, got = sums[target], _fingerprint(p)
+        if not all(abs(a - b) <= 1e-9 * max(1.0, abs(a)) for a, b in zip(want, got)):
+            raise ValueError(
+                f"generation.engine=llamacpp: the model's {hf} is not the source GGUF's "
+                "(an adapter method that rewrites the base weights, such as PiSSA, MiLoRA or "
+                "full fine-tuning, or an edited checkpoint); use generation.engine=torch")
+        p._spinlora_llamacpp = stamp  # matched; checked again once the tensor changes
+    missing = set(sums) - seen - {"output.weight"}  # a tied head has no tensor of its own
+    if missing:
+        raise ValueError(f"generation.engine=llamacpp: no model weight for {sorted(missing)[:3]}")
 
 
 def _permute(w: np.ndarray, heads: int) -> np.ndarray:
