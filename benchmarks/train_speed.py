@@ -2,6 +2,7 @@
 
     python benchmarks/train_speed.py                       # SmolLM2, SVAMP rows, 20 steps of 8
     python benchmarks/train_speed.py --model ../shared/models/qwen2.5-0.5b-instruct --steps 20
+    python benchmarks/train_speed.py --profile --sides float32,bfloat16   # where a step's time goes
 
 Every side starts from the same seed (same LoRA init, same batches in the same order) and runs
 ``--steps`` optimizer steps; the result gives tokens/s per side (the first step, which warms the
@@ -59,6 +60,50 @@ def side(spec: str, args) -> dict:
             "loss_last": records[-1]["loss"]}
 
 
+MATMULS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::linear", "aten::matmul"}
+
+
+def profile_side(spec: str, args) -> dict:
+    """``--profile``: two SFT steps (forward + backward) of ``--batch`` rows under the torch
+    profiler, after one warm-up step: seconds in matrix products (mm, bmm, addmm: self time)
+    against everything else. Shows how far a dtype's speed-up can go: the rest runs at the same
+    speed in bf16 and fp32."""
+    from torch.profiler import ProfilerActivity, profile
+
+    dtype, _, attn = spec.partition(":")
+    over = [f"model.dtype={dtype}"] + ([f"model.name={args.model}"] if args.model else [])
+    if attn:
+        over.append(f"model.attn_implementation={attn}")
+    cfg = load_config(str(ROOT / "configs" / "svamp.yaml"), over)
+    torch.manual_seed(0)
+    model, tok = load_model(cfg.model)
+    model = attach(model, cfg.adapter)
+    model.train()
+    fmt = ChatFormat(tok, cfg.data.system_prompt)
+    rows = load_rows(args.data, cfg.data, "train")
+    examples, _ = build_examples(subset(rows, args.batch * 3, 0), fmt, cfg.data)
+    examples.sort(key=lambda e: len(e.prompt_ids) + len(e.answer_ids))  # little padding
+    objective = sft_objective(tok.pad_token_id)
+    batches = [examples[i:i + args.batch] for i in range(0, len(examples), args.batch)]
+
+    def step(batch):
+        loss, _ = objective.loss(model, batch)
+        loss.backward()
+
+    step(batches[0])
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for b in batches[1:]:
+            step(b)
+    wall = time.perf_counter() - t0
+    ops = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in ops) / 1e6
+    mm = sum(e.self_cpu_time_total for e in ops if e.key in MATMULS) / 1e6
+    return {"side": spec, "steps": len(batches) - 1, "wall_seconds": round(wall, 3),
+            "profiled_seconds": round(total, 3), "matmul_seconds": round(mm, 3),
+            "other_seconds": round(total - mm, 3)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
@@ -67,7 +112,20 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--sides", default="float32,bfloat16,bfloat16:eager")
     p.add_argument("--out", default=None)
+    p.add_argument("--profile", action="store_true",
+                   help="instead: 2 profiled steps per side, matmul seconds against the rest")
     args = p.parse_args()
+    if args.profile:
+        sides = [profile_side(s, args) for s in args.sides.split(",")]
+        base = next((r for r in sides if r["side"] == "float32"), None)
+        if base:
+            for r in sides:
+                for key in ("wall_seconds", "matmul_seconds", "other_seconds"):
+                    r[key.replace("seconds", "speedup_vs_fp32")] = round(base[key] / r[key], 2)
+        emit({"benchmark": "train_speed --profile", "batch": args.batch, "data": args.data,
+              "model": args.model or "SmolLM2-135M-Instruct", "threads": torch.get_num_threads(),
+              "sides": sides, "environment": environment()}, args.out)
+        return
     results = [side(s, args) for s in args.sides.split(",")]
     base = next((r for r in results if r["side"] == "float32"), None)
     if base:
