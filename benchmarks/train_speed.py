@@ -64,7 +64,7 @@ MATMULS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::linear", "aten::matmul
 
 
 def profile_side(spec: str, args) -> dict:
-    """``--profile``: two SFT steps (forward + backward) of ``--batch`` rows under the torch
+    """``--profile``: four SFT steps (forward + backward) of ``--batch`` rows under the torch
     profiler, after one warm-up step: seconds in matrix products (mm, bmm, addmm: self time)
     against everything else. Shows how far a dtype's speed-up can go: the rest runs at the same
     speed in bf16 and fp32."""
@@ -81,7 +81,7 @@ def profile_side(spec: str, args) -> dict:
     model.train()
     fmt = ChatFormat(tok, cfg.data.system_prompt)
     rows = load_rows(args.data, cfg.data, "train")
-    examples, _ = build_examples(subset(rows, args.batch * 3, 0), fmt, cfg.data)
+    examples, _ = build_examples(subset(rows, args.batch * 5, 0), fmt, cfg.data)
     examples.sort(key=lambda e: len(e.prompt_ids) + len(e.answer_ids))  # little padding
     objective = sft_objective(tok.pad_token_id)
     batches = [examples[i:i + args.batch] for i in range(0, len(examples), args.batch)]
@@ -113,7 +113,7 @@ def main() -> None:
     p.add_argument("--sides", default="float32,bfloat16,bfloat16:eager")
     p.add_argument("--out", default=None)
     p.add_argument("--profile", action="store_true",
-                   help="instead: 2 profiled steps per side, matmul seconds against the rest")
+                   help="instead: 4 profiled steps per side, matmul seconds against the rest")
     args = p.parse_args()
     if args.profile:
         sides = [profile_side(s, args) for s in args.sides.split(",")]
