@@ -25,7 +25,10 @@ if ! $PY -c "import torch" 2>/dev/null; then
       $PY -m pip install -q --disable-pip-version-check "$wheel"
     else
       $PY -m pip install -q --disable-pip-version-check torch==2.13.0+cpu \
-        --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
+        --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple \
+      || { echo "spinlora setup: PyTorch's CPU index is out of reach; installing PyPI's" \
+                "torch==2.13.0 (its CUDA build, several GB)" >&2
+           $PY -m pip install -q --disable-pip-version-check torch==2.13.0; }
     fi
   fi
 fi
