@@ -32,10 +32,11 @@ from spinlora.stages.sft import sft_objective  # noqa: E402
 from spinlora.train import MetricsLog, train_loop  # noqa: E402
 
 
-def side(spec: str, args) -> dict:
+def _setup(spec: str, args, n_rows: int, over: list[str]):
+    """A side's config (svamp.yaml with its dtype, attention and ``over``), the seeded model with
+    a fresh LoRA, and the SFT examples of the first ``n_rows`` training rows."""
     dtype, _, attn = spec.partition(":")
-    over = [f"model.dtype={dtype}", f"train.batch_size={args.batch}",
-            f"train.micro_batch_size={args.batch}", "train.warmup_ratio=0", "train.schedule=constant"]
+    over = [f"model.dtype={dtype}"] + over
     if args.model:
         over.append(f"model.name={args.model}")
     if attn:
@@ -46,7 +47,15 @@ def side(spec: str, args) -> dict:
     model = attach(model, cfg.adapter)
     fmt = ChatFormat(tok, cfg.data.system_prompt)
     rows = load_rows(args.data, cfg.data, "train")
-    examples, _ = build_examples(subset(rows, args.batch * args.steps, 0), fmt, cfg.data)
+    examples, _ = build_examples(subset(rows, n_rows, 0), fmt, cfg.data)
+    return cfg, model, tok, examples
+
+
+def side(spec: str, args) -> dict:
+    dtype, _, attn = spec.partition(":")
+    cfg, model, tok, examples = _setup(spec, args, args.batch * args.steps, [
+        f"train.batch_size={args.batch}", f"train.micro_batch_size={args.batch}",
+        "train.warmup_ratio=0", "train.schedule=constant"])
     acct = Accountant(next(model.parameters()).device)
     records = train_loop(model, examples, sft_objective(tok.pad_token_id), cfg.train, cfg.train.lr,
                          1.0, acct, MetricsLog(None), 0, spec)
@@ -66,22 +75,12 @@ MATMULS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::linear", "aten::matmul
 def profile_side(spec: str, args) -> dict:
     """``--profile``: four SFT steps (forward + backward) of ``--batch`` rows under the torch
     profiler, after one warm-up step: seconds in matrix products (mm, bmm, addmm: self time)
-    against everything else. Shows how far a dtype's speed-up can go: the rest runs at the same
-    speed in bf16 and fp32."""
+    against everything else. Shows how far a dtype's speed-up can go: the rest gains less from
+    bf16 than the products do."""
     from torch.profiler import ProfilerActivity, profile
 
-    dtype, _, attn = spec.partition(":")
-    over = [f"model.dtype={dtype}"] + ([f"model.name={args.model}"] if args.model else [])
-    if attn:
-        over.append(f"model.attn_implementation={attn}")
-    cfg = load_config(str(ROOT / "configs" / "svamp.yaml"), over)
-    torch.manual_seed(0)
-    model, tok = load_model(cfg.model)
-    model = attach(model, cfg.adapter)
+    _, model, tok, examples = _setup(spec, args, args.batch * 5, [])
     model.train()
-    fmt = ChatFormat(tok, cfg.data.system_prompt)
-    rows = load_rows(args.data, cfg.data, "train")
-    examples, _ = build_examples(subset(rows, args.batch * 5, 0), fmt, cfg.data)
     examples.sort(key=lambda e: len(e.prompt_ids) + len(e.answer_ids))  # little padding
     objective = sft_objective(tok.pad_token_id)
     batches = [examples[i:i + args.batch] for i in range(0, len(examples), args.batch)]

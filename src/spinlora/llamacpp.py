@@ -89,8 +89,9 @@ def supported(model, cfg) -> str | None:
             return f"adapter {type(pc).__name__} (llama.cpp engine: LoRA)"
         if getattr(pc, "use_dora", False):
             return "DoRA"
-        if set(_lora_modules(model)) - set(_GGUF_NAMES):
-            return f"LoRA on {sorted(set(_lora_modules(model)) - set(_GGUF_NAMES))}"
+        unknown = set(_lora_modules(model)) - set(_GGUF_NAMES)
+        if unknown:
+            return f"LoRA on {sorted(unknown)}"
     return None
 
 

