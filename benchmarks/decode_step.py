@@ -1,0 +1,122 @@
+"""Benchmark: one decoding step of 32 sequences, spinlora's torch step against llama.cpp's; prints JSON.
+
+    python benchmarks/decode_step.py                  # SmolLM2 bf16, 32 x 120-token prompts, 128 steps
+    python benchmarks/decode_step.py --kv 30 --flash 0  # llama.cpp with other context settings
+
+Both sides: the embedded model in bf16 with no adapter, the same seeded random prompts (32 rows of
+120 tokens), one prefill, then 128 greedy steps with every row running (no stop tokens). The torch
+side is what ``generate`` runs on a bf16 CPU model (packed linear layers, ``spinlora_cpu``
+attention, the growing cache); the llama.cpp side is ``llamacpp.Engine`` on the engine file, one
+context with a cache per sequence. Prefill and decoding are timed apart. llama.cpp context
+settings: ``--kv`` the KV cache's GGML type (1 f16, 30 bf16, 0 f32), ``--flash`` flash attention,
+``--unified`` one KV buffer for all sequences, ``--ubatch`` micro-batch tokens.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from _common import emit  # noqa: E402
+from spinlora.accounting import environment  # noqa: E402
+from spinlora.config import ModelConfig  # noqa: E402
+from spinlora.generate import growing_cache, packed_linears  # noqa: E402
+from spinlora.models import cache_dir, load_model  # noqa: E402
+
+
+def torch_side(model, ids: torch.Tensor, steps: int) -> dict:
+    rows, length = ids.shape
+    with torch.inference_mode(), packed_linears(model):
+        cache = growing_cache(model)
+        t0 = time.perf_counter()
+        logits = model(input_ids=ids, past_key_values=cache, use_cache=True,
+                       logits_to_keep=1).logits[:, -1]
+        prefill = time.perf_counter() - t0
+        tok = logits.float().argmax(-1)
+        t0 = time.perf_counter()
+        for step in range(steps):
+            pos = torch.full((rows, 1), length + step)
+            logits = model(input_ids=tok[:, None], position_ids=pos, past_key_values=cache,
+                           use_cache=True).logits[:, -1]
+            tok = logits.float().argmax(-1)
+        decode = time.perf_counter() - t0
+    return _figures(rows, length, steps, prefill, decode)
+
+
+def llamacpp_side(path: Path, ids: torch.Tensor, steps: int, args) -> dict:
+    import llama_cpp as L
+
+    from spinlora.llamacpp import Engine
+
+    rows, length = ids.shape
+    eng = Engine.get(path, torch.get_num_threads())
+    cp = L.llama_context_default_params()
+    cp.n_ctx, cp.n_seq_max = 512 * rows, rows
+    cp.n_batch = cp.n_ubatch = args.ubatch
+    cp.n_threads = cp.n_threads_batch = torch.get_num_threads()
+    cp.kv_unified, cp.flash_attn_type = bool(args.unified), args.flash
+    cp.type_k = cp.type_v = args.kv
+    ctx = L.llama_init_from_model(eng.model, cp)
+    batch = L.llama_batch_init(args.ubatch, 0, 1)
+    try:
+        items = [(int(t), k, s, k == length - 1) for s in range(rows)
+                 for k, t in enumerate(ids[s].tolist())]
+        t0 = time.perf_counter()
+        outs = [eng._decode(ctx, batch, items[i:i + args.ubatch]).copy()
+                for i in range(0, len(items), args.ubatch)]
+        prefill = time.perf_counter() - t0
+        last = [int(x) for x in outs[-1].argmax(1)] if len(outs[-1]) == rows else [1] * rows
+        t0 = time.perf_counter()
+        for step in range(steps):
+            logits = eng._decode(ctx, batch, [(last[s], length + step, s, True) for s in range(rows)])
+            last = logits.argmax(1).tolist()
+        decode = time.perf_counter() - t0
+    finally:
+        L.llama_batch_free(batch)
+        L.llama_free(ctx)
+    return _figures(rows, length, steps, prefill, decode)
+
+
+def _figures(rows, length, steps, prefill, decode) -> dict:
+    return {"prefill_tokens_per_s": round(rows * length / prefill, 1),
+            "decode_tokens_per_s": round(rows * steps / decode, 1),
+            "ms_per_step": round(decode / steps * 1000, 1)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rows", type=int, default=32)
+    p.add_argument("--prompt-tokens", type=int, default=120)
+    p.add_argument("--steps", type=int, default=128)
+    p.add_argument("--sides", default="torch,llamacpp")
+    p.add_argument("--kv", type=int, default=1)
+    p.add_argument("--flash", type=int, default=1)
+    p.add_argument("--unified", type=int, default=0)
+    p.add_argument("--ubatch", type=int, default=2048)
+    p.add_argument("--out")
+    args = p.parse_args()
+    model, _ = load_model(ModelConfig(dtype="bfloat16"))
+    ids = torch.randint(100, 40000, (args.rows, args.prompt_tokens),
+                        generator=torch.Generator().manual_seed(0))
+    result = {"benchmark": "decode step", "args": vars(args), "environment": environment(),
+              "sides": {}}
+    for side in args.sides.split(","):
+        if side == "torch":
+            result["sides"][side] = torch_side(model, ids, args.steps)
+        else:
+            from spinlora.llamacpp import engine_gguf, source_gguf
+
+            path = engine_gguf(source_gguf(model), torch.bfloat16, cache_dir() / "engines")
+            result["sides"][side] = llamacpp_side(path, ids, args.steps, args)
+        print(side, result["sides"][side], flush=True)
+    emit(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
