@@ -3,6 +3,7 @@
     python benchmarks/train_speed.py                       # SmolLM2, SVAMP rows, 20 steps of 8
     python benchmarks/train_speed.py --model ../shared/models/qwen2.5-0.5b-instruct --steps 20
     python benchmarks/train_speed.py --profile --sides float32,bfloat16   # where a step's time goes
+    python benchmarks/train_speed.py --profile --ops 30                   # ... and the top ops by shape
 
 Every side starts from the same seed (same LoRA init, same batches in the same order) and runs
 ``--steps`` optimizer steps; the result gives tokens/s per side (the first step, which warms the
@@ -91,16 +92,23 @@ def profile_side(spec: str, args) -> dict:
 
     step(batches[0])
     t0 = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=bool(args.ops)) as prof:
         for b in batches[1:]:
             step(b)
     wall = time.perf_counter() - t0
     ops = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in ops) / 1e6
     mm = sum(e.self_cpu_time_total for e in ops if e.key in MATMULS) / 1e6
-    return {"side": spec, "steps": len(batches) - 1, "wall_seconds": round(wall, 3),
-            "profiled_seconds": round(total, 3), "matmul_seconds": round(mm, 3),
-            "other_seconds": round(total - mm, 3)}
+    out = {"side": spec, "steps": len(batches) - 1, "wall_seconds": round(wall, 3),
+           "profiled_seconds": round(total, 3), "matmul_seconds": round(mm, 3),
+           "other_seconds": round(total - mm, 3)}
+    if args.ops:  # the ops that take the most self time, by input shapes
+        by_shape = sorted(prof.key_averages(group_by_input_shape=True),
+                          key=lambda e: -e.self_cpu_time_total)[:args.ops]
+        out["top_ops"] = [{"op": e.key, "shapes": str(e.input_shapes), "calls": e.count,
+                           "self_seconds": round(e.self_cpu_time_total / 1e6, 4)}
+                          for e in by_shape]
+    return out
 
 
 def main() -> None:
@@ -113,6 +121,8 @@ def main() -> None:
     p.add_argument("--out", default=None)
     p.add_argument("--profile", action="store_true",
                    help="instead: 4 profiled steps per side, matmul seconds against the rest")
+    p.add_argument("--ops", type=int, default=0,
+                   help="with --profile: also list the N ops (by input shapes) of most self time")
     args = p.parse_args()
     if args.profile:
         sides = [profile_side(s, args) for s in args.sides.split(",")]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED
+from conftest import ROOT, SHARED
 
 
 def _lora_model(model, targets=("q_proj", "k_proj", "v_proj"), seed=0, scale=0.05):
@@ -169,3 +169,49 @@ def test_llamacpp_refuses_base_weights_that_are_not_the_source_ggufs():
         w[3, 7] += 0.01
     with pytest.raises(ValueError, match="layers.5.self_attn.q_proj.* not the source GGUF's"):
         generate(model, tok, prompt, cfg, [tok.eos_token_id])
+
+
+@pytest.mark.slow
+def test_memory_plan_knows_the_llamacpp_engine(monkeypatch):
+    """With generation.engine=llamacpp the planner probes the engine itself (the base it maps
+    is in the generation cost), sizes rows by llama.cpp's rounded cache, adds the mapped base
+    to SPIN's step (resident from the opponent's first generation on), and leaves no engine
+    loaded for the SFT that comes first."""
+    pytest.importorskip("llama_cpp", reason="pip install 'spinlora[llamacpp]'")
+    from spinlora import plan as planner
+    from spinlora.config import load_config
+    from spinlora.data import ChatFormat, build_examples, load_rows
+    from spinlora.llamacpp import Engine, engine_file, slot_tokens
+    from spinlora.models import load_model
+
+    MiB = 2**20
+    monkeypatch.setattr(planner, "_linear", lambda *a: planner.PhaseCost(100 * MiB, 10 * MiB,
+                                                                          "probe"))
+    plans = {}
+    for engine in ("llamacpp", "torch"):
+        cfg = load_config(str(ROOT / "configs" / "demo.yaml"), [
+            "model.dtype=bfloat16", "stages=[sft,spin]", f"generation.engine={engine}",
+            "generation.max_new_tokens=24", "generation.batch_size=8"])
+        model, tok = load_model(cfg.model)
+        model = _lora_model(model)
+        fmt = ChatFormat(tok)
+        examples, _ = build_examples(load_rows(cfg.data.train, cfg.data, "train")[:8], fmt,
+                                     cfg.data)
+        plans[engine] = planner.make_plan(cfg, model, tok, examples, torch.device("cpu"),
+                                          64 * 2**30)
+        if engine == "llamacpp":
+            resident = engine_file(model).stat().st_size
+            assert not Engine._loaded  # unloaded for the SFT that runs first
+            longest = max(len(e.prompt_ids) for e in examples)
+            rows = [planner.generation_row_bytes(model, longest, 24, e)
+                    for e in ("llamacpp", "torch")]
+        del model
+    torch_plan, plan = plans["torch"], plans["llamacpp"]
+    assert plan.costs["generation"]["engine"] == "llamacpp"
+    assert plan.predicted_bytes["spin"] - torch_plan.predicted_bytes["spin"] == resident
+    assert plan.predicted_bytes["sft"] == torch_plan.predicted_bytes["sft"]
+    assert plan.costs["generation"]["per_row"] >= rows[0] > rows[1]  # llama.cpp's rounded cache
+    assert slot_tokens(longest, 24) == 256
+    # the probe loaded the engine: its mapped base is in the fixed part
+    assert plan.costs["generation"]["fixed"] > 0.8 * resident
+    assert any("llamacpp" in n for n in plan.notes)

@@ -446,12 +446,24 @@ def free_memory(device: torch.device) -> int:
     return psutil.virtual_memory().available
 
 
-def auto_batch_size(model, prompts: list[list[int]], max_new_tokens: int, cap: int = 1024) -> int:
+def auto_batch_size(model, prompts: list[list[int]], max_new_tokens: int, cap: int = 1024,
+                    engine: str = "torch") -> int:
     """``generation.batch_size: auto``: the rows that half the free memory holds, each costing
     its KV cache at full length (2 · layers · kv heads · head dim · (longest prompt + new
-    tokens)) plus three fp32 rows of vocabulary logits per step; at least 1, at most ``cap``."""
-    per_row = row_bytes(model, max(len(x) for x in prompts) + max_new_tokens)
+    tokens), llama.cpp's rounded up as it allocates it) plus three fp32 rows of vocabulary
+    logits per step; at least 1, at most ``cap``."""
+    per_row = row_bytes(model, gen_row_tokens(engine, max(len(x) for x in prompts),
+                                              max_new_tokens))
     return max(1, min(cap, free_memory(next(model.parameters()).device) // 2 // per_row))
+
+
+def gen_row_tokens(engine: str, prompt_tokens: int, new_tokens: int) -> int:
+    """The KV cache length, in tokens, one generation row holds with ``engine``."""
+    if engine == "llamacpp":
+        from .llamacpp import slot_tokens
+
+        return slot_tokens(prompt_tokens, new_tokens)
+    return prompt_tokens + new_tokens
 
 
 def row_bytes(model, length: int) -> int:
@@ -551,15 +563,13 @@ def _generate_llamacpp(model, tokenizer, prompts: list[list[int]], cfg: Generati
     import tempfile
 
     from . import llamacpp
-    from .models import cache_dir
 
     p = next(model.parameters())
-    base = llamacpp._base_model(model)
-    path = llamacpp.engine_gguf(llamacpp.source_gguf(base), p.dtype, cache_dir() / "engines")
+    path = llamacpp.engine_file(model)
     llamacpp.check_base(model, path)
     engine = llamacpp.Engine.get(path, torch.get_num_threads())
-    size = (auto_batch_size(model, prompts, cfg.max_new_tokens) if cfg.batch_size == "auto"
-            else cfg.batch_size)
+    size = (auto_batch_size(model, prompts, cfg.max_new_tokens, engine="llamacpp")
+            if cfg.batch_size == "auto" else cfg.batch_size)
     calculator = None
     if cfg.calculator:
         from .svamp import calculate as calculator

@@ -40,6 +40,13 @@ _GGUF_NAMES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v",
                "down_proj": "ffn_down"}
 ARCHITECTURES = {"llama", "qwen2"}  # model_type (transformers) == general.architecture (GGUF)
 SOURCE_FILE = "spinlora_source.json"  # beside a converted checkpoint: the GGUF it came from
+SLOT_ROUND = 256  # a sequence's KV cache, in tokens, is rounded up to a multiple of this
+
+
+def slot_tokens(prompt_tokens: int, new_tokens: int) -> int:
+    """Tokens of KV cache the engine gives each sequence of a call whose longest prompt has
+    ``prompt_tokens``: prompt + new + 1, rounded up to ``SLOT_ROUND``."""
+    return -(-(prompt_tokens + new_tokens + 1) // SLOT_ROUND) * SLOT_ROUND
 
 
 def available() -> bool:
@@ -103,6 +110,16 @@ def _lora_modules(model) -> dict[str, list]:
         if isinstance(m, LoraLayer) and m.active_adapters and not m.disable_adapters:
             out.setdefault(name.rsplit(".", 1)[-1], []).append((name, m))
     return out
+
+
+def engine_file(model) -> Path:
+    """The engine's base for ``model``: its source GGUF in the model's dtype, written once into
+    the spinlora cache. llama.cpp maps this file, so its size is what the engine keeps resident
+    beside the torch model from the first generation on."""
+    from .models import cache_dir
+
+    return engine_gguf(source_gguf(_base_model(model)), next(model.parameters()).dtype,
+                       cache_dir() / "engines")
 
 
 def engine_gguf(source: Path, dtype: torch.dtype, cache: Path) -> Path:
@@ -283,9 +300,18 @@ class Engine:
     def get(cls, path: Path, threads: int) -> "Engine":
         key = f"{path}:{threads}"
         if key not in cls._loaded:
-            cls._loaded.clear()  # one base model at a time
+            cls.unload()  # one base model at a time
             cls._loaded[key] = cls(path, threads)
         return cls._loaded[key]
+
+    @classmethod
+    def unload(cls) -> None:
+        """Free the loaded model (its mapping leaves the process's resident memory)."""
+        for engine in cls._loaded.values():
+            if engine.model:
+                engine.L.llama_model_free(engine.model)
+                engine.model = None
+        cls._loaded.clear()
 
     def run(self, prompts: list[list[int]], slots: int, cfg, rows_state, lora: Path | None,
             kv_f32: bool, on_done=None) -> None:
@@ -293,8 +319,7 @@ class Engine:
         for ``len(prompts)`` rows, which gets every step's logits and keeps the answers."""
         L = self.L
         slots = max(1, min(slots, len(prompts)))
-        per_seq = max(len(p) for p in prompts) + cfg.max_new_tokens + 1
-        per_seq = -(-per_seq // 256) * 256
+        per_seq = slot_tokens(max(len(p) for p in prompts), cfg.max_new_tokens)
         cp = L.llama_context_default_params()
         cp.n_ctx = per_seq * slots
         cp.n_seq_max = slots

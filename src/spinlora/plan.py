@@ -19,6 +19,10 @@ Per phase (``PhaseCost``: fixed bytes + bytes per row):
   the full ``max_new_tokens``; per row, the larger of the probes' slope and the formula (the KV
   cache at full length, 2 · layers · kv heads · head dim · (prompt + new tokens) · dtype bytes,
   plus three fp32 rows of vocabulary logits), as ``generation.batch_size: auto`` counts it.
+  With ``generation.engine: llamacpp`` the probes run the engine itself (its first probe loads
+  it), each row's cache is llama.cpp's (rounded up to 256 tokens), and the engine's copy of the
+  base, mapped from its GGUF file, is added to SPIN's step: it stays resident from the
+  opponent's first generation on.
 
 The plan keeps the configured values where they fit and lowers them where they do not:
 ``train.micro_batch_size`` (the largest divisor of ``train.batch_size`` that fits; the optimizer
@@ -205,11 +209,12 @@ def _generation_cost(model, tokenizer, gcfg, prompt: list[int], device, loaded: 
     return PhaseCost(fixed=max(peaks[0] - per_row, 0.0), per_row=per_row, how="probe + formula")
 
 
-def generation_row_bytes(model, prompt_tokens: int, new_tokens: int) -> int:
+def generation_row_bytes(model, prompt_tokens: int, new_tokens: int,
+                         engine: str = "torch") -> int:
     """One generation row: its KV cache at full length and three fp32 rows of logits."""
-    from .generate import row_bytes
+    from .generate import gen_row_tokens, row_bytes
 
-    return row_bytes(model, prompt_tokens + new_tokens)
+    return row_bytes(model, gen_row_tokens(engine, prompt_tokens, new_tokens))
 
 
 def _divisors_desc(n: int, cap: int) -> list[int]:
@@ -226,7 +231,9 @@ def make_plan(cfg, model, tokenizer, examples: list, device: torch.device,
 
     if not examples:
         raise PlanError("memory_budget: there are no SFT examples to plan for")
-    loaded = MemoryMeter(device).now() if loaded is None else loaded
+    if loaded is None:
+        _release()  # garbage freed by a probe's collection would otherwise read as negative cost
+        loaded = MemoryMeter(device).now()
     room = int(budget * (1 - MARGIN)) - loaded
     plan = Plan(budget, loaded, room, str(device))
     if room <= 0:
@@ -253,6 +260,21 @@ def make_plan(cfg, model, tokenizer, examples: list, device: torch.device,
         lp, _, _ = score_answers(model, [longest_prompt] * m,
                                  [[longest_answer, generated]] * m, pad)
         return lp.sum()
+
+    engine, resident = "torch", 0
+    if {"spin", "rl", "eval"} & set(cfg.stages):
+        from .generate import pick_engine
+
+        engine = pick_engine(model, cfg.generation)
+    if engine == "llamacpp":
+        from .llamacpp import Engine, engine_file
+
+        resident = engine_file(model).stat().st_size
+        Engine.unload()  # the generation probe loads it, and counts it
+        plan.notes.append(f"generation.engine=llamacpp: the engine's copy of the base "
+                          f"({gib(resident)}, mapped from its GGUF) stays resident from the first "
+                          "generation on; SPIN's step is planned with it")
+    after_generation = {"spin": resident}  # bytes a phase carries that its probes did not see
 
     training = [("sft", sft_rows)] if "sft" in cfg.stages else []
     if "spin" in cfg.stages:
@@ -281,7 +303,8 @@ def make_plan(cfg, model, tokenizer, examples: list, device: torch.device,
     for ckpt in (False, True) if can_ckpt else (False,):
         best = None
         for m in _divisors_desc(cfg.train.batch_size, mb_cap):
-            if all(measured[n][ckpt].at(m) + adam <= room for n in measured):
+            if all(measured[n][ckpt].at(m) + adam + after_generation.get(n, 0) <= room
+                   for n in measured):
                 best = m
                 break
         fits[ckpt] = best
@@ -289,8 +312,9 @@ def make_plan(cfg, model, tokenizer, examples: list, device: torch.device,
         plain, ckpt = fits[False], fits.get(True)
         if plain is None and ckpt is None:
             least = can_ckpt  # the cheaper setting
-            worst = max(measured, key=lambda n: measured[n][least].at(1))
-            need = measured[worst][least].at(1) + adam
+            worst = max(measured, key=lambda n: measured[n][least].at(1)
+                        + after_generation.get(n, 0))
+            need = measured[worst][least].at(1) + adam + after_generation.get(worst, 0)
             raise PlanError(
                 f"memory_budget {gib(budget)}: one {worst} row"
                 f"{' with gradient checkpointing' if least else ''} needs "
@@ -314,17 +338,19 @@ def make_plan(cfg, model, tokenizer, examples: list, device: torch.device,
         plan.chosen["train.gradient_checkpointing"] = use_ckpt
         for name in measured:
             c = measured[name][use_ckpt]
+            extra = after_generation.get(name, 0)
             plan.costs[name] = {**asdict(c), "setting": f"micro-batch {m}"
                                 + (", checkpointing" if use_ckpt else "")
-                                + f", + Adam {gib(adam)}",
+                                + f", + Adam {gib(adam)}"
+                                + (f", + llama.cpp's base {gib(extra)}" if extra else ""),
                                 **({"verified_at_micro_batch": verified[name]}
                                    if name in verified else {}),
                                 **{("with" if k else "without") + "_checkpointing": asdict(v)
                                    for k, v in measured[name].items()}}
-            plan.predicted_bytes[name] = verified.get(name, c.at(m)) + adam
+            plan.predicted_bytes[name] = verified.get(name, c.at(m)) + adam + extra
 
     if {"spin", "rl", "eval"} & set(cfg.stages):
-        per_row = generation_row_bytes(model, len(longest_prompt), new)
+        per_row = generation_row_bytes(model, len(longest_prompt), new, engine)
         gen = _generation_cost(model, tokenizer, cfg.generation, longest_prompt, device, loaded,
                                per_row)
         rows = min(gen.rows_within(room), 1024)
@@ -335,11 +361,16 @@ def make_plan(cfg, model, tokenizer, examples: list, device: torch.device,
         asked = cfg.generation.batch_size
         chosen = rows if asked == "auto" else min(int(asked), rows)
         plan.chosen["generation.batch_size"] = chosen
-        plan.costs["generation"] = {**asdict(gen), "setting": f"{chosen} rows of "
-                                    f"{len(longest_prompt)} + {new} tokens"}
+        plan.costs["generation"] = {**asdict(gen), "engine": engine, "setting": f"{chosen} rows of "
+                                    f"{len(longest_prompt)} + {new} tokens"
+                                    + (", llama.cpp (its base included)" if resident else "")}
         plan.predicted_bytes["generation"] = gen.at(chosen)
         plan.notes.append("generation rows are sized for the longest SFT prompt; a k-shot "
                           "evaluation's longer prompts take more per row")
+        if resident:
+            from .llamacpp import Engine
+
+            Engine.unload()  # the run's first generation loads it again, after SFT
     return plan
 
 
