@@ -163,7 +163,7 @@ def test_rl_step0_ratio_is_exact_in_bf16(tiny_cfg, monkeypatch):
     samples = [Sample(p, g.ids, float(i % 2) - 0.5) for i, (p, g) in enumerate(zip(prompts, gens))]
     assert len({len(s.gen_ids) for s in samples}) > 1
     cfg.train.batch_size, cfg.train.micro_batch_size = 8, 4
-    units = old_and_ref(model, samples, start, tok.pad_token_id, 4, 1.0)
+    units, _ = old_and_ref(model, samples, start, tok.pad_token_id, 4, 1.0)
     records = train_loop(model, samples, rl_objective(tok.pad_token_id, 0.04, 0.2), cfg.train,
                          1e-2, 1, Accountant(CPU), MetricsLog(None), 1, "rl", units=units)
     assert records[0]["ratio"] == 1.0 and records[0]["kl"] == 0.0

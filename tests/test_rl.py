@@ -112,6 +112,33 @@ def _exact_kl(model, samples, start):
     return float((now.exp() * (now - ref)).sum(-1).mean())
 
 
+def test_reference_pass_runs_only_when_the_adapter_has_left_its_start(tiny_cfg, monkeypatch):
+    """In the first round π_old is π_ref: one scoring pass gives both (the same numbers the
+    second pass would); once the adapter has moved, π_ref gets its own pass and differs."""
+    import spinlora.stages.rl as rl
+    from spinlora.stages.rl import Sample, adapter_state, old_and_ref
+
+    model, tok, fmt, examples, start = _kl_setup(tiny_cfg)
+    calls = []
+    real = rl.score_answers
+    monkeypatch.setattr(rl, "score_answers", lambda *a, **k: calls.append(1) or real(*a, **k))
+    samples = [Sample(e.prompt_ids, e.answer_ids, 0.0) for e in examples]
+    with adapter_state(model, start):
+        units, passes = old_and_ref(model, samples, start, tok.pad_token_id, 64, 1.0)
+        at_start = [(s.old, s.ref) for s in samples]
+        assert passes == 1 and len(calls) == len(units)
+        assert all(o == f for o, f in at_start)
+        calls.clear()
+        with monkeypatch.context() as m:  # force the second pass: it gives the same numbers
+            m.setattr(rl, "at_state", lambda *a: False)
+            old_and_ref(model, samples, start, tok.pad_token_id, 64, 1.0)
+        assert [(s.old, s.ref) for s in samples] == at_start and len(calls) == 2 * len(units)
+    calls.clear()
+    _, passes = old_and_ref(model, samples, start, tok.pad_token_id, 64, 1.0)  # moved adapter
+    assert passes == 2 and len(calls) == 2 * len(units)
+    assert all(s.old != s.ref for s in samples)
+
+
 def test_kl_term_has_no_gradient_at_the_reference_and_pulls_back_to_it(tiny_cfg):
     """The KL term is β·½·k² (k the per-token log-ratio): zero gradient where π = π_ref (the
     plain β·k it replaced has the score function's gradient there, zero only on average), and

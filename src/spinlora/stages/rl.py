@@ -79,12 +79,20 @@ def adapter_state(model, state: dict[str, torch.Tensor]):
         adapters.restore(model, saved)
 
 
+def at_state(model, state: dict[str, torch.Tensor]) -> bool:
+    """Whether the trainable tensors equal ``state`` exactly."""
+    return all(torch.equal(p, state[n]) for n, p in model.named_parameters()
+               if p.requires_grad and n in state)
+
+
 def old_and_ref(model, samples: list[Sample], start: dict[str, torch.Tensor], pad_id: int,
-                batch_size: int, temperature: float) -> list[list[int]]:
+                batch_size: int, temperature: float) -> tuple[list[list[int]], int]:
     """Set each sample's log π_old (the adapter as it is) and log π_ref (the adapter state
-    ``start``, swapped in for one pass) at the sampling temperature. Scored as training scores
+    ``start``, swapped in for one pass; the same numbers without a pass while the adapter is still
+    at ``start``) at the sampling temperature. Scored as training scores
     them (``score_answers``) on fixed micro-batches, which it returns for
-    ``train_loop(units=...)``: the step-0 ratio is then exactly 1 in bf16 as in fp32."""
+    ``train_loop(units=...)`` with the number of passes run: the step-0 ratio is then exactly 1
+    in bf16 as in fp32."""
     units = length_units([len(s.prompt_ids) + len(s.gen_ids) for s in samples], batch_size)
 
     @torch.inference_mode()
@@ -101,13 +109,18 @@ def old_and_ref(model, samples: list[Sample], start: dict[str, torch.Tensor], pa
     was_training = model.training
     model.eval()
     old = dist.gather(score(), len(samples))
-    with adapter_state(model, start):
-        ref = dist.gather(score(), len(samples))
+    passes = 1
+    if at_state(model, start):  # the first round: π_old is π_ref, the same pass would repeat
+        ref = list(old)
+    else:
+        with adapter_state(model, start):
+            ref = dist.gather(score(), len(samples))
+        passes = 2
     if was_training:
         model.train()
     for s, o, f in zip(samples, old, ref):
         s.old, s.ref = o, f
-    return units
+    return units, passes
 
 
 def rl_objective(pad_id: int, beta: float, clip: float, temperature: float = 1.0) -> Objective:
@@ -174,9 +187,9 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
                    "informative_groups": informative, "trained_samples": len(samples)}
             if samples:
                 with acct.phase("reference") as ph:
-                    units = old_and_ref(model, samples, start, pad, cfg.train.micro_batch_size,
-                                        r.temperature)
-                    ph.tokens += 2 * sum(len(s.prompt_ids) + len(s.gen_ids) for s in samples)
+                    units, passes = old_and_ref(model, samples, start, pad,
+                                                cfg.train.micro_batch_size, r.temperature)
+                    ph.tokens += passes * sum(len(s.prompt_ids) + len(s.gen_ids) for s in samples)
                 steps = train_loop(model, samples, rl_objective(pad, r.beta, r.clip, r.temperature),
                                    cfg.train, r.lr, r.epochs, acct, log, cfg.seed + t + 1,
                                    f"rl round {t + 1}", extra={"round": t + 1},
