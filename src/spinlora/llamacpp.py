@@ -39,7 +39,6 @@ _GGUF_NAMES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v",
                "o_proj": "attn_output", "gate_proj": "ffn_gate", "up_proj": "ffn_up",
                "down_proj": "ffn_down"}
 ARCHITECTURES = {"llama", "qwen2"}  # model_type (transformers) == general.architecture (GGUF)
-SOURCE_FILE = "spinlora_source.json"  # beside a converted checkpoint: the GGUF it came from
 SLOT_ROUND = 256  # a sequence's KV cache, in tokens, is rounded up to a multiple of this
 
 
@@ -55,6 +54,8 @@ def available() -> bool:
 
 def source_gguf(model) -> Path | None:
     """The GGUF file the base model was converted from (``models.convert_gguf`` records it)."""
+    from .models import SOURCE_FILE
+
     cfg = getattr(model, "config", None)
     folder = Path(getattr(cfg, "_name_or_path", "") or "")
     marker = folder / SOURCE_FILE

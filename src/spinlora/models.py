@@ -76,11 +76,12 @@ def convert_gguf(gguf: Path, out: Path, name: str) -> Path:
     return out
 
 
+SOURCE_FILE = "spinlora_source.json"  # beside a converted checkpoint: the GGUF it came from
+
+
 def record_source(folder: Path, gguf: Path) -> None:
     """Write beside a converted checkpoint which GGUF it came from (the llama.cpp engine runs
     that file's tensors: ``llamacpp.source_gguf``)."""
-    from .llamacpp import SOURCE_FILE
-
     marker = folder / SOURCE_FILE
     text = json.dumps({"gguf": str(gguf.resolve())})
     if gguf.is_file() and (not marker.is_file() or marker.read_text() != text):
