@@ -68,15 +68,18 @@ def _spinlora(monkeypatch, task: str, splits: dict[str, list[dict]], model, tok,
     log-likelihood."""
     import datasets
 
-    from spinlora.evaluate.choice import evaluate_choice_task
-    from spinlora.evaluate.loglik import score_questions
+    from spinlora.evaluate import choice
     from spinlora.evaluate.tasks import load_task
 
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, split, **k: splits[split])
     items = load_task(task, None, shots)[:N]
-    scores = evaluate_choice_task(model, tok, task, items)
-    lls = [[c.logprob for c in q]
-           for q in score_questions(model, tok, [(it.contexts, it.continuations) for it in items])]
+    seen = []  # the per-choice scores the task's own scoring pass computed (one pass, not two)
+    real = choice.score_questions
+    monkeypatch.setattr(choice, "score_questions",
+                        lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    scores = choice.evaluate_choice_task(model, tok, task, items)
+    assert len(seen) == 1 and len(seen[0]) == len(items)
+    lls = [[c.logprob for c in q] for q in seen[0]]
     return items, scores, lls
 
 
