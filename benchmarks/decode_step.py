@@ -27,7 +27,7 @@ from _common import emit  # noqa: E402
 from spinlora.accounting import environment  # noqa: E402
 from spinlora.config import ModelConfig  # noqa: E402
 from spinlora.generate import growing_cache, packed_linears  # noqa: E402
-from spinlora.models import cache_dir, load_model  # noqa: E402
+from spinlora.models import load_model  # noqa: E402
 
 
 def torch_side(model, ids: torch.Tensor, steps: int) -> dict:
@@ -110,10 +110,9 @@ def main() -> None:
         if side == "torch":
             result["sides"][side] = torch_side(model, ids, args.steps)
         else:
-            from spinlora.llamacpp import engine_gguf, source_gguf
+            from spinlora.llamacpp import engine_file
 
-            path = engine_gguf(source_gguf(model), torch.bfloat16, cache_dir() / "engines")
-            result["sides"][side] = llamacpp_side(path, ids, args.steps, args)
+            result["sides"][side] = llamacpp_side(engine_file(model), ids, args.steps, args)
         print(side, result["sides"][side], flush=True)
     emit(result, args.out)
 

@@ -363,11 +363,12 @@ def make_plan(cfg, model, tokenizer, examples: list, device: torch.device,
         plan.chosen["generation.batch_size"] = chosen
         plan.costs["generation"] = {**asdict(gen), "engine": engine, "setting": f"{chosen} rows of "
                                     f"{len(longest_prompt)} + {new} tokens"
-                                    + (", llama.cpp (its base included)" if resident else "")}
+                                    + (", llama.cpp (its base included)"
+                                       if engine == "llamacpp" else "")}
         plan.predicted_bytes["generation"] = gen.at(chosen)
         plan.notes.append("generation rows are sized for the longest SFT prompt; a k-shot "
                           "evaluation's longer prompts take more per row")
-        if resident:
+        if engine == "llamacpp":
             from .llamacpp import Engine
 
             Engine.unload()  # the run's first generation loads it again, after SFT
