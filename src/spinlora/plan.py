@@ -189,10 +189,14 @@ def _verify(model, device, steps: dict, m: int, ckpt: bool, room: float, one_off
 
 
 def _generation_cost(model, tokenizer, gcfg, prompt: list[int], device, loaded: float,
-                     formula_row: int) -> PhaseCost:
+                     formula_row: int, resident: int = 0) -> PhaseCost:
     """Generation probed at 1 and 2 rows of the longest prompt, each run to the full
     ``max_new_tokens`` (no stop token): the fixed part (prefill activations, the decoder's
-    working set) from the probes; per row the larger of the probes' slope and the formula."""
+    working set) from the probes; per row the larger of the probes' slope and the formula.
+    ``resident``: bytes the engine maps and reads in full at every token (llama.cpp's base),
+    a floor on the fixed part. RSS counts mapped file pages only while the kernel keeps them,
+    and a CI machine's probe read 170 MB of SmolLM2's 271 MB; generation at that size thrashes,
+    so the plan counts the whole file."""
     import copy
 
     from .generate import generate
@@ -206,7 +210,8 @@ def _generation_cost(model, tokenizer, gcfg, prompt: list[int], device, loaded: 
             model, tokenizer, [prompt] * rows, g, stop_ids=[], desc="plan",
             share_prefix=False)))  # distinct prompts in a run: each row its own prefill
     per_row = max(peaks[1] - peaks[0], float(formula_row))
-    return PhaseCost(fixed=max(peaks[0] - per_row, 0.0), per_row=per_row, how="probe + formula")
+    return PhaseCost(fixed=max(peaks[0] - per_row, float(resident), 0.0), per_row=per_row,
+                     how="probe + formula")
 
 
 def generation_row_bytes(model, prompt_tokens: int, new_tokens: int,
@@ -352,7 +357,7 @@ def make_plan(cfg, model, tokenizer, examples: list, device: torch.device,
     if {"spin", "rl", "eval"} & set(cfg.stages):
         per_row = generation_row_bytes(model, len(longest_prompt), new, engine)
         gen = _generation_cost(model, tokenizer, cfg.generation, longest_prompt, device, loaded,
-                               per_row)
+                               per_row, resident)
         rows = min(gen.rows_within(room), 1024)
         if rows < 1:
             raise PlanError(f"memory_budget {gib(budget)}: one generation row needs "
