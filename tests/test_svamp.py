@@ -167,6 +167,33 @@ def test_study_paired_difference_is_hand_computed():
     assert n == 5 and mean == pytest.approx(0.2) and se == pytest.approx(math.sqrt(var / 5))
 
 
+def test_paired_cli_reads_samples_files_gzipped_or_not(tmp_path, capsys):
+    """benchmarks/paired.py: problems matched by index (order and gzip do not matter), gained and
+    lost counted, a file that is not an eval samples file refused with its line."""
+    import gzip
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("paired_cli", ROOT / "benchmarks" / "paired.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    ref, other = tmp_path / "sft.jsonl", tmp_path / "spin.jsonl.gz"
+    ref.write_text("".join(json.dumps({"index": i, "correct": c}) + "\n"
+                           for i, c in enumerate([1, 1, 0, 1, 0])))
+    with gzip.open(other, "wt") as f:  # reversed order, one extra problem
+        for i, c in reversed(list(enumerate([1, 0, 0, 0, 1, 1]))):
+            f.write(json.dumps({"index": i, "correct": c}) + "\n")
+    (row,) = cli.main([str(ref), str(other), "--json"])
+    assert (row["n"], row["gained"], row["lost"]) == (5, 1, 2)
+    assert row["delta"] == pytest.approx(-0.2) and row["accuracy"] == pytest.approx(0.4)
+    assert json.loads(capsys.readouterr().out)[0]["delta_se"] == pytest.approx(row["delta_se"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"index": 0, "correct": 1}\n{"question": "x"}\n')
+    with pytest.raises(SystemExit, match="line 2"):
+        cli.main([str(ref), str(bad)])
+
+
 def test_calculator_computes_the_expression_before_equals():
     """generation.calculator's arithmetic: the expression that ends the line, numbers written as
     the gold answers write them; nothing for a line without an operator or a division by zero."""
