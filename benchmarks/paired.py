@@ -39,8 +39,10 @@ def samples(path: str) -> dict[int, dict]:
 
 
 def compare(reference: dict[int, dict], other: dict[int, dict]) -> dict:
-    delta, se, n = paired(other, reference)
     keys = set(reference) & set(other)
+    if not keys:  # paired() would divide by zero
+        raise SystemExit("the two samples files share no problem index")
+    delta, se, n = paired(other, reference)
     gained = sum(1 for k in keys if other[k]["correct"] and not reference[k]["correct"])
     lost = sum(1 for k in keys if reference[k]["correct"] and not other[k]["correct"])
     return {"n": n, "accuracy": sum(bool(other[k]["correct"]) for k in keys) / n,
@@ -59,8 +61,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for path in args.others:
         row = {"file": path, **compare(ref, samples(path))}
-        if row["n"] == 0:
-            raise SystemExit(f"{path} and {args.reference} share no problem index")
         rows.append(row)
         if not args.json:
             print(f"{path}: {row['accuracy']:.1%} against {row['reference_accuracy']:.1%}, "

@@ -192,6 +192,10 @@ def test_paired_cli_reads_samples_files_gzipped_or_not(tmp_path, capsys):
     bad.write_text('{"index": 0, "correct": 1}\n{"question": "x"}\n')
     with pytest.raises(SystemExit, match="line 2"):
         cli.main([str(ref), str(bad)])
+    elsewhere = tmp_path / "other_problems.jsonl"
+    elsewhere.write_text('{"index": 99, "correct": 1}\n')
+    with pytest.raises(SystemExit, match="share no problem index"):
+        cli.main([str(ref), str(elsewhere)])
 
 
 def test_calculator_computes_the_expression_before_equals():
