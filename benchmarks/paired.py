@@ -6,48 +6,25 @@
         benchmarks/results/svamp/demo/irpo_128/samples_lora_spin_iter_1_svamp.jsonl.gz --json
 
 The first file is the reference (SFT, say); every other file is compared with it over the
-problems both answered (matched by ``index``; ``.gz`` files are read as they are): accuracy,
+problems both answered (matched by ``index``, GSM8K's by question; ``.gz`` files are read
+as they are; ``spinlora.paired``): accuracy,
 the mean of (correct − reference correct) with its standard error, and how many problems were
 gained and lost. This is the figure docs/svamp.md and the study's ``delta_vs_sft`` report.
 """
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from svamp_study import paired  # noqa: E402
+from spinlora.paired import compare, line, read_samples
 
 
-def samples(path: str) -> dict[int, dict]:
-    """A run's ``samples_*.jsonl`` (or its ``.gz``), keyed by problem index."""
-    p = Path(path)
-    if not p.is_file():
-        raise SystemExit(f"{p}: no such file (a run writes eval/samples_MODEL_TASK.jsonl)")
-    opener = gzip.open if p.suffix == ".gz" else open
-    with opener(p, "rt") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    missing = [i for i, r in enumerate(rows) if "index" not in r or "correct" not in r]
-    if missing:
-        raise SystemExit(f"{p}: line {missing[0] + 1} has no 'index' or 'correct': not an eval "
-                         "samples file")
-    return {r["index"]: r for r in rows}
-
-
-def compare(reference: dict[int, dict], other: dict[int, dict]) -> dict:
-    keys = set(reference) & set(other)
-    if not keys:  # paired() would divide by zero
-        raise SystemExit("the two samples files share no problem index")
-    delta, se, n = paired(other, reference)
-    gained = sum(1 for k in keys if other[k]["correct"] and not reference[k]["correct"])
-    lost = sum(1 for k in keys if reference[k]["correct"] and not other[k]["correct"])
-    return {"n": n, "accuracy": sum(bool(other[k]["correct"]) for k in keys) / n,
-            "reference_accuracy": sum(bool(reference[k]["correct"]) for k in keys) / n,
-            "delta": delta, "delta_se": se, "gained": gained, "lost": lost}
+def samples(path: str) -> dict:
+    """A samples file keyed by problem; a bad path or file ends the script with its reason."""
+    try:
+        return read_samples(path)
+    except (OSError, ValueError) as e:
+        raise SystemExit(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -60,12 +37,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ref = samples(args.reference)
     rows = []
     for path in args.others:
-        row = {"file": path, **compare(ref, samples(path))}
+        try:
+            row = {"file": path, **compare(ref, samples(path))}
+        except ValueError as e:
+            raise SystemExit(f"{path}: {e}") from None
         rows.append(row)
         if not args.json:
             print(f"{path}: {row['accuracy']:.1%} against {row['reference_accuracy']:.1%}, "
-                  f"Δ {100 * row['delta']:+.1f} ± {100 * row['delta_se']:.1f} paired "
-                  f"(+{row['gained']} −{row['lost']}, n = {row['n']})")
+                  + line(row))
     if args.json:
         print(json.dumps(rows, indent=1))
     return rows

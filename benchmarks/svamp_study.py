@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from spinlora.paired import paired, read_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "configs/svamp.yaml"
@@ -82,23 +83,12 @@ def _load(p: Path):
 
 
 def _samples(run: Path, label: str) -> dict[int, dict]:
-    with open(run / "eval" / f"samples_{label}_svamp.jsonl") as f:
-        return {s["index"]: s for s in map(json.loads, f)}
+    return read_samples(run / "eval" / f"samples_{label}_svamp.jsonl")
 
 
 def _eval_seconds(run: Path, label: str) -> float:
     phases = _load(run / "eval" / "result.json")["accounting"]["phases"]
     return sum(v["seconds"] for k, v in phases.items() if k.endswith(f"[{label} svamp]"))
-
-
-def paired(a: dict[int, dict], b: dict[int, dict]) -> tuple[float, float, int]:
-    """Mean and standard error of correct(a) − correct(b) over the problems both answered."""
-    keys = sorted(set(a) & set(b))
-    d = [int(a[k]["correct"]) - int(b[k]["correct"]) for k in keys]
-    n = len(d)
-    mean = sum(d) / n
-    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
-    return mean, math.sqrt(var / n), n
 
 
 def summarize(out: Path) -> list[dict]:

@@ -11,13 +11,43 @@ from spinlora.accounting import Accountant
 from spinlora.adapters import attach
 from spinlora.data import ChatFormat, build_examples, load_rows
 from spinlora.losses import step0_value
-from spinlora.models import (CPU_ATTENTION, load_model, pick_attention, pick_dtype,
-                             set_cpu_threads)
+from spinlora import models
+from spinlora.accounting import environment
+from spinlora.models import (CPU_ATTENTION, cpu_has_bf16, cpu_info, load_model, pick_attention,
+                             pick_dtype, set_cpu_threads)
 from spinlora.stages.sft import sft_objective
 from spinlora.stages.spin import make_pairs, reference_pass, spin_objective
 from spinlora.train import MetricsLog, train_loop
 
 CPU = torch.device("cpu")
+
+
+CPUINFO = """processor\t: 0
+model name\t: AMD EPYC 9R14
+flags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16 sse2
+processor\t: 1
+model name\t: AMD EPYC 9R14
+flags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16 sse2
+"""
+
+
+def test_cpu_info_reads_the_model_and_the_bf16_instruction_sets(tmp_path, monkeypatch):
+    path = tmp_path / "cpuinfo"
+    path.write_text(CPUINFO)
+    assert cpu_info(str(path)) == {"model": "AMD EPYC 9R14",
+                                   "isa": ["avx512_bf16", "avx512_vnni", "avx512f", "avx2"]}
+    path.write_text(CPUINFO.replace(" avx512_bf16", "").replace("AMD EPYC 9R14", "Old CPU"))
+    assert cpu_info(str(path))["isa"] == ["avx512_vnni", "avx512f", "avx2"]
+    assert cpu_info(str(tmp_path / "missing")) == {"model": None, "isa": []}
+    # the dtype choice reads the same record
+    monkeypatch.delenv("SPINLORA_CPU_BF16", raising=False)
+    monkeypatch.setattr(models, "cpu_info", lambda: {"model": "x", "isa": ["amx_bf16"]})
+    assert cpu_has_bf16()
+    monkeypatch.setattr(models, "cpu_info", lambda: {"model": "x", "isa": ["avx2"]})
+    assert not cpu_has_bf16()
+    # and every run's record names its CPU: bf16 answers differ between CPUs
+    monkeypatch.setattr(models, "cpu_info", lambda: {"model": "Test CPU", "isa": ["avx2"]})
+    assert environment()["cpu"] == {"model": "Test CPU", "isa": ["avx2"]}
 
 
 def test_auto_dtype_follows_the_cpus_bf16_units(monkeypatch):

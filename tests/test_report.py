@@ -61,3 +61,53 @@ def test_report_from_fixture_files(tmp_path):
         assert open(out[key], "rb").read(8) == PNG
     page = (tmp_path / "rep" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "<table>" in page
+
+
+def _samples(run, label, verdicts, task="svamp"):
+    name = f"samples_{label}_svamp.jsonl" if task == "svamp" else f"samples_{label}.jsonl"
+    key = "index" if task == "svamp" else "question"
+    (run / "eval" / name).write_text("".join(
+        json.dumps({key: i if task == "svamp" else f"q{i}", "correct": bool(c)}) + "\n"
+        for i, c in enumerate(verdicts)))
+
+
+def _machine(run, cpu, dtype="bfloat16"):
+    (run / "run.json").write_text(json.dumps(
+        {"environment": {"cpu": {"model": cpu, "isa": ["avx512_bf16"]}, "cuda": None},
+         "precision": {"dtype": dtype}}))
+
+
+def test_report_pairs_models_on_the_same_problems_and_warns_across_machines(tmp_path):
+    """The paired section: each model against the first run's SFT model over the problems both
+    answered (SVAMP by index, GSM8K by question), gained and lost counted; a model without
+    samples gets none; runs evaluated on different CPUs are flagged, the same CPU is not."""
+    a = _fixture_run(tmp_path, "runA", 0.5, [0.6])
+    b = _fixture_run(tmp_path, "runB", 0.5, [])
+    for run in (a, b):  # SVAMP scores beside GSM8K's
+        ev = json.loads((run / "eval" / "result.json").read_text())
+        for r in ev["rows"][1:]:
+            r["tasks"]["svamp"] = {"acc": 0.5, "acc_stderr": 0.2, "n": 6}
+        (run / "eval" / "result.json").write_text(json.dumps(ev))
+    sft = [1, 0, 1, 0, 0, 1]
+    _samples(a, "lora_sft", sft)
+    _samples(a, "lora_spin_iter_1", [1, 1, 1, 0, 1, 0])  # +2 -1 over 6
+    _samples(a, "lora_sft", sft, task="gsm8k")
+    _samples(a, "lora_spin_iter_1", [1, 1, 1, 1, 0, 1], task="gsm8k")  # +2 over 6
+    _samples(b, "lora_sft", sft[:4])  # a 4-problem subset: paired on those 4
+    _machine(a, "AMD EPYC")
+    _machine(b, "AMD EPYC")
+    write_report(a, b, out=tmp_path / "same")
+    md = (tmp_path / "same" / "summary.md").read_text()
+    assert "## Paired differences against runA / lora_sft" in md
+    section = md.split("## Paired")[1].split("## Run")[0]
+    row = next(x for x in section.splitlines() if x.startswith("| runA | lora_spin_iter_1 |"))
+    assert "+16.7 ± 30.7 (+2 / −1, 6)" in row  # d = 0,+1,0,0,+1,-1: mean 1/6, sd 0.753
+    assert "+33.3 ± 21.1 (+2 / −0, 6)" in row  # GSM8K keyed by question
+    assert "| runB | lora_sft | – | +0.0 ± 0.0 (+0 / −0, 4) |" in section
+    assert "runA | base" not in section  # no samples: no row
+    assert "different machines" not in md
+    _machine(b, "Intel Xeon (AMX)")
+    write_report(a, b, out=tmp_path / "other")
+    md = (tmp_path / "other" / "summary.md").read_text()
+    assert "**These runs evaluated on different machines or dtypes**" in md
+    assert "runB: Intel Xeon (AMX) (avx512_bf16), bfloat16" in md

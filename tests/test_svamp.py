@@ -194,7 +194,7 @@ def test_paired_cli_reads_samples_files_gzipped_or_not(tmp_path, capsys):
         cli.main([str(ref), str(bad)])
     elsewhere = tmp_path / "other_problems.jsonl"
     elsewhere.write_text('{"index": 99, "correct": 1}\n')
-    with pytest.raises(SystemExit, match="share no problem index"):
+    with pytest.raises(SystemExit, match="share no problem"):
         cli.main([str(ref), str(elsewhere)])
 
 

@@ -160,6 +160,8 @@ def environment() -> dict:
     import platform
     import subprocess
 
+    from .models import cpu_info
+
     versions = {}
     for pkg in ("torch", "transformers", "peft", "datasets", "accelerate", "safetensors", "spinlora"):
         try:
@@ -172,5 +174,5 @@ def environment() -> dict:
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {"versions": versions, "git_commit": commit, "python": platform.python_version(),
-            "cpu_threads": torch.get_num_threads(),
+            "cpu_threads": torch.get_num_threads(), "cpu": cpu_info(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

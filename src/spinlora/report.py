@@ -5,8 +5,10 @@
 Writes into the first run folder (or ``--out``):
 - ``summary.md`` / ``comparison.csv``: rows = run + model/method (+ SPIN iteration); columns =
   task scores ± standard error (shots, subset size and seed in the header), trainable parameters,
-  peak memory over the post-load baseline, training time; then GSM8K diagnostics, SPIN iterations
-  and per-phase time and memory;
+  peak memory over the post-load baseline, training time; in ``summary.md`` then the paired
+  differences against the SFT model on the same problems (SVAMP, GSM8K) and a warning where the
+  runs evaluated on different machines or dtypes; then GSM8K diagnostics, SPIN iterations and
+  per-phase time and memory;
 - ``loss.png`` (loss by epoch, SFT and each SPIN iteration), ``scores.png`` (score by SPIN
   iteration per task), ``spin_diagnostics.png`` (reward margin, and the change of gold and
   generated log-probs against the reference by step: likelihood displacement shows as both
@@ -191,6 +193,79 @@ def plot_spin_diagnostics(run: Path, dest: Path) -> None:
     plt.close(fig)
 
 
+def _samples_file(run: Path, label: str, task: str) -> Path | None:
+    """The per-problem verdicts evaluation saved for ``label`` on ``task`` (SVAMP, GSM8K)."""
+    name = {"svamp": f"samples_{label}_svamp.jsonl", "gsm8k": f"samples_{label}.jsonl"}.get(task)
+    for p in ((run / "eval" / name, run / "eval" / f"{name}.gz") if name else ()):
+        if p.is_file():
+            return p
+    return None
+
+
+def paired_lines(runs: list[Path], tasks: list[str]) -> list[str]:
+    """The paired differences of every evaluated model against one reference on the same
+    problems (``spinlora.paired``): the first run's SFT model, else its first model. Two
+    models' standard errors overlap long before their paired difference is noise."""
+    from .paired import compare, read_samples
+
+    found = []  # (run, label, {task: samples path})
+    for run in runs:
+        for r in (_load(run / "eval" / "result.json") or {}).get("rows", []):
+            files = {t: f for t in tasks if (f := _samples_file(run, r["label"], t))}
+            if files:
+                found.append((run, r["label"], files))
+    if len(found) < 2:
+        return []
+    ref = next((x for x in found if x[1].endswith("_sft")), found[0])
+    ptasks = [t for t in tasks if t in ref[2]]
+    refs = {t: read_samples(ref[2][t]) for t in ptasks}
+    lines = [f"## Paired differences against {ref[0].name} / {ref[1]}", "",
+             "Δ in points over the problems both models answered, ± its paired standard error "
+             "(gained / lost problems, n).", "",
+             "| run | model | " + " | ".join(ptasks) + " |", "|---|---|" + "---|" * len(ptasks)]
+    for run, label, files in found:
+        if (run, label) == ref[:2]:
+            continue
+        cells = []
+        for t in ptasks:
+            try:
+                c = compare(refs[t], read_samples(files[t])) if t in files else None
+            except ValueError:  # no shared problem (another subset)
+                c = None
+            cells.append("–" if c is None else
+                         f"{100 * c['delta']:+.1f} ± {100 * c['delta_se']:.1f} "
+                         f"(+{c['gained']} / −{c['lost']}, {c['n']})")
+        lines.append(f"| {run.name} | {label} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def machine(run: Path) -> str | None:
+    """Where a run evaluated: its CPU (model and bf16 / int8 instruction sets) or GPU, and its
+    dtype, from run.json; None for a run that did not record it."""
+    rec = _load(run / "run.json") or {}
+    env, prec = rec.get("environment") or {}, rec.get("precision") or {}
+    where = env.get("cuda") or (env.get("cpu") or {}).get("model")
+    if not where:
+        return None
+    isa = "" if env.get("cuda") else " (" + ", ".join((env.get("cpu") or {}).get("isa") or []) + ")"
+    return f"{where}{isa}, {prec.get('dtype', '?')}"
+
+
+def machine_lines(runs: list[Path]) -> list[str]:
+    """A warning when the runs compared evaluated on different machines or dtypes: greedy
+    answers in bf16 follow the kernels' rounding, which differs between CPUs."""
+    seen = {r.name: machine(r) for r in runs}
+    kinds = set(v for v in seen.values() if v)
+    if len(kinds) < 2:
+        return []
+    return ["**These runs evaluated on different machines or dtypes**: "
+            + "; ".join(f"{k}: {v or 'not recorded'}" for k, v in seen.items())
+            + ". Greedy answers follow the kernels' rounding: one SVAMP adapter scored 25.4 % "
+            "and 23.7 % on two CPUs in bf16 (docs/svamp.md). A difference between these runs "
+            "mixes the models' difference with the machines'; evaluate them on one machine to "
+            "compare them.", ""]
+
+
 def _fmt(v, nd=3) -> str:
     if v is None:
         return "–"
@@ -220,6 +295,7 @@ def write_report(*runs: str | Path, out: str | Path | None = None) -> dict:
                 _fmt(r["peak_MB_over_baseline"])]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        lines += machine_lines(runs_p) + paired_lines(runs_p, tasks)
     for run in runs_p:
         lines += _run_details(run)
     md = dest / "summary.md"
