@@ -130,9 +130,18 @@ def test_svamp_eval_through_the_pipeline(tiny_cfg, tmp_path, capsys):
     summary = run(tiny_cfg)
     assert summary["status"] == "ok"
     printed = capsys.readouterr().out.splitlines()
-    assert printed[-1].startswith("| run | lora_sft | ") or "lora_sft" in printed[-1]
-    assert any(line.startswith("| run | model | svamp") for line in printed[-5:])
     out = tmp_path / "run"
+    # the run ends with its tables: every model's scores, then base paired against SFT
+    head = printed.index("Paired differences against run / lora_sft")
+    assert any(line.startswith("| run | model | svamp") for line in printed[head - 5:head])
+    assert any(line.startswith("| run | lora_sft | ") for line in printed[head - 5:head])
+    from spinlora.paired import compare, read_samples
+
+    c = compare(read_samples(out / "eval" / "samples_lora_sft_svamp.jsonl"),
+                read_samples(out / "eval" / "samples_base_svamp.jsonl"))
+    assert printed[head + 1:] == ["| run | model | svamp |", "|---|---|---|",
+                                  f"| run | base | {100 * c['delta']:+.1f} ± "
+                                  f"{100 * c['delta_se']:.1f} (+{c['gained']} / −{c['lost']}, 4) |"]
     ev = json.loads((out / "eval" / "result.json").read_text())
     for row in ev["rows"]:
         s = row["tasks"]["svamp"]

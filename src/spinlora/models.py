@@ -176,11 +176,11 @@ CPU_ISA = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "av
 
 def cpu_info(path: str = "/proc/cpuinfo") -> dict:
     """This CPU's model name and which of the instruction sets that decide bf16 and int8 speed
-    it has (``CPU_ISA``), for a run's record. bf16 greedy answers differ between CPUs whose
-    kernels round differently: the SVAMP study's SFT adapter scored 25.4 % on the machine that
-    ran the study and 23.7 % on an AVX512-BF16 EPYC without AMX, 442 of 1000 answers the same
-    text (docs/svamp.md), so runs are compared on one kind of CPU. Empty fields where the file
-    is missing (not Linux)."""
+    it has (``CPU_ISA``), for a run's record. Greedy bf16 answers follow the kernels' rounding,
+    and the kernels differ by CPU (oneDNN picks AMX, AVX512-BF16 or emulation): one SVAMP
+    adapter evaluated again on a later day and code gave 177 of its 1000 answers in other words
+    (11 verdicts changed). A comparison of runs needs to know where each ran. Empty fields where
+    the file is missing (not Linux)."""
     model, flags = None, set()
     try:
         with open(path) as f:

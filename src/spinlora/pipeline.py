@@ -130,23 +130,27 @@ def _run_locked(cfg: RunConfig, out: Path) -> dict:
     for name in ("summary.md", "report.html", "loss.png"):
         if (out / name).exists():
             print(f"  {out.resolve() / name}")
-    if dist.is_main() and (out / "summary.md").is_file():  # the run ends with its table
-        table = [line for line in comparison_table(out / "summary.md") if line.startswith("|")]
-        if table:
-            print("\n" + "\n".join(table))
+    if dist.is_main() and (out / "summary.md").is_file():  # the run ends with its tables
+        for title, table in closing_tables(out / "summary.md"):
+            print("\n" + (f"{title}\n" if title else "") + "\n".join(table))
     return summary
 
 
-def comparison_table(summary_md: Path) -> list[str]:
-    """The lines of the report's "Comparison" section (the table of every evaluated model)."""
-    lines, keep = [], False
+def closing_tables(summary_md: Path) -> list[tuple[str, list[str]]]:
+    """The report's tables a run prints last: the comparison of every evaluated model, then the
+    paired differences against the SFT model where the report has them (title, table rows)."""
+    found, section = [], None
     for line in summary_md.read_text().splitlines():
         if line.startswith("## "):
-            keep = line.strip() == "## Comparison"
+            head = line[3:].strip()
+            section = ("" if head == "Comparison" else
+                       head if head.startswith("Paired differences") else None)
+            if section is not None:
+                found.append((section, []))
             continue
-        if keep:
-            lines.append(line)
-    return lines
+        if section is not None and line.startswith("|"):
+            found[-1][1].append(line)
+    return [(t, rows) for t, rows in found if rows]
 
 
 def _stage(out: Path, summary: dict, name: str, state: str) -> None:

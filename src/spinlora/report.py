@@ -260,10 +260,9 @@ def machine_lines(runs: list[Path]) -> list[str]:
         return []
     return ["**These runs evaluated on different machines or dtypes**: "
             + "; ".join(f"{k}: {v or 'not recorded'}" for k, v in seen.items())
-            + ". Greedy answers follow the kernels' rounding: one SVAMP adapter scored 25.4 % "
-            "and 23.7 % on two CPUs in bf16 (docs/svamp.md). A difference between these runs "
-            "mixes the models' difference with the machines'; evaluate them on one machine to "
-            "compare them.", ""]
+            + ". Greedy bf16 answers follow the kernels' rounding, which differs between CPUs, "
+            "so a difference between these runs mixes the models' difference with the "
+            "machines'. Evaluate them on one machine to compare them.", ""]
 
 
 def _fmt(v, nd=3) -> str:
