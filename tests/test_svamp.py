@@ -197,6 +197,16 @@ def test_paired_cli_reads_samples_files_gzipped_or_not(tmp_path, capsys):
     assert (row["n"], row["gained"], row["lost"]) == (5, 1, 2)
     assert row["delta"] == pytest.approx(-0.2) and row["accuracy"] == pytest.approx(0.4)
     assert json.loads(capsys.readouterr().out)[0]["delta_se"] == pytest.approx(row["delta_se"])
+    assert row["same_text"] is None  # no answers in these files: nothing to compare word for word
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"index": i, "correct": c, "output": o}) + "\n"
+                             for i, (c, o) in enumerate([(1, "3"), (0, "x"), (1, "5")])))
+    again = tmp_path / "again.jsonl"
+    again.write_text("".join(json.dumps({"index": i, "correct": c, "output": o}) + "\n"
+                             for i, (c, o) in enumerate([(1, "3"), (0, "y"), (1, "5")])))
+    (row2,) = cli.main([str(texts), str(again)])
+    assert row2["same_text"] == 2 and row2["delta"] == 0
+    assert "2 answers the same text" in capsys.readouterr().out
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"index": 0, "correct": 1}\n{"question": "x"}\n')
     with pytest.raises(SystemExit, match="line 2"):

@@ -57,12 +57,17 @@ def compare(reference: dict, other: dict) -> dict:
     keys = set(reference) & set(other)
     gained = sum(1 for k in keys if other[k]["correct"] and not reference[k]["correct"])
     lost = sum(1 for k in keys if reference[k]["correct"] and not other[k]["correct"])
+    texts = all("output" in reference[k] and "output" in other[k] for k in keys)
     return {"n": n, "accuracy": sum(bool(other[k]["correct"]) for k in keys) / n,
             "reference_accuracy": sum(bool(reference[k]["correct"]) for k in keys) / n,
-            "delta": delta, "delta_se": se, "gained": gained, "lost": lost}
+            "delta": delta, "delta_se": se, "gained": gained, "lost": lost,
+            # answers written word for word the same: n for a run reproduced exactly
+            "same_text": (sum(reference[k]["output"] == other[k]["output"] for k in keys)
+                          if texts else None)}
 
 
 def line(row: dict) -> str:
-    """``Δ +1.3 ± 0.6 paired (+52 −39, n = 1000)``, in points."""
+    """``Δ +1.3 ± 0.6 paired (+52 −39, n = 1000; 656 answers the same text)``, in points."""
+    same = "" if row.get("same_text") is None else f"; {row['same_text']} answers the same text"
     return (f"Δ {100 * row['delta']:+.1f} ± {100 * row['delta_se']:.1f} paired "
-            f"(+{row['gained']} −{row['lost']}, n = {row['n']})")
+            f"(+{row['gained']} −{row['lost']}, n = {row['n']}{same})")
