@@ -111,3 +111,9 @@ def test_report_pairs_models_on_the_same_problems_and_warns_across_machines(tmp_
     md = (tmp_path / "other" / "summary.md").read_text()
     assert "**These runs evaluated on different machines or dtypes**" in md
     assert "runB: Intel Xeon (AMX) (avx512_bf16), bfloat16" in md
+    # a damaged samples file costs the paired section, not the report
+    (a / "eval" / "samples_lora_sft_svamp.jsonl").write_text('{"index": 0}\n')
+    write_report(a, b, out=tmp_path / "damaged")
+    md = (tmp_path / "damaged" / "summary.md").read_text()
+    assert "Paired differences left out:" in md and "line 1" in md and "## Run runA" in md
+

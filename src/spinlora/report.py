@@ -218,7 +218,10 @@ def paired_lines(runs: list[Path], tasks: list[str]) -> list[str]:
         return []
     ref = next((x for x in found if x[1].endswith("_sft")), found[0])
     ptasks = [t for t in tasks if t in ref[2]]
-    refs = {t: read_samples(ref[2][t]) for t in ptasks}
+    try:
+        refs = {t: read_samples(ref[2][t]) for t in ptasks}
+    except ValueError as e:  # a damaged samples file: the rest of the report still stands
+        return [f"Paired differences left out: {e}", ""]
     lines = [f"## Paired differences against {ref[0].name} / {ref[1]}", "",
              "Δ in points over the problems both models answered, ± its paired standard error "
              "(gained / lost problems, n).", "",
@@ -230,7 +233,7 @@ def paired_lines(runs: list[Path], tasks: list[str]) -> list[str]:
         for t in ptasks:
             try:
                 c = compare(refs[t], read_samples(files[t])) if t in files else None
-            except ValueError:  # no shared problem (another subset)
+            except ValueError:  # no shared problem (another subset), or a damaged file
                 c = None
             cells.append("–" if c is None else
                          f"{100 * c['delta']:+.1f} ± {100 * c['delta_se']:.1f} "
