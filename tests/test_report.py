@@ -111,6 +111,12 @@ def test_report_pairs_models_on_the_same_problems_and_warns_across_machines(tmp_
     md = (tmp_path / "other" / "summary.md").read_text()
     assert "**These runs evaluated on different machines or dtypes**" in md
     assert "runB: Intel Xeon (AMX) (avx512_bf16), bfloat16" in md
+    # two runs with one folder name on two CPUs are still two machines
+    c = _fixture_run(tmp_path / "elsewhere", "runA", 0.5, [])
+    _machine(c, "Intel Xeon (AMX)")
+    write_report(a, c, out=tmp_path / "same_name")
+    assert "**These runs evaluated on different machines or dtypes**" in (
+        tmp_path / "same_name" / "summary.md").read_text()
     # a damaged samples file costs the paired section, not the report
     (a / "eval" / "samples_lora_sft_svamp.jsonl").write_text('{"index": 0}\n')
     write_report(a, b, out=tmp_path / "damaged")

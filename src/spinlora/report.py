@@ -257,12 +257,11 @@ def machine(run: Path) -> str | None:
 def machine_lines(runs: list[Path]) -> list[str]:
     """A warning when the runs compared evaluated on different machines or dtypes: greedy
     answers in bf16 follow the kernels' rounding, which differs between CPUs."""
-    seen = {r.name: machine(r) for r in runs}
-    kinds = set(v for v in seen.values() if v)
-    if len(kinds) < 2:
+    seen = [(r.name, machine(r)) for r in runs]  # a list: two runs may share a folder name
+    if len({v for _, v in seen if v}) < 2:
         return []
     return ["**These runs evaluated on different machines or dtypes**: "
-            + "; ".join(f"{k}: {v or 'not recorded'}" for k, v in seen.items())
+            + "; ".join(f"{k}: {v or 'not recorded'}" for k, v in seen)
             + ". Greedy bf16 answers follow the kernels' rounding, which differs between CPUs, "
             "so a difference between these runs mixes the models' difference with the "
             "machines'. Evaluate them on one machine to compare them.", ""]
