@@ -42,7 +42,7 @@ def test_rl_stage_end_to_end(tiny_cfg, monkeypatch):
     from spinlora.pipeline import run
 
     # the tiny model never gets a sum right: a stand-in reward that differs inside each group
-    monkeypatch.setattr(rl, "is_correct", lambda text, gold: len(text) % 2 == 0)
+    monkeypatch.setattr(rl, "is_correct", lambda text, gold, check="final": len(text) % 2 == 0)
     tiny_cfg.stages = ["sft", "rl", "eval"]
     tiny_cfg.rl.rounds, tiny_cfg.rl.prompts, tiny_cfg.rl.samples = 2, 4, 4
     tiny_cfg.rl.lr, tiny_cfg.rl.heldout, tiny_cfg.rl.temperature = 1e-2, 3, 0.8

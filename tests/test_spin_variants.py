@@ -116,6 +116,30 @@ def test_is_correct():
     assert is_correct("#### 8", "#### 7") is False
     assert is_correct("#### 8", "no number in the gold answer") is None
     assert is_correct("I have 7.", "Free-form answer mentioning 7 apples") is None  # no #### N
+    # data.answer_check=equation: the value of the last equation written (SVAMP's score)
+    wrong_sum = "458 + 692 = 1140\n#### 1140"
+    assert is_correct(wrong_sum, "458 + 692 = 1150\n#### 1150") is False
+    assert is_correct(wrong_sum, "458 + 692 = 1150\n#### 1150", "equation") is True
+    assert is_correct("458 - 692 = 1150\n#### 1150", "#### 1150", "equation") is False
+    assert is_correct("The answer is 7.", "#### 7", "equation") is True  # no equation: stated
+    assert is_correct("#### 8", "no number", "equation") is None
+
+
+def test_answer_check_auto_follows_the_rows(tiny_cfg):
+    """auto: the equation check on SVAMP rows (they carry a gold value), final elsewhere; a
+    value outside final / equation / auto is refused by name."""
+    from spinlora.data import Example
+    from spinlora.stages.spin import answer_check
+
+    svamp_row = Example("q", "5 * 3 = 15\n#### 15", [1], [2], meta={"value": 15.0})
+    gsm8k_row = Example("q", "work\n#### 15", [1], [2])
+    tiny_cfg.data.answer_check = "auto"
+    assert (answer_check(tiny_cfg, svamp_row), answer_check(tiny_cfg, gsm8k_row)) == (
+        "equation", "final")
+    tiny_cfg.data.answer_check = "final"
+    assert answer_check(tiny_cfg, svamp_row) == "final"
+    with pytest.raises(ConfigError, match="data.answer_check"):
+        load_config(None, ["data.answer_check=value"])
 
 
 def _fake_generate(texts_by_call):
@@ -259,12 +283,40 @@ def test_own_correct_pairs_right_over_wrong(tiny_cfg, monkeypatch):
         load_config(None, ["spin.chosen=own_correct"])  # greedy: one answer per prompt
 
 
+def test_own_correct_pairs_with_the_equation_check(tiny_cfg, monkeypatch):
+    """data.answer_check=equation: an answer whose equation is right but whose sum is wrong
+    counts as right; among right samples one whose stated number is right too is preferred.
+    The final check reads the same samples the other way."""
+    import spinlora.stages.spin as sp
+    from spinlora.data import ChatFormat, build_examples
+    from spinlora.models import load_model
+
+    model, tok = load_model(tiny_cfg.model)
+    fmt = ChatFormat(tok)
+    examples = build_examples([{"prompt": "q", "answer": "3 + 4 = 7\n#### 7"}], fmt,
+                              tiny_cfg.data)[0]
+    tiny_cfg.spin.chosen = "own_correct"
+    tiny_cfg.spin.opponent.temperature, tiny_cfg.spin.opponent.samples = 0.7, 3
+    answers = ["3 + 4 = 8\n#### 8", "3 + 4 = 7\n#### 7", "3 * 4 = 12\n#### 12"]
+    acct = Accountant(torch.device("cpu"))
+    tiny_cfg.data.answer_check = "equation"
+    monkeypatch.setattr(sp, "generate", _fake_generate([answers])[0])
+    _, records, counts = sp.make_pairs(model, tok, fmt, examples, tiny_cfg, acct, "o")
+    assert counts["samples_correct"] == 2
+    assert [(r["chosen"], r["generated"]) for r in records] == [(answers[1], answers[2])]
+    tiny_cfg.data.answer_check = "final"
+    monkeypatch.setattr(sp, "generate", _fake_generate([answers])[0])
+    _, records, counts = sp.make_pairs(model, tok, fmt, examples, tiny_cfg, acct, "o")
+    assert counts["samples_correct"] == 1
+    assert [(r["chosen"], r["generated"]) for r in records] == [(answers[1], answers[0])]
+
+
 def test_own_correct_spin_runs_with_step0_check(tiny_cfg, monkeypatch):
     """The whole iteration on own pairs (the tiny model is never right: a stand-in check)."""
     import spinlora.stages.spin as sp
     from spinlora.pipeline import run
 
-    monkeypatch.setattr(sp, "is_correct", lambda text, gold: len(text) % 2 == 0)
+    monkeypatch.setattr(sp, "is_correct", lambda text, gold, check="final": len(text) % 2 == 0)
     real = sp.generate
 
     def ending(*a, **kw):  # the tiny model seldom ends a turn: end every answer with <|im_end|>

@@ -24,6 +24,7 @@ from .adapters import REGISTRY, AdapterConfig  # one direction: adapters never i
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 SPIN_LOSSES = ("sigmoid", "sigmoid_nll", "dpop", "ipo")  # losses.spin_loss
+ANSWER_CHECKS = ("final", "equation", "auto")  # data.answer_check
 KEEP_BEST = ("heldout_accuracy", "heldout_gold_logp", "heldout_win_rate", "heldout_reward")
 
 
@@ -69,6 +70,11 @@ class DataConfig:
     system_prompt: str | None = None  # None: the chat template's own default
     max_length: int = 512  # prompt + answer tokens
     overlong: str = "truncate"  # truncate | drop: what to do with longer sequences
+    # what makes a sampled answer right for SPIN's correct_pairs / own_correct and RL's reward:
+    # final = its final number (``#### N``) equals the gold one; equation = the value of the last
+    # equation it writes does (svamp.score: the SVAMP paper's score, a solver doing the
+    # arithmetic); auto = equation on SVAMP rows (they carry a gold value), final elsewhere
+    answer_check: str = "final"
     sft_examples: int | None = 64  # None = all rows
     seed: int = 0  # seeds the subset choice and shuffling
 
@@ -334,6 +340,8 @@ class RunConfig:
             ("train.schedule", self.train.schedule in ("linear", "constant", "cosine"),
              "linear, constant or cosine"),
             ("data.overlong", self.data.overlong in ("truncate", "drop"), "truncate or drop"),
+            ("data.answer_check", self.data.answer_check in ANSWER_CHECKS,
+             "final, equation or auto"),
             ("data.max_length", self.data.max_length > 8, "must be > 8"),
             ("adapter.r", self.adapter.r > 0, "must be > 0"),
             ("model.quantization", self.model.quantization in ("none", "nf4", "int8"),

@@ -46,7 +46,7 @@ from ..data import DataError, Example, subset
 from ..generate import generate
 from ..scoring import score_answers
 from ..train import MetricsLog, Objective, length_units, train_loop
-from .spin import _heldout, is_correct
+from .spin import _heldout, answer_check, is_correct
 
 
 @dataclasses.dataclass
@@ -173,7 +173,8 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
             samples, rewards_all, informative = [], [], 0
             for i, e in enumerate(prompts):
                 group = gens[i * r.samples:(i + 1) * r.samples]
-                rewards = [float(bool(is_correct(g.text, e.answer))) for g in group]
+                check = answer_check(cfg, e)
+                rewards = [float(bool(is_correct(g.text, e.answer, check))) for g in group]
                 rewards_all += rewards
                 if max(rewards) == min(rewards):
                     continue  # no signal in this group
@@ -209,7 +210,7 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
                 f.writelines(json.dumps(x) + "\n" for x in rounds)
     after = _heldout(model, tokenizer, fmt, heldout, cfg, acct, "rl_end")
     trained = [x for x in rounds if "step0_ratio" in x]
-    return {"stage": "rl", "reward": "correctness", "advantage": r.advantage, "beta": r.beta,
+    return {"stage": "rl", "reward": "correctness", "answer_check": cfg.data.answer_check, "advantage": r.advantage, "beta": r.beta,
             "clip": r.clip, "lr": r.lr, "samples_per_prompt": r.samples, "rounds": rounds,
             "step0_ratio_ok": all(abs(x["step0_ratio"] - 1) < 1e-4 for x in trained),
             "first_round_kl0_ok": bool(trained) and trained[0]["round"] == 1

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .. import adapters, dist, rundir
+from .. import adapters, dist, rundir, svamp
 from ..accounting import Accountant, count_parameters
 from ..config import DpoConfig, GenerationConfig, RunConfig, SpinConfig
 from ..data import Example, subset
@@ -132,14 +132,35 @@ def opponent_generation(cfg: RunConfig, t: int) -> GenerationConfig:
                                seed=opp.seed + 1000 * t)
 
 
-def is_correct(generated: str, gold_answer: str) -> bool | None:
-    """Whether a generated answer's final number equals the gold one; None (not checkable, the
-    pair is kept) unless the gold answer states it as GSM8K does (``#### N``): on free-form data
-    a shared last number says nothing about correctness."""
+def is_correct(generated: str, gold_answer: str, check: str = "final") -> bool | None:
+    """Whether a generated answer is right; None (not checkable, the pair is kept) unless the
+    gold answer states its number as GSM8K does (``#### N``): on free-form data a shared last
+    number says nothing about correctness.
+
+    ``check`` (``data.answer_check``, resolved by ``answer_check``): ``final``, the answer's
+    final number equals the gold one; ``equation``, the value of the last equation it writes
+    does (``svamp.score``, the SVAMP paper's score: its stated number where it writes none)."""
     gold = extract_strict(gold_answer)
     if gold is None:
         return None
+    if check == "equation":
+        return svamp.score(generated, float(gold))["correct"]
     return extract_answer(generated) == gold
+
+
+def answer_check(cfg: RunConfig, example: Example) -> str:
+    """``data.answer_check`` for one row: ``auto`` is ``equation`` on SVAMP rows (they carry a
+    gold ``value``), ``final`` elsewhere."""
+    check = cfg.data.answer_check
+    if check == "auto":
+        return "equation" if "value" in example.meta else "final"
+    return check
+
+
+def stated_right(generated: str, gold_answer: str) -> bool:
+    """The final number is right too (used to prefer, among right samples, one whose arithmetic
+    is also right: an equation-checked answer may state a wrong sum)."""
+    return bool(is_correct(generated, gold_answer, "final"))
 
 
 def make_pairs(model, tokenizer, fmt, examples: list[Example], cfg: RunConfig,
@@ -167,7 +188,7 @@ def make_pairs(model, tokenizer, fmt, examples: list[Example], cfg: RunConfig,
               "checkable": 0, "dropped_correct": 0}
     for i, e in enumerate(examples):
         samples = gens[i * k:(i + 1) * k]
-        flags = [is_correct(g.text, e.answer) for g in samples]
+        flags = [is_correct(g.text, e.answer, answer_check(cfg, e)) for g in samples]
         counts["unfinished"] += sum(not g.finished for g in samples)
         if flags[0] is not None:
             counts["checkable"] += 1
@@ -208,12 +229,14 @@ def _own_pairs(gens: list, examples: list[Example], cfg: RunConfig
               "dropped_unfinished": 0, "cut_to_max_length": 0}
     for i, e in enumerate(examples):
         samples = gens[i * k:(i + 1) * k]
-        flags = [is_correct(g.text, e.answer) for g in samples]
+        flags = [is_correct(g.text, e.answer, answer_check(cfg, e)) for g in samples]
         if flags[0] is None:
             continue  # not checkable: no right or wrong to tell apart
         counts["checkable"] += 1
         counts["samples_correct"] += sum(bool(f) for f in flags)
-        right = [g for g, f in zip(samples, flags) if f and g.finished]
+        # a right answer whose stated number is right too comes first (stable: else the first)
+        right = sorted((g for g, f in zip(samples, flags) if f and g.finished),
+                       key=lambda g: not stated_right(g.text, e.answer))
         # a wrong answer that finished first: a cut one would let length give it away
         wrong = sorted((g for g, f in zip(samples, flags) if not f), key=lambda g: not g.finished)
         if not right:
