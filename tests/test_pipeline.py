@@ -122,3 +122,40 @@ def test_report_to_unknown_sink_is_refused():
 
     with pytest.raises(ConfigError, match="train.report_to"):
         load_config(None, ["train.report_to=[mlflow]"])
+
+
+def test_adapter_from_a_run_with_other_settings_is_named(tiny_cfg, capsys):
+    """--adapter from a run whose training settings differ from this run's: run.json records
+    where it came from (its run, the sha256 of its weights, the differing keys) and a note names
+    them; the same settings give no note; a bare peft folder records only path and hash."""
+    import copy
+    import hashlib
+    import shutil
+
+    tiny_cfg.stages = ["sft"]
+    run(tiny_cfg)
+    adapter = Path(tiny_cfg.output_dir) / "sft" / "adapter"
+    weights = (adapter / "adapter_model.safetensors").read_bytes()
+
+    def eval_from(where, **changes):
+        cfg = copy.deepcopy(tiny_cfg)
+        cfg.stages, cfg.eval.models, cfg.sft_adapter = ["eval"], ["sft"], str(where)
+        cfg.output_dir = str(Path(tiny_cfg.output_dir).parent / f"eval_{len(changes)}")
+        for k, v in changes.items():
+            setattr(cfg.train, k, v)
+        capsys.readouterr()
+        run(cfg)
+        return (json.loads((Path(cfg.output_dir) / "run.json").read_text())["adapter_source"],
+                capsys.readouterr().out)
+
+    src, printed = eval_from(adapter, lr=3e-4)
+    assert src["run"] == str(Path(tiny_cfg.output_dir).resolve())
+    assert src["sha256"] == hashlib.sha256(weights).hexdigest()
+    assert src["differs"] == {"train.lr": {"there": 1e-2, "here": 3e-4}}
+    assert "train.lr 0.01 there, 0.0003 here" in printed
+    src, printed = eval_from(adapter)
+    assert src["differs"] == {} and "trained by the run" not in printed
+    bare = Path(tiny_cfg.output_dir).parent / "bare_adapter"
+    shutil.copytree(adapter, bare)
+    src, _ = eval_from(bare, lr=3e-4, epochs=2.0)
+    assert set(src) == {"path", "sha256"}

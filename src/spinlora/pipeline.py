@@ -42,7 +42,7 @@ from .evaluate.choice import evaluate_choice_task
 from .evaluate.tasks import DEFAULT_SHOTS, load_task
 from .generate import packs_linears, pick_engine
 from .models import load_model, pick_device
-from .start import attach_adapter, sft_set  # noqa: F401  (part of this module's API)
+from .start import adapter_source, attach_adapter, sft_set  # noqa: F401  (part of this module's API)
 from .report import write_report
 from .stages.sft import run_sft
 from .stages.dpo import load_pairs, run_dpo
@@ -84,6 +84,8 @@ def _run_locked(cfg: RunConfig, out: Path) -> dict:
               "killed; its finished stages are reused")
     elif before:
         summary["resumed_after"] = before.get("status")
+    if cfg.sft_adapter:  # --adapter: where it came from (a note when its run's settings differ)
+        summary["adapter_source"] = adapter_source(cfg)
     rundir.write_json(out / "run.json", summary)
     t_start = time.perf_counter()
     abandoned = False

@@ -39,3 +39,64 @@ def attach_adapter(cfg: RunConfig, model, out: Path):
         if cfg.sft_adapter:
             adapters.load_weights(model, cfg.adapter, cfg.sft_adapter)
     return model, init_path
+
+
+# the settings that shape what an adapter learned in the run that trained it: ``--adapter``
+# from a run whose values differ is named (a stale adapter under a current-looking folder name)
+PROVENANCE_KEYS = ("model.name", "data.train", "data.sft_examples", "data.seed",
+                   "data.max_length", "train.lr", "train.epochs", "train.batch_size", "seed")
+
+
+def _setting(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, dict) else getattr(cfg, part, None)
+    return cfg
+
+
+def _same(a, b) -> bool:
+    try:  # YAML reads "5e-4" as a string and "5.0e-4" as a number
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return a == b
+
+
+def adapter_source(cfg: RunConfig) -> dict | None:
+    """Where ``--adapter`` (``cfg.sft_adapter``) came from, for ``run.json``: its path, the
+    sha256 of its weights, and, when a spinlora run wrote it (the nearest folder above it with
+    ``run.json`` and ``config.yaml``), that run, its commit and the ``PROVENANCE_KEYS`` whose
+    values there differ from this run's (printed as a note). None without ``--adapter`` or when
+    the folder is missing (loading the adapter then fails with its own message)."""
+    import hashlib
+    import json
+
+    import yaml
+
+    path = Path(cfg.sft_adapter).expanduser().resolve() if cfg.sft_adapter else None
+    if path is None or not path.is_dir():
+        return None
+    rec: dict = {"path": str(path)}
+    weights = path / "adapter_model.safetensors"
+    if weights.is_file():
+        rec["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    run = next((p for p in list(path.parents)[:4]
+                if (p / "run.json").is_file() and (p / "config.yaml").is_file()), None)
+    if run is None:
+        return rec
+    try:
+        there = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        status = json.loads((run / "run.json").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return rec  # a damaged record says nothing: the adapter itself is what loads
+    rec["run"] = str(run)
+    rec["git_commit"] = (status.get("environment") or {}).get("git_commit")
+    rec["differs"] = {k: {"there": _setting(there, k), "here": _setting(cfg, k)}
+                      for k in PROVENANCE_KEYS
+                      if not _same(_setting(there, k), _setting(cfg, k))}
+    if rec["differs"] and dist.is_main():
+        diffs = "; ".join(f"{k} {v['there']} there, {v['here']} here"
+                          for k, v in rec["differs"].items())
+        print(f"[spinlora] note: --adapter {cfg.sft_adapter} was trained by the run {run} "
+              f"(commit {str(rec['git_commit'])[:7]}) with settings other than this run's: "
+              f"{diffs}. It is used as it is; if you meant this recipe's own adapter, train "
+              "it again (its command without --adapter)")
+    return rec
