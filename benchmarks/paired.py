@@ -4,6 +4,7 @@
         runs/demo/eval/samples_lora_spin_iter_1_svamp.jsonl
     python benchmarks/paired.py benchmarks/results/svamp/demo/irpo_128/samples_lora_sft_svamp.jsonl.gz \\
         benchmarks/results/svamp/demo/irpo_128/samples_lora_spin_iter_1_svamp.jsonl.gz --json
+    python benchmarks/paired.py SFT_SAMPLES OTHER_SAMPLES --subset irrelevant   # SVAMP's 447
 
 The first file is the reference (SFT, say); every other file is compared with it over the
 problems both answered (matched by ``index``, GSM8K's by question; ``.gz`` files are read
@@ -27,18 +28,39 @@ def samples(path: str) -> dict:
         raise SystemExit(str(e)) from None
 
 
+def subset(rows: dict, which: str | None, data_root: str) -> dict:
+    """``--subset``: the SVAMP problems with (irrelevant) or without (relevant) numbers their
+    gold equation does not use (``svamp.irrelevant_numbers``), by ``index`` into SVAMP.json."""
+    if which is None:
+        return rows
+    from spinlora import svamp
+
+    try:
+        test = svamp.load_test(data_root)
+    except svamp.SvampError as e:
+        raise SystemExit(str(e)) from None
+    want = which == "irrelevant"
+    keep = {i for i, t in enumerate(test) if svamp.irrelevant_numbers(t["prompt"], t["answer"]) == want}
+    return {k: r for k, r in rows.items() if k in keep}
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("reference", help="samples file of the model to compare against")
     ap.add_argument("others", nargs="+", help="samples files of the models to compare")
     ap.add_argument("--json", action="store_true", help="print JSON rows instead of lines")
+    ap.add_argument("--subset", choices=("irrelevant", "relevant"),
+                    help="SVAMP: only the problems that state more numbers than their gold "
+                         "equation uses (irrelevant), or only the others (relevant)")
+    ap.add_argument("--data-root", default="../shared/data",
+                    help="the folder holding svamp/SVAMP.json (for --subset)")
     args = ap.parse_args(argv)
-    ref = samples(args.reference)
+    ref = subset(samples(args.reference), args.subset, args.data_root)
     rows = []
     for path in args.others:
         try:
-            row = {"file": path, **compare(ref, samples(path))}
+            row = {"file": path, **compare(ref, subset(samples(path), args.subset, args.data_root))}
         except ValueError as e:
             raise SystemExit(f"{path}: {e}") from None
         rows.append(row)

@@ -227,3 +227,39 @@ def test_calculator_computes_the_expression_before_equals():
     assert svamp.calculate("10 / 4 =") == "2.5" and svamp.calculate("7 - 9 =") == "-2"
     for text in ["x =", "5 + 3 = 8 =", "5 / 0 =", "56 * 9", "__import__('os') + 1 ="]:
         assert svamp.calculate(text) is None, text
+
+
+def test_distractors_add_an_irrelevant_sentence_and_keep_the_gold():
+    """data.distractors: the share asked for gets one statement with one number from another
+    training row, before its question; gold answers, questions and row count stay; the same
+    seed gives the same rows; a statement opening with a pronoun or naming the problem's own
+    people is never used."""
+    from spinlora.data import _names, add_distractors
+
+    rows = svamp.read_train_csv(SVAMP_DIR / "mawps-asdiv-a_train.csv")
+    out, n = add_distractors(rows[:600], rows, 0.5, 0)
+    assert len(out) == 600 and 240 <= n <= 330
+    assert add_distractors(rows[:600], rows, 0.5, 0) == (out, n)
+    assert add_distractors(rows[:600], rows, 0.0, 0) == (rows[:600], 0)
+    changed = [(a, b) for a, b in zip(rows[:600], out) if a is not b]
+    assert len(changed) == n
+    for a, b in changed:
+        d = b["distractor"]
+        assert (b["answer"], b["value"]) == (a["answer"], a["value"])
+        assert b["prompt"].replace(d + " ", "", 1) == a["prompt"]  # only the sentence was added
+        assert b["prompt"].rstrip().endswith(a["prompt"].rstrip().split(". ")[-1])  # question last
+        assert len(re.findall(r"\d[\d,]*(?:\.\d+)?", d)) == 1
+        assert d.split()[0].lower() not in ("he", "she", "they", "it", "i", "we")
+        assert not _names(a["prompt"]) & _names(d)
+        assert d not in a["prompt"]
+
+
+def test_irrelevant_numbers_counts_svamps_variation():
+    """A problem stating more numbers than its gold equation uses: 447 of SVAMP's 1000, 340
+    of the 3138 training rows (the shift data.distractors works on)."""
+    test = svamp.load_test(SHARED)
+    train = svamp.read_train_csv(SVAMP_DIR / "mawps-asdiv-a_train.csv")
+    assert sum(svamp.irrelevant_numbers(r["prompt"], r["answer"]) for r in test) == 447
+    assert sum(svamp.irrelevant_numbers(r["prompt"], r["answer"]) for r in train) == 340
+    assert svamp.irrelevant_numbers("Tom has 5 cats and 3 dogs. How many cats?", "5 = 5\n#### 5")
+    assert not svamp.irrelevant_numbers("5 cats and 3 more. How many?", "5 + 3 = 8\n#### 8")

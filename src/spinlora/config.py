@@ -75,6 +75,10 @@ class DataConfig:
     # equation it writes does (svamp.score: the SVAMP paper's score, a solver doing the
     # arithmetic); auto = equation on SVAMP rows (they carry a gold value), final elsewhere
     answer_check: str = "final"
+    # the share of SFT rows (and so of SPIN / RL prompts) that get one sentence with a number
+    # from another training row inserted before their question, the gold answer unchanged:
+    # SVAMP's "irrelevant information" variation (data.add_distractors); 0 = off
+    distractors: float = 0.0
     sft_examples: int | None = 64  # None = all rows
     seed: int = 0  # seeds the subset choice and shuffling
 
@@ -343,6 +347,7 @@ class RunConfig:
             ("data.answer_check", self.data.answer_check in ANSWER_CHECKS,
              "final, equation or auto"),
             ("data.max_length", self.data.max_length > 8, "must be > 8"),
+            ("data.distractors", 0 <= self.data.distractors <= 1, "must be in [0, 1]"),
             ("adapter.r", self.adapter.r > 0, "must be > 0"),
             ("model.quantization", self.model.quantization in ("none", "nf4", "int8"),
              "none, nf4 or int8"),

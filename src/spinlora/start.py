@@ -6,7 +6,7 @@ from pathlib import Path
 
 from . import adapters, dist
 from .config import RunConfig
-from .data import ChatFormat, build_examples, load_rows, subset
+from .data import ChatFormat, add_distractors, build_examples, load_rows, subset
 
 
 def sft_set(cfg: RunConfig, fmt: ChatFormat):
@@ -15,7 +15,11 @@ def sft_set(cfg: RunConfig, fmt: ChatFormat):
     rows = load_rows(cfg.data.train, cfg.data, "train")
     chosen = subset(list(range(len(rows))), cfg.data.sft_examples, cfg.data.seed)
     rest = sorted(set(range(len(rows))) - set(chosen))
-    sft_examples, counts = build_examples([rows[i] for i in chosen], fmt, cfg.data)
+    picked, changed = add_distractors([rows[i] for i in chosen], rows, cfg.data.distractors,
+                                      cfg.data.seed)
+    sft_examples, counts = build_examples(picked, fmt, cfg.data)
+    if cfg.data.distractors:
+        counts["with_distractor"] = changed
     return rows, chosen, rest, sft_examples, counts
 
 

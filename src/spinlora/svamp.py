@@ -301,6 +301,15 @@ def stated_value(text: str) -> float | None:
         return None
 
 
+def irrelevant_numbers(question: str, gold_answer: str) -> bool:
+    """Whether a problem states more numbers than its gold equation uses (the first line of a
+    gold answer as this module writes it, ``56 * 9 = 504``): SVAMP's "irrelevant
+    information" variation, which 447 of its 1000 problems carry and 340 of the 3138 training
+    rows."""
+    left = gold_answer.split("\n")[0].rsplit("=", 1)[0]
+    return len(_NUMBER.findall(question)) > len(_NUMBER.findall(left))
+
+
 def same(a: float | None, b: float) -> bool:
     return a is not None and math.isfinite(a) and math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-4)
 
