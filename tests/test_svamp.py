@@ -107,7 +107,9 @@ def test_svamp_eval_through_the_pipeline(tiny_cfg, tmp_path, capsys):
 
     root = tmp_path / "data"
     (root / "svamp").mkdir(parents=True)
-    problems = [{"ID": f"chal-{i}", "Body": f"Tom has {a} apples. He buys {b} more.",
+    # every other problem states a number its equation does not use (SVAMP's variation)
+    problems = [{"ID": f"chal-{i}", "Body": f"Tom has {a} apples{' and 9 pears' * (i % 2)}. "
+                 f"He buys {b} more.",
                  "Question": "How many apples does he have?", "Equation": f"( {a}.0 + {b}.0 )",
                  "Answer": float(a + b), "Type": "Addition"} for i, (a, b) in
                 enumerate(zip(range(1, 7), range(3, 9)))]
@@ -153,6 +155,12 @@ def test_svamp_eval_through_the_pipeline(tiny_cfg, tmp_path, capsys):
         assert sum(x["correct"] for x in samples) / 4 == s["acc"]
         for x in samples:  # each verdict is the scorer's on the saved output
             assert x["correct"] == svamp.score(x["output"], x["gold_value"])["correct"]
+            assert x["irrelevant_numbers"] == ("pears" in x["question"])
+        for name, flag in (("irrelevant", True), ("relevant", False)):
+            part = [x["correct"] for x in samples if ("pears" in x["question"]) is flag]
+            assert s["by_numbers"][name]["n"] == len(part)
+            assert s["by_numbers"][name]["acc"] == sum(part) / max(len(part), 1)
+        assert 0 < s["by_numbers"]["irrelevant"]["n"] < 4  # the seeded 4 of 6 hold both kinds
     assert "svamp" in (out / "summary.md").read_text()
 
 

@@ -443,9 +443,12 @@ def _eval_one(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path, acct: Acc
                             f.write(json.dumps(s) + "\n")
                 c.pop("samples", None)
                 r["tasks"][task] = c
+                b = c["by_numbers"]
                 print(f"[spinlora] eval {label}: SVAMP accuracy {c['acc']:.3f} ± "
                       f"{c['acc_stderr']:.3f} (value of its equation; stated number "
-                      f"{c['stated_acc']:.3f}; n={c['n']})")
+                      f"{c['stated_acc']:.3f}; n={c['n']}; with irrelevant numbers "
+                      f"{b['irrelevant']['acc']:.3f} of {b['irrelevant']['n']}, without "
+                      f"{b['relevant']['acc']:.3f} of {b['relevant']['n']})")
                 continue
             with acct.phase(f"eval_{task}[{label}]"):
                 c = evaluate_choice_task(model, tok, task, items, label)

@@ -244,11 +244,19 @@ def evaluate_svamp(model, tokenizer, fmt: ChatFormat, examples: list[Example],
     n = g["n"]
     for s, e in zip(g["samples"], examples, strict=True):
         s.update(svamp.score(s["output"], e.meta["value"]), index=e.meta.get("index"),
-                 gold_value=e.meta["value"])
+                 gold_value=e.meta["value"],
+                 irrelevant_numbers=svamp.irrelevant_numbers(e.prompt, e.answer))
     acc = sum(s["correct"] for s in g["samples"]) / max(n, 1)
     stated = sum(s["stated_correct"] for s in g["samples"]) / max(n, 1)
+    # by SVAMP's "irrelevant information" variation: the problems that state numbers their
+    # equation does not use (447 of the 1000), and the rest
+    split = {}
+    for name, flag in (("irrelevant", True), ("relevant", False)):
+        part = [s["correct"] for s in g["samples"] if s["irrelevant_numbers"] is flag]
+        a = sum(part) / max(len(part), 1)
+        split[name] = {"n": len(part), "acc": a, "acc_stderr": stderr(a, len(part))}
     return {"n": n, "acc": acc, "acc_stderr": stderr(acc, n), "stated_acc": stated,
-            "stated_acc_stderr": stderr(stated, n),
+            "stated_acc_stderr": stderr(stated, n), "by_numbers": split,
             "with_equation": sum(s["has_equation"] for s in g["samples"]) / max(n, 1),
             "finished_rate": g["own_finished_rate"], "mean_tokens": g["own_mean_tokens"],
             "max_new_tokens": gen_cfg.max_new_tokens, "samples": g["samples"]}
