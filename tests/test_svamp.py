@@ -139,11 +139,18 @@ def test_svamp_eval_through_the_pipeline(tiny_cfg, tmp_path, capsys):
     assert any(line.startswith("| run | lora_sft | ") for line in printed[head - 5:head])
     from spinlora.paired import compare, read_samples
 
-    c = compare(read_samples(out / "eval" / "samples_lora_sft_svamp.jsonl"),
-                read_samples(out / "eval" / "samples_base_svamp.jsonl"))
-    assert printed[head + 1:] == ["| run | model | svamp |", "|---|---|---|",
-                                  f"| run | base | {100 * c['delta']:+.1f} ± "
-                                  f"{100 * c['delta_se']:.1f} (+{c['gained']} / −{c['lost']}, 4) |"]
+    sft = read_samples(out / "eval" / "samples_lora_sft_svamp.jsonl")
+    base = read_samples(out / "eval" / "samples_base_svamp.jsonl")
+    cells = []  # all problems, then those with an irrelevant number, then the rest
+    for part in (None, True, False):
+        pick = lambda rows: {k: x for k, x in rows.items()  # noqa: E731
+                             if part is None or x["irrelevant_numbers"] is part}
+        c = compare(pick(sft), pick(base))
+        cells.append(f"{100 * c['delta']:+.1f} ± {100 * c['delta_se']:.1f} "
+                     f"(+{c['gained']} / −{c['lost']}, {c['n']})")
+    assert printed[head + 1:] == [
+        "| run | model | svamp | svamp: irrelevant numbers | svamp: the rest |",
+        "|---|---|---|---|---|", "| run | base | " + " | ".join(cells) + " |"]
     ev = json.loads((out / "eval" / "result.json").read_text())
     for row in ev["rows"]:
         s = row["tasks"]["svamp"]

@@ -222,17 +222,30 @@ def paired_lines(runs: list[Path], tasks: list[str]) -> list[str]:
         refs = {t: read_samples(ref[2][t]) for t in ptasks}
     except ValueError as e:  # a damaged samples file: the rest of the report still stands
         return [f"Paired differences left out: {e}", ""]
+    # SVAMP also by its "irrelevant information" variation, where the reference's samples
+    # carry the flag (evaluations since it was added): the two parts often move apart
+    cols = [(t, None) for t in ptasks]
+    if "svamp" in refs and all("irrelevant_numbers" in x for x in refs["svamp"].values()):
+        cols += [("svamp", True), ("svamp", False)]
+    names = {None: "", True: ": irrelevant numbers", False: ": the rest"}
     lines = [f"## Paired differences against {ref[0].name} / {ref[1]}", "",
              "Δ in points over the problems both models answered, ± its paired standard error "
              "(gained / lost problems, n).", "",
-             "| run | model | " + " | ".join(ptasks) + " |", "|---|---|" + "---|" * len(ptasks)]
+             "| run | model | " + " | ".join(t + names[part] for t, part in cols) + " |",
+             "|---|---|" + "---|" * len(cols)]
+
+    def part_of(rows: dict, part):
+        return rows if part is None else {k: x for k, x in rows.items()
+                                          if x.get("irrelevant_numbers") is part}
+
     for run, label, files in found:
         if (run, label) == ref[:2]:
             continue
         cells = []
-        for t in ptasks:
+        for t, part in cols:
             try:
-                c = compare(refs[t], read_samples(files[t])) if t in files else None
+                c = (compare(part_of(refs[t], part), part_of(read_samples(files[t]), part))
+                     if t in files else None)
             except ValueError:  # no shared problem (another subset), or a damaged file
                 c = None
             cells.append("–" if c is None else
