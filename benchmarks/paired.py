@@ -28,11 +28,11 @@ def samples(path: str) -> dict:
         raise SystemExit(str(e)) from None
 
 
-def subset(rows: dict, which: str | None, data_root: str) -> dict:
-    """``--subset``: the SVAMP problems with (irrelevant) or without (relevant) numbers their
-    gold equation does not use (``svamp.irrelevant_numbers``), by ``index`` into SVAMP.json."""
+def subset_keys(which: str | None, data_root: str) -> set | None:
+    """``--subset``: the indices of the SVAMP problems with (irrelevant) or without (relevant)
+    numbers their gold equation does not use (``svamp.irrelevant_numbers``); None for all."""
     if which is None:
-        return rows
+        return None
     from spinlora import svamp
 
     try:
@@ -40,8 +40,12 @@ def subset(rows: dict, which: str | None, data_root: str) -> dict:
     except svamp.SvampError as e:
         raise SystemExit(str(e)) from None
     want = which == "irrelevant"
-    keep = {i for i, t in enumerate(test) if svamp.irrelevant_numbers(t["prompt"], t["answer"]) == want}
-    return {k: r for k, r in rows.items() if k in keep}
+    return {i for i, t in enumerate(test)
+            if svamp.irrelevant_numbers(t["prompt"], t["answer"]) == want}
+
+
+def subset(rows: dict, keep: set | None) -> dict:
+    return rows if keep is None else {k: r for k, r in rows.items() if k in keep}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -56,11 +60,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--data-root", default="../shared/data",
                     help="the folder holding svamp/SVAMP.json (for --subset)")
     args = ap.parse_args(argv)
-    ref = subset(samples(args.reference), args.subset, args.data_root)
+    keep = subset_keys(args.subset, args.data_root)  # SVAMP.json read once
+    ref = subset(samples(args.reference), keep)
     rows = []
     for path in args.others:
         try:
-            row = {"file": path, **compare(ref, subset(samples(path), args.subset, args.data_root))}
+            row = {"file": path, **compare(ref, subset(samples(path), keep))}
         except ValueError as e:
             raise SystemExit(f"{path}: {e}") from None
         rows.append(row)

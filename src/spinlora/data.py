@@ -178,7 +178,6 @@ def build_examples(rows: list[dict], fmt: ChatFormat, cfg: DataConfig) -> tuple[
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
-_ONE_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
 
 
 def _sentences(text: str) -> list[str]:
@@ -208,17 +207,16 @@ def add_distractors(rows: list[dict], pool: list[dict], rate: float, seed: int
     """``data.distractors``: a seeded share ``rate`` of ``rows`` get one sentence inserted
     between two of theirs, before the last (the question), taken from another row of ``pool``
     (one about the same things where there is one, never about the problem's own named people):
-    a statement (not its
-    row's question) that holds exactly one number. The gold answer stays: the inserted number is
-    irrelevant, SVAMP's "add irrelevant information" variation (Patel et al. 2021, whose test
-    problems hold such numbers in 447 of 1000 cases, the training rows in 340 of 3138). Returns the
-    rows (new dicts where changed) and how many changed."""
+    a statement (not its row's question) that holds exactly one number. The gold answer stays:
+    the inserted number is irrelevant, SVAMP's "add irrelevant information" variation (Patel et
+    al. 2021, whose test problems hold such numbers in 447 of 1000 cases, the training rows in
+    340 of 3138). Returns the rows (new dicts where changed) and how many changed."""
     if rate <= 0:
         return rows, 0
     # a statement with one number whose subject is named ("She ate 5 cupcakes" put into
     # another girl's problem would change its answer)
     candidates = [(i, s) for i, r in enumerate(pool) for s in _sentences(r["prompt"])[:-1]
-                  if len(_ONE_NUMBER.findall(s)) == 1 and 4 <= len(s.split()) <= 30
+                  if len(svamp.NUMBER.findall(s)) == 1 and 4 <= len(s.split()) <= 30
                   and s.split()[0].lower() not in _PRONOUNS]
     if not candidates:
         return rows, 0
@@ -226,6 +224,7 @@ def add_distractors(rows: list[dict], pool: list[dict], rate: float, seed: int
     for j, (_, sentence) in enumerate(candidates):
         for w in _content_words(sentence):
             by_word.setdefault(w, []).append(j)
+    named = [_names(sentence) for _, sentence in candidates]  # once, not once per row
     rng, out, changed = random.Random(seed), [], 0
     for r in rows:
         if rng.random() >= rate:
@@ -236,16 +235,14 @@ def add_distractors(rows: list[dict], pool: list[dict], rate: float, seed: int
         # the problem, as SVAMP's irrelevant numbers are about the problem's own things
         names = _names(r["prompt"])  # a sentence about the problem's own people could be relevant
         near = sorted({j for w in _content_words(r["prompt"]) for j in by_word.get(w, ())
-                       if not names & _names(candidates[j][1])})
-        src, sentence = candidates[near[rng.randrange(len(near))] if near
-                                   else rng.randrange(len(candidates))]
-        if names & _names(sentence):
+                       if not names & named[j]})
+        j = near[rng.randrange(len(near))] if near else rng.randrange(len(candidates))
+        src, sentence = candidates[j]
+        # the fallback may name the problem's people; a row's own sentence is not irrelevant
+        if names & named[j] or pool[src]["prompt"] == r["prompt"]:
             out.append(r)
             continue
-        if pool[src]["prompt"] == r["prompt"]:  # its own sentence would not be irrelevant
-            out.append(r)
-            continue
-        at = max(len(parts) - 1, 0) if len(parts) < 2 else rng.randrange(1, len(parts))
+        at = 0 if len(parts) < 2 else rng.randrange(1, len(parts))
         out.append(dict(r, prompt=" ".join(parts[:at] + [sentence] + parts[at:]),
                         distractor=sentence))
         changed += 1

@@ -286,13 +286,13 @@ def calculate(text: str) -> str | None:
 
 
 _STATED = re.compile(r"####\s*\$?\s*(-?[\d,]*\.?\d+)")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 def stated_value(text: str) -> float | None:
     """The number after ``####``, else the last number in the text."""
     m = _STATED.search(text)
-    raw = m.group(1) if m else (_NUMBER.findall(text) or [None])[-1]
+    raw = m.group(1) if m else (NUMBER.findall(text) or [None])[-1]
     if raw is None:
         return None
     try:
@@ -307,7 +307,7 @@ def irrelevant_numbers(question: str, gold_answer: str) -> bool:
     information" variation, which 447 of its 1000 problems carry and 340 of the 3138 training
     rows."""
     left = gold_answer.split("\n")[0].rsplit("=", 1)[0]
-    return len(_NUMBER.findall(question)) > len(_NUMBER.findall(left))
+    return len(NUMBER.findall(question)) > len(NUMBER.findall(left))
 
 
 def same(a: float | None, b: float) -> bool:
