@@ -1,13 +1,18 @@
-"""Benchmark: one decoding step of 32 sequences, spinlora's torch step against llama.cpp's; prints JSON.
+"""Benchmark: one decoding step of 32 sequences, spinlora's torch step against a compiled one and llama.cpp's; prints JSON.
 
     python benchmarks/decode_step.py                  # SmolLM2 bf16, 32 x 120-token prompts, 128 steps
+    python benchmarks/decode_step.py --sides torch,compiled,llamacpp
     python benchmarks/decode_step.py --kv 30 --flash 0  # llama.cpp with other context settings
 
 Both sides: the embedded model in bf16 with no adapter, the same seeded random prompts (32 rows of
 120 tokens), one prefill, then 128 greedy steps with every row running (no stop tokens). The torch
 side is what ``generate`` runs on a bf16 CPU model (packed linear layers, ``spinlora_cpu``
 attention, the growing cache); the llama.cpp side is ``llamacpp.Engine`` on the engine file, one
-context with a cache per sequence. Prefill and decoding are timed apart. llama.cpp context
+context with a cache per sequence. The compiled side is the candidate of a compiled step on a
+CPU: ``torch.compile`` (inductor, ``freezing``: the frozen weights become oneDNN-packed constants
+of the graph) of the model's forward over transformers' static cache, the prompt's length plus
+``--steps`` long; its first two steps compile and are timed apart (``compile_seconds``), its
+decoding figures are the other steps'. Prefill and decoding are timed apart. llama.cpp context
 settings: ``--kv`` the KV cache's GGML type (1 f16, 30 bf16, 0 f32), ``--flash`` flash attention,
 ``--unified`` one KV buffer for all sequences, ``--ubatch`` micro-batch tokens.
 """
@@ -47,6 +52,36 @@ def torch_side(model, ids: torch.Tensor, steps: int) -> dict:
             tok = logits.float().argmax(-1)
         decode = time.perf_counter() - t0
     return _figures(rows, length, steps, prefill, decode)
+
+
+def compiled_side(model, ids: torch.Tensor, steps: int) -> dict:
+    import torch._inductor.config as inductor_config
+    from transformers import StaticCache
+
+    rows, length = ids.shape
+    cache = StaticCache(config=model.config, max_cache_len=length + steps)
+    freezing, inductor_config.freezing = inductor_config.freezing, True
+    try:
+        step = torch.compile(model.forward, dynamic=False)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1,
+                           cache_position=torch.arange(length)).logits[:, -1]
+            prefill = time.perf_counter() - t0
+            tok = logits.float().argmax(-1)
+            times = []
+            for s in range(steps):
+                t0 = time.perf_counter()
+                pos = torch.tensor([length + s])
+                logits = step(input_ids=tok[:, None], position_ids=pos.expand(rows, 1),
+                              past_key_values=cache, use_cache=True, cache_position=pos).logits[:, -1]
+                tok = logits.float().argmax(-1)
+                times.append(time.perf_counter() - t0)
+    finally:
+        inductor_config.freezing = freezing
+    out = _figures(rows, length, steps - 2, prefill, sum(times[2:]))
+    out["compile_seconds"] = round(sum(times[:2]), 1)
+    return out
 
 
 def llamacpp_side(path: Path, ids: torch.Tensor, steps: int, args) -> dict:
@@ -109,6 +144,8 @@ def main() -> None:
     for side in args.sides.split(","):
         if side == "torch":
             result["sides"][side] = torch_side(model, ids, args.steps)
+        elif side == "compiled":
+            result["sides"][side] = compiled_side(model, ids, args.steps)
         else:
             from spinlora.llamacpp import engine_file
 
