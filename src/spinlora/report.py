@@ -238,15 +238,23 @@ def paired_lines(runs: list[Path], tasks: list[str]) -> list[str]:
         return rows if part is None else {k: x for k, x in rows.items()
                                           if x.get("irrelevant_numbers") is part}
 
+    ref_parts = {(t, part): part_of(refs[t], part) for t, part in cols}
     for run, label, files in found:
         if (run, label) == ref[:2]:
             continue
+        other = {}  # each samples file read once, whatever its columns
+        for t in ptasks:
+            try:
+                if t in files:
+                    other[t] = read_samples(files[t])
+            except ValueError:  # a damaged file: its cells stay empty
+                pass
         cells = []
         for t, part in cols:
             try:
-                c = (compare(part_of(refs[t], part), part_of(read_samples(files[t]), part))
-                     if t in files else None)
-            except ValueError:  # no shared problem (another subset), or a damaged file
+                c = (compare(ref_parts[t, part], part_of(other[t], part))
+                     if t in other else None)
+            except ValueError:  # no shared problem (another subset)
                 c = None
             cells.append("–" if c is None else
                          f"{100 * c['delta']:+.1f} ± {100 * c['delta_se']:.1f} "

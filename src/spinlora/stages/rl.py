@@ -211,7 +211,8 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
     after = _heldout(model, tokenizer, fmt, heldout, cfg, acct, "rl_end")
     trained = [x for x in rounds if "step0_ratio" in x]
     return {"stage": "rl", "reward": "correctness", "answer_check": cfg.data.answer_check,
-            "advantage": r.advantage, "beta": r.beta, "clip": r.clip, "lr": r.lr, "samples_per_prompt": r.samples, "rounds": rounds,
+            "advantage": r.advantage, "beta": r.beta, "clip": r.clip, "lr": r.lr,
+            "samples_per_prompt": r.samples, "rounds": rounds,
             "step0_ratio_ok": all(abs(x["step0_ratio"] - 1) < 1e-4 for x in trained),
             "first_round_kl0_ok": bool(trained) and trained[0]["round"] == 1
             and abs(trained[0]["step0_kl"]) < 1e-4,
