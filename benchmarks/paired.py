@@ -5,6 +5,7 @@
     python benchmarks/paired.py benchmarks/results/svamp/demo/irpo_128/samples_lora_sft_svamp.jsonl.gz \\
         benchmarks/results/svamp/demo/irpo_128/samples_lora_spin_iter_1_svamp.jsonl.gz --json
     python benchmarks/paired.py SFT_SAMPLES OTHER_SAMPLES --subset irrelevant   # SVAMP's 447
+    python benchmarks/paired.py SFT_SAMPLES OTHER_SAMPLES --subset out_of_order # SVAMP's 369
 
 The first file is the reference (SFT, say); every other file is compared with it over the
 problems both answered (matched by ``index``, GSM8K's by question; ``.gz`` files are read
@@ -30,7 +31,9 @@ def samples(path: str) -> dict:
 
 def subset_keys(which: str | None, data_root: str) -> set | None:
     """``--subset``: the indices of the SVAMP problems with (irrelevant) or without (relevant)
-    numbers their gold equation does not use (``svamp.irrelevant_numbers``); None for all."""
+    numbers their gold equation does not use (``svamp.irrelevant_numbers``), or whose gold
+    equation uses the numbers out of (out_of_order) or in (in_order) the text's order
+    (``svamp.out_of_order``); None for all."""
     if which is None:
         return None
     from spinlora import svamp
@@ -39,9 +42,9 @@ def subset_keys(which: str | None, data_root: str) -> set | None:
         test = svamp.load_test(data_root)
     except svamp.SvampError as e:
         raise SystemExit(str(e)) from None
-    want = which == "irrelevant"
-    return {i for i, t in enumerate(test)
-            if svamp.irrelevant_numbers(t["prompt"], t["answer"]) == want}
+    test_of = svamp.irrelevant_numbers if which in ("irrelevant", "relevant") else svamp.out_of_order
+    want = which in ("irrelevant", "out_of_order")
+    return {i for i, t in enumerate(test) if test_of(t["prompt"], t["answer"]) == want}
 
 
 def subset(rows: dict, keep: set | None) -> dict:
@@ -54,9 +57,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("reference", help="samples file of the model to compare against")
     ap.add_argument("others", nargs="+", help="samples files of the models to compare")
     ap.add_argument("--json", action="store_true", help="print JSON rows instead of lines")
-    ap.add_argument("--subset", choices=("irrelevant", "relevant"),
+    ap.add_argument("--subset", choices=("irrelevant", "relevant", "out_of_order", "in_order"),
                     help="SVAMP: only the problems that state more numbers than their gold "
-                         "equation uses (irrelevant), or only the others (relevant)")
+                         "equation uses (irrelevant), or only the others (relevant); only those "
+                         "whose gold equation takes the numbers out of the text's order "
+                         "(out_of_order), or only the others (in_order)")
     ap.add_argument("--data-root", default="../shared/data",
                     help="the folder holding svamp/SVAMP.json (for --subset)")
     args = ap.parse_args(argv)

@@ -170,13 +170,14 @@ def main() -> None:
     print(f"[study] {dest}")
 
 
-def keep_results(out: Path, dest: Path) -> None:
+def keep_results(out: Path, dest: Path, names=tuple(POINTS)) -> None:
     """Each point's result files (and its per-problem verdicts, compressed) beside the summary:
-    the figures the summary cites stay checkable without the run folders."""
+    the figures the summary cites stay checkable without the run folders. ``names``: the run
+    folders under ``out`` to keep (the study's points; any run folder for a point outside it)."""
     import gzip
     import shutil
 
-    for point in POINTS:
+    for point in names:
         run = out / point
         for f in [run / "run.json", run / "config.yaml", *run.glob("*/result.json"),
                   *run.glob("spin/iter_*/result.json"), *run.glob("*/rounds.jsonl")]:

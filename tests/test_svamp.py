@@ -269,6 +269,41 @@ def test_distractors_add_an_irrelevant_sentence_and_keep_the_gold():
         assert d not in a["prompt"]
 
 
+def test_reorder_moves_a_self_contained_statement_to_the_front():
+    """data.reorder: a changed row is its own sentences in another order, one statement with a
+    number (no pronoun, not first) moved to the front; question, gold and row count stay; the
+    same seed gives the same rows; more training rows then use their numbers out of order."""
+    from spinlora.data import _sentences, reorder_statements
+
+    rows = svamp.read_train_csv(SVAMP_DIR / "mawps-asdiv-a_train.csv")
+    out, n = reorder_statements(rows, 1.0, 1)
+    assert len(out) == len(rows) and 400 <= n <= 700  # only some rows have a movable statement
+    assert reorder_statements(rows, 1.0, 1) == (out, n)
+    assert reorder_statements(rows, 0.0, 1) == (rows, 0)
+    changed = [(a, b) for a, b in zip(rows, out) if a is not b]
+    assert len(changed) == n
+    for a, b in changed:
+        before, after = _sentences(a["prompt"]), _sentences(b["prompt"])
+        assert (b["answer"], b["value"]) == (a["answer"], a["value"])
+        assert sorted(x.lower() for x in before) == sorted(x.lower() for x in after)
+        assert after[-1] == before[-1] != after[0]
+        assert after[0] == b["moved"] != before[0] and re.search(r"\d", b["moved"])
+        assert not {"he", "she", "her", "him", "they", "it"} & set(b["moved"].lower().split())
+
+    def shifted(rs):
+        return sum(svamp.out_of_order(r["prompt"], r["answer"]) for r in rs)
+    assert shifted(rows) == 570 and shifted(out) > 570 + 200
+
+
+def test_out_of_order_counts_svamps_order_variation():
+    """A gold equation that takes the numbers in another order than the text: 368 of SVAMP's
+    1000 problems (paired.py --subset out_of_order)."""
+    assert sum(svamp.out_of_order(r["prompt"], r["answer"]) for r in svamp.load_test(SHARED)) == 368
+    assert svamp.out_of_order("Dan had $ 3 left. He had $ 4 at the start. How much?", "4 - 3 = 1")
+    assert not svamp.out_of_order("Dan had $ 4. He has $ 3 left. How much?", "4 - 3 = 1\n#### 1")
+    assert not svamp.out_of_order("Tom has 5 cats and 3 dogs. How many cats?", "5 = 5\n#### 5")
+
+
 def test_irrelevant_numbers_counts_svamps_variation():
     """A problem stating more numbers than its gold equation uses: 447 of SVAMP's 1000, 340
     of the 3138 training rows (the shift data.distractors works on)."""
@@ -278,3 +313,27 @@ def test_irrelevant_numbers_counts_svamps_variation():
     assert sum(svamp.irrelevant_numbers(r["prompt"], r["answer"]) for r in train) == 340
     assert svamp.irrelevant_numbers("Tom has 5 cats and 3 dogs. How many cats?", "5 = 5\n#### 5")
     assert not svamp.irrelevant_numbers("5 cats and 3 more. How many?", "5 + 3 = 8\n#### 8")
+
+
+def test_augment_add_keeps_the_originals_beside_the_changed_rows(tiny_cfg, tiny_model_dir):
+    """data.augment: replace keeps the SFT set's size (a changed row takes its original's
+    place); add puts each changed row beside its original, so the set grows by as many rows
+    as changed, with the same gold answers, and the originals are all still there."""
+    from spinlora.data import ChatFormat
+    from spinlora.models import load_tokenizer
+    from spinlora.start import sft_set
+
+    fmt = ChatFormat(load_tokenizer(str(tiny_model_dir)))
+    cfg = tiny_cfg
+    cfg.data.train, cfg.data.sft_examples = str(SVAMP_DIR / "mawps-asdiv-a_train.csv"), 300
+    cfg.data.reorder, cfg.data.max_length = 1.0, 1024
+    _, chosen, _, replaced, counts = sft_set(cfg, fmt)
+    assert len(replaced) == 300 and 20 <= counts["reordered"] <= 90
+    cfg.data.augment = "add"
+    rows, chosen_add, _, added, counts_add = sft_set(cfg, fmt)
+    assert chosen_add == chosen and counts_add["reordered"] == counts["reordered"]
+    assert len(added) == 300 + counts["reordered"]
+    assert [e.prompt for e in added[:300]] == [rows[i]["prompt"] for i in chosen]
+    assert [e.prompt for e in added[300:]] == [e.prompt for e in replaced
+                                               if e.prompt not in {rows[i]["prompt"] for i in chosen}]
+    assert {e.answer for e in added[300:]} <= {rows[i]["answer"] for i in chosen}

@@ -79,6 +79,14 @@ class DataConfig:
     # from another training row inserted before their question, the gold answer unchanged:
     # SVAMP's "irrelevant information" variation (data.add_distractors); 0 = off
     distractors: float = 0.0
+    # the share of SFT rows (and so of SPIN / RL prompts) whose problem gets one statement with a
+    # number moved to its front, the question last and the gold answer unchanged: SVAMP's
+    # "change order of phrases" variation (data.reorder_statements); 0 = off
+    reorder: float = 0.0
+    # replace: a row changed by distractors / reorder takes its original's place (the SFT set
+    # keeps its size); add: it is added beside its original, so the model sees both versions
+    # with the same gold answer
+    augment: str = "replace"
     sft_examples: int | None = 64  # None = all rows
     seed: int = 0  # seeds the subset choice and shuffling
 
@@ -348,6 +356,8 @@ class RunConfig:
              "final, equation or auto"),
             ("data.max_length", self.data.max_length > 8, "must be > 8"),
             ("data.distractors", 0 <= self.data.distractors <= 1, "must be in [0, 1]"),
+            ("data.reorder", 0 <= self.data.reorder <= 1, "must be in [0, 1]"),
+            ("data.augment", self.data.augment in ("replace", "add"), "must be replace or add"),
             ("adapter.r", self.adapter.r > 0, "must be > 0"),
             ("model.quantization", self.model.quantization in ("none", "nf4", "int8"),
              "none, nf4 or int8"),

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from . import adapters, dist
 from .config import RunConfig
-from .data import ChatFormat, add_distractors, build_examples, load_rows, subset
+from .data import (ChatFormat, add_distractors, build_examples, load_rows, reorder_statements,
+                   subset)
 
 
 def sft_set(cfg: RunConfig, fmt: ChatFormat):
@@ -15,11 +16,17 @@ def sft_set(cfg: RunConfig, fmt: ChatFormat):
     rows = load_rows(cfg.data.train, cfg.data, "train")
     chosen = subset(list(range(len(rows))), cfg.data.sft_examples, cfg.data.seed)
     rest = sorted(set(range(len(rows))) - set(chosen))
-    picked, changed = add_distractors([rows[i] for i in chosen], rows, cfg.data.distractors,
-                                      cfg.data.seed)
+    original = [rows[i] for i in chosen]
+    picked, changed = add_distractors(original, rows, cfg.data.distractors, cfg.data.seed)
+    # reordered after distractors are in, so an inserted statement can move too
+    picked, moved = reorder_statements(picked, cfg.data.reorder, cfg.data.seed + 1)
+    if cfg.data.augment == "add":  # the changed rows join their originals instead
+        picked = original + [p for p, o in zip(picked, original) if p is not o]
     sft_examples, counts = build_examples(picked, fmt, cfg.data)
     if cfg.data.distractors:
         counts["with_distractor"] = changed
+    if cfg.data.reorder:
+        counts["reordered"] = moved
     return rows, chosen, rest, sft_examples, counts
 
 

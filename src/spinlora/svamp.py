@@ -310,6 +310,18 @@ def irrelevant_numbers(question: str, gold_answer: str) -> bool:
     return len(NUMBER.findall(question)) > len(NUMBER.findall(left))
 
 
+def out_of_order(question: str, gold_answer: str) -> bool:
+    """Whether a problem's gold equation uses its numbers in another order than the text
+    states them (``Dan had $ 3 left … he had $ 4 at the start`` → ``4 - 3``): SVAMP's "change
+    order of phrases / objects" variation; 368 of its 1000 problems, 570 of the 3138 training
+    rows (the shift ``data.reorder`` works on)."""
+    left = gold_answer.split("\n")[0].rsplit("=", 1)[0]
+    stated = [float(x.replace(",", "")) for x in NUMBER.findall(question)]
+    used = [float(x.replace(",", "")) for x in NUMBER.findall(left)]
+    at = [stated.index(x) for x in used if x in stated]
+    return at != sorted(at)
+
+
 def same(a: float | None, b: float) -> bool:
     return a is not None and math.isfinite(a) and math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-4)
 
