@@ -225,11 +225,8 @@ def add_distractors(rows: list[dict], pool: list[dict], rate: float, seed: int
         for w in _content_words(sentence):
             by_word.setdefault(w, []).append(j)
     named = [_names(sentence) for _, sentence in candidates]  # once, not once per row
-    rng, out, changed = random.Random(seed), [], 0
-    for r in rows:
-        if rng.random() >= rate:
-            out.append(r)
-            continue
+
+    def insert(r: dict, rng: random.Random) -> dict | None:
         parts = _sentences(r["prompt"])
         # on topic where possible: a sentence sharing a content word (cupcakes, marbles) with
         # the problem, as SVAMP's irrelevant numbers are about the problem's own things
@@ -240,12 +237,20 @@ def add_distractors(rows: list[dict], pool: list[dict], rate: float, seed: int
         src, sentence = candidates[j]
         # the fallback may name the problem's people; a row's own sentence is not irrelevant
         if names & named[j] or pool[src]["prompt"] == r["prompt"]:
-            out.append(r)
-            continue
+            return None
         at = 0 if len(parts) < 2 else rng.randrange(1, len(parts))
-        out.append(dict(r, prompt=" ".join(parts[:at] + [sentence] + parts[at:]),
-                        distractor=sentence))
-        changed += 1
+        return dict(r, prompt=" ".join(parts[:at] + [sentence] + parts[at:]), distractor=sentence)
+    return _change_share(rows, rate, seed, insert)
+
+
+def _change_share(rows: list[dict], rate: float, seed: int, change) -> tuple[list[dict], int]:
+    """Rows with a seeded share ``rate`` passed through ``change(row, rng)`` (None: the row
+    stays as it is); the rows and how many changed."""
+    rng, out, changed = random.Random(seed), [], 0
+    for r in rows:
+        new = change(r, rng) if rng.random() < rate else None
+        out.append(r if new is None else new)
+        changed += new is not None
     return out, changed
 
 
@@ -265,24 +270,19 @@ def reorder_statements(rows: list[dict], rate: float, seed: int) -> tuple[list[d
     Returns the rows (new dicts where changed) and how many changed."""
     if rate <= 0:
         return rows, 0
-    rng, out, changed = random.Random(seed), [], 0
-    for r in rows:
-        if rng.random() >= rate:
-            out.append(r)
-            continue
+
+    def move(r: dict, rng: random.Random) -> dict | None:
         parts = _sentences(r["prompt"])
         movable = [i for i, s in enumerate(parts[:-1]) if i > 0 and svamp.NUMBER.search(s)
                    and s.split()[0].lower() not in _PRONOUNS
                    and not _REFERS & set(re.findall(r"[a-z]+", s.lower()))]
         if not movable:
-            out.append(r)
-            continue
+            return None
         i = movable[rng.randrange(len(movable))]
         first = parts[0][:1].upper() + parts[0][1:]  # some rows are lower-cased
-        out.append(dict(r, prompt=" ".join([parts[i], first] + parts[1:i] + parts[i + 1:]),
-                        moved=parts[i]))
-        changed += 1
-    return out, changed
+        return dict(r, prompt=" ".join([parts[i], first] + parts[1:i] + parts[i + 1:]),
+                    moved=parts[i])
+    return _change_share(rows, rate, seed, move)
 
 
 def subset(items: list, n: int | None, seed: int) -> list:
