@@ -5,7 +5,7 @@
     python benchmarks/paired.py benchmarks/results/svamp/demo/irpo_128/samples_lora_sft_svamp.jsonl.gz \\
         benchmarks/results/svamp/demo/irpo_128/samples_lora_spin_iter_1_svamp.jsonl.gz --json
     python benchmarks/paired.py SFT_SAMPLES OTHER_SAMPLES --subset irrelevant   # SVAMP's 447
-    python benchmarks/paired.py SFT_SAMPLES OTHER_SAMPLES --subset out_of_order # SVAMP's 369
+    python benchmarks/paired.py SFT_SAMPLES OTHER_SAMPLES --subset out_of_order # SVAMP's 368
 
 The first file is the reference (SFT, say); every other file is compared with it over the
 problems both answered (matched by ``index``, GSM8K's by question; ``.gz`` files are read
@@ -29,6 +29,11 @@ def samples(path: str) -> dict:
         raise SystemExit(str(e)) from None
 
 
+# --subset: (the svamp test a problem passes or fails, the answer kept)
+SUBSETS = {"irrelevant": ("irrelevant_numbers", True), "relevant": ("irrelevant_numbers", False),
+           "out_of_order": ("out_of_order", True), "in_order": ("out_of_order", False)}
+
+
 def subset_keys(which: str | None, data_root: str) -> set | None:
     """``--subset``: the indices of the SVAMP problems with (irrelevant) or without (relevant)
     numbers their gold equation does not use (``svamp.irrelevant_numbers``), or whose gold
@@ -42,8 +47,8 @@ def subset_keys(which: str | None, data_root: str) -> set | None:
         test = svamp.load_test(data_root)
     except svamp.SvampError as e:
         raise SystemExit(str(e)) from None
-    test_of = svamp.irrelevant_numbers if which in ("irrelevant", "relevant") else svamp.out_of_order
-    want = which in ("irrelevant", "out_of_order")
+    name, want = SUBSETS[which]
+    test_of = getattr(svamp, name)
     return {i for i, t in enumerate(test) if test_of(t["prompt"], t["answer"]) == want}
 
 
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("reference", help="samples file of the model to compare against")
     ap.add_argument("others", nargs="+", help="samples files of the models to compare")
     ap.add_argument("--json", action="store_true", help="print JSON rows instead of lines")
-    ap.add_argument("--subset", choices=("irrelevant", "relevant", "out_of_order", "in_order"),
+    ap.add_argument("--subset", choices=tuple(SUBSETS),
                     help="SVAMP: only the problems that state more numbers than their gold "
                          "equation uses (irrelevant), or only the others (relevant); only those "
                          "whose gold equation takes the numbers out of the text's order "

@@ -334,6 +334,7 @@ def test_augment_add_keeps_the_originals_beside_the_changed_rows(tiny_cfg, tiny_
     assert chosen_add == chosen and counts_add["reordered"] == counts["reordered"]
     assert len(added) == 300 + counts["reordered"]
     assert [e.prompt for e in added[:300]] == [rows[i]["prompt"] for i in chosen]
+    originals = {rows[i]["prompt"] for i in chosen}
     assert [e.prompt for e in added[300:]] == [e.prompt for e in replaced
-                                               if e.prompt not in {rows[i]["prompt"] for i in chosen}]
+                                               if e.prompt not in originals]
     assert {e.answer for e in added[300:]} <= {rows[i]["answer"] for i in chosen}

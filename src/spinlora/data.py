@@ -263,11 +263,11 @@ def reorder_statements(rows: list[dict], rate: float, seed: int) -> tuple[list[d
     moved to the front of the problem; the question stays last and the gold answer stays. The
     numbers then come in another order than the gold equation uses them: SVAMP's "change order
     of phrases / objects" variation (368 of its 1000 gold equations use the problem's numbers
-    out of the text's order, 570 of the 3138 training rows do; ``svamp.out_of_order``). Only a statement that needs
-    nothing before it moves: one that is not first, holds a number, and neither opens with a
-    discourse word ("Then", "Now") nor holds a pronoun ("Robert gave her 39 markers" before
-    "Megan had 49" would lose who "her" is). A row with no such statement stays as it is.
-    Returns the rows (new dicts where changed) and how many changed."""
+    out of the text's order, 570 of the 3138 training rows do; ``svamp.out_of_order``). Only
+    a statement that needs nothing before it moves: one that is not first, holds a number, and
+    neither opens with a discourse word ("Then", "Now") nor holds a pronoun ("Robert gave her
+    39 markers" before "Megan had 49" would lose who "her" is). A row with no such statement
+    stays as it is. Returns the rows (new dicts where changed) and how many changed."""
     if rate <= 0:
         return rows, 0
 
