@@ -4,6 +4,7 @@ scored on the 1000 SVAMP problems (``configs/svamp.yaml``; ``svamp.py`` says how
 
     python benchmarks/svamp_study.py                       # the whole study, ~1-1.5 h on 2 cores
     python benchmarks/svamp_study.py --set eval.limit=50   # a small smoke run (another --out)
+    python benchmarks/svamp_study.py --seeds 1,2           # + two replicates, ~45 min each
 
 Each point is an ordinary ``spinlora`` run with its own folder and report under ``--out``:
   ``main``  ``spinlora run configs/svamp.yaml``: SFT, SPIN with its shipped defaults, evaluation
@@ -21,6 +22,13 @@ generated_tokens, seconds}``: ``accuracy`` is the value of the equation the mode
 SVAMP paper's score), ``delta_vs_sft`` the paired difference from SFT on the same problems with
 its paired standard error, ``generated_tokens`` the tokens the method sampled to train (the
 opponent's or the policy's), ``seconds`` that row's own training and evaluation time.
+
+One run's paired SE counts the sampling of the 1000 problems, not the training run's own noise,
+and on this model a reseeded SFT moves by as much as the methods do. ``--seeds 1,2`` adds
+replicates under ``--out``/seedS (points ``SEED_POINTS``, each with ``seed=S``) and writes
+``summary_seeds.json`` / ``.md`` beside the summary: per model, the accuracy and the difference
+from its own replicate's SFT as mean ± sd over the study's seed and these, with the seed-level
+SE sd / sqrt(seeds).
 """
 from __future__ import annotations
 
@@ -53,9 +61,18 @@ POINTS = {
     "calc": ["eval", RECIPE, "--adapter", "{out}/main/sft/adapter", "generation.calculator=true",
              "eval.models=[sft]"],
 }
+# a replicate with another seed (--seeds): its own SFT (trained and scored alone), then SPIN at
+# its defaults, IRPO and GRPO from that SFT as the study runs them; base and the calculator are
+# left out (greedy answers of the base model do not depend on the seed)
+SEED_POINTS = {
+    "sft": ["run", RECIPE, "stages=[sft,eval]", "eval.models=[sft]"],
+    "spin": ["spin", RECIPE, "--adapter", "{out}/sft/sft/adapter", "stages=[spin,eval]",
+             "eval.models=[spin]"],
+    **{k: [a.replace("{out}/main/", "{out}/sft/") for a in POINTS[k]] for k in ("irpo", "grpo")},
+}
 
 
-def run_point(name: str, out: Path, extra: list[str]) -> float:
+def run_point(name: str, out: Path, extra: list[str], points: dict = POINTS) -> float:
     """Run one point (unless its run finished earlier); its wall seconds (0 when skipped)."""
     folder = out / name
     status = (json.loads((folder / "run.json").read_text()).get("status")
@@ -63,7 +80,7 @@ def run_point(name: str, out: Path, extra: list[str]) -> float:
     if status == "ok":
         print(f"[study] {name}: finished earlier, kept")
         return 0.0
-    cmd = [a.format(out=out) for a in POINTS[name]] + extra + ["--output-dir", str(folder)]
+    cmd = [a.format(out=out) for a in points[name]] + extra + ["--output-dir", str(folder)]
     cmd += ["--resume"] if status else []
     log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -92,27 +109,46 @@ def _eval_seconds(run: Path, label: str) -> float:
 
 
 def summarize(out: Path) -> list[dict]:
+    """The study's rows, from its run folders under ``out``."""
     main = out / "main"
-    ev = _load(main / "eval" / "result.json")
+    return _rows({"base": main, "sft": main, "spin": main, "irpo": out / "irpo",
+                  "grpo": out / "grpo", "calc": out / "calc"})
+
+
+def summarize_seed(folder: Path) -> list[dict]:
+    """One replicate's rows (``--seeds``), from its run folders under ``folder``; no base row (its
+    greedy answers do not depend on the seed) and no calculator row."""
+    return _rows({"sft": folder / "sft", "spin": folder / "spin", "irpo": folder / "irpo",
+                  "grpo": folder / "grpo"})
+
+
+def _rows(runs: dict[str, Path]) -> list[dict]:
+    """Rows for the run folders in ``runs`` (keys base, sft, spin, irpo, grpo, calc; a missing
+    key or an unfinished run gives no row), each paired against the SFT row's answers."""
+    sft_run = runs["sft"]
+    ev = _load(sft_run / "eval" / "result.json")
     labels = {r["label"]: r for r in ev["rows"]}
     sft_label = next(k for k in labels if k.endswith("_sft"))
-    sft = _samples(main, sft_label)
-    entries = [("base", "base", 0, main, "base", 0, None),
-               (sft_label, "sft", 0, main, sft_label, 0, main / "sft" / "result.json")]
-    for method, folder in (("spin", main), ("irpo", out / "irpo")):
-        done = [p for p in (folder / "spin").glob("iter_*") if p.name[5:].isdigit()]
+    prefix = sft_label.rsplit("_", 1)[0]
+    sft = _samples(sft_run, sft_label)
+    entries = [("base", "base", 0, runs["base"], "base", 0, None)] if "base" in runs else []
+    entries.append((sft_label, "sft", 0, sft_run, sft_label, 0, sft_run / "sft" / "result.json"))
+    for method in ("spin", "irpo"):
+        folder = runs.get(method)
+        iters = (folder / "spin").glob("iter_*") if folder else []
+        done = [p for p in iters if p.name[5:].isdigit()]
         for it in sorted(done, key=lambda p: int(p.name[5:])):
-            label = f"{sft_label.rsplit('_', 1)[0]}_spin_{it.name}"
             res = _load(it / "result.json")
             tokens = res["accounting"]["phases"].get("generate", {}).get("tokens", 0)
-            entries.append((f"{method}_{it.name}", method, int(it.name[5:]), folder, label,
-                            tokens, it / "result.json"))
-    if (out / "grpo" / "rl" / "result.json").is_file():
-        rl = _load(out / "grpo" / "rl" / "result.json")
-        entries.append(("grpo", "grpo", rl.get("rounds_done", len(rl.get("rounds", []))),
-                        out / "grpo", f"{sft_label.rsplit('_', 1)[0]}_rl",
-                        rl.get("generated_tokens", 0), out / "grpo" / "rl" / "result.json"))
-    entries.append(("sft_calculator", "sft_calculator", 0, out / "calc", sft_label, 0, None))
+            entries.append((f"{method}_{it.name}", method, int(it.name[5:]), folder,
+                            f"{prefix}_spin_{it.name}", tokens, it / "result.json"))
+    grpo = runs.get("grpo")
+    if grpo and (grpo / "rl" / "result.json").is_file():
+        rl = _load(grpo / "rl" / "result.json")
+        entries.append(("grpo", "grpo", rl.get("rounds_done", len(rl.get("rounds", []))), grpo,
+                        f"{prefix}_rl", rl.get("generated_tokens", 0), grpo / "rl" / "result.json"))
+    if "calc" in runs:
+        entries.append(("sft_calculator", "sft_calculator", 0, runs["calc"], sft_label, 0, None))
     rows = []
     for model, method, iteration, run, label, tokens, result in entries:
         if not (run / "eval" / f"samples_{label}_svamp.jsonl").is_file():
@@ -131,6 +167,70 @@ def summarize(out: Path) -> list[dict]:
                      "with_equation": task.get("with_equation"),
                      "max_new_tokens": task.get("max_new_tokens")})
     return rows
+
+
+def across_seeds(per_seed: dict[int, list[dict]]) -> list[dict]:
+    """One row per model that every replicate has: its accuracy and its paired difference from
+    its own replicate's SFT, as mean and sample standard deviation over the seeds, and
+    ``delta_seed_se`` = sd / sqrt(seeds), the standard error that counts the training runs' own
+    noise (a single run's paired SE counts only the sampling of the problems). The SFT rows
+    share one name whatever their label."""
+    def name(r):
+        return "sft" if r["method"] == "sft" else r["model"]
+
+    seeds = sorted(per_seed)
+    by_seed = {s: {name(r): r for r in per_seed[s]} for s in seeds}
+    first = [name(r) for r in per_seed[seeds[0]]]
+    out = []
+    for model in first:
+        rows = [by_seed[s].get(model) for s in seeds]
+        if any(r is None for r in rows):
+            continue
+        acc = [r["accuracy"] for r in rows]
+        delta = [r["delta_vs_sft"] for r in rows]
+        k = len(seeds)
+        out.append({"model": model, "method": rows[0]["method"],
+                    "iteration": rows[0]["iteration"], "seeds": seeds, "n": rows[0]["n"],
+                    "accuracy_mean": _mean(acc), "accuracy_sd": _sd(acc),
+                    "delta_vs_sft_mean": _mean(delta), "delta_vs_sft_sd": _sd(delta),
+                    "delta_seed_se": _sd(delta) / k ** 0.5,
+                    "per_seed": [{"seed": s, "accuracy": r["accuracy"],
+                                  "delta_vs_sft": r["delta_vs_sft"],
+                                  "delta_vs_sft_se": r["delta_vs_sft_se"]}
+                                 for s, r in zip(seeds, rows)]})
+    return out
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def _sd(xs: list[float]) -> float:
+    """Sample standard deviation (n − 1); 0 for a single value."""
+    m = _mean(xs)
+    return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+
+
+def seeds_table(rows: list[dict]) -> str:
+    seeds = rows[0]["seeds"] if rows else []
+    lines = [f"| model | accuracy, mean ± sd | per seed ({', '.join(map(str, seeds))}) | "
+             "Δ vs own SFT, mean ± seed SE | Δ per seed (± paired se) |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        per = r["per_seed"]
+        lines.append(
+            f"| {r['model']} | {100 * r['accuracy_mean']:.1f} % ± {100 * r['accuracy_sd']:.1f} | "
+            + " / ".join(f"{100 * p['accuracy']:.1f}" for p in per) + " | "
+            + ("–" if r["method"] == "sft" else
+               f"{100 * r['delta_vs_sft_mean']:+.1f} ± {100 * r['delta_seed_se']:.1f}") + " | "
+            + ("–" if r["method"] == "sft" else " / ".join(
+                f"{100 * p['delta_vs_sft']:+.1f} ± {100 * p['delta_vs_sft_se']:.1f}" for p in per))
+            + " |")
+    n = {r["n"] for r in rows}
+    lines.append(f"\nn = {', '.join(map(str, sorted(n)))} SVAMP problems, greedy; seeds "
+                 f"{', '.join(map(str, seeds))} (each seed: its own SFT, LoRA initialisation, "
+                 "data order and sampling); seed SE = sd / sqrt(seeds).")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
@@ -152,11 +252,27 @@ def main() -> None:
     ap.add_argument("--summary", default="benchmarks/results/svamp/summary.json")
     ap.add_argument("--points", default="main,irpo,grpo,calc")
     ap.add_argument("--set", nargs="*", default=[], help="KEY=VALUE for every point")
+    ap.add_argument("--seeds", default="", help="replicates besides the study's own seed, e.g. "
+                    "1,2: each trains its own SFT and runs SPIN, IRPO and GRPO from it (~45 min "
+                    "a seed on 2 cores); SUMMARY_seeds.json gets mean ± sd over all seeds")
     args = ap.parse_args()
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds {args.seeds!r}: give whole numbers separated by commas, "
+                         "e.g. --seeds 1,2") from None
     out = (ROOT / args.out).resolve()
     wall = {}
     for name in args.points.split(","):
         wall[name] = round(run_point(name, out, args.set), 1)
+    study_seed = _study_seed(out / "main") if seeds else None
+    if study_seed in seeds:
+        raise SystemExit(f"--seeds: {study_seed} is the study's own seed (out/main); list only "
+                         "the other replicates")
+    for seed in seeds:
+        for name in SEED_POINTS:
+            wall[f"seed{seed}/{name}"] = round(run_point(
+                name, out / f"seed{seed}", [*args.set, f"seed={seed}"], SEED_POINTS), 1)
     rows = summarize(out)
     dest = ROOT / args.summary
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +284,27 @@ def main() -> None:
     keep_results(out, dest.parent / "points")
     print(table(rows))
     print(f"[study] {dest}")
+    if seeds:
+        agg = across_seeds({study_seed: rows,
+                            **{s: summarize_seed(out / f"seed{s}") for s in seeds}})
+        multi = dest.with_name(dest.stem + "_seeds.json")
+        multi.write_text(json.dumps(agg, indent=1) + "\n")
+        multi.with_suffix(".md").write_text(seeds_table(agg) + "\n")
+        for s in seeds:
+            keep_results(out / f"seed{s}", dest.parent / "points" / f"seed{s}", SEED_POINTS)
+        print(seeds_table(agg))
+        print(f"[study] {multi}")
+
+
+def _study_seed(main: Path) -> int:
+    """The seed the study's own run used (its saved config)."""
+    import yaml
+
+    cfg = main / "config.yaml"
+    if not cfg.is_file():
+        raise SystemExit(f"--seeds needs the study's own run first: {cfg} is missing (run the "
+                         "study with its main point)")
+    return int(yaml.safe_load(cfg.read_text()).get("seed", 0))
 
 
 def keep_results(out: Path, dest: Path, names=tuple(POINTS)) -> None:

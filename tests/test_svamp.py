@@ -174,6 +174,17 @@ def test_svamp_eval_through_the_pipeline(tiny_cfg, tmp_path, capsys):
 def test_study_paired_difference_is_hand_computed():
     """benchmarks/svamp_study.py: the paired difference and its standard error over the same
     problems, only where both models answered."""
+    study = _study_module()
+    a = {i: {"correct": c} for i, c in enumerate([1, 1, 0, 1, 0])}
+    b = {i: {"correct": c} for i, c in enumerate([1, 0, 0, 0, 1])}
+    b[7] = {"correct": 1}  # a problem only one model answered: not paired
+    mean, se, n = study.paired(a, b)
+    d = [0, 1, 0, 1, -1]
+    var = sum((x - 0.2) ** 2 for x in d) / 4
+    assert n == 5 and mean == pytest.approx(0.2) and se == pytest.approx(math.sqrt(var / 5))
+
+
+def _study_module():
     import importlib.util
 
     from conftest import ROOT
@@ -182,13 +193,51 @@ def test_study_paired_difference_is_hand_computed():
                                                   ROOT / "benchmarks" / "svamp_study.py")
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
-    a = {i: {"correct": c} for i, c in enumerate([1, 1, 0, 1, 0])}
-    b = {i: {"correct": c} for i, c in enumerate([1, 0, 0, 0, 1])}
-    b[7] = {"correct": 1}  # a problem only one model answered: not paired
-    mean, se, n = study.paired(a, b)
-    d = [0, 1, 0, 1, -1]
-    var = sum((x - 0.2) ** 2 for x in d) / 4
-    assert n == 5 and mean == pytest.approx(0.2) and se == pytest.approx(math.sqrt(var / 5))
+    return study
+
+
+def test_study_seeds_aggregate_each_replicate_against_its_own_sft(tmp_path):
+    """svamp_study.py --seeds: a model's row gives mean and sample sd over the replicates of its
+    accuracy and of its paired difference from its own replicate's SFT, and the seed-level SE
+    sd / sqrt(k); a model one replicate lacks gets no row; the replicates' methods start from
+    their own SFT adapter."""
+    study = _study_module()
+
+    def row(model, method, acc, delta, it=0):
+        return {"model": model, "method": method, "iteration": it, "accuracy": acc, "n": 1000,
+                "delta_vs_sft": delta, "delta_vs_sft_se": 0.01}
+
+    per_seed = {
+        0: [row("lora_sft", "sft", 0.30, 0.0), row("irpo_iter_1", "irpo", 0.31, 0.01, 1),
+            row("base", "base", 0.07, -0.23), row("grpo", "grpo", 0.32, 0.02, 4)],
+        1: [row("lora_sft", "sft", 0.28, 0.0), row("irpo_iter_1", "irpo", 0.29, 0.01, 1),
+            row("grpo", "grpo", 0.27, -0.01, 4)],
+        2: [row("lora_sft", "sft", 0.27, 0.0), row("irpo_iter_1", "irpo", 0.25, -0.02, 1),
+            row("grpo", "grpo", 0.30, 0.03, 4)],
+    }
+    agg = {r["model"]: r for r in study.across_seeds(per_seed)}
+    assert list(agg) == ["sft", "irpo_iter_1", "grpo"]  # base: only the study has it
+    irpo = agg["irpo_iter_1"]
+    deltas = [0.01, 0.01, -0.02]
+    sd = math.sqrt(sum((d - 0.0) ** 2 for d in deltas) / 2)
+    assert irpo["delta_vs_sft_mean"] == pytest.approx(0.0, abs=1e-12)
+    assert irpo["delta_vs_sft_sd"] == pytest.approx(sd)
+    assert irpo["delta_seed_se"] == pytest.approx(sd / math.sqrt(3))
+    assert agg["sft"]["accuracy_mean"] == pytest.approx(0.85 / 3)
+    assert agg["sft"]["accuracy_sd"] == pytest.approx(math.sqrt(
+        sum((a - 0.85 / 3) ** 2 for a in (0.30, 0.28, 0.27)) / 2))
+    assert [p["seed"] for p in agg["grpo"]["per_seed"]] == [0, 1, 2]
+    table = study.seeds_table(list(agg.values()))
+    assert "+0.0 ± 1.0" in table and "30.0 / 28.0 / 27.0" in table
+    for name in ("spin", "irpo", "grpo"):
+        cmd = study.SEED_POINTS[name]
+        assert cmd[cmd.index("--adapter") + 1] == "{out}/sft/sft/adapter"
+    assert study.POINTS["irpo"][4:] == study.SEED_POINTS["irpo"][4:]  # the study's own settings
+    (tmp_path / "main").mkdir()
+    with pytest.raises(SystemExit, match="missing"):
+        study._study_seed(tmp_path / "nowhere")
+    (tmp_path / "main" / "config.yaml").write_text("seed: 3\n")
+    assert study._study_seed(tmp_path / "main") == 3
 
 
 def test_paired_cli_reads_samples_files_gzipped_or_not(tmp_path, capsys):
