@@ -78,13 +78,14 @@ def run_point(name: str, out: Path, extra: list[str], points: dict = POINTS) -> 
     status = (json.loads((folder / "run.json").read_text()).get("status")
               if (folder / "run.json").is_file() else None)
     if status == "ok":
-        print(f"[study] {name}: finished earlier, kept")
+        print(f"[study] {folder.relative_to(folder.parents[1])}: finished earlier, kept")
         return 0.0
     cmd = [a.format(out=out) for a in points[name]] + extra + ["--output-dir", str(folder)]
     cmd += ["--resume"] if status else []
     log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[study] {name}: spinlora {' '.join(cmd)}  (log {log})", flush=True)
+    print(f"[study] {folder.relative_to(folder.parents[1])}: spinlora {' '.join(cmd)}  "
+          f"(log {log})", flush=True)
     t0 = time.perf_counter()
     with open(log, "a") as f:
         rc = subprocess.call([sys.executable, "-m", "spinlora", *cmd], stdout=f,
@@ -173,7 +174,8 @@ def across_seeds(per_seed: dict[int, list[dict]]) -> list[dict]:
     """One row per model that every replicate has: its accuracy and its paired difference from
     its own replicate's SFT, as mean and sample standard deviation over the seeds, and
     ``delta_seed_se`` = sd / sqrt(seeds), the standard error that counts the training runs' own
-    noise (a single run's paired SE counts only the sampling of the problems). The SFT rows
+    noise (a single run's paired SE counts only the sampling of the problems), and
+    ``delta_ci95``, mean ± t(seeds − 1) · seed SE: with 3 seeds t is 4.30, not 2. The SFT rows
     share one name whatever their label."""
     def name(r):
         return "sft" if r["method"] == "sft" else r["model"]
@@ -189,16 +191,25 @@ def across_seeds(per_seed: dict[int, list[dict]]) -> list[dict]:
         acc = [r["accuracy"] for r in rows]
         delta = [r["delta_vs_sft"] for r in rows]
         k = len(seeds)
+        half = _t95(k - 1) * _sd(delta) / k ** 0.5 if k > 1 else float("nan")
         out.append({"model": model, "method": rows[0]["method"],
                     "iteration": rows[0]["iteration"], "seeds": seeds, "n": rows[0]["n"],
                     "accuracy_mean": _mean(acc), "accuracy_sd": _sd(acc),
                     "delta_vs_sft_mean": _mean(delta), "delta_vs_sft_sd": _sd(delta),
                     "delta_seed_se": _sd(delta) / k ** 0.5,
+                    "delta_ci95": [_mean(delta) - half, _mean(delta) + half],
                     "per_seed": [{"seed": s, "accuracy": r["accuracy"],
                                   "delta_vs_sft": r["delta_vs_sft"],
                                   "delta_vs_sft_se": r["delta_vs_sft_se"]}
                                  for s, r in zip(seeds, rows)]})
     return out
+
+
+def _t95(df: int) -> float:
+    """Two-sided 95 % quantile of Student's t with ``df`` degrees of freedom (table to 10; past it
+    1.96 + 2.4 / df, within 0.01 of the exact value)."""
+    table = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
+    return table[df - 1] if df <= len(table) else 1.96 + 2.4 / df
 
 
 def _mean(xs: list[float]) -> float:
@@ -214,22 +225,24 @@ def _sd(xs: list[float]) -> float:
 def seeds_table(rows: list[dict]) -> str:
     seeds = rows[0]["seeds"] if rows else []
     lines = [f"| model | accuracy, mean ± sd | per seed ({', '.join(map(str, seeds))}) | "
-             "Δ vs own SFT, mean ± seed SE | Δ per seed (± paired se) |",
-             "|---|---|---|---|---|"]
+             "Δ vs own SFT, mean ± seed SE | 95 % interval (t) | Δ per seed (± paired se) |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         per = r["per_seed"]
         lines.append(
             f"| {r['model']} | {100 * r['accuracy_mean']:.1f} % ± {100 * r['accuracy_sd']:.1f} | "
             + " / ".join(f"{100 * p['accuracy']:.1f}" for p in per) + " | "
-            + ("–" if r["method"] == "sft" else
-               f"{100 * r['delta_vs_sft_mean']:+.1f} ± {100 * r['delta_seed_se']:.1f}") + " | "
+            + ("– | –" if r["method"] == "sft" else
+               f"{100 * r['delta_vs_sft_mean']:+.1f} ± {100 * r['delta_seed_se']:.1f} | "
+               + " to ".join(f"{100 * x:+.1f}" for x in r["delta_ci95"])) + " | "
             + ("–" if r["method"] == "sft" else " / ".join(
                 f"{100 * p['delta_vs_sft']:+.1f} ± {100 * p['delta_vs_sft_se']:.1f}" for p in per))
             + " |")
     n = {r["n"] for r in rows}
     lines.append(f"\nn = {', '.join(map(str, sorted(n)))} SVAMP problems, greedy; seeds "
                  f"{', '.join(map(str, seeds))} (each seed: its own SFT, LoRA initialisation, "
-                 "data order and sampling); seed SE = sd / sqrt(seeds).")
+                 "data order and sampling); seed SE = sd / sqrt(seeds); the interval is mean ± "
+                 "t(seeds − 1) · seed SE.")
     return "\n".join(lines)
 
 

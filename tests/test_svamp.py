@@ -223,12 +223,14 @@ def test_study_seeds_aggregate_each_replicate_against_its_own_sft(tmp_path):
     assert irpo["delta_vs_sft_mean"] == pytest.approx(0.0, abs=1e-12)
     assert irpo["delta_vs_sft_sd"] == pytest.approx(sd)
     assert irpo["delta_seed_se"] == pytest.approx(sd / math.sqrt(3))
+    assert irpo["delta_ci95"] == pytest.approx([-4.303 * sd / math.sqrt(3),
+                                                4.303 * sd / math.sqrt(3)])
     assert agg["sft"]["accuracy_mean"] == pytest.approx(0.85 / 3)
     assert agg["sft"]["accuracy_sd"] == pytest.approx(math.sqrt(
         sum((a - 0.85 / 3) ** 2 for a in (0.30, 0.28, 0.27)) / 2))
     assert [p["seed"] for p in agg["grpo"]["per_seed"]] == [0, 1, 2]
     table = study.seeds_table(list(agg.values()))
-    assert "+0.0 ± 1.0" in table and "30.0 / 28.0 / 27.0" in table
+    assert "+0.0 ± 1.0 | -4.3 to +4.3" in table and "30.0 / 28.0 / 27.0" in table
     for name in ("spin", "irpo", "grpo"):
         cmd = study.SEED_POINTS[name]
         assert cmd[cmd.index("--adapter") + 1] == "{out}/sft/sft/adapter"
