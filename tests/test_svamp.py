@@ -242,6 +242,51 @@ def test_study_seeds_aggregate_each_replicate_against_its_own_sft(tmp_path):
     assert study._study_seed(tmp_path / "main") == 3
 
 
+def test_seed_splits_average_each_replicate_on_one_part(tmp_path, monkeypatch, capsys):
+    """benchmarks/svamp_seed_splits.py: on the problems of a --subset only, each model's paired
+    difference from its own replicate's SFT (the study's folders for the first seed, seedS/ for
+    the others), one value per seed."""
+    import gzip
+
+    from conftest import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import svamp_seed_splits as splits
+
+    test = svamp.load_test(SHARED)
+    irrelevant = [i for i in range(12) if svamp.irrelevant_numbers(test[i]["prompt"],
+                                                                   test[i]["answer"])]
+    assert 0 < len(irrelevant) < 12  # the first 12 problems hold both kinds
+
+    def write(path, correct):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(path, "wt") as f:
+            for i, c in enumerate(correct):
+                f.write(json.dumps({"index": i, "correct": c}) + "\n")
+
+    sft = {0: [i % 2 for i in range(12)], 5: [0] * 12}
+    model = {0: [1] * 12, 5: [i % 3 == 0 for i in range(12)]}
+    for seed, base, sft_dir, points in ((0, tmp_path / "points", "main", ("main", "irpo", "grpo")),
+                                        (5, tmp_path / "points" / "seed5", "sft",
+                                         ("spin", "irpo", "grpo"))):
+        write(base / sft_dir / "eval" / "samples_lora_sft_svamp.jsonl.gz", sft[seed])
+        for point in points:
+            for label in ("lora_spin_iter_1", "lora_spin_iter_2", "lora_rl"):
+                write(base / point / "eval" / f"samples_{label}_svamp.jsonl.gz", model[seed])
+    (tmp_path / "summary_seeds.json").write_text(json.dumps([{"seeds": [0, 5]}]))
+    out = splits.main([str(tmp_path), "--subset", "irrelevant",
+                       "--data-root", str(SHARED)])
+    want = [sum(int(model[s][i]) - sft[s][i] for i in irrelevant) / len(irrelevant)
+            for s in (0, 5)]
+    assert set(out["irrelevant"]) == set(splits.MODELS)
+    for deltas in out["irrelevant"].values():
+        assert deltas == pytest.approx(want)
+    assert "irrelevant (" in capsys.readouterr().out
+    (tmp_path / "summary_seeds.json").unlink()
+    with pytest.raises(SystemExit, match="missing"):
+        splits.main([str(tmp_path)])
+
+
 def test_paired_cli_reads_samples_files_gzipped_or_not(tmp_path, capsys):
     """benchmarks/paired.py: problems matched by index (order and gzip do not matter), gained and
     lost counted, a file that is not an eval samples file refused with its line."""
