@@ -176,11 +176,12 @@ def across_seeds(per_seed: dict[int, list[dict]]) -> list[dict]:
     ``delta_seed_se`` = sd / sqrt(seeds), the standard error that counts the training runs' own
     noise (a single run's paired SE counts only the sampling of the problems), and
     ``delta_ci95``, mean ± t(seeds − 1) · seed SE: with 3 seeds t is 4.30, not 2. The SFT rows
-    share one name whatever their label."""
+    share one name whatever their label. Seeds keep the order of ``per_seed`` (the study's own
+    first, which ``svamp_seed_splits.py`` relies on)."""
     def name(r):
         return "sft" if r["method"] == "sft" else r["model"]
 
-    seeds = sorted(per_seed)
+    seeds = list(per_seed)  # in the order given: the study's own seed first
     by_seed = {s: {name(r): r for r in per_seed[s]} for s in seeds}
     first = [name(r) for r in per_seed[seeds[0]]]
     out = []

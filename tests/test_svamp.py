@@ -229,6 +229,8 @@ def test_study_seeds_aggregate_each_replicate_against_its_own_sft(tmp_path):
     assert agg["sft"]["accuracy_sd"] == pytest.approx(math.sqrt(
         sum((a - 0.85 / 3) ** 2 for a in (0.30, 0.28, 0.27)) / 2))
     assert [p["seed"] for p in agg["grpo"]["per_seed"]] == [0, 1, 2]
+    later = study.across_seeds({2: per_seed[2], 0: per_seed[0]})  # the study's own seed first
+    assert later[0]["seeds"] == [2, 0]
     table = study.seeds_table(list(agg.values()))
     assert "+0.0 ± 1.0 | -4.3 to +4.3" in table and "30.0 / 28.0 / 27.0" in table
     for name in ("spin", "irpo", "grpo"):
