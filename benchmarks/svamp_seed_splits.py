@@ -29,18 +29,15 @@ MODELS = {"spin_iter_1": ("main", "spin", "lora_spin_iter_1"),
 def split_deltas(results: Path, seeds: list[int], keep: set) -> dict[str, list[float]]:
     """Per model, its paired difference from its own SFT on the problems in ``keep``, one value
     per seed (the first seed is the study's own: folders ``points/main`` etc.)."""
-    out = {}
-    for model, (study_point, seed_point, label) in MODELS.items():
-        deltas = []
-        for i, seed in enumerate(seeds):
-            base = results / "points" / ("" if i == 0 else f"seed{seed}")
-            sft_dir, point = (("main", study_point) if i == 0 else ("sft", seed_point))
-            ev = base / sft_dir / "eval"
-            sft = subset(samples(ev / "samples_lora_sft_svamp.jsonl.gz"), keep)
-            ev = base / point / "eval"
+    out = {model: [] for model in MODELS}
+    for i, seed in enumerate(seeds):
+        base = results / "points" / ("" if i == 0 else f"seed{seed}")
+        sft_dir = "main" if i == 0 else "sft"
+        sft = subset(samples(base / sft_dir / "eval" / "samples_lora_sft_svamp.jsonl.gz"), keep)
+        for model, (study_point, seed_point, label) in MODELS.items():
+            ev = base / (study_point if i == 0 else seed_point) / "eval"
             it = subset(samples(ev / f"samples_{label}_svamp.jsonl.gz"), keep)
-            deltas.append(paired(it, sft)[0])
-        out[model] = deltas
+            out[model].append(paired(it, sft)[0])
     return out
 
 

@@ -75,17 +75,17 @@ SEED_POINTS = {
 def run_point(name: str, out: Path, extra: list[str], points: dict = POINTS) -> float:
     """Run one point (unless its run finished earlier); its wall seconds (0 when skipped)."""
     folder = out / name
+    where = folder.relative_to(out.parent)  # svamp_study/main, or seed3/irpo
     status = (json.loads((folder / "run.json").read_text()).get("status")
               if (folder / "run.json").is_file() else None)
     if status == "ok":
-        print(f"[study] {folder.relative_to(folder.parents[1])}: finished earlier, kept")
+        print(f"[study] {where}: finished earlier, kept")
         return 0.0
     cmd = [a.format(out=out) for a in points[name]] + extra + ["--output-dir", str(folder)]
     cmd += ["--resume"] if status else []
     log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[study] {folder.relative_to(folder.parents[1])}: spinlora {' '.join(cmd)}  "
-          f"(log {log})", flush=True)
+    print(f"[study] {where}: spinlora {' '.join(cmd)}  (log {log})", flush=True)
     t0 = time.perf_counter()
     with open(log, "a") as f:
         rc = subprocess.call([sys.executable, "-m", "spinlora", *cmd], stdout=f,
