@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job: install, then SFT -> 1 iteration of own-correct SPIN (IRPO) -> SVAMP eval of
-# base / SFT / IRPO (200 problems) on the embedded model (configs/demo.yaml).
+# The main job: install, then SFT -> 1 iteration of SPIN (its defaults) -> SVAMP eval of
+# base / SFT / SPIN (200 problems) on the embedded model (configs/demo.yaml).
 # Outputs go to runs/demo (replaced on each run of this script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
