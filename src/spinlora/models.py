@@ -50,7 +50,16 @@ def embedded_model_dir() -> Path:
 
 
 def convert_gguf(gguf: Path, out: Path, name: str) -> Path:
-    """Dequantize a GGUF file to fp32 once and save it as a plain transformers checkpoint."""
+    """Dequantize a GGUF file to fp32 once and save it as a plain transformers checkpoint.
+
+    It leaves torch's random state as it found it: ``from_config`` draws the weights it then
+    overwrites, and a run that converts (the first on a machine) would otherwise start its
+    adapter from other random numbers than every later run with the same seed."""
+    with torch.random.fork_rng(devices=[]):
+        return _convert_gguf(gguf, out, name)
+
+
+def _convert_gguf(gguf: Path, out: Path, name: str) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     print(f"[spinlora] converting {gguf.name} (GGUF) once into {out} ...")
