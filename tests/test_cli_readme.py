@@ -17,7 +17,7 @@ def readme_commands() -> list[str]:
     lines = []
     text = "\n".join(p.read_text() for p in PAGES)
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # a command over several lines
             line = line.split("  #")[0].strip()
             if " -m spinlora " in line:  # torchrun / accelerate launch ... -m spinlora ARGS
                 line = "spinlora " + line.split(" -m spinlora ", 1)[1]
