@@ -123,3 +123,31 @@ def test_report_pairs_models_on_the_same_problems_and_warns_across_machines(tmp_
     md = (tmp_path / "damaged" / "summary.md").read_text()
     assert "Paired differences left out:" in md and "line 1" in md and "## Run runA" in md
 
+
+
+def test_report_lists_rl_rounds_and_their_phases(tmp_path):
+    """An RL run's rounds (reward, groups with signal, step-0 checks) and its phases' time and
+    memory are in the report, like SFT's and SPIN's; a round that trained nothing shows '-'."""
+    run = _fixture_run(tmp_path, "runRL", 0.2, [])
+    (run / "rl").mkdir()
+    phases = {"generate": {"seconds": 65.8, "tokens": 8982, "tokens_per_s": 136.4,
+                           "peak_over_baseline_bytes": 1806 * 2**20},
+              "train": {"seconds": 95.9, "tokens": 17847, "tokens_per_s": 186.2,
+                        "peak_over_baseline_bytes": 1266 * 2**20}}
+    rounds = [{"round": 1, "prompts": 32, "samples": 256, "reward_mean": 0.18,
+               "informative_groups": 10, "trained_samples": 80, "steps": 5, "step0_ratio": 1.0,
+               "step0_kl": 0.0, "loss_last": -0.0064, "kl_last": -0.003},
+              {"round": 2, "prompts": 32, "samples": 256, "reward_mean": 0.0,
+               "informative_groups": 0, "trained_samples": 0}]
+    (run / "rl" / "result.json").write_text(json.dumps(
+        {"advantage": "grpo", "beta": 0.04, "lr": 1e-4, "samples_per_prompt": 8,
+         "rounds": rounds, "step0_ratio_ok": True, "first_round_kl0_ok": False,
+         "accounting": {"phases": phases}}))
+    write_report(run, out=tmp_path / "rep")
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    assert "### RL rounds (grpo, β 0.04, lr 0.0001, 8 samples a prompt)" in md
+    assert "| 1 | 32 | 256 | 0.180 | 10 | 80 | 5 | 1.0000 | 0.0000 | -0.0064 | -0.0030 |" in md
+    assert "| 2 | 32 | 256 | 0.000 | 0 | 0 | - | - | - | - | - |" in md
+    assert "ratio 1 in every round held; KL 0 in the first round FAILED" in md
+    assert "| rl | generate | 65.8 | 8982 | 136.4 | 1806 |" in md
+    assert "| rl | train | 95.9 | 17847 | 186.2 | 1266 |" in md

@@ -339,6 +339,10 @@ def write_report(*runs: str | Path, out: str | Path | None = None) -> dict:
             **{k: str(v) for k, v in pngs.items()}}
 
 
+def _ok(flag) -> str:
+    return "held" if flag else "FAILED" if flag is not None else "not recorded"
+
+
 def _run_details(run: Path) -> list[str]:
     sft = _load(run / "sft" / "result.json")
     ev = _load(run / "eval" / "result.json")
@@ -392,10 +396,27 @@ def _run_details(run: Path) -> list[str]:
             lines += ["", f"Best iteration by `{spin['keep_best']}`: {spin['best_iteration']} "
                       "(0 = the starting adapter)."]
         lines.append("")
+    rl, dpo = _load(run / "rl" / "result.json"), _load(run / "dpo" / "result.json")
+    if rl and rl.get("rounds"):
+        lines += [f"### RL rounds ({rl['advantage']}, β {rl['beta']}, lr {rl['lr']}, "
+                  f"{rl['samples_per_prompt']} samples a prompt)", "",
+                  "| round | prompts | samples | mean reward | groups with signal | trained samples "
+                  "| steps | step-0 ratio | step-0 KL | last loss | last KL |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rl["rounds"]:  # a round whose groups all agreed trained nothing: "-"
+            f = lambda k, spec: "-" if r.get(k) is None else format(r[k], spec)  # noqa: E731
+            lines.append(f"| {r['round']} | {r['prompts']} | {r['samples']} | "
+                         f"{r['reward_mean']:.3f} | {r['informative_groups']} | "
+                         f"{r['trained_samples']} | {f('steps', 'd')} | {f('step0_ratio', '.4f')} | "
+                         f"{f('step0_kl', '.4f')} | {f('loss_last', '.4f')} | "
+                         f"{f('kl_last', '.4f')} |")
+        lines += ["", f"Step-0 checks: ratio 1 in every round {_ok(rl.get('step0_ratio_ok'))}; "
+                  f"KL 0 in the first round {_ok(rl.get('first_round_kl0_ok'))}.", ""]
     lines += ["### Time, throughput and memory per phase", "",
               "| stage | phase | seconds | tokens | tokens/s | peak MB over baseline |",
               "|---|---|---|---|---|---|"]
-    stages = [("sft", sft)] + [(f"spin iter {r.get('iteration')}", r) for r in its] + [("eval", ev)]
+    stages = ([("sft", sft)] + [(f"spin iter {r.get('iteration')}", r) for r in its]
+              + [("rl", rl), ("dpo", dpo), ("eval", ev)])
     for name, res in stages:
         for ph, d in ((res or {}).get("accounting", {}).get("phases", {})).items():
             lines.append(f"| {name} | {ph} | {d['seconds']:.1f} | {d['tokens']} | "
