@@ -398,8 +398,8 @@ def _run_details(run: Path) -> list[str]:
         lines.append("")
     rl, dpo = _load(run / "rl" / "result.json"), _load(run / "dpo" / "result.json")
     if rl and rl.get("rounds"):
-        lines += [f"### RL rounds ({rl['advantage']}, β {rl['beta']}, lr {rl['lr']}, "
-                  f"{rl['samples_per_prompt']} samples a prompt)", "",
+        lines += [f"### RL rounds ({rl.get('advantage', '?')}, β {rl.get('beta', '?')}, lr "
+                  f"{rl.get('lr', '?')}, {rl.get('samples_per_prompt', '?')} samples a prompt)", "",
                   "| round | prompts | samples | mean reward | groups with signal | trained samples "
                   "| steps | step-0 ratio | step-0 KL | last loss | last KL |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
