@@ -124,7 +124,6 @@ def test_report_pairs_models_on_the_same_problems_and_warns_across_machines(tmp_
     assert "Paired differences left out:" in md and "line 1" in md and "## Run runA" in md
 
 
-
 def test_report_lists_rl_rounds_and_their_phases(tmp_path):
     """An RL run's rounds (reward, groups with signal, step-0 checks) and its phases' time and
     memory are in the report, like SFT's and SPIN's; a round that trained nothing shows '-'."""

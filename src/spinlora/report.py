@@ -288,6 +288,11 @@ def machine_lines(runs: list[Path]) -> list[str]:
             "machines'. Evaluate them on one machine to compare them.", ""]
 
 
+def _cell(row: dict, key: str, spec: str, missing: str = "–") -> str:
+    """``row[key]`` formatted with ``spec``; ``missing`` where the field is absent or None."""
+    return missing if row.get(key) is None else format(row[key], spec)
+
+
 def _fmt(v, nd=3) -> str:
     if v is None:
         return "–"
@@ -355,7 +360,7 @@ def _run_details(run: Path) -> list[str]:
                   "| model | accuracy | ± stderr | gold logp/token | own logp/token | prefers gold "
                   "| own answers finished | own mean tokens |", "|---|---|---|---|---|---|---|---|"]
         for r in gsm_rows:  # fields are None when the run did not generate (eval.gsm8k_generate)
-            f = lambda k, spec: "–" if r.get(k) is None else format(r[k], spec)  # noqa: E731
+            f = lambda k, spec: _cell(r, k, spec)  # noqa: E731
             lines.append(f"| {r['label']} | {f('accuracy', '.3f')} | {f('accuracy_stderr', '.3f')} | "
                          f"{f('gold_logp_per_token', '.3f')} | {f('own_logp_per_token', '.3f')} | "
                          f"{f('win_rate_gold_vs_own', '.2f')} | "
@@ -404,7 +409,7 @@ def _run_details(run: Path) -> list[str]:
                   "| steps | step-0 ratio | step-0 KL | last loss | last KL |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rl["rounds"]:  # a round whose groups all agreed trained nothing: "-"
-            f = lambda k, spec: "-" if r.get(k) is None else format(r[k], spec)  # noqa: E731
+            f = lambda k, spec: _cell(r, k, spec, "-")  # noqa: E731
             lines.append(f"| {r['round']} | {r['prompts']} | {r['samples']} | "
                          f"{r['reward_mean']:.3f} | {r['informative_groups']} | "
                          f"{r['trained_samples']} | {f('steps', 'd')} | {f('step0_ratio', '.4f')} | "
