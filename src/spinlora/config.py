@@ -297,6 +297,11 @@ class EvalConfig:
     best_of_n: int = 0  # n > 1: also a "MODEL+best_of_n" row, n samples reranked by reward_model
     reward_model: str | None = None  # a `spinlora reward` folder (RUN/reward/adapter)
     best_of_n_temperature: float = 0.7
+    # k >= 2: also a "MODEL+maj@k" row per model for gsm8k and svamp: k sampled answers a
+    # problem, the answer most of them reach wins (self-consistency, Wang et al. 2023; no
+    # verifier), with pass@k beside it (evaluate/gsm8k.evaluate_self_consistency)
+    self_consistency: int = 0
+    self_consistency_temperature: float = 0.7
 
 
 @dataclass
@@ -442,6 +447,11 @@ class RunConfig:
         checks.append(("eval.best_of_n", self.eval.best_of_n == 0 or (
             self.eval.best_of_n >= 2 and bool(self.eval.reward_model)),
             "0 (off), or n >= 2 with eval.reward_model=RUN/reward/adapter"))
+        checks.append(("eval.self_consistency", self.eval.self_consistency == 0 or (
+            self.eval.self_consistency >= 2 and bool({"gsm8k", "svamp"} & set(self.eval.tasks))),
+            "0 (off), or k >= 2 with gsm8k or svamp in eval.tasks"))
+        checks.append(("eval.self_consistency_temperature",
+                       self.eval.self_consistency_temperature > 0, "must be > 0 (sampling)"))
         for mode in self.eval.prompting:
             checks.append(("eval.prompting", mode in ("standard", "rules", "cot", "reflection"),
                            f"unknown mode {mode!r}: use standard, rules, cot, reflection"))

@@ -36,8 +36,8 @@ from .config import RunConfig, parse_bytes
 from .rundir import OutputExistsError  # noqa: F401  (part of this module's API)
 from .data import ChatFormat, DataError, build_examples, load_rows, subset
 from .evaluate import evaluate_gsm8k
-from .evaluate.gsm8k import (PROMPTING, REFLECT, evaluate_best_of_n, evaluate_svamp,
-                             fewshot_draws)
+from .evaluate.gsm8k import (PROMPTING, REFLECT, evaluate_best_of_n, evaluate_self_consistency,
+                             evaluate_svamp, fewshot_draws)
 from .evaluate.choice import evaluate_choice_task
 from .evaluate.tasks import DEFAULT_SHOTS, load_task
 from .generate import packs_linears, pick_engine
@@ -358,10 +358,14 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
     results = []
     finished = {r["label"]: r for r in done or []}
     # one row per model and prompting mode; modes other than standard: GSM8K only, "LABEL+mode"
-    n = cfg.eval.best_of_n
-    modes = cfg.eval.prompting + (["best_of_n"] if n else [])
-    rows = [(label if mode == "standard" else f"{label}+best_of_{n}" if mode == "best_of_n"
-             else f"{label}+{mode}", path, mode) for label, path in targets for mode in modes]
+    n, k = cfg.eval.best_of_n, cfg.eval.self_consistency
+    modes = (cfg.eval.prompting + (["best_of_n"] if n else [])
+             + (["self_consistency"] if k else []))
+    names = {"standard": "", "best_of_n": f"+best_of_{n}", "self_consistency": f"+maj@{k}"}
+    rows = [(label + names.get(mode, f"+{mode}"), path, mode)
+            for label, path in targets for mode in modes]
+    if k:
+        head["self_consistency"] = {"k": k, "temperature": cfg.eval.self_consistency_temperature}
     reranker = None
     if n:  # the reward model, loaded once for every model's best-of-n row
         from .reward_model import load_reranker
@@ -375,7 +379,9 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
             continue
         try:
             results.append(_eval_one(cfg, model, tok, fmt, part, acct, init_path, label, path,
-                                     examples, shots, choice_items if mode == "standard" else {},
+                                     examples, shots, choice_items if mode == "standard" else
+                                     {t: v for t, v in choice_items.items() if t == "svamp"}
+                                     if mode == "self_consistency" else {},
                                      mode, reranker))
         except Exception as e:  # noqa: BLE001  a failure costs only the model it happened on
             if _is_oom(e):
@@ -402,6 +408,31 @@ def _merged(earlier: dict | None, now: dict) -> dict:
                                             now["peak_over_baseline_bytes"])}
 
 
+def _eval_self_consistency(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path,
+                           acct: Accountant, r: dict, examples, choice_items) -> dict:
+    """The ``MODEL+maj@k`` row: self-consistency on GSM8K and SVAMP (whichever are tasks)."""
+    k, temp = cfg.eval.self_consistency, cfg.eval.self_consistency_temperature
+    label = r["label"]
+    tasks = ([("gsm8k", examples)] if "gsm8k" in cfg.eval.tasks else []) + \
+        ([("svamp", choice_items["svamp"])] if "svamp" in choice_items else [])
+    for task, items in tasks:
+        c = evaluate_self_consistency(model, tok, fmt, items, cfg.generation, acct, label, k,
+                                      temp, task)
+        if dist.is_main():
+            name = f"samples_{label}_svamp.jsonl" if task == "svamp" else f"samples_{label}.jsonl"
+            with open(part / name, "w") as f:
+                for s in c["samples"]:
+                    f.write(json.dumps(s) + "\n")
+        c.pop("samples")
+        r["tasks"][task] = c
+        if task == "gsm8k":  # GSM8K fields stay at the top level of the row, as greedy's
+            r.update(n=c["n"], accuracy=c["acc"], accuracy_stderr=c["acc_stderr"])
+        print(f"[spinlora] eval {label}: {task} majority of {k} samples (T {temp}) "
+              f"{c['acc']:.3f} ± {c['acc_stderr']:.3f} (n={c['n']}; pass@{k} "
+              f"{c['pass_at_k']:.3f}, samples {c['sample_acc']:.3f})")
+    return r
+
+
 def _eval_one(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path, acct: Accountant,
               init_path: Path | None, label: str, path: Path | None, examples, shots,
               choice_items, prompting: str = "standard", reranker=None) -> dict:
@@ -420,6 +451,9 @@ def _eval_one(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path, acct: Acc
                   f"{b['accuracy_stderr']:.3f} (n={b['n']}; samples {b['sample_accuracy']:.3f}, "
                   f"pass@{cfg.eval.best_of_n} {b['pass_at_n']:.3f})")
             return {**r, **b}
+        if prompting == "self_consistency":
+            return _eval_self_consistency(cfg, model, tok, fmt, part, acct, r, examples,
+                                          choice_items)
         if "gsm8k" in cfg.eval.tasks:
             g = evaluate_gsm8k(model, tok, fmt, examples, cfg.generation, acct, label,
                                shots, cfg.eval.gsm8k_style, cfg.eval.gsm8k_generate, prompting)

@@ -14,6 +14,7 @@ import dataclasses
 import math
 import random
 import re
+from collections import Counter
 
 import torch
 
@@ -260,6 +261,68 @@ def evaluate_svamp(model, tokenizer, fmt: ChatFormat, examples: list[Example],
             "with_equation": sum(s["has_equation"] for s in g["samples"]) / max(n, 1),
             "finished_rate": g["own_finished_rate"], "mean_tokens": g["own_mean_tokens"],
             "max_new_tokens": gen_cfg.max_new_tokens, "samples": g["samples"]}
+
+
+def _vote_key(value) -> str | None:
+    """The key two sampled answers share when they reach the same answer: a GSM8K answer's
+    canonical text; a SVAMP value rounded to 4 decimals (10/3 from two equations is one vote)."""
+    if value is None or isinstance(value, str):
+        return value
+    return repr(round(float(value), 4) + 0.0)
+
+
+@torch.inference_mode()
+def evaluate_self_consistency(model, tokenizer, fmt: ChatFormat, examples: list[Example],
+                              gen_cfg: GenerationConfig, acct: Accountant, label: str, k: int,
+                              temperature: float, task: str) -> dict:
+    """Self-consistency (Wang et al. 2023): k sampled zero-shot answers per problem, and the
+    answer is the value most of them reach (a tie goes to the value reached first in sample
+    order); no verifier and no label. For ``svamp`` a sample's value is the one the headline
+    scores (its equation's, else its stated number), for ``gsm8k`` its final answer. Also
+    reports pass@k (any sample right: the ceiling of any reranker) and the mean accuracy of the
+    samples. Each problem's record keeps every sample's value, so the row pairs with the greedy
+    one problem by problem."""
+    sample_cfg = dataclasses.replace(gen_cfg, do_sample=True, temperature=temperature, top_p=1.0)
+    with acct.phase(f"eval_generate[{label} {task}]") as ph:
+        gens, produced = generate(model, tokenizer, [e.prompt_ids for e in examples for _ in range(k)],
+                                  sample_cfg, fmt.stop_ids, desc=f"eval {label} {task}")
+        ph.tokens += produced
+    records = []
+    for i, e in enumerate(examples):
+        group = gens[i * k:(i + 1) * k]
+        if task == "svamp":
+            scored = [svamp.score(g.text, e.meta["value"]) for g in group]
+            keys = [_vote_key(s["equation_value"] if s["has_equation"] else s["stated"])
+                    for s in scored]
+            ok = [s["correct"] for s in scored]
+            extra = {"index": e.meta.get("index"), "gold_value": e.meta["value"],
+                     "irrelevant_numbers": svamp.irrelevant_numbers(e.prompt, e.answer)}
+        else:
+            gold = extract_answer(e.answer)
+            keys = [extract_answer(g.text) if g.text else None for g in group]
+            ok = [bool(g.text) and key == gold for g, key in zip(group, keys)]
+            extra = {"gold": gold}
+        votes = Counter(key for key in keys if key is not None)
+        pick = keys.index(votes.most_common(1)[0][0]) if votes else 0
+        records.append({"question": e.prompt, **extra, "output": group[pick].text,
+                        "correct": bool(votes) and ok[pick], "votes": dict(votes.most_common()),
+                        "sample_correct": sum(map(bool, ok)), "pass": any(ok),
+                        "finished": group[pick].finished})
+    n = len(records)
+    acc = sum(r["correct"] for r in records) / max(n, 1)
+    pass_k = sum(r["pass"] for r in records) / max(n, 1)
+    sample_acc = sum(r["sample_correct"] for r in records) / max(n * k, 1)
+    out = {"n": n, "acc": acc, "acc_stderr": stderr(acc, n), "self_consistency": k,
+           "temperature": temperature, "pass_at_k": pass_k, "pass_at_k_stderr": stderr(pass_k, n),
+           "sample_acc": sample_acc, "generated_tokens": produced, "samples": records}
+    if task == "svamp":
+        split = {}
+        for name, flag in (("irrelevant", True), ("relevant", False)):
+            part = [r["correct"] for r in records if r["irrelevant_numbers"] is flag]
+            a = sum(part) / max(len(part), 1)
+            split[name] = {"n": len(part), "acc": a, "acc_stderr": stderr(a, len(part))}
+        out["by_numbers"] = split
+    return out
 
 
 @torch.inference_mode()
