@@ -78,6 +78,41 @@ def test_best_of_n_picks_the_reward_models_choice(tiny_model_dir, monkeypatch):
     assert r["label"] == "base+best_of_2" and r["n"] == 3
 
 
+def test_best_of_n_on_svamp_scores_the_equation_value(tiny_model_dir, monkeypatch):
+    """SVAMP: the reranked sample is scored by its equation's value, as the greedy headline; the
+    same samples' majority vote and every sample's text and reward are in the result."""
+    import spinlora.evaluate.gsm8k as g
+    import spinlora.reward_model as rw
+    from spinlora.accounting import Accountant
+    from spinlora.config import GenerationConfig
+    from spinlora.data import ChatFormat, Example
+    from spinlora.generate import Generation
+    from spinlora.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    fmt = ChatFormat(tok)
+    examples = [Example(f"P{i}?", "", fmt.prompt_ids(f"P{i}?"), [1], meta={"value": 8.0, "index": i})
+                for i in range(2)]
+    # problem 0: two wrong 9s outvote the right equation (whose stated sum is wrong: 7, not 8);
+    # problem 1: all three wrong
+    outs = ["4 + 5 = 9\n#### 9", "2 * 4 = 7\n#### 7", "3 * 3 = 9\n#### 9",
+            "1 + 1 = 2\n#### 2", "2 + 1 = 3\n#### 3", "9 - 5 = 4\n#### 4"]
+    monkeypatch.setattr(g, "generate", lambda m, t, prompts, *a, **k: (
+        [Generation([5], text, True) for text in outs[:len(prompts)]], len(prompts)))
+    # the "reward model" scores the sample "2 * 4 = 7" highest
+    monkeypatch.setattr(rw, "rewards", lambda m, seqs, pad: torch.tensor(
+        [10.0 if "2 * 4" in tok.decode(s) else 0.0 for s in seqs]))
+    r = g.evaluate_best_of_n(None, tok, fmt, examples, GenerationConfig(), Accountant(
+        torch.device("cpu")), "m", torch.nn.Identity(), fmt, n=3, task="svamp")
+    s = r["tasks"]["svamp"]
+    assert r["accuracy"] == s["acc"] == 0.5 and r["majority_accuracy"] == 0.0
+    assert s["pass_at_k"] == 0.5 and s["sample_acc"] == 1 / 6 and r["label"] == "m+best_of_3"
+    first = r["samples"][0]
+    assert first["output"] == "2 * 4 = 7\n#### 7" and first["correct"] and first["index"] == 0
+    assert [x["reward"] for x in first["samples"]] == [0.0, 10.0, 0.0]
+    assert first["votes"] == {"9.0": 2, "8.0": 1}
+
+
 def test_best_of_n_row_in_the_evaluation(tiny_cfg, tiny_model_dir, tmp_path):
     from spinlora import cli
     from spinlora.pipeline import run

@@ -445,8 +445,10 @@ class RunConfig:
             checks.append(("train.report_to", sink in ("tensorboard", "wandb"),
                            f"unknown sink {sink!r}: use tensorboard, wandb"))
         checks.append(("eval.best_of_n", self.eval.best_of_n == 0 or (
-            self.eval.best_of_n >= 2 and bool(self.eval.reward_model)),
-            "0 (off), or n >= 2 with eval.reward_model=RUN/reward/adapter"))
+            self.eval.best_of_n >= 2 and bool(self.eval.reward_model)
+            and bool({"gsm8k", "svamp"} & set(self.eval.tasks))),
+            "0 (off), or n >= 2 with eval.reward_model=RUN/reward/adapter and gsm8k or svamp "
+            "in eval.tasks"))
         checks.append(("eval.self_consistency", self.eval.self_consistency == 0 or (
             self.eval.self_consistency >= 2 and bool({"gsm8k", "svamp"} & set(self.eval.tasks))),
             "0 (off), or k >= 2 with gsm8k or svamp in eval.tasks"))

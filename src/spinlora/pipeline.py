@@ -380,8 +380,7 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
         try:
             results.append(_eval_one(cfg, model, tok, fmt, part, acct, init_path, label, path,
                                      examples, shots, choice_items if mode == "standard" else
-                                     {t: v for t, v in choice_items.items() if t == "svamp"}
-                                     if mode == "self_consistency" else {},
+                                     {t: v for t, v in choice_items.items() if t == "svamp"},
                                      mode, reranker))
         except Exception as e:  # noqa: BLE001  a failure costs only the model it happened on
             if _is_oom(e):
@@ -408,22 +407,48 @@ def _merged(earlier: dict | None, now: dict) -> dict:
                                             now["peak_over_baseline_bytes"])}
 
 
+def _write_samples(part: Path, label: str, task: str, samples: list[dict]) -> None:
+    if dist.is_main():
+        name = f"samples_{label}_svamp.jsonl" if task == "svamp" else f"samples_{label}.jsonl"
+        with open(part / name, "w") as f:
+            for s in samples:
+                f.write(json.dumps(s) + "\n")
+
+
+def _sampled_tasks(cfg: RunConfig, examples, choice_items) -> list[tuple[str, list]]:
+    """The tasks a sampled row (best-of-n, self-consistency) runs on: GSM8K and SVAMP."""
+    return (([("gsm8k", examples)] if "gsm8k" in cfg.eval.tasks else [])
+            + ([("svamp", choice_items["svamp"])] if "svamp" in choice_items else []))
+
+
+def _eval_best_of_n(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path, acct: Accountant,
+                    r: dict, examples, choice_items, reranker) -> dict:
+    """The ``MODEL+best_of_n`` row: n samples reranked by the reward model, GSM8K and SVAMP."""
+    n = cfg.eval.best_of_n
+    for task, items in _sampled_tasks(cfg, examples, choice_items):
+        b = evaluate_best_of_n(model, tok, fmt, items, cfg.generation, acct,
+                               r["label"].rsplit("+", 1)[0], *reranker, n,
+                               cfg.eval.best_of_n_temperature, task)
+        _write_samples(part, r["label"], task, b.pop("samples"))
+        r["tasks"].update(b.pop("tasks"))
+        if task == "gsm8k":  # GSM8K fields stay at the top level of the row, as greedy's
+            r.update(b)
+        print(f"[spinlora] eval {r['label']}: {task} best of {n} by the reward model "
+              f"{b['accuracy']:.3f} ± {b['accuracy_stderr']:.3f} (n={b['n']}; majority "
+              f"{b['majority_accuracy']:.3f}, pass@{n} {b['pass_at_n']:.3f}, samples "
+              f"{b['sample_accuracy']:.3f})")
+    return r
+
+
 def _eval_self_consistency(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path,
                            acct: Accountant, r: dict, examples, choice_items) -> dict:
     """The ``MODEL+maj@k`` row: self-consistency on GSM8K and SVAMP (whichever are tasks)."""
     k, temp = cfg.eval.self_consistency, cfg.eval.self_consistency_temperature
     label = r["label"]
-    tasks = ([("gsm8k", examples)] if "gsm8k" in cfg.eval.tasks else []) + \
-        ([("svamp", choice_items["svamp"])] if "svamp" in choice_items else [])
-    for task, items in tasks:
+    for task, items in _sampled_tasks(cfg, examples, choice_items):
         c = evaluate_self_consistency(model, tok, fmt, items, cfg.generation, acct, label, k,
                                       temp, task)
-        if dist.is_main():
-            name = f"samples_{label}_svamp.jsonl" if task == "svamp" else f"samples_{label}.jsonl"
-            with open(part / name, "w") as f:
-                for s in c["samples"]:
-                    f.write(json.dumps(s) + "\n")
-        c.pop("samples")
+        _write_samples(part, label, task, c.pop("samples"))
         r["tasks"][task] = c
         if task == "gsm8k":  # GSM8K fields stay at the top level of the row, as greedy's
             r.update(n=c["n"], accuracy=c["acc"], accuracy_stderr=c["acc_stderr"])
@@ -444,24 +469,15 @@ def _eval_one(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path, acct: Acc
           else contextlib.nullcontext()):
         r = {"label": label, "adapter": str(path) if path else None, "tasks": {}}
         if prompting == "best_of_n":
-            b = evaluate_best_of_n(model, tok, fmt, examples, cfg.generation, acct,
-                                   label.rsplit("+", 1)[0], *reranker, cfg.eval.best_of_n,
-                                   cfg.eval.best_of_n_temperature)
-            print(f"[spinlora] eval {label}: GSM8K accuracy {b['accuracy']:.3f} ± "
-                  f"{b['accuracy_stderr']:.3f} (n={b['n']}; samples {b['sample_accuracy']:.3f}, "
-                  f"pass@{cfg.eval.best_of_n} {b['pass_at_n']:.3f})")
-            return {**r, **b}
+            return _eval_best_of_n(cfg, model, tok, fmt, part, acct, r, examples, choice_items,
+                                   reranker)
         if prompting == "self_consistency":
             return _eval_self_consistency(cfg, model, tok, fmt, part, acct, r, examples,
                                           choice_items)
         if "gsm8k" in cfg.eval.tasks:
             g = evaluate_gsm8k(model, tok, fmt, examples, cfg.generation, acct, label,
                                shots, cfg.eval.gsm8k_style, cfg.eval.gsm8k_generate, prompting)
-            samples = g.pop("samples")
-            if dist.is_main():
-                with open(part / f"samples_{label}.jsonl", "w") as f:
-                    for s in samples:
-                        f.write(json.dumps(s) + "\n")
+            _write_samples(part, label, "gsm8k", g.pop("samples"))
             r.update(g)  # GSM8K fields stay at the top level of the row
             r["tasks"]["gsm8k"] = {"n": g["n"], "acc": g["accuracy"],
                                    "acc_stderr": g["accuracy_stderr"]}
@@ -471,11 +487,7 @@ def _eval_one(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path, acct: Acc
         for task, items in choice_items.items():
             if task == "svamp":
                 c = evaluate_svamp(model, tok, fmt, items, cfg.generation, acct, label)
-                if dist.is_main():
-                    with open(part / f"samples_{label}_svamp.jsonl", "w") as f:
-                        for s in c.pop("samples"):
-                            f.write(json.dumps(s) + "\n")
-                c.pop("samples", None)
+                _write_samples(part, label, "svamp", c.pop("samples"))
                 r["tasks"][task] = c
                 b = c["by_numbers"]
                 print(f"[spinlora] eval {label}: SVAMP accuracy {c['acc']:.3f} ± "

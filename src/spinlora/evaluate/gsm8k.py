@@ -271,17 +271,12 @@ def _vote_key(value) -> str | None:
     return repr(round(float(value), 4) + 0.0)
 
 
-@torch.inference_mode()
-def evaluate_self_consistency(model, tokenizer, fmt: ChatFormat, examples: list[Example],
-                              gen_cfg: GenerationConfig, acct: Accountant, label: str, k: int,
-                              temperature: float, task: str) -> dict:
-    """Self-consistency (Wang et al. 2023): k sampled zero-shot answers per problem, and the
-    answer is the value most of them reach (a tie goes to the value reached first in sample
-    order); no verifier and no label. For ``svamp`` a sample's value is the one the headline
-    scores (its equation's, else its stated number), for ``gsm8k`` its final answer. Also
-    reports pass@k (any sample right: the ceiling of any reranker) and the mean accuracy of the
-    samples. Each problem's record keeps every sample's value, so the row pairs with the greedy
-    one problem by problem."""
+def _sample_groups(model, tokenizer, fmt: ChatFormat, examples: list[Example],
+                   gen_cfg: GenerationConfig, acct: Accountant, label: str, k: int,
+                   temperature: float, task: str) -> tuple[list[dict], int]:
+    """k sampled zero-shot answers per problem (top-p 1), each with its vote key and verdict:
+    for ``svamp`` the value the headline scores (its equation's, else its stated number), for
+    ``gsm8k`` its final answer. One record per problem, every sample's text kept."""
     sample_cfg = dataclasses.replace(gen_cfg, do_sample=True, temperature=temperature, top_p=1.0)
     with acct.phase(f"eval_generate[{label} {task}]") as ph:
         gens, produced = generate(model, tokenizer, [e.prompt_ids for e in examples for _ in range(k)],
@@ -294,27 +289,47 @@ def evaluate_self_consistency(model, tokenizer, fmt: ChatFormat, examples: list[
             scored = [svamp.score(g.text, e.meta["value"]) for g in group]
             keys = [_vote_key(s["equation_value"] if s["has_equation"] else s["stated"])
                     for s in scored]
-            ok = [s["correct"] for s in scored]
-            extra = {"index": e.meta.get("index"), "gold_value": e.meta["value"],
-                     "irrelevant_numbers": svamp.irrelevant_numbers(e.prompt, e.answer)}
+            ok = [bool(s["correct"]) for s in scored]
+            head = {"question": e.prompt, "index": e.meta.get("index"),
+                    "gold_value": e.meta["value"],
+                    "irrelevant_numbers": svamp.irrelevant_numbers(e.prompt, e.answer)}
         else:
             gold = extract_answer(e.answer)
             keys = [extract_answer(g.text) if g.text else None for g in group]
             ok = [bool(g.text) and key == gold for g, key in zip(group, keys)]
-            extra = {"gold": gold}
+            head = {"question": e.prompt, "gold": gold}
+        head["gold_answer"] = e.answer
         votes = Counter(key for key in keys if key is not None)
-        pick = keys.index(votes.most_common(1)[0][0]) if votes else 0
-        records.append({"question": e.prompt, **extra, "output": group[pick].text,
-                        "correct": bool(votes) and ok[pick], "votes": dict(votes.most_common()),
-                        "sample_correct": sum(map(bool, ok)), "pass": any(ok),
-                        "finished": group[pick].finished})
+        records.append({**head, "votes": dict(votes.most_common()), "pass": any(ok),
+                        "sample_correct": sum(ok),
+                        "samples": [{"text": g.text, "value": key, "correct": c,
+                                     "finished": g.finished}
+                                    for g, key, c in zip(group, keys, ok)]})
+    return records, produced
+
+
+def _pick(record: dict, j: int | None) -> dict:
+    """The record's answer is sample ``j`` (None: no answer, wrong)."""
+    s = record["samples"][j if j is not None else 0]
+    return {**record, "output": s["text"], "correct": j is not None and s["correct"],
+            "finished": s["finished"]}
+
+
+def _majority(record: dict) -> int | None:
+    """The first sample reaching the value most samples reach (None when none states one)."""
+    if not record["votes"]:
+        return None
+    top = next(iter(record["votes"]))  # most_common order: ties keep the first reached
+    return next(j for j, s in enumerate(record["samples"]) if s["value"] == top)
+
+
+def _summary(records: list[dict], k: int, task: str) -> dict:
     n = len(records)
     acc = sum(r["correct"] for r in records) / max(n, 1)
     pass_k = sum(r["pass"] for r in records) / max(n, 1)
-    sample_acc = sum(r["sample_correct"] for r in records) / max(n * k, 1)
-    out = {"n": n, "acc": acc, "acc_stderr": stderr(acc, n), "self_consistency": k,
-           "temperature": temperature, "pass_at_k": pass_k, "pass_at_k_stderr": stderr(pass_k, n),
-           "sample_acc": sample_acc, "generated_tokens": produced, "samples": records}
+    out = {"n": n, "acc": acc, "acc_stderr": stderr(acc, n), "pass_at_k": pass_k,
+           "pass_at_k_stderr": stderr(pass_k, n),
+           "sample_acc": sum(r["sample_correct"] for r in records) / max(n * k, 1)}
     if task == "svamp":
         split = {}
         for name, flag in (("irrelevant", True), ("relevant", False)):
@@ -326,36 +341,52 @@ def evaluate_self_consistency(model, tokenizer, fmt: ChatFormat, examples: list[
 
 
 @torch.inference_mode()
+def evaluate_self_consistency(model, tokenizer, fmt: ChatFormat, examples: list[Example],
+                              gen_cfg: GenerationConfig, acct: Accountant, label: str, k: int,
+                              temperature: float, task: str) -> dict:
+    """Self-consistency (Wang et al. 2023): k sampled zero-shot answers per problem, and the
+    answer is the value most of them reach (a tie goes to the value reached first in sample
+    order); no verifier and no label. Also reports pass@k (any sample right: the ceiling of any
+    reranker) and the mean accuracy of the samples. Each problem's record keeps every sample's
+    text, value and verdict, so the row pairs with the greedy one problem by problem."""
+    records, produced = _sample_groups(model, tokenizer, fmt, examples, gen_cfg, acct, label, k,
+                                       temperature, task)
+    records = [_pick(r, _majority(r)) for r in records]
+    return {**_summary(records, k, task), "self_consistency": k, "temperature": temperature,
+            "generated_tokens": produced, "samples": records}
+
+
+@torch.inference_mode()
 def evaluate_best_of_n(model, tokenizer, fmt: ChatFormat, examples: list[Example],
                        gen_cfg: GenerationConfig, acct: Accountant, label: str, reward_model,
-                       reward_fmt: ChatFormat, n: int, temperature: float = 0.7) -> dict:
+                       reward_fmt: ChatFormat, n: int, temperature: float = 0.7,
+                       task: str = "gsm8k") -> dict:
     """Best-of-n by a reward model: n sampled zero-shot answers per question, the one the reward
     model scores highest is the answer (``stages/reward.py``; Cobbe et al. 2021 used a verifier
-    the same way). Also reports the mean accuracy of the samples and pass@n (any of n right),
-    the ceiling any reranker could reach."""
+    the same way). Also reports the mean accuracy of the samples, pass@n (any of n right), the
+    ceiling any reranker could reach, and the majority vote of the same samples
+    (``majority_acc``, as ``evaluate_self_consistency``). ``task``: ``gsm8k`` (final answer) or
+    ``svamp`` (the headline's equation value)."""
     from ..reward_model import score_texts
 
-    sample_cfg = dataclasses.replace(gen_cfg, do_sample=True, temperature=temperature, top_p=1.0)
-    with acct.phase(f"eval_generate[{label}+best_of_{n}]") as ph:
-        gens, produced = generate(model, tokenizer, [e.prompt_ids for e in examples for _ in range(n)],
-                                  sample_cfg, fmt.stop_ids, desc=f"eval {label} best-of-{n}")
-        ph.tokens += produced
-    with acct.phase(f"eval_rerank[{label}+best_of_{n}]"):
-        scores = score_texts(reward_model, reward_fmt, [e.prompt for e in examples for _ in range(n)],
-                             [g.text for g in gens])
-    golds = [extract_answer(e.answer) for e in examples]
-    picked, any_right, right = [], [], []
-    for i, gold in enumerate(golds):
-        group = list(range(i * n, (i + 1) * n))
-        ok = [bool(gens[j].text) and extract_answer(gens[j].text) == gold for j in group]
-        best = max(range(n), key=lambda k: scores[group[k]])
-        picked.append(ok[best])
-        any_right.append(any(ok))
-        right += ok
-    m = len(examples)
-    acc = sum(picked) / max(m, 1)
+    records, produced = _sample_groups(model, tokenizer, fmt, examples, gen_cfg, acct,
+                                       f"{label}+best_of_{n}", n, temperature, task)
+    with acct.phase(f"eval_rerank[{label}+best_of_{n} {task}]"):
+        scores = score_texts(reward_model, reward_fmt, [r["question"] for r in records for _ in range(n)],
+                             [s["text"] for r in records for s in r["samples"]])
+    majority = [_pick(r, _majority(r))["correct"] for r in records]
+    picked = []
+    for i, r in enumerate(records):
+        for s, sc in zip(r["samples"], scores[i * n:(i + 1) * n]):
+            s["reward"] = sc
+        best = max(range(n), key=lambda j: r["samples"][j]["reward"])
+        picked.append(_pick(r, best))
+    m = len(picked)
+    summary = _summary(picked, n, task)
+    maj = sum(majority) / max(m, 1)
+    summary.update(best_of=n, temperature=temperature, majority_acc=maj,
+                   majority_acc_stderr=stderr(maj, m), generated_tokens=produced)
     return {"label": f"{label}+best_of_{n}", "n": m, "best_of": n, "temperature": temperature,
-            "accuracy": acc, "accuracy_stderr": stderr(acc, m),
-            "pass_at_n": sum(any_right) / max(m, 1),
-            "sample_accuracy": sum(right) / max(len(right), 1),
-            "tasks": {"gsm8k": {"n": m, "acc": acc, "acc_stderr": stderr(acc, m)}}}
+            "accuracy": summary["acc"], "accuracy_stderr": summary["acc_stderr"],
+            "pass_at_n": summary["pass_at_k"], "sample_accuracy": summary["sample_acc"],
+            "majority_accuracy": maj, "tasks": {task: summary}, "samples": picked}
