@@ -129,3 +129,37 @@ def test_self_consistency_config_is_checked(k, tasks, ok):
     else:
         with pytest.raises(ConfigError, match="eval.self_consistency"):
             load_config(None, over)
+
+
+def test_verifier_pairs_from_sampled_training_answers(tmp_path, monkeypatch):
+    """benchmarks/verifier_pairs.py: right and wrong by the equation's value (a right equation
+    with a wrong stated sum is right), distinct texts, cut answers left out, at most
+    --per-problem pairs, the gold answer where no sample is right, nothing where none is wrong."""
+    from conftest import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import verifier_pairs as vp
+
+    def rec(q, gold, texts, finished=None):
+        finished = finished or [True] * len(texts)
+        return {"question": q, "gold": gold, "gold_answer": f"gold {q}",
+                "samples": [{"text": t, "finished": f} for t, f in zip(texts, finished)]}
+
+    records = [
+        rec("a", "8", ["2 * 4 = 7\n#### 7", "4 + 5 = 9\n#### 9", "4 + 5 = 9\n#### 9",
+                       "3 + 3 = 6\n#### 6", "4 + 4 = 8\n#### 8"]),
+        rec("b", "8", ["1 + 1 = 2\n#### 2", "9 - 1 = 8\n#### 8"], finished=[False, True]),
+        rec("c", "8", ["1 + 1 = 2\n#### 2"]),
+    ]
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps({**r, "correct": False}) + "\n" for r in records))
+    out = tmp_path / "pairs.jsonl"
+    res = vp.main([str(path), "--out", str(out), "--per-problem", "3"])
+    pairs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert pairs == [
+        {"prompt": "a", "chosen": "2 * 4 = 7\n#### 7", "rejected": "4 + 5 = 9\n#### 9"},
+        {"prompt": "a", "chosen": "4 + 4 = 8\n#### 8", "rejected": "3 + 3 = 6\n#### 6"},
+        {"prompt": "c", "chosen": "gold c", "rejected": "1 + 1 = 2\n#### 2"},
+    ]
+    assert res == {"problems": 3, "pairs": 3, "own_right": 2, "gold": 1, "no_wrong": 1,
+                   "out": str(out)}
