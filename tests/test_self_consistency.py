@@ -84,8 +84,9 @@ def test_majority_on_gsm8k_final_answers(tiny_model_dir, monkeypatch):
 
 
 def test_maj_row_in_the_evaluation_pairs_with_greedy(tiny_cfg, tmp_path):
-    """``eval.self_consistency=3``: a ``base+maj@3`` row after ``base`` on SVAMP, its samples
-    file keyed like greedy's, each verdict the vote's over the saved sample values."""
+    """``eval.self_consistency=3``: a ``base+maj@3`` row after ``base`` on GSM8K and SVAMP, its
+    SVAMP samples file keyed like greedy's, each verdict the vote's over the saved sample
+    values; a GSM8K prompting baseline's row (``base+cot``) scores GSM8K alone."""
     from spinlora import run, svamp
     from spinlora.paired import compare, read_samples
 
@@ -97,15 +98,21 @@ def test_maj_row_in_the_evaluation_pairs_with_greedy(tiny_cfg, tmp_path):
                 for i, (a, b) in enumerate(zip(range(1, 6), range(3, 8)))]
     (root / "svamp" / "SVAMP.json").write_text(json.dumps(problems))
     tiny_cfg.stages, tiny_cfg.eval.models = ["eval"], ["base"]
-    tiny_cfg.eval.tasks, tiny_cfg.eval.data_root, tiny_cfg.eval.limit = ["svamp"], str(root), 4
+    tiny_cfg.eval.tasks, tiny_cfg.eval.data_root, tiny_cfg.eval.limit = ["gsm8k", "svamp"], str(root), 4
     tiny_cfg.eval.self_consistency = 3
+    tiny_cfg.eval.prompting = ["standard", "cot"]
     tiny_cfg.generation.max_new_tokens = 12
     assert run(tiny_cfg)["status"] == "ok"
     ev_dir = tmp_path / "run" / "eval"
     ev = json.loads((ev_dir / "result.json").read_text())
-    assert [r["label"] for r in ev["rows"]] == ["base", "base+maj@3"]
+    assert [r["label"] for r in ev["rows"]] == ["base", "base+cot", "base+maj@3"]
+    assert [set(r["tasks"]) for r in ev["rows"]] == [{"gsm8k", "svamp"}, {"gsm8k"},
+                                                     {"gsm8k", "svamp"}]
     assert ev["self_consistency"] == {"k": 3, "temperature": 0.7}
-    m = ev["rows"][1]["tasks"]["svamp"]
+    g = ev["rows"][2]
+    assert g["tasks"]["gsm8k"]["self_consistency"] == 3 and g["accuracy"] == g["tasks"]["gsm8k"]["acc"]
+    assert (ev_dir / "samples_base+maj@3.jsonl").is_file()
+    m = ev["rows"][2]["tasks"]["svamp"]
     assert m["n"] == 4 and m["self_consistency"] == 3 and 0 <= m["acc"] <= m["pass_at_k"] <= 1
     maj = read_samples(ev_dir / "samples_base+maj@3_svamp.jsonl")
     greedy = read_samples(ev_dir / "samples_base_svamp.jsonl")

@@ -357,7 +357,8 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
                              for m in cfg.eval.prompting}
     results = []
     finished = {r["label"]: r for r in done or []}
-    # one row per model and prompting mode; modes other than standard: GSM8K only, "LABEL+mode"
+    # one row per model and mode, "LABEL+mode": the prompting baselines on GSM8K only; the
+    # sampled rows (best_of_n, self_consistency) on GSM8K and SVAMP
     n, k = cfg.eval.best_of_n, cfg.eval.self_consistency
     modes = (cfg.eval.prompting + (["best_of_n"] if n else [])
              + (["self_consistency"] if k else []))
@@ -379,9 +380,8 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
             continue
         try:
             results.append(_eval_one(cfg, model, tok, fmt, part, acct, init_path, label, path,
-                                     examples, shots, choice_items if mode == "standard" else
-                                     {t: v for t, v in choice_items.items() if t == "svamp"},
-                                     mode, reranker))
+                                     examples, shots, _mode_items(mode, choice_items), mode,
+                                     reranker))
         except Exception as e:  # noqa: BLE001  a failure costs only the model it happened on
             if _is_oom(e):
                 raise
@@ -405,6 +405,16 @@ def _merged(earlier: dict | None, now: dict) -> dict:
             "seconds_total": round(sum(p["seconds"] for p in phases.values()), 3),
             "peak_over_baseline_bytes": max(earlier.get("peak_over_baseline_bytes", 0),
                                             now["peak_over_baseline_bytes"])}
+
+
+def _mode_items(mode: str, choice_items: dict) -> dict:
+    """The non-GSM8K tasks a row of this mode scores: all for the standard row, SVAMP for the
+    sampled rows, none for the GSM8K prompting baselines."""
+    if mode == "standard":
+        return choice_items
+    if mode in ("best_of_n", "self_consistency"):
+        return {t: v for t, v in choice_items.items() if t == "svamp"}
+    return {}
 
 
 def _write_samples(part: Path, label: str, task: str, samples: list[dict]) -> None:
