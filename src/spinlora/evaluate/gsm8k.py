@@ -233,6 +233,17 @@ def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
     }
 
 
+def _by_numbers(samples: list[dict]) -> dict:
+    """Accuracy split by SVAMP's "irrelevant information" variation: the problems that state
+    numbers their equation does not use (447 of the 1000), and the rest."""
+    split = {}
+    for name, flag in (("irrelevant", True), ("relevant", False)):
+        part = [s["correct"] for s in samples if s["irrelevant_numbers"] is flag]
+        a = sum(part) / max(len(part), 1)
+        split[name] = {"n": len(part), "acc": a, "acc_stderr": stderr(a, len(part))}
+    return split
+
+
 def evaluate_svamp(model, tokenizer, fmt: ChatFormat, examples: list[Example],
                    gen_cfg: GenerationConfig, acct: Accountant, label: str) -> dict:
     """SVAMP (``svamp.py``): greedy zero-shot answers in the training chat template, scored as
@@ -249,15 +260,8 @@ def evaluate_svamp(model, tokenizer, fmt: ChatFormat, examples: list[Example],
                  irrelevant_numbers=svamp.irrelevant_numbers(e.prompt, e.answer))
     acc = sum(s["correct"] for s in g["samples"]) / max(n, 1)
     stated = sum(s["stated_correct"] for s in g["samples"]) / max(n, 1)
-    # by SVAMP's "irrelevant information" variation: the problems that state numbers their
-    # equation does not use (447 of the 1000), and the rest
-    split = {}
-    for name, flag in (("irrelevant", True), ("relevant", False)):
-        part = [s["correct"] for s in g["samples"] if s["irrelevant_numbers"] is flag]
-        a = sum(part) / max(len(part), 1)
-        split[name] = {"n": len(part), "acc": a, "acc_stderr": stderr(a, len(part))}
     return {"n": n, "acc": acc, "acc_stderr": stderr(acc, n), "stated_acc": stated,
-            "stated_acc_stderr": stderr(stated, n), "by_numbers": split,
+            "stated_acc_stderr": stderr(stated, n), "by_numbers": _by_numbers(g["samples"]),
             "with_equation": sum(s["has_equation"] for s in g["samples"]) / max(n, 1),
             "finished_rate": g["own_finished_rate"], "mean_tokens": g["own_mean_tokens"],
             "max_new_tokens": gen_cfg.max_new_tokens, "samples": g["samples"]}
@@ -331,12 +335,7 @@ def _summary(records: list[dict], k: int, task: str) -> dict:
            "pass_at_k_stderr": stderr(pass_k, n),
            "sample_acc": sum(r["sample_correct"] for r in records) / max(n * k, 1)}
     if task == "svamp":
-        split = {}
-        for name, flag in (("irrelevant", True), ("relevant", False)):
-            part = [r["correct"] for r in records if r["irrelevant_numbers"] is flag]
-            a = sum(part) / max(len(part), 1)
-            split[name] = {"n": len(part), "acc": a, "acc_stderr": stderr(a, len(part))}
-        out["by_numbers"] = split
+        out["by_numbers"] = _by_numbers(records)
     return out
 
 
