@@ -45,6 +45,61 @@ def test_reward_model_learns_and_reloads(tiny_model_dir, tmp_path):
     assert r.shape == (1,) and torch.isfinite(r).all()
 
 
+def test_shared_prompt_rewards_equal_the_full_sequences(tiny_model_dir, capfd):
+    """Best-of-n scores n answers to one prompt: encoding the prompt once under all of them
+    (score_groups) gives each answer the reward of its whole sequence (score_texts), for prompts
+    of different lengths, different numbers of answers and answers of different lengths, in the
+    caller's order, across batch boundaries."""
+    from spinlora.config import load_config
+    from spinlora.data import ChatFormat
+    from spinlora.reward_model import load_reward_model, score_groups, score_texts
+
+    cfg = load_config(None, [f"model.name={tiny_model_dir}", "model.dtype=float32"])
+    capfd.readouterr()
+    model, tok = load_reward_model(cfg)
+    # the fresh scalar head is the one weight not in the checkpoint, as expected: no load report
+    assert "LOAD REPORT" not in capfd.readouterr().err
+    torch.manual_seed(1)
+    with torch.no_grad():  # LoRA's B starts at zero: make the adapter part of the score
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    fmt = ChatFormat(tok)
+    prompts = ["What is 2+3?", "A much longer question about 17 apples and 4 pears, in all?",
+               "Q?"]
+    answers = [["5", "2+3=5. #### 5", "I think it is six. #### 6"], ["#### 21"],
+               ["no", "a longer answer than the other one here #### 0"]]
+    shared = score_groups(model, fmt, prompts, answers, batch_size=3)
+    full = score_texts(model, fmt, [p for p, per in zip(prompts, answers) for _ in per],
+                       [a for per in answers for a in per])
+    assert [len(s) for s in shared] == [3, 1, 2]
+    flat = [x for s in shared for x in s]
+    assert flat == pytest.approx(full, abs=1e-4)
+    assert max(full) - min(full) > 1e-2  # the answers score differently: the order is checked
+
+    # training: a Bradley–Terry pair's prompt runs once under both answers, with the loss and
+    # the gradients of the whole sequences
+    from spinlora.reward_model import pair_rewards
+
+    p_ids = [fmt.prompt_ids(p) for p in prompts]
+    chosen = [p + fmt.answer_ids(per[0]) for p, per in zip(p_ids, answers)]
+    rejected = [p + fmt.answer_ids(per[-1]) for p, per in zip(p_ids, answers)]
+    model.train()
+    grads = []
+    for lens in ([len(p) for p in p_ids], [0] * len(p_ids)):
+        model.zero_grad()
+        rw, rl = pair_rewards(model, chosen, rejected, lens, tok.pad_token_id)
+        loss = -torch.nn.functional.logsigmoid(rw - rl).sum()
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for n, p in model.named_parameters()
+                                    if p.requires_grad and p.grad is not None]))
+    (l_shared, g_shared), (l_full, g_full) = grads
+    assert l_shared == pytest.approx(l_full, abs=1e-5)
+    assert len(g_shared) == len(g_full) > 0
+    for a, b in zip(g_shared, g_full):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_reward_needs_data(tiny_model_dir, tmp_path, capsys):
     from spinlora import cli
 
@@ -71,7 +126,8 @@ def test_best_of_n_picks_the_reward_models_choice(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(g, "generate", lambda m, t, prompts, *a, **k: (
         [Generation([5], text, True) for text in outs[:len(prompts)]], len(prompts)))
     # the "reward model": longer answers score lower, so the short right answer wins
-    monkeypatch.setattr(rw, "rewards", lambda m, seqs, pad: torch.tensor([-len(s) * 1.0 for s in seqs]))
+    monkeypatch.setattr(rw, "rewards_shared", lambda m, prompts, answers, pad: torch.tensor(
+        [-(len(p) + len(a)) * 1.0 for p, per in zip(prompts, answers) for a in per]))
     r = g.evaluate_best_of_n(None, tok, fmt, examples, GenerationConfig(), Accountant(
         torch.device("cpu")), "base", torch.nn.Identity(), fmt, n=2)
     assert r["accuracy"] == 1.0 and r["sample_accuracy"] == 0.5 and r["pass_at_n"] == 1.0
@@ -100,8 +156,8 @@ def test_best_of_n_on_svamp_scores_the_equation_value(tiny_model_dir, monkeypatc
     monkeypatch.setattr(g, "generate", lambda m, t, prompts, *a, **k: (
         [Generation([5], text, True) for text in outs[:len(prompts)]], len(prompts)))
     # the "reward model" scores the sample "2 * 4 = 7" highest
-    monkeypatch.setattr(rw, "rewards", lambda m, seqs, pad: torch.tensor(
-        [10.0 if "2 * 4" in tok.decode(s) else 0.0 for s in seqs]))
+    monkeypatch.setattr(rw, "rewards_shared", lambda m, prompts, answers, pad: torch.tensor(
+        [10.0 if "2 * 4" in tok.decode(a) else 0.0 for per in answers for a in per]))
     r = g.evaluate_best_of_n(None, tok, fmt, examples, GenerationConfig(), Accountant(
         torch.device("cpu")), "m", torch.nn.Identity(), fmt, n=3, task="svamp")
     s = r["tasks"]["svamp"]
@@ -189,3 +245,47 @@ def test_sft_early_stopping_keeps_the_best_state(tiny_cfg, monkeypatch):
     assert got.numel() == best.numel()
     assert torch.allclose(got.sort().values, best.sort().values)
     assert not torch.allclose(got.sort().values, last.sort().values)
+
+
+def test_reward_speed_benchmark_compares_the_same_work(tiny_model_dir, tmp_path):
+    """benchmarks/reward_speed.py: both sides score the same answers (the same rewards, the same
+    picks) and train on the same pairs (the same loss)."""
+    import importlib.util
+
+    from conftest import ROOT
+    from spinlora.config import load_config
+    from spinlora.reward_model import load_reward_model
+
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(f"model:\n  name: {tiny_model_dir}\n  dtype: float32\n")
+    model, tok = load_reward_model(load_config(cfg_path, []))
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    model.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    samples = tmp_path / "s.jsonl"
+    samples.write_text("".join(json.dumps({"index": i, "question": f"What is {i}+{i}?",
+                                           "correct": False, "samples": [
+                                               {"text": t} for t in (f"#### {2 * i}", "no",
+                                                                     f"{i}+{i}={i}. #### {i}")]})
+                               + "\n" for i in range(4)))
+    spec = importlib.util.spec_from_file_location("reward_speed",
+                                                  ROOT / "benchmarks" / "reward_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(["--reward-model", str(tmp_path / "rm"), "--config", str(cfg_path),
+                      "--samples", str(samples), "--limit", "3", "--shared-batch", "4",
+                      "--pairs", str(_pairs(tmp_path, 10)), "--pair-limit", "6", "--micro", "4",
+                      "--out", str(tmp_path / "out.json")])
+    r = res["rerank"]
+    assert (r["problems"], r["answers"], r["same_pick"]) == (3, 9, 3)
+    assert r["max_abs_diff"] < 1e-4
+    assert r["sides"]["shared"]["tokens_encoded"] < r["sides"]["full"]["tokens_encoded"]
+    t = res["train"]
+    assert t["pairs"] == 6
+    assert t["sides"]["shared"]["loss_sum"] == pytest.approx(t["sides"]["full"]["loss_sum"],
+                                                             abs=1e-4)
+    assert json.loads((tmp_path / "out.json").read_text())["train"]["pairs"] == 6

@@ -330,6 +330,25 @@ def test_paired_cli_reads_samples_files_gzipped_or_not(tmp_path, capsys):
         cli.main([str(ref), str(elsewhere)])
 
 
+def test_samples_keyed_by_question_keep_a_question_asked_twice(tmp_path):
+    """GSM8K-style samples files have no index and are keyed by the question's text: a question
+    that occurs twice (22 of 1000 MAWPS / ASDiv-A training rows do) stays two problems, and the
+    k-th occurrence in one file pairs with the k-th in the other."""
+    from spinlora.paired import compare, read_samples
+
+    def write(name, rows):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"question": q, "correct": c}) + "\n"
+                                for q, c in rows))
+        return path
+
+    a = read_samples(write("a.jsonl", [("Q1", 1), ("Q2", 0), ("Q1", 0)]))
+    b = read_samples(write("b.jsonl", [("Q1", 1), ("Q2", 0), ("Q1", 1)]))
+    assert len(a) == len(b) == 3
+    row = compare(a, b)
+    assert (row["n"], row["gained"], row["lost"]) == (3, 1, 0)
+
+
 def test_calculator_computes_the_expression_before_equals():
     """generation.calculator's arithmetic: the expression that ends the line, numbers written as
     the gold answers write them; nothing for a line without an operator or a division by zero."""

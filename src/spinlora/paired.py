@@ -28,12 +28,16 @@ def read_samples(path: str | Path) -> dict:
     opener = gzip.open if p.suffix == ".gz" else open
     with opener(p, "rt") as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    out = {}
+    out, seen = {}, {}
     for i, r in enumerate(rows):
         key = r.get("index", r.get("question"))
         if key is None or "correct" not in r:
             raise ValueError(f"{p}: line {i + 1} has no 'index' (or 'question') or no "
                              "'correct': not an eval samples file")
+        if "index" not in r:  # keyed by its text: a question asked twice stays two problems,
+            seen[key] = seen.get(key, 0) + 1  # its k-th occurrence pairs with the other file's
+            if seen[key] > 1:
+                key = f"{key} [{seen[key]}]"
         out[key] = r
     return out
 

@@ -23,10 +23,34 @@ def _dtype(cfg: RunConfig, device: torch.device) -> torch.dtype:
     return pick_dtype(cfg.model.dtype, device)
 
 
+def _seq_cls(path: str, **kwargs):
+    """``AutoModelForSequenceClassification.from_pretrained`` of a causal-LM checkpoint. Its
+    scalar head is never in the checkpoint (a fresh one is trained, a saved one comes back with
+    the adapter), so transformers' load report, a table saying so, is silenced; any other
+    missing weight is still reported, as a warning of ours."""
+    import logging
+    import warnings
+
+    from transformers import AutoModelForSequenceClassification
+
+    log = logging.getLogger("transformers.modeling_utils")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, output_loading_info=True, **kwargs)
+    finally:
+        log.setLevel(level)
+    missing = [k for k in info.get("missing_keys", []) if not k.startswith("score.")]
+    if missing:
+        warnings.warn(f"reward model from {path}: weights not in the checkpoint, initialised "
+                      f"at random: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    return model
+
+
 def load_reward_model(cfg: RunConfig):
     """(scalar-head model with LoRA on the body, tokenizer)."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification
 
     if cfg.adapter.method not in ("lora", "dora"):
         raise AdapterError(f"the reward model trains LoRA or DoRA (adapter.method="
@@ -35,8 +59,7 @@ def load_reward_model(cfg: RunConfig):
     device = pick_device(cfg.model.device)
     tok = load_tokenizer(path, cfg.model.revision)
     torch.manual_seed(cfg.seed)  # the head's initialisation
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=_dtype(cfg, device), revision=cfg.model.revision)
+    model = _seq_cls(path, dtype=_dtype(cfg, device), revision=cfg.model.revision)
     model.config.pad_token_id = tok.pad_token_id
     a = cfg.adapter
     model = get_peft_model(model, LoraConfig(
@@ -47,8 +70,7 @@ def load_reward_model(cfg: RunConfig):
 
 def rewards(model, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
     """r(x, y) per sequence: the scalar head on the last real token's hidden state."""
-    clf = model.get_base_model()
-    body = getattr(clf, clf.base_model_prefix)
+    clf, body = _body(model)
     device = next(model.parameters()).device
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -60,6 +82,77 @@ def rewards(model, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
     hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
     last = hidden[torch.arange(len(seqs), device=device), mask.sum(1) - 1]
     return clf.score(last).squeeze(-1).float()
+
+
+def _body(model):
+    clf = model.get_base_model()
+    return clf, getattr(clf, clf.base_model_prefix)
+
+
+def rewards_shared(model, prompts: list[list[int]], answers: list[list[list[int]]],
+                   pad_id: int) -> torch.Tensor:
+    """r(x, y) for every answer of every prompt (prompt 0's answers first), each prompt run once
+    under all of its answers (``scoring.prompt_then_answers``): the same numbers as ``rewards``
+    on the concatenated sequences, with the prompt's tokens encoded once instead of per answer."""
+    from .scoring import prompt_then_answers
+
+    clf, body = _body(model)
+    last, hidden, _, lengths = prompt_then_answers(body, prompts, answers, pad_id)
+    # the state after the answer's last token: the prompt's last where the answer is empty
+    states = torch.cat([last[:, None], hidden], 1)
+    final = states[torch.arange(states.shape[0], device=states.device), lengths]
+    return clf.score(final).squeeze(-1).float()
+
+
+def pair_rewards(model, chosen: list[list[int]], rejected: list[list[int]],
+                 prompt_lens: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r(x, y_w), r(x, y_l)) for Bradley–Terry pairs given as whole sequences whose first
+    ``prompt_lens[i]`` tokens are the shared prompt. The prompt runs once under both answers
+    unless a length is 0 or activation checkpointing is on (it turns the KV cache off); then
+    each sequence runs whole. Differentiable unless called under inference mode."""
+    from .scoring import _checkpointing
+
+    clf, _ = _body(model)
+    if all(prompt_lens) and not _checkpointing(clf):
+        r = rewards_shared(model, [c[:k] for c, k in zip(chosen, prompt_lens)],
+                           [[c[k:], j[k:]] for c, j, k in zip(chosen, rejected, prompt_lens)],
+                           pad_id)
+        return r[0::2], r[1::2]
+    r = rewards(model, list(chosen) + list(rejected), pad_id)
+    return r[:len(chosen)], r[len(chosen):]
+
+
+@torch.inference_mode()
+def score_groups(model, fmt: ChatFormat, prompts: list[str], answers: list[list[str]],
+                 batch_size: int = 64) -> list[list[float]]:
+    """r(x, y) for each answer of each prompt (best-of-n: n answers to one question), in the
+    reward model's chat format. A batch holds whole prompts, about ``batch_size`` answers in
+    all, sorted by length; each prompt is encoded once for all of its answers. Returned in the
+    caller's order, one list per prompt."""
+    model.eval()
+    p_ids = [fmt.prompt_ids(p) for p in prompts]
+    a_ids = [[fmt.answer_ids(a) for a in per] for per in answers]
+    order = sorted(range(len(prompts)),
+                   key=lambda i: len(p_ids[i]) + max((len(a) for a in a_ids[i]), default=0))
+    out: list[list[float]] = [[] for _ in prompts]
+    batch: list[int] = []
+
+    def flush():
+        if batch:
+            r = rewards_shared(model, [p_ids[i] for i in batch], [a_ids[i] for i in batch],
+                               fmt.tok.pad_token_id).tolist()
+            for i in batch:
+                out[i], r = r[:len(a_ids[i])], r[len(a_ids[i]):]
+            batch.clear()
+
+    for i in order:
+        if not a_ids[i]:
+            continue
+        if batch and sum(len(a_ids[j]) for j in batch) + len(a_ids[i]) > batch_size:
+            flush()
+        batch.append(i)
+    flush()
+    return out
 
 
 @torch.inference_mode()
@@ -81,14 +174,12 @@ def score_texts(model, fmt: ChatFormat, prompts: list[str], answers: list[str],
 def load_trained(path: str | Path, cfg: RunConfig):
     """A saved reward model (``reward/adapter``) for scoring: (model, tokenizer), eval mode."""
     from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification
 
     path = Path(path)
     base = resolve_model_path(cfg.model.name)
     tok = load_tokenizer(str(path))
     device = pick_device(cfg.model.device)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=1, dtype=_dtype(cfg, device))
+    model = _seq_cls(base, dtype=_dtype(cfg, device))
     model.config.pad_token_id = tok.pad_token_id
     model = PeftModel.from_pretrained(model, str(path)).to(device).eval()
     return model, tok

@@ -124,8 +124,9 @@ def _is_prompt_learning(model) -> bool:
 def _checkpointing(lm) -> bool:
     """Whether activation checkpointing is on (transformers 5 renamed is_gradient_checkpointing,
     whose old name now warns on every read)."""
-    return bool(getattr(lm, "is_activation_checkpointing",
-                        getattr(lm, "is_gradient_checkpointing", False)))
+    if hasattr(lm, "is_activation_checkpointing"):  # (a default to getattr would read the
+        return bool(lm.is_activation_checkpointing)   # old name too, and warn)
+    return bool(getattr(lm, "is_gradient_checkpointing", False))
 
 
 def _decoder_alone(model):
@@ -189,22 +190,14 @@ def answer_logps(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return _per_row(tok_lp, rows, batch.input_ids.shape[0]), batch.answer_mask[:, 1:].sum(1)
 
 
-def shared_prompt_pass(model, prompts: list[list[int]], answers: list[list[list[int]]],
-                       pad_id: int, skip: list[list[int]] | None = None):
-    """Run each prompt once and all of its answers on top of its KV cache.
-
-    The prompts (left-padded) run through the decoder with the cache on; the cache is repeated
-    for each prompt's answers (any number per prompt) and the answers (right-padded) run on top
-    of it. Returns ``(hidden, targets, rows)`` for the scored answer tokens, flattened: the hidden
-    states that predict them, for ``token_logps`` with ``output_head(model)``. ``rows`` numbers
-    the answers in order (prompt 0's answers first); ``skip[i][j]`` leading tokens of answer j of
-    prompt i are context, not scored. Returns None where the decoder cannot run alone (see
-    ``_decoder_alone``).
-    """
-    decoder = _decoder_alone(model)
-    if decoder is None:
-        return None
-    device = next(model.parameters()).device
+def prompt_then_answers(decoder, prompts: list[list[int]], answers: list[list[list[int]]],
+                        pad_id: int):
+    """Each prompt once through ``decoder`` (left-padded, KV cache on), then all of its answers
+    (any number per prompt, right-padded) on top of its repeated cache. Returns ``(last, hidden,
+    a_ids, lengths)`` over the answers in order (prompt 0's first): ``last[r]`` is the hidden
+    state of answer r's prompt's last token, ``hidden[r, t]`` that of its answer token t,
+    ``a_ids`` the padded answers and ``lengths`` their real lengths."""
+    device = next(decoder.parameters()).device
     b = len(prompts)
     counts = torch.tensor([len(a) for a in answers])
     lp = max(len(p) for p in prompts)
@@ -216,27 +209,50 @@ def shared_prompt_pass(model, prompts: list[list[int]], answers: list[list[list[
     p_ids, p_mask = p_ids.to(device), p_mask.to(device)
     p_pos = (p_mask.cumsum(1) - 1).clamp(min=0)
     out = decoder(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True)
-    cache, last = out.past_key_values, out.last_hidden_state[:, -1]  # predicts answer token 0
+    cache, last = out.past_key_values, out.last_hidden_state[:, -1]
     owner = torch.repeat_interleave(torch.arange(b), counts).to(device)
-    cache.batch_select_indices(owner)
     flat = [a for per in answers for a in per]
-    flat_skip = [s for per in skip for s in per] if skip else [0] * len(flat)
+    lengths = torch.tensor([len(a) for a in flat], device=device)
     la = max(len(a) for a in flat)
     a_ids = torch.full((len(flat), la), pad_id, dtype=torch.long)
     a_mask = torch.zeros((len(flat), la), dtype=torch.long)
-    scored = torch.zeros((len(flat), la), dtype=torch.bool)
-    for r, (a, s) in enumerate(zip(flat, flat_skip)):
-        a_ids[r, :len(a)] = torch.tensor(a)
+    for r, a in enumerate(flat):
+        a_ids[r, :len(a)] = torch.tensor(a, dtype=torch.long)
         a_mask[r, :len(a)] = 1
-        scored[r, s:len(a)] = True
-    a_ids, a_mask, scored = a_ids.to(device), a_mask.to(device), scored.to(device)
+    a_ids, a_mask = a_ids.to(device), a_mask.to(device)
+    if la == 0:  # no answer tokens at all: nothing runs on top of the prompts
+        return last[owner], last.new_zeros((len(flat), 0, last.shape[-1])), a_ids, lengths
+    cache.batch_select_indices(owner)
     mask = torch.cat([p_mask[owner], a_mask], 1)
     a_pos = p_mask.sum(1)[owner][:, None] + torch.arange(la, device=device)[None]
     hidden = decoder(input_ids=a_ids, attention_mask=mask, position_ids=a_pos,
                      past_key_values=cache, use_cache=True).last_hidden_state
+    return last[owner], hidden, a_ids, lengths
+
+
+def shared_prompt_pass(model, prompts: list[list[int]], answers: list[list[list[int]]],
+                       pad_id: int, skip: list[list[int]] | None = None):
+    """Run each prompt once and all of its answers on top of its KV cache
+    (``prompt_then_answers``).
+
+    Returns ``(hidden, targets, rows)`` for the scored answer tokens, flattened: the hidden
+    states that predict them, for ``token_logps`` with ``output_head(model)``. ``rows`` numbers
+    the answers in order (prompt 0's answers first); ``skip[i][j]`` leading tokens of answer j of
+    prompt i are context, not scored. Returns None where the decoder cannot run alone (see
+    ``_decoder_alone``).
+    """
+    decoder = _decoder_alone(model)
+    if decoder is None:
+        return None
+    last, hidden, a_ids, lengths = prompt_then_answers(decoder, prompts, answers, pad_id)
+    n, la = a_ids.shape
+    flat_skip = torch.tensor([s for per in skip for s in per] if skip else [0] * n,
+                             device=a_ids.device)
+    t = torch.arange(la, device=a_ids.device)[None]
+    scored = (t >= flat_skip[:, None]) & (t < lengths[:, None])
     # answer token t is predicted by the hidden state before it: the prompt's last for t = 0
-    pred = torch.cat([last[owner][:, None], hidden[:, :-1]], 1)
-    rows = torch.arange(len(flat), device=device)[:, None].expand_as(scored)[scored]
+    pred = torch.cat([last[:, None], hidden], 1)[:, :la]
+    rows = torch.arange(n, device=a_ids.device)[:, None].expand_as(scored)[scored]
     return pred[scored], a_ids[scored], rows
 
 

@@ -366,17 +366,17 @@ def evaluate_best_of_n(model, tokenizer, fmt: ChatFormat, examples: list[Example
     ceiling any reranker could reach, and the majority vote of the same samples
     (``majority_acc``, as ``evaluate_self_consistency``). ``task``: ``gsm8k`` (final answer) or
     ``svamp`` (the headline's equation value)."""
-    from ..reward_model import score_texts
+    from ..reward_model import score_groups
 
     records, produced = _sample_groups(model, tokenizer, fmt, examples, gen_cfg, acct,
                                        f"{label}+best_of_{n}", n, temperature, task)
     with acct.phase(f"eval_rerank[{label}+best_of_{n} {task}]"):
-        scores = score_texts(reward_model, reward_fmt, [r["question"] for r in records for _ in range(n)],
-                             [s["text"] for r in records for s in r["samples"]])
+        scores = score_groups(reward_model, reward_fmt, [r["question"] for r in records],
+                              [[s["text"] for s in r["samples"]] for r in records])
     majority = [_pick(r, _majority(r))["correct"] for r in records]
     picked = []
     for i, r in enumerate(records):
-        for s, sc in zip(r["samples"], scores[i * n:(i + 1) * n]):
+        for s, sc in zip(r["samples"], scores[i]):
             s["reward"] = sc
         best = max(range(n), key=lambda j: r["samples"][j]["reward"])
         picked.append(_pick(r, best))

@@ -35,7 +35,7 @@ from ..config import RunConfig
 from ..data import ChatFormat, DataError
 from ..evaluate.choice import stderr
 from ..reward_model import (load_reranker, load_reward_model, load_trained,  # noqa: F401
-                            rewards, score_texts)
+                            pair_rewards, rewards, score_texts)
 from ..train import MetricsLog, Objective, train_loop
 from .dpo import load_pairs, split_heldout
 
@@ -44,12 +44,17 @@ from .dpo import load_pairs, split_heldout
 class RewardPair:
     chosen: list[int]  # prompt + preferred answer (chat template)
     rejected: list[int]
+    prompt_len: int = 0  # leading tokens both share (the prompt); 0: each sequence runs whole
+
+
+def _rewards(model, items: list[RewardPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return pair_rewards(model, [p.chosen for p in items], [p.rejected for p in items],
+                        [p.prompt_len for p in items], pad_id)
 
 
 def bradley_terry(pad_id: int) -> Objective:
     def loss(model, items: list[RewardPair]):
-        r = rewards(model, [p.chosen for p in items] + [p.rejected for p in items], pad_id)
-        rw, rl = r[:len(items)], r[len(items):]
+        rw, rl = _rewards(model, items, pad_id)
         margin = (rw - rl)
         return -F.logsigmoid(margin).sum(), {"accuracy": (margin.detach() > 0).float().sum(),
                                               "margin": margin.detach().sum()}
@@ -67,8 +72,8 @@ def pairwise_accuracy(model, pairs: list[RewardPair], pad_id: int, batch_size: i
     wins = []
     for s in range(0, len(pairs), batch_size):
         chunk = pairs[s:s + batch_size]
-        r = rewards(model, [p.chosen for p in chunk] + [p.rejected for p in chunk], pad_id)
-        wins += (r[:len(chunk)] > r[len(chunk):]).tolist()
+        rw, rl = _rewards(model, chunk, pad_id)
+        wins += (rw > rl).tolist()
     n = len(wins)
     acc = sum(wins) / max(n, 1)
     return {"n": n, "accuracy": acc, "accuracy_stderr": stderr(acc, n)}
@@ -82,7 +87,7 @@ def _tokenize(rows: list[dict], fmt: ChatFormat, max_length: int) -> tuple[list[
         if max(len(c), len(j)) > max_length:
             dropped += 1  # cutting would hide the answers' ends, where they differ most
             continue
-        pairs.append(RewardPair(c, j))
+        pairs.append(RewardPair(c, j, len(p)))
     return pairs, dropped
 
 
