@@ -5,7 +5,8 @@ once under all of its answers (``shared``), in reranking and in training; prints
         --samples RUN/eval/samples_MODEL+best_of_8_svamp.jsonl --limit 150 \
         --pairs PAIRS.jsonl --pair-limit 256
 
-Both sides do the same work in the same process, one after the other.
+Both sides do the same work in the same process, one after the other, each after an untimed
+warm-up call.
 - ``--samples``: score every sample of the first ``--limit`` problems of a best-of-n or
   self-consistency samples file with the trained reward model. ``full`` is ``score_texts``
   (best-of-n's scorer until session 21), ``shared`` is ``score_groups``. Reported: seconds,
@@ -65,6 +66,9 @@ def rerank(args, cfg, result: dict) -> None:
     out = result["rerank"] = {"samples": args.samples, "problems": len(records),
                               "answers": n_answers, "dtype": str(next(model.parameters()).dtype),
                               "sides": {}}
+    # warm-up, not timed: each side's first problem, so that neither pays the first calls' cost
+    score_texts(model, fmt, [prompts[0]] * len(answers[0]), answers[0], batch_size=args.full_batch)
+    score_groups(model, fmt, prompts[:1], answers[:1], batch_size=args.shared_batch)
     scores = {}
     for side in ("full", "shared"):
         t0 = time.perf_counter()
@@ -108,6 +112,10 @@ def train_pass(args, cfg, result: dict) -> None:
     out = result["train"] = {"pairs_file": args.pairs, "pairs": len(pairs), "dropped": dropped,
                              "micro_batch": args.micro,
                              "dtype": str(next(model.parameters()).dtype), "sides": {}}
+    for lens in ([0], [pairs[0].prompt_len]):  # warm-up, not timed: one pair each way
+        rw, rl = pair_rewards(model, [pairs[0].chosen], [pairs[0].rejected], lens, tok.pad_token_id)
+        (rw - rl).sum().backward()
+        model.zero_grad(set_to_none=True)
     for side in ("full", "shared"):
         total, t0 = 0.0, time.perf_counter()
         for s in range(0, len(pairs), args.micro):
