@@ -97,9 +97,8 @@ def rewards_shared(model, prompts: list[list[int]], answers: list[list[list[int]
     from .scoring import prompt_then_answers
 
     clf, body = _body(model)
-    last, hidden, _, lengths = prompt_then_answers(body, prompts, answers, pad_id)
+    states, _, lengths = prompt_then_answers(body, prompts, answers, pad_id)
     # the state after the answer's last token: the prompt's last where the answer is empty
-    states = torch.cat([last[:, None], hidden], 1)
     final = states[torch.arange(states.shape[0], device=states.device), lengths]
     return clf.score(final).squeeze(-1).float()
 
@@ -135,23 +134,19 @@ def score_groups(model, fmt: ChatFormat, prompts: list[str], answers: list[list[
     order = sorted(range(len(prompts)),
                    key=lambda i: len(p_ids[i]) + max((len(a) for a in a_ids[i]), default=0))
     out: list[list[float]] = [[] for _ in prompts]
-    batch: list[int] = []
-
-    def flush():
-        if batch:
-            r = rewards_shared(model, [p_ids[i] for i in batch], [a_ids[i] for i in batch],
-                               fmt.tok.pad_token_id).tolist()
-            for i in batch:
-                out[i], r = r[:len(a_ids[i])], r[len(a_ids[i]):]
-            batch.clear()
-
-    for i in order:
-        if not a_ids[i]:
-            continue
-        if batch and sum(len(a_ids[j]) for j in batch) + len(a_ids[i]) > batch_size:
-            flush()
-        batch.append(i)
-    flush()
+    batches: list[list[int]] = [[]]
+    held = 0  # answers in the last batch
+    for i in (i for i in order if a_ids[i]):
+        if batches[-1] and held + len(a_ids[i]) > batch_size:
+            batches.append([])
+            held = 0
+        batches[-1].append(i)
+        held += len(a_ids[i])
+    for batch in (b for b in batches if b):
+        r = rewards_shared(model, [p_ids[i] for i in batch], [a_ids[i] for i in batch],
+                           fmt.tok.pad_token_id).tolist()
+        for i in batch:
+            out[i], r = r[:len(a_ids[i])], r[len(a_ids[i]):]
     return out
 
 

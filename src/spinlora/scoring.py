@@ -193,10 +193,10 @@ def answer_logps(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
 def prompt_then_answers(decoder, prompts: list[list[int]], answers: list[list[list[int]]],
                         pad_id: int):
     """Each prompt once through ``decoder`` (left-padded, KV cache on), then all of its answers
-    (any number per prompt, right-padded) on top of its repeated cache. Returns ``(last, hidden,
-    a_ids, lengths)`` over the answers in order (prompt 0's first): ``last[r]`` is the hidden
-    state of answer r's prompt's last token, ``hidden[r, t]`` that of its answer token t,
-    ``a_ids`` the padded answers and ``lengths`` their real lengths."""
+    (any number per prompt, right-padded) on top of its repeated cache. Returns ``(states,
+    a_ids, lengths)`` over the answers in order (prompt 0's first): ``states[r, t]`` is the
+    hidden state after t tokens of answer r (t = 0: its prompt's last token), so it predicts
+    answer token t; ``a_ids`` the padded answers and ``lengths`` their real lengths."""
     device = next(decoder.parameters()).device
     b = len(prompts)
     counts = torch.tensor([len(a) for a in answers])
@@ -221,13 +221,13 @@ def prompt_then_answers(decoder, prompts: list[list[int]], answers: list[list[li
         a_mask[r, :len(a)] = 1
     a_ids, a_mask = a_ids.to(device), a_mask.to(device)
     if la == 0:  # no answer tokens at all: nothing runs on top of the prompts
-        return last[owner], last.new_zeros((len(flat), 0, last.shape[-1])), a_ids, lengths
+        return last[owner][:, None], a_ids, lengths
     cache.batch_select_indices(owner)
     mask = torch.cat([p_mask[owner], a_mask], 1)
     a_pos = p_mask.sum(1)[owner][:, None] + torch.arange(la, device=device)[None]
     hidden = decoder(input_ids=a_ids, attention_mask=mask, position_ids=a_pos,
                      past_key_values=cache, use_cache=True).last_hidden_state
-    return last[owner], hidden, a_ids, lengths
+    return torch.cat([last[owner][:, None], hidden], 1), a_ids, lengths
 
 
 def shared_prompt_pass(model, prompts: list[list[int]], answers: list[list[list[int]]],
@@ -244,14 +244,13 @@ def shared_prompt_pass(model, prompts: list[list[int]], answers: list[list[list[
     decoder = _decoder_alone(model)
     if decoder is None:
         return None
-    last, hidden, a_ids, lengths = prompt_then_answers(decoder, prompts, answers, pad_id)
+    states, a_ids, lengths = prompt_then_answers(decoder, prompts, answers, pad_id)
     n, la = a_ids.shape
     flat_skip = torch.tensor([s for per in skip for s in per] if skip else [0] * n,
                              device=a_ids.device)
     t = torch.arange(la, device=a_ids.device)[None]
     scored = (t >= flat_skip[:, None]) & (t < lengths[:, None])
-    # answer token t is predicted by the hidden state before it: the prompt's last for t = 0
-    pred = torch.cat([last[:, None], hidden], 1)[:, :la]
+    pred = states[:, :la]  # the state before answer token t predicts it
     rows = torch.arange(n, device=a_ids.device)[:, None].expand_as(scored)[scored]
     return pred[scored], a_ids[scored], rows
 
