@@ -6,6 +6,7 @@
         benchmarks/results/svamp/demo/irpo_128/samples_lora_spin_iter_1_svamp.jsonl.gz --json
     python benchmarks/paired.py SFT_SAMPLES OTHER_SAMPLES --subset irrelevant   # SVAMP's 447
     python benchmarks/paired.py SFT_SAMPLES OTHER_SAMPLES --subset out_of_order # SVAMP's 368
+    python benchmarks/paired.py SFT_SAMPLES OTHER_SAMPLES --problems runs/s22/folds/b.json
 
 The first file is the reference (SFT, say); every other file is compared with it over the
 problems both answered (matched by ``index``, GSM8K's by question; ``.gz`` files are read
@@ -52,6 +53,26 @@ def subset_keys(which: str | None, data_root: str) -> set | None:
     return {i for i, t in enumerate(test) if test_of(t["prompt"], t["answer"]) == want}
 
 
+def problem_keys(path: str | None, data_root: str) -> set | None:
+    """``--problems``: the indices of the SVAMP problems listed in a JSON list of SVAMP.json rows
+    (a half written by ``benchmarks/svamp_folds.py``), matched by ``ID``; None for all."""
+    if path is None:
+        return None
+    from spinlora import svamp
+
+    try:
+        wanted = {str(r["ID"]) for r in json.loads(open(path).read())}
+        test = svamp.load_test(data_root)
+    except (OSError, ValueError, TypeError, KeyError, svamp.SvampError) as e:
+        raise SystemExit(f"--problems {path}: {e}; it must be a JSON list of SVAMP.json rows "
+                         "(benchmarks/svamp_folds.py writes them)") from None
+    keep = {i for i, t in enumerate(test) if str(t["id"]) in wanted}
+    if len(keep) != len(wanted):
+        raise SystemExit(f"--problems {path}: {len(wanted) - len(keep)} of its IDs are not "
+                         f"in {data_root}/svamp/SVAMP.json")
+    return keep
+
+
 def subset(rows: dict, keep: set | None) -> dict:
     return rows if keep is None else {k: r for k, r in rows.items() if k in keep}
 
@@ -67,10 +88,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          "equation uses (irrelevant), or only the others (relevant); only those "
                          "whose gold equation takes the numbers out of the text's order "
                          "(out_of_order), or only the others (in_order)")
+    ap.add_argument("--problems", metavar="JSON",
+                    help="SVAMP: only the problems listed in this JSON list of SVAMP.json rows "
+                         "(a half from benchmarks/svamp_folds.py); with --subset, both")
     ap.add_argument("--data-root", default="../shared/data",
-                    help="the folder holding svamp/SVAMP.json (for --subset)")
+                    help="the folder holding svamp/SVAMP.json (for --subset, --problems)")
     args = ap.parse_args(argv)
     keep = subset_keys(args.subset, args.data_root)  # SVAMP.json read once
+    listed = problem_keys(args.problems, args.data_root)
+    if listed is not None:
+        keep = listed if keep is None else keep & listed
     ref = subset(samples(args.reference), keep)
     rows = []
     for path in args.others:

@@ -1,6 +1,7 @@
 """RL on the adapter: group-relative advantages, the clipped sequence-ratio surrogate, the KL to
 the starting adapter through a swap of its tensors (one model copy)."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,6 +53,24 @@ def test_rl_stage_end_to_end(tiny_cfg, monkeypatch):
     assert res["step0_ratio_ok"] and res["first_round_kl0_ok"]
     assert all(r["trained_samples"] > 0 for r in res["rounds"])
     assert len(open(f"{out}/rl/rounds.jsonl").read().splitlines()) == 2
+    # each round records which SFT rows it drew: a new seeded draw of rl.prompts each round
+    drawn = [r["sft_rows"] for r in res["rounds"]]
+    assert [len(set(d)) for d in drawn] == [4, 4] and drawn[0] != drawn[1]
+    assert all(0 <= i < tiny_cfg.data.sft_examples for d in drawn for i in d)
+    # benchmarks/svamp_folds.py replays that draw for runs from before it was recorded
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("folds", ROOT / "benchmarks" / "svamp_folds.py")
+    folds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(folds)
+    n = tiny_cfg.data.sft_examples
+    assert folds.drawn_rows(Path(out), n) == ({i for d in drawn for i in d}, "recorded")
+    path = Path(out) / "rl" / "rounds.jsonl"
+    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "sft_rows"}) + "\n"
+                            for r in res["rounds"]))
+    assert folds.drawn_rows(Path(out), n) == ({i for d in drawn for i in d}, "replayed")
     sft = load_file(f"{out}/sft/adapter/adapter_model.safetensors")
     rl_w = load_file(f"{out}/rl/adapter/adapter_model.safetensors")
     assert any(not torch.allclose(sft[k], rl_w[k]) for k in sft)  # the policy moved

@@ -330,6 +330,59 @@ def test_paired_cli_reads_samples_files_gzipped_or_not(tmp_path, capsys):
         cli.main([str(ref), str(elsewhere)])
 
 
+def test_svamp_halves_partition_the_test_set_and_restrict_a_comparison(tmp_path, capsys):
+    """benchmarks/svamp_folds.py: two seeded halves of SVAMP.json that partition its 1000
+    problems, each read by data.train as SVAMP rows; paired.py --problems pairs two samples
+    files on one half only (by ID), and with --subset on both restrictions at once."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    from spinlora.config import DataConfig
+    from spinlora.data import load_rows
+
+    def script(name):
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    folds, cli = script("svamp_folds"), script("paired")
+    a, b = folds.main(["--out", str(tmp_path / "f"), "--data-root", str(SHARED)])
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    ids = [r["ID"] for r in json.loads((SVAMP_DIR / "SVAMP.json").read_text())]
+    assert len(ra) == len(rb) == 500 and sorted(r["ID"] for r in ra + rb) == sorted(ids)
+    assert folds.main(["--out", str(tmp_path / "g"), "--data-root", str(SHARED)])[0] \
+        .read_text() == a.read_text()  # seeded: the same halves again
+    rows = load_rows(str(a), DataConfig(), "train")
+    assert len(rows) == 500 and rows[0]["answer"].endswith(f"#### {rows[0]['answer'].split()[-1]}")
+    # two samples files over all 1000: the other model is right exactly on half b's problems
+    in_b = {int(r["ID"].split("-")[1]) - 1 for r in rb}
+    ref, other = tmp_path / "ref.jsonl", tmp_path / "other.jsonl"
+    ref.write_text("".join(json.dumps({"index": i, "correct": 0}) + "\n" for i in range(1000)))
+    other.write_text("".join(json.dumps({"index": i, "correct": int(i in in_b)}) + "\n"
+                             for i in range(1000)))
+    root = ["--data-root", str(SHARED), "--json"]
+    (on_a,) = cli.main([str(ref), str(other), "--problems", str(a), *root])
+    (on_b,) = cli.main([str(ref), str(other), "--problems", str(b), *root])
+    assert (on_a["n"], on_a["delta"], on_b["n"], on_b["delta"]) == (500, 0.0, 500, 1.0)
+    (both,) = cli.main([str(ref), str(other), "--problems", str(b), "--subset", "irrelevant",
+                        *root])
+    irrelevant = sum(svamp.irrelevant_numbers(r["prompt"], r["answer"])
+                     for r in load_rows(str(b), DataConfig(), "train"))
+    assert both["n"] == irrelevant and 0 < irrelevant < 500
+    # --cross: a run "trained on a" right exactly on half b, one "trained on b" right nowhere:
+    # unseen takes half b's answers from the first (all right) and half a's from the second
+    res = folds.main(["--out", str(tmp_path / "f"), "--data-root", str(SHARED),
+                      "--cross", str(ref), str(other), str(ref)])
+    assert (res["unseen"]["n"], res["unseen"]["delta"]) == (1000, 0.5)
+    assert (res["trained"]["n"], res["trained"]["delta"]) == (1000, 0.0)
+    capsys.readouterr()
+    (tmp_path / "bad.json").write_text(json.dumps([{"ID": "chal-5000"}]))
+    with pytest.raises(SystemExit, match="not in"):
+        cli.main([str(ref), str(other), "--problems", str(tmp_path / "bad.json"), *root])
+
+
 def test_samples_keyed_by_question_keep_a_question_asked_twice(tmp_path):
     """GSM8K-style samples files have no index and are keyed by the question's text: a question
     that occurs twice (22 of 1000 MAWPS / ASDiv-A training rows do) stays two problems, and the

@@ -155,6 +155,7 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
     if not examples:
         raise DataError("rl: no training row has a checkable gold answer ('#### N'); the "
                         "correctness reward needs one")
+    place = {id(e): i for i, e in enumerate(sft_examples)}  # a prompt's row in the SFT set
     start = adapters.snapshot(model)
     before = _heldout(model, tokenizer, fmt, heldout, cfg, acct, "rl_start")
     log = MetricsLog(out / "metrics.jsonl", cfg.train.report_to, "rl")
@@ -185,7 +186,8 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
             rec = {"round": t + 1, "prompts": len(prompts), "samples": len(gens),
                    "generated_tokens": produced,
                    "reward_mean": sum(rewards_all) / max(len(rewards_all), 1),
-                   "informative_groups": informative, "trained_samples": len(samples)}
+                   "informative_groups": informative, "trained_samples": len(samples),
+                   "sft_rows": sorted(place[id(e)] for e in prompts)}  # which prompts trained
             if samples:
                 with acct.phase("reference") as ph:
                     units, passes = old_and_ref(model, samples, start, pad,

@@ -1,0 +1,128 @@
+"""SVAMP's 1000 problems in two seeded halves, for measurements that train on one half of the test
+set and score the other: how far a method could go if its training problems were SVAMP's own.
+
+    python benchmarks/svamp_folds.py --out runs/s22/folds          # writes a.json and b.json
+    spinlora rl configs/svamp.yaml --adapter SFT data.train=runs/s22/folds/a.json ... \\
+        "stages=[rl,eval]" "eval.models=[rl]" --output-dir runs/s22/grpo_a
+    python benchmarks/paired.py SFT_SAMPLES runs/s22/grpo_a/eval/samples_lora_rl_svamp.jsonl \\
+        --problems runs/s22/folds/b.json                          # the half it never saw
+    python benchmarks/svamp_folds.py --drawn runs/s22/grpo_a --fold runs/s22/folds/a.json \
+        --out runs/s22/folds
+        # a_drawn.json / a_not_drawn.json: the problems of half a its RL rounds trained on, and not
+    python benchmarks/svamp_folds.py --out runs/s22/folds --cross SFT_SAMPLES \
+        runs/s22/grpo_a/eval/samples_lora_rl_svamp.jsonl runs/s22/grpo_b/eval/samples_lora_rl_svamp.jsonl
+        # both runs together: each problem scored by the run that never saw it (unseen, n = 1000),
+        # and by the one that trained on its half (trained), paired against SFT_SAMPLES
+
+Each half is a JSON list of SVAMP.json's own rows (``ID``, ``Body``, ``Question``, ``Equation``,
+``Answer``, ``Type``), so ``data.train`` reads it as SVAMP (gold = the equation over the real
+numbers, ``#### value``) and ``paired.py --problems`` restricts a comparison to it. These are
+not a method: training on SVAMP breaks the SVAMP paper's protocol (train on MAWPS + ASDiv-A).
+They bound what the protocol's methods could reach, and say which half a row was trained on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+
+def halves(rows: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
+    """A seeded random half of ``rows`` and the rest, each in SVAMP.json's order."""
+    picked = set(random.Random(seed).sample(range(len(rows)), len(rows) // 2))
+    return ([r for i, r in enumerate(rows) if i in picked],
+            [r for i, r in enumerate(rows) if i not in picked])
+
+
+def drawn_rows(run: Path, n: int) -> tuple[set[int], str]:
+    """The rows of the SFT set (of ``n`` rows) that a run's RL rounds drew as prompts: recorded
+    per round in ``rl/rounds.jsonl`` (``sft_rows``), or, for runs from before it was recorded,
+    the stage's own draw replayed: ``subset(rows, rl.prompts, data.seed + t)`` for round t
+    (exact when every row of the set has a checkable gold answer, as SVAMP's all do)."""
+    from spinlora.data import subset
+
+    rounds = [json.loads(x) for x in (run / "rl" / "rounds.jsonl").read_text().splitlines()]
+    if all("sft_rows" in r for r in rounds):
+        return {i for r in rounds for i in r["sft_rows"]}, "recorded"
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    k, seed = cfg["rl"]["prompts"], cfg["data"]["seed"]
+    return {i for t in range(len(rounds)) for i in subset(list(range(n)), k, seed + t)}, "replayed"
+
+
+def cross(folder: Path, reference: str, on_a: str, on_b: str, data_root: str) -> dict:
+    """Two runs, one trained on half a and one on half b, as two models over all 1000 problems:
+    ``unseen`` takes each problem's answer from the run that did not train on its half,
+    ``trained`` from the one that did; each paired against ``reference``."""
+    from spinlora.paired import compare, read_samples
+    from spinlora.svamp import load_test
+
+    index = {str(t["id"]): i for i, t in enumerate(load_test(data_root))}
+    half = {index[str(r["ID"])]: name for name in "ab"
+            for r in json.loads((folder / f"{name}.json").read_text())}
+    runs = {"a": read_samples(on_a), "b": read_samples(on_b)}
+    other = {"a": "b", "b": "a"}
+    out = {}
+    for kind, pick in (("unseen", lambda h: runs[other[h]]), ("trained", lambda h: runs[h])):
+        model = {k: pick(h)[k] for k, h in half.items() if k in pick(h)}
+        out[kind] = compare(read_samples(reference), model)
+    return out
+
+
+def main(argv: list[str] | None = None) -> tuple[Path, Path]:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="folder for a.json and b.json (or the --drawn halves)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-root", default="../shared/data",
+                    help="the folder holding svamp/SVAMP.json")
+    ap.add_argument("--drawn", metavar="RUN",
+                    help="an RL run trained on --fold: write the fold's drawn / not-drawn problems")
+    ap.add_argument("--fold", help="the half (a.json or b.json) the --drawn run trained on")
+    ap.add_argument("--cross", nargs=3, metavar=("REFERENCE", "RUN_A", "RUN_B"),
+                    help="samples files: the reference, a run trained on --out's a.json, one "
+                         "trained on b.json; prints both runs on the halves they never saw and "
+                         "on the halves they trained on, paired against the reference")
+    args = ap.parse_args(argv)
+    if args.cross:
+        from spinlora.paired import line
+
+        res = cross(Path(args.out), *args.cross, args.data_root)
+        for kind, row in res.items():
+            print(f"{kind}: {row['accuracy']:.1%} against {row['reference_accuracy']:.1%}, "
+                  + line(row))
+        return res
+    if args.drawn:
+        if not args.fold:
+            raise SystemExit("--drawn needs --fold, the half that run trained on")
+        fold = Path(args.fold)
+        rows = json.loads(fold.read_text())
+        drawn, how = drawn_rows(Path(args.drawn), len(rows))
+        paths = []
+        for name, keep in (("drawn", True), ("not_drawn", False)):
+            part = [r for i, r in enumerate(rows) if (i in drawn) == keep]
+            path = Path(args.out) / f"{fold.stem}_{name}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(part, indent=0))
+            paths.append(path)
+            print(f"{path}: {len(part)} of {fold}'s {len(rows)} problems ({how} draw)")
+        return paths[0], paths[1]
+    src = Path(args.data_root) / "svamp" / "SVAMP.json"
+    if not src.is_file():
+        raise SystemExit(f"{src} not found; pass --data-root (the folder holding svamp/)")
+    rows = json.loads(src.read_text())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, part in zip("ab", halves(rows, args.seed)):
+        path = out / f"{name}.json"
+        path.write_text(json.dumps(part, indent=0))
+        paths.append(path)
+        print(f"{path}: {len(part)} of {len(rows)} SVAMP problems (seed {args.seed})")
+    return paths[0], paths[1]
+
+
+if __name__ == "__main__":
+    main()
