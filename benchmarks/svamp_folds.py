@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 from pathlib import Path
 
 
@@ -52,22 +53,47 @@ def drawn_rows(run: Path, n: int) -> tuple[set[int], str]:
     return {i for t in range(len(rounds)) for i in subset(list(range(n)), k, seed + t)}, "replayed"
 
 
+def _words(text: str) -> set[str]:
+    return set(re.sub(r"[.,?!]", " ", text.lower()).split())
+
+
+def siblings(halves: dict[str, list[dict]], threshold: float = 0.6) -> set[str]:
+    """IDs of the problems whose Body shares more than ``threshold`` of its words (Jaccard of
+    the word sets) with some Body in the other half: SVAMP makes several problems from one
+    ASDiv-A problem, so a problem "never seen" may be a sibling of one trained on."""
+    words = {h: [_words(r["Body"]) for r in rows] for h, rows in halves.items()}
+    other = {"a": "b", "b": "a"}
+    out = set()
+    for h, rows in halves.items():
+        for r, w in zip(rows, words[h]):
+            if any(len(w & x) / max(len(w | x), 1) > threshold for x in words[other[h]]):
+                out.add(str(r["ID"]))
+    return out
+
+
 def cross(folder: Path, reference: str, on_a: str, on_b: str, data_root: str) -> dict:
     """Two runs, one trained on half a and one on half b, as two models over all 1000 problems:
     ``unseen`` takes each problem's answer from the run that did not train on its half,
-    ``trained`` from the one that did; each paired against ``reference``."""
+    ``trained`` from the one that did; each paired against ``reference``. ``unseen`` is also
+    split into the problems with a sibling in the other half (``siblings``) and those without."""
     from spinlora.paired import compare, read_samples
     from spinlora.svamp import load_test
 
     index = {str(t["id"]): i for i, t in enumerate(load_test(data_root))}
-    half = {index[str(r["ID"])]: name for name in "ab"
-            for r in json.loads((folder / f"{name}.json").read_text())}
+    rows = {name: json.loads((folder / f"{name}.json").read_text()) for name in "ab"}
+    half = {index[str(r["ID"])]: name for name in "ab" for r in rows[name]}
+    related = {index[i] for i in siblings(rows)}
     runs = {"a": read_samples(on_a), "b": read_samples(on_b)}
+    ref = read_samples(reference)
     other = {"a": "b", "b": "a"}
     out = {}
     for kind, pick in (("unseen", lambda h: runs[other[h]]), ("trained", lambda h: runs[h])):
         model = {k: pick(h)[k] for k, h in half.items() if k in pick(h)}
-        out[kind] = compare(read_samples(reference), model)
+        out[kind] = compare(ref, model)
+        if kind == "unseen":
+            for name, keep in (("unseen, with a sibling", True), ("unseen, without", False)):
+                part = {k: v for k, v in model.items() if (k in related) == keep}
+                out[name] = compare(ref, part)
     return out
 
 
@@ -89,7 +115,10 @@ def main(argv: list[str] | None = None) -> tuple[Path, Path]:
     if args.cross:
         from spinlora.paired import line
 
-        res = cross(Path(args.out), *args.cross, args.data_root)
+        try:
+            res = cross(Path(args.out), *args.cross, args.data_root)
+        except (OSError, ValueError) as e:  # a missing or malformed samples file / half
+            raise SystemExit(f"--cross: {e}") from None
         for kind, row in res.items():
             print(f"{kind}: {row['accuracy']:.1%} against {row['reference_accuracy']:.1%}, "
                   + line(row))

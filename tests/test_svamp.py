@@ -377,6 +377,14 @@ def test_svamp_halves_partition_the_test_set_and_restrict_a_comparison(tmp_path,
                       "--cross", str(ref), str(other), str(ref)])
     assert (res["unseen"]["n"], res["unseen"]["delta"]) == (1000, 0.5)
     assert (res["trained"]["n"], res["trained"]["delta"]) == (1000, 0.0)
+    assert res["unseen, with a sibling"]["n"] + res["unseen, without"]["n"] == 1000
+    near = folds.siblings({"a": [{"ID": "1", "Body": "Tom has 5 red apples ."}],
+                           "b": [{"ID": "2", "Body": "Tom has 7 red apples ."},
+                                 {"ID": "3", "Body": "A ship sails 40 miles ."}]})
+    assert near == {"1", "2"}  # 4 of 6 words shared; the ship shares none
+    with pytest.raises(SystemExit, match="no such file"):
+        folds.main(["--out", str(tmp_path / "f"), "--data-root", str(SHARED),
+                    "--cross", str(ref), str(other), str(tmp_path / "missing.jsonl")])
     capsys.readouterr()
     (tmp_path / "bad.json").write_text(json.dumps([{"ID": "chal-5000"}]))
     with pytest.raises(SystemExit, match="not in"):
