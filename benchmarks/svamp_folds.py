@@ -6,10 +6,10 @@ set and score the other: how far a method could go if its training problems were
         "stages=[rl,eval]" "eval.models=[rl]" --output-dir runs/s22/grpo_a
     python benchmarks/paired.py SFT_SAMPLES runs/s22/grpo_a/eval/samples_lora_rl_svamp.jsonl \\
         --problems runs/s22/folds/b.json                          # the half it never saw
-    python benchmarks/svamp_folds.py --drawn runs/s22/grpo_a --fold runs/s22/folds/a.json \
+    python benchmarks/svamp_folds.py --drawn runs/s22/grpo_a --fold runs/s22/folds/a.json \\
         --out runs/s22/folds
         # a_drawn.json / a_not_drawn.json: the problems of half a its RL rounds trained on, and not
-    python benchmarks/svamp_folds.py --out runs/s22/folds --cross SFT_SAMPLES \
+    python benchmarks/svamp_folds.py --out runs/s22/folds --cross SFT_SAMPLES \\
         runs/s22/grpo_a/eval/samples_lora_rl_svamp.jsonl runs/s22/grpo_b/eval/samples_lora_rl_svamp.jsonl
         # both runs together: each problem scored by the run that never saw it (unseen, n = 1000),
         # and by the one that trained on its half (trained), paired against SFT_SAMPLES
@@ -97,7 +97,9 @@ def cross(folder: Path, reference: str, on_a: str, on_b: str, data_root: str) ->
     return out
 
 
-def main(argv: list[str] | None = None) -> tuple[Path, Path]:
+def main(argv: list[str] | None = None) -> tuple[Path, Path] | dict:
+    """Writes the halves (or, with --drawn, a half's drawn / not-drawn parts) and returns their
+    paths; with --cross prints and returns the comparisons."""
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="folder for a.json and b.json (or the --drawn halves)")
@@ -127,8 +129,12 @@ def main(argv: list[str] | None = None) -> tuple[Path, Path]:
         if not args.fold:
             raise SystemExit("--drawn needs --fold, the half that run trained on")
         fold = Path(args.fold)
-        rows = json.loads(fold.read_text())
-        drawn, how = drawn_rows(Path(args.drawn), len(rows))
+        try:
+            rows = json.loads(fold.read_text())
+            drawn, how = drawn_rows(Path(args.drawn), len(rows))
+        except (OSError, ValueError, KeyError) as e:
+            raise SystemExit(f"--drawn {args.drawn} --fold {fold}: {e} (an RL run folder with "
+                             "rl/rounds.jsonl and config.yaml, and the half it trained on)") from None
         paths = []
         for name, keep in (("drawn", True), ("not_drawn", False)):
             part = [r for i, r in enumerate(rows) if (i in drawn) == keep]
