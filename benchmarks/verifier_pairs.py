@@ -13,6 +13,10 @@ none), against the problem's gold final answer. No data beyond the training set.
 Per problem: up to ``--per-problem`` pairs of distinct right and wrong answer texts (finished
 ones only: a cut answer would let length give it away); where no sample is right, the gold
 answer ≻ a wrong sample (``--gold-when-none``), so the hardest problems give pairs too.
+
+``--rows`` writes SFT rows instead (``question``, ``answer``): each problem's distinct right
+answers, up to ``--per-problem`` (rejection-sampling fine-tuning, STaR's filter: the model's own
+answers that the gold value confirms; no gold text is copied in).
 """
 from __future__ import annotations
 
@@ -51,16 +55,38 @@ def pairs_of(record: dict, per_problem: int, gold_when_none: bool) -> list[dict]
              "rejected": wrong[i % len(wrong)]} for i in range(n)]
 
 
+def right_rows(record: dict, per_problem: int) -> list[dict]:
+    """One problem's distinct right, finished sampled answers as SFT rows (at most
+    ``per_problem``)."""
+    gold = float(record["gold"] if "gold" in record else record["gold_value"])
+    right = []
+    for s in record["samples"]:
+        if s["finished"] and s["text"] not in right and svamp.score(s["text"], gold)["correct"]:
+            right.append(s["text"])
+    return [{"question": record["question"], "answer": t} for t in right[:per_problem]]
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("samples", type=Path, help="samples_MODEL+maj@k[_svamp].jsonl[.gz] of training problems")
     ap.add_argument("--out", type=Path, required=True, help="pairs jsonl (prompt, chosen, rejected)")
     ap.add_argument("--per-problem", type=int, default=2)
     ap.add_argument("--no-gold-when-none", dest="gold_when_none", action="store_false")
+    ap.add_argument("--rows", action="store_true",
+                    help="write SFT rows (question, answer) of each problem's right answers")
     args = ap.parse_args(argv)
     records = list(read_samples(args.samples).values())
     if not records or "samples" not in records[0]:
         raise SystemExit(f"{args.samples}: no sampled texts (write it with eval.self_consistency)")
+    if args.rows:
+        rows = [row for r in records for row in right_rows(r, args.per_problem)]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("".join(json.dumps(x) + "\n" for x in rows))
+        result = {"problems": len(records), "rows": len(rows),
+                  "problems_with_a_right_answer": len({x["question"] for x in rows}),
+                  "out": str(args.out)}
+        emit(result, None)
+        return result
     out, kinds = [], {"own_right": 0, "gold": 0, "no_wrong": 0}
     for r in records:
         ps = pairs_of(r, args.per_problem, args.gold_when_none)

@@ -170,3 +170,13 @@ def test_verifier_pairs_from_sampled_training_answers(tmp_path, monkeypatch):
     ]
     assert res == {"problems": 3, "pairs": 3, "own_right": 2, "gold": 1, "no_wrong": 1,
                    "out": str(out)}
+    # --rows: each problem's distinct right finished answers as SFT rows, no gold text copied in
+    rows_out = tmp_path / "rows.jsonl"
+    res = vp.main([str(path), "--out", str(rows_out), "--rows", "--per-problem", "3"])
+    rows = [json.loads(x) for x in rows_out.read_text().splitlines()]
+    assert rows == [{"question": "a", "answer": "2 * 4 = 7\n#### 7"},
+                    {"question": "a", "answer": "4 + 4 = 8\n#### 8"},
+                    {"question": "b", "answer": "9 - 1 = 8\n#### 8"}]
+    assert (res["rows"], res["problems_with_a_right_answer"]) == (3, 2)
+    vp.main([str(path), "--out", str(rows_out), "--rows", "--per-problem", "1"])
+    assert len(rows_out.read_text().splitlines()) == 2
