@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from spinlora.paired import compare, line, read_samples
 
@@ -61,7 +62,7 @@ def problem_keys(path: str | None, data_root: str) -> set | None:
     from spinlora import svamp
 
     try:
-        wanted = {str(r["ID"]) for r in json.loads(open(path).read())}
+        wanted = {str(r["ID"]) for r in json.loads(Path(path).read_text())}
         test = svamp.load_test(data_root)
     except (OSError, ValueError, TypeError, KeyError, svamp.SvampError) as e:
         raise SystemExit(f"--problems {path}: {e}; it must be a JSON list of SVAMP.json rows "

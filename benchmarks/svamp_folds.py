@@ -49,7 +49,7 @@ def drawn_rows(run: Path, n: int) -> tuple[set[int], str]:
     import yaml
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    k, seed = cfg["rl"]["prompts"], cfg["data"]["seed"]
+    k, seed = cfg["rl"]["prompts"] or None, cfg["data"]["seed"]  # 0 / null: every row, as the stage
     return {i for t in range(len(rounds)) for i in subset(list(range(n)), k, seed + t)}, "replayed"
 
 

@@ -187,7 +187,7 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
                    "generated_tokens": produced,
                    "reward_mean": sum(rewards_all) / max(len(rewards_all), 1),
                    "informative_groups": informative, "trained_samples": len(samples),
-                   "sft_rows": sorted(place[id(e)] for e in prompts)}  # which prompts trained
+                   "sft_rows": sorted(place[id(e)] for e in prompts)}  # the rows drawn as prompts
             if samples:
                 with acct.phase("reference") as ph:
                     units, passes = old_and_ref(model, samples, start, pad,
