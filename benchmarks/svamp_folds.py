@@ -28,6 +28,8 @@ import random
 import re
 from pathlib import Path
 
+OTHER = {"a": "b", "b": "a"}  # each half's other half
+
 
 def halves(rows: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
     """A seeded random half of ``rows`` and the rest, each in SVAMP.json's order."""
@@ -62,11 +64,10 @@ def siblings(halves: dict[str, list[dict]], threshold: float = 0.6) -> set[str]:
     the word sets) with some Body in the other half: SVAMP makes several problems from one
     ASDiv-A problem, so a problem "never seen" may be a sibling of one trained on."""
     words = {h: [_words(r["Body"]) for r in rows] for h, rows in halves.items()}
-    other = {"a": "b", "b": "a"}
     out = set()
     for h, rows in halves.items():
         for r, w in zip(rows, words[h]):
-            if any(len(w & x) / max(len(w | x), 1) > threshold for x in words[other[h]]):
+            if any(len(w & x) / max(len(w | x), 1) > threshold for x in words[OTHER[h]]):
                 out.add(str(r["ID"]))
     return out
 
@@ -85,9 +86,8 @@ def cross(folder: Path, reference: str, on_a: str, on_b: str, data_root: str) ->
     related = {index[i] for i in siblings(rows)}
     runs = {"a": read_samples(on_a), "b": read_samples(on_b)}
     ref = read_samples(reference)
-    other = {"a": "b", "b": "a"}
     out = {}
-    for kind, pick in (("unseen", lambda h: runs[other[h]]), ("trained", lambda h: runs[h])):
+    for kind, pick in (("unseen", lambda h: runs[OTHER[h]]), ("trained", lambda h: runs[h])):
         model = {k: pick(h)[k] for k, h in half.items() if k in pick(h)}
         out[kind] = compare(ref, model)
         if kind == "unseen":

@@ -33,8 +33,9 @@ from spinlora import svamp  # noqa: E402
 from spinlora.paired import read_samples  # noqa: E402
 
 
-def pairs_of(record: dict, per_problem: int, gold_when_none: bool) -> list[dict]:
-    """One problem's pairs (``samples_MODEL+maj@k.jsonl`` record: its sampled texts)."""
+def judged(record: dict) -> tuple[float, list[str], list[str]]:
+    """A problem's gold value and its distinct finished sampled texts, right and wrong by the
+    equation's value (``samples_MODEL+maj@k.jsonl`` record: its sampled texts), in sample order."""
     gold = float(record["gold"] if "gold" in record else record["gold_value"])
     right, wrong = [], []
     for s in record["samples"]:
@@ -43,6 +44,12 @@ def pairs_of(record: dict, per_problem: int, gold_when_none: bool) -> list[dict]
         side = right if svamp.score(s["text"], gold)["correct"] else wrong
         if s["text"] not in side:
             side.append(s["text"])
+    return gold, right, wrong
+
+
+def pairs_of(record: dict, per_problem: int, gold_when_none: bool) -> list[dict]:
+    """One problem's pairs."""
+    gold, right, wrong = judged(record)
     if not wrong:
         return []
     if not right:
@@ -58,12 +65,8 @@ def pairs_of(record: dict, per_problem: int, gold_when_none: bool) -> list[dict]
 def right_rows(record: dict, per_problem: int) -> list[dict]:
     """One problem's distinct right, finished sampled answers as SFT rows (at most
     ``per_problem``)."""
-    gold = float(record["gold"] if "gold" in record else record["gold_value"])
-    right = []
-    for s in record["samples"]:
-        if s["finished"] and s["text"] not in right and svamp.score(s["text"], gold)["correct"]:
-            right.append(s["text"])
-    return [{"question": record["question"], "answer": t} for t in right[:per_problem]]
+    return [{"question": record["question"], "answer": t}
+            for t in judged(record)[1][:per_problem]]
 
 
 def main(argv=None) -> dict:
