@@ -150,3 +150,22 @@ def test_report_lists_rl_rounds_and_their_phases(tmp_path):
     assert "ratio 1 in every round held; KL 0 in the first round FAILED" in md
     assert "| rl | generate | 65.8 | 8982 | 136.4 | 1806 |" in md
     assert "| rl | train | 95.9 | 17847 | 186.2 | 1266 |" in md
+
+
+def test_report_names_an_rft_run_and_leaves_out_checks_it_has_not(tmp_path):
+    """rl.algorithm: rft has no ratio or KL: the report says what it kept, not a failed check."""
+    run = _fixture_run(tmp_path, "runRFT", 0.2, [])
+    (run / "rl").mkdir()
+    rounds = [{"round": 1, "prompts": 64, "samples": 512, "reward_mean": 0.25,
+               "informative_groups": 30, "trained_samples": 70, "steps": 14,
+               "loss_first": 0.31, "loss_last": 0.12}]
+    (run / "rl" / "result.json").write_text(json.dumps(
+        {"algorithm": "rft", "advantage": None, "beta": None, "keep": 4, "lr": 1.5e-3,
+         "samples_per_prompt": 8, "rounds": rounds, "step0_ratio_ok": None,
+         "first_round_kl0_ok": None}))
+    write_report(run, out=tmp_path / "rep")
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    assert ("### RL rounds (rejection-sampling fine-tuning, up to 4 right answers kept, lr 0.0015, "
+            "8 samples a prompt)") in md
+    assert "| 1 | 64 | 512 | 0.250 | 30 | 70 | 14 | - | - | 0.1200 | - |" in md
+    assert "Step-0 checks" not in md and "FAILED" not in md

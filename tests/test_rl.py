@@ -260,3 +260,68 @@ def test_policy_gradient_raises_the_reward(tiny_cfg):
     after = p_good()
     # measured: 0.19 -> 0.37; with the advantages' sign flipped it fell to 0.12
     assert after > before + 0.08, (before, after)
+
+
+def test_right_answers_keeps_distinct_finished_fitting_ones():
+    from spinlora.generate import Generation
+    from spinlora.stages.rl import right_answers
+
+    g = lambda text, n=3, done=True: Generation(list(range(n)), text, done)  # noqa: E731
+    group = [g("a"), g("b"), g("b"), g("c", done=False), g("d", n=9), g("e"), g("f")]
+    rewards = [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    # "a" wrong, the second "b" a repeat, "c" cut short, "d" longer than the room
+    assert [x.text for x in right_answers(group, rewards, None, 8)] == ["b", "e", "f"]
+    assert [x.text for x in right_answers(group, rewards, 2, 8)] == ["b", "e"]
+    assert right_answers(group, [0.0] * 7, None, 8) == []
+
+
+def test_rft_fits_the_kept_answers(tiny_cfg, monkeypatch):
+    """rl.algorithm: rft trains on each prompt's distinct right finished answers, by NLL, and
+    records what it kept; groups where every answer is right teach too (GRPO skips them)."""
+    import spinlora.stages.rl as rl
+    from spinlora.generate import Generation
+    from spinlora.pipeline import run
+
+    texts = ["12 + 3 = 15", "4 + 4 = 8", "4 + 4 = 8", "7 - 2 = 5", "9 * 9 = 81"]
+
+    stops = set()
+
+    def fake_generate(model, tok, prompts, cfg, stop_ids, desc=""):  # a fixed group a prompt
+        stops.update(stop_ids)
+        out = []
+        for i in range(len(prompts)):
+            text = texts[i % len(texts)]
+            done = i % len(texts) != 4  # the last one is cut short
+            out.append(Generation(tok(text, add_special_tokens=False).input_ids + stop_ids[:done],
+                                  text, done))
+        return out, sum(len(g.ids) for g in out)
+
+    right = {"4 + 4 = 8", "7 - 2 = 5", "9 * 9 = 81"}
+    monkeypatch.setattr(rl, "generate", fake_generate)
+    monkeypatch.setattr(rl, "is_correct", lambda text, gold, check="final": text in right)
+    fitted = []
+    real_loop = rl.train_loop
+
+    def spy(model, items, *a, **k):
+        fitted.append([(x.answer, x.answer_ids) for x in items])
+        return real_loop(model, items, *a, **k)
+
+    monkeypatch.setattr(rl, "train_loop", spy)
+    tiny_cfg.stages = ["sft", "rl"]
+    tiny_cfg.rl.algorithm, tiny_cfg.rl.keep = "rft", None
+    tiny_cfg.rl.rounds, tiny_cfg.rl.prompts, tiny_cfg.rl.samples = 2, 4, 5
+    tiny_cfg.rl.lr, tiny_cfg.rl.epochs, tiny_cfg.rl.heldout = 1e-2, 6, 0
+    assert run(tiny_cfg)["status"] == "ok"
+    res = json.loads(open(f"{tiny_cfg.output_dir}/rl/result.json").read())
+    assert res["algorithm"] == "rft" and res["step0_ratio_ok"] is None
+    # per prompt: "4 + 4 = 8" once (its repeat dropped) and "7 - 2 = 5"; the cut one not
+    assert [r["trained_samples"] for r in res["rounds"]] == [8, 8]
+    assert [r["informative_groups"] for r in res["rounds"]] == [4, 4]
+    assert all(sorted(a for a, _ in f) == ["4 + 4 = 8"] * 4 + ["7 - 2 = 5"] * 4 for f in fitted)
+    assert all(ids[-1] in stops for f in fitted for _, ids in f)  # fitted with their end token
+    assert all(r["loss_last"] < r["loss_first"] for r in res["rounds"])  # the NLL fit took
+    tiny_cfg.rl.keep = 1  # at most one answer a prompt
+    tiny_cfg.output_dir = tiny_cfg.output_dir + "_keep1"
+    fitted.clear()
+    assert run(tiny_cfg)["status"] == "ok"
+    assert all(sorted(a for a, _ in f) == ["4 + 4 = 8"] * 4 for f in fitted)

@@ -249,7 +249,11 @@ class RLConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0  # round t samples with seed + 1000·t
+    # grpo: the group-relative policy gradient below | rft: rejection-sampling fine-tuning
+    # (expert iteration: each round the distinct right answers become SFT rows, fitted by NLL)
+    algorithm: str = "grpo"
     advantage: str = "grpo"  # grpo: (r − mean)/std | rloo: r − mean of the others
+    keep: int | None = 4  # rft: right answers kept per prompt (distinct texts; None: all)
     beta: float = 0.04  # KL coefficient towards the starting adapter (θ0 + Δθ_SFT)
     # ε of the clipped surrogate on the length-normalised sequence ratio. 0.2 is PPO/GRPO's
     # token-level default; GSPO's paper clips its sequence ratio far tighter (3e-4 / 4e-4), which
@@ -431,6 +435,8 @@ class RunConfig:
                        "spin, dpo and rl are alternatives after SFT: run them apart (--adapter)"))
         checks.append(("rl.samples", self.rl.samples >= 2, "a group needs at least 2 answers"))
         checks.append(("rl.advantage", self.rl.advantage in ("grpo", "rloo"), "grpo or rloo"))
+        checks.append(("rl.algorithm", self.rl.algorithm in ("grpo", "rft"), "grpo or rft"))
+        checks.append(("rl.keep", self.rl.keep is None or self.rl.keep >= 1, "must be >= 1 or null"))
         checks.append(("rl.temperature", self.rl.temperature > 0, "must be > 0 (sampling)"))
         checks.append(("rl.lr", self.rl.lr > 0, "must be > 0"))
         checks.append(("dpo.data", "dpo" not in self.stages or bool(self.dpo.data),

@@ -403,8 +403,11 @@ def _run_details(run: Path) -> list[str]:
         lines.append("")
     rl, dpo = _load(run / "rl" / "result.json"), _load(run / "dpo" / "result.json")
     if rl and rl.get("rounds"):
-        lines += [f"### RL rounds ({rl.get('advantage', '?')}, β {rl.get('beta', '?')}, lr "
-                  f"{rl.get('lr', '?')}, {rl.get('samples_per_prompt', '?')} samples a prompt)", "",
+        rft = rl.get("algorithm") == "rft"
+        how = (f"rejection-sampling fine-tuning, up to {rl.get('keep') or 'all'} right answers kept"
+               if rft else f"{rl.get('advantage', '?')}, β {rl.get('beta', '?')}")
+        lines += [f"### RL rounds ({how}, lr {rl.get('lr', '?')}, "
+                  f"{rl.get('samples_per_prompt', '?')} samples a prompt)", "",
                   "| round | prompts | samples | mean reward | groups with signal | trained samples "
                   "| steps | step-0 ratio | step-0 KL | last loss | last KL |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -415,7 +418,9 @@ def _run_details(run: Path) -> list[str]:
                          f"{r['trained_samples']} | {f('steps', 'd')} | {f('step0_ratio', '.4f')} | "
                          f"{f('step0_kl', '.4f')} | {f('loss_last', '.4f')} | "
                          f"{f('kl_last', '.4f')} |")
-        lines += ["", f"Step-0 checks: ratio 1 in every round {_ok(rl.get('step0_ratio_ok'))}; "
+        lines += ["", "Groups with signal: prompts with a right answer kept; no ratio or KL (an "
+                  "NLL fit of the kept answers)." if rft else
+                  f"Step-0 checks: ratio 1 in every round {_ok(rl.get('step0_ratio_ok'))}; "
                   f"KL 0 in the first round {_ok(rl.get('first_round_kl0_ok'))}.", ""]
     lines += ["### Time, throughput and memory per phase", "",
               "| stage | phase | seconds | tokens | tokens/s | peak MB over baseline |",

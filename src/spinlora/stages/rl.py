@@ -28,6 +28,12 @@ Generation goes through the same batched generator as SPIN's opponent. The answe
 at ``rl.temperature`` T, so π, π_old and π_ref are all scored as softmax(logits / T): the
 policy the gradient is about is the one that sampled (as TRL's GRPO does); scoring at T = 1 while
 sampling at 0.8 made the importance ratio and the policy gradient refer to another policy.
+
+``rl.algorithm: rft`` keeps the sampling and the reward and drops the gradient estimator:
+each round, every prompt's distinct right, finished answers (at most ``rl.keep``) become SFT
+rows, fitted by token-level NLL for ``rl.epochs`` at ``rl.lr`` (rejection-sampling fine-tuning,
+Yuan et al. 2023; expert iteration / ReST-EM, Singh et al. 2023, without restarting from the
+base each round). A group with every answer right still teaches, where GRPO skips it.
 """
 from __future__ import annotations
 
@@ -46,6 +52,7 @@ from ..data import DataError, Example, subset
 from ..generate import generate
 from ..scoring import score_answers
 from ..train import MetricsLog, Objective, length_units, train_loop
+from .sft import sft_objective
 from .spin import _heldout, answer_check, is_correct
 
 
@@ -123,6 +130,19 @@ def old_and_ref(model, samples: list[Sample], start: dict[str, torch.Tensor], pa
     return units, passes
 
 
+def right_answers(group: list, rewards: list[float], keep: int | None, room: int) -> list:
+    """``rl.algorithm: rft``: a group's distinct right answers, in sample order, at most
+    ``keep``; only finished ones that fit ``room`` tokens (an answer cut short is no example to
+    fit). Rejection-sampling fine-tuning (Yuan et al. 2023, arXiv 2308.01825) / STaR's filter
+    (Zelikman et al. 2022): the reward only filters; what is fitted is the model's own text."""
+    kept, seen = [], set()
+    for g, rew in zip(group, rewards):
+        if rew > 0 and g.finished and len(g.ids) <= room and g.text not in seen:
+            seen.add(g.text)
+            kept.append(g)
+    return kept if keep is None else kept[:keep]
+
+
 def rl_objective(pad_id: int, beta: float, clip: float, temperature: float = 1.0) -> Objective:
     """The clipped surrogate + KL loss; log-probs under softmax(logits / ``temperature``), the
     policy the samples were drawn from (π_old, π_ref and π alike)."""
@@ -177,10 +197,15 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
                 check = answer_check(cfg, e)
                 rewards = [float(bool(is_correct(g.text, e.answer, check))) for g in group]
                 rewards_all += rewards
+                room = cfg.data.max_length - len(e.prompt_ids)
+                if r.algorithm == "rft":
+                    kept = right_answers(group, rewards, r.keep, room)
+                    informative += bool(kept)
+                    samples += [Example(e.prompt, g.text, e.prompt_ids, list(g.ids)) for g in kept]
+                    continue
                 if max(rewards) == min(rewards):
                     continue  # no signal in this group
                 informative += 1
-                room = cfg.data.max_length - len(e.prompt_ids)
                 for g, a in zip(group, advantages(rewards, r.advantage)):
                     samples.append(Sample(e.prompt_ids, list(g.ids[:room]) or [fmt.end_id], a))
             rec = {"round": t + 1, "prompts": len(prompts), "samples": len(gens),
@@ -188,7 +213,13 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
                    "reward_mean": sum(rewards_all) / max(len(rewards_all), 1),
                    "informative_groups": informative, "trained_samples": len(samples),
                    "sft_rows": sorted(place[id(e)] for e in prompts)}  # the rows drawn as prompts
-            if samples:
+            if samples and r.algorithm == "rft":  # the kept answers as SFT rows: NLL, no ratio or KL
+                steps = train_loop(model, samples, sft_objective(pad), cfg.train, r.lr, r.epochs,
+                                   acct, log, cfg.seed + t + 1, f"rft round {t + 1}",
+                                   extra={"round": t + 1}, method=cfg.adapter.method)
+                rec.update(steps=len(steps), loss_first=steps[0]["loss"],
+                           loss_last=steps[-1]["loss"])
+            elif samples:
                 with acct.phase("reference") as ph:
                     units, passes = old_and_ref(model, samples, start, pad,
                                                 cfg.train.micro_batch_size, r.temperature)
@@ -202,7 +233,9 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
                            kl_last=steps[-1]["kl"])
             rounds.append(rec)
             print(f"[spinlora] rl round {t + 1}: reward {rec['reward_mean']:.3f}, "
-                  f"{informative}/{len(prompts)} groups with signal")
+                  f"{informative}/{len(prompts)} "
+                  + ("prompts with a right answer kept" if r.algorithm == "rft"
+                     else "groups with signal"))
     finally:
         log.close()
     with acct.phase("save"):
@@ -212,11 +245,15 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
                 f.writelines(json.dumps(x) + "\n" for x in rounds)
     after = _heldout(model, tokenizer, fmt, heldout, cfg, acct, "rl_end")
     trained = [x for x in rounds if "step0_ratio" in x]
+    rft = r.algorithm == "rft"  # no ratio, no KL: their step-0 checks do not apply (None)
     return {"stage": "rl", "reward": "correctness", "answer_check": cfg.data.answer_check,
-            "advantage": r.advantage, "beta": r.beta, "clip": r.clip, "lr": r.lr,
+            "algorithm": r.algorithm, "advantage": None if rft else r.advantage,
+            "beta": None if rft else r.beta, "clip": None if rft else r.clip, "lr": r.lr,
+            **({"keep": r.keep} if rft else {}),
             "samples_per_prompt": r.samples, "rounds": rounds,
-            "step0_ratio_ok": all(abs(x["step0_ratio"] - 1) < 1e-4 for x in trained),
-            "first_round_kl0_ok": bool(trained) and trained[0]["round"] == 1
+            "step0_ratio_ok": None if rft else all(abs(x["step0_ratio"] - 1) < 1e-4
+                                                    for x in trained),
+            "first_round_kl0_ok": None if rft else bool(trained) and trained[0]["round"] == 1
             and abs(trained[0]["step0_kl"]) < 1e-4,
             "heldout_before": before, "heldout_after": after,
             "generated_tokens": sum(x["generated_tokens"] for x in rounds),
