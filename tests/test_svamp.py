@@ -447,6 +447,42 @@ def test_distractors_add_an_irrelevant_sentence_and_keep_the_gold():
         assert d not in a["prompt"]
 
 
+def test_conjoin_adds_a_second_object_the_question_does_not_ask_about():
+    """data.conjoin: a changed row is its own text with " and M nouns" after a counted noun its
+    question names; the noun is none of the problem's words and counts things (no measure), M is
+    new to the problem; gold, question and row count stay; a row with a number that names
+    nothing is left alone; the changed rows state one number more, one their equation does not
+    use (svamp.irrelevant_numbers, SVAMP's 447)."""
+    from spinlora.data import _MEASURES, _bare_number, _sentences, conjoin_objects
+
+    rows = svamp.read_train_csv(SVAMP_DIR / "mawps-asdiv-a_train.csv")
+    out, n = conjoin_objects(rows, rows, 1.0, 2)
+    assert len(out) == len(rows) and 300 <= n <= 600  # only rows with an asked, counted noun
+    assert conjoin_objects(rows, rows, 1.0, 2) == (out, n)
+    assert conjoin_objects(rows, rows, 0.0, 2) == (rows, 0)
+    changed = [(a, b) for a, b in zip(rows, out) if a is not b]
+    assert len(changed) == n
+    for a, b in changed:
+        added = b["conjoined"]
+        number, noun = re.fullmatch(r" and (\d+) ([a-z]+)", added).groups()
+        assert (b["answer"], b["value"]) == (a["answer"], a["value"])
+        assert b["prompt"].replace(added, "", 1) == a["prompt"]  # only the words were added
+        before = b["prompt"][:b["prompt"].index(added)]
+        counted = re.search(r"([a-z]+)$", before).group(1)  # the noun it stands beside
+        assert counted in _sentences(a["prompt"])[-1].lower()  # ... is one the question asks about
+        assert noun not in re.findall(r"[a-z]+", a["prompt"].lower()) and noun not in _MEASURES
+        assert number not in re.findall(r"\d+", a["prompt"])
+        assert _sentences(b["prompt"])[-1] == _sentences(a["prompt"])[-1]
+        assert not _bare_number(a["prompt"].lower())
+        assert len(svamp.NUMBER.findall(b["prompt"])) == len(svamp.NUMBER.findall(a["prompt"])) + 1
+    # all but the few whose equation uses a number the text never states ("49 / 7": a week)
+    assert sum(svamp.irrelevant_numbers(b["prompt"], b["answer"]) for _, b in changed) >= 0.95 * n
+    assert _bare_number("kenneth has 3 marbles. he buys 6 more.")
+    assert not _bare_number("she sold games for $ 4 each. she has 3 marbles.")
+    half, m = conjoin_objects(rows, rows, 0.5, 2)
+    assert 0.35 * n <= m <= 0.65 * n
+
+
 def test_reorder_moves_a_self_contained_statement_to_the_front():
     """data.reorder: a changed row is its own sentences in another order, one statement with a
     number (no pronoun, not first) moved to the front; question, gold and row count stay; the
@@ -516,3 +552,23 @@ def test_augment_add_keeps_the_originals_beside_the_changed_rows(tiny_cfg, tiny_
     assert [e.prompt for e in added[300:]] == [e.prompt for e in replaced
                                                if e.prompt not in originals]
     assert {e.answer for e in added[300:]} <= {rows[i]["answer"] for i in chosen}
+
+
+def test_sft_set_applies_the_variations_and_counts_them(tiny_cfg):
+    """data.conjoin / distractors / reorder reach the SFT set through start.sft_set, with their
+    counts; augment=add keeps the originals beside the changed rows."""
+    from transformers import AutoTokenizer
+
+    from spinlora.data import ChatFormat
+    from spinlora.start import sft_set
+
+    fmt = ChatFormat(AutoTokenizer.from_pretrained(tiny_cfg.model.name))
+    tiny_cfg.data.train, tiny_cfg.data.sft_examples = str(SVAMP_DIR / "mawps-asdiv-a_train.csv"), 400
+    tiny_cfg.data.conjoin = 1.0
+    _, chosen, _, examples, counts = sft_set(tiny_cfg, fmt)
+    k = counts["with_conjoined_object"]
+    assert 25 <= k <= 120 and counts["rows"] == 400 and "with_distractor" not in counts
+    tiny_cfg.data.augment = "add"
+    _, chosen_add, _, examples_add, counts_add = sft_set(tiny_cfg, fmt)
+    assert chosen_add == chosen and counts_add["rows"] == 400 + k  # (the tiny model drops long ones)
+    assert sum(" and " in e.prompt for e in examples_add) > sum(" and " in e.prompt for e in examples)

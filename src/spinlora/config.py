@@ -83,7 +83,12 @@ class DataConfig:
     # number moved to its front, the question last and the gold answer unchanged: SVAMP's
     # "change order of phrases" variation (data.reorder_statements); 0 = off
     reorder: float = 0.0
-    # replace: a row changed by distractors / reorder takes its original's place (the SFT set
+    # the share of SFT rows (and so of SPIN / RL prompts) where a counted object the question
+    # asks about gets a second object with a new number beside it ("4 shelves" -> "4 shelves and
+    # 40 cabinets"), the gold answer unchanged: SVAMP's commonest irrelevant number
+    # (data.conjoin_objects); 0 = off
+    conjoin: float = 0.0
+    # replace: a row changed by distractors / conjoin / reorder takes its original's place (the SFT set
     # keeps its size); add: it is added beside its original, so the model sees both versions
     # with the same gold answer
     augment: str = "replace"
@@ -366,6 +371,7 @@ class RunConfig:
             ("data.max_length", self.data.max_length > 8, "must be > 8"),
             ("data.distractors", 0 <= self.data.distractors <= 1, "must be in [0, 1]"),
             ("data.reorder", 0 <= self.data.reorder <= 1, "must be in [0, 1]"),
+            ("data.conjoin", 0 <= self.data.conjoin <= 1, "must be in [0, 1]"),
             ("data.augment", self.data.augment in ("replace", "add"), "must be replace or add"),
             ("adapter.r", self.adapter.r > 0, "must be > 0"),
             ("model.quantization", self.model.quantization in ("none", "nf4", "int8"),

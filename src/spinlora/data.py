@@ -243,6 +243,78 @@ def add_distractors(rows: list[dict], pool: list[dict], rate: float, seed: int
     return _change_share(rows, rate, seed, insert)
 
 
+# "45 pears": a count and the plural noun it counts, not followed by "of" (a container: "3 boxes
+# of crayons") or "and" (a list already)
+_COUNTED = re.compile(r"\b(\d[\d,]*(?:\.\d+)?) ([a-z]{3,}s)\b(?! (?:of|and)\b)")
+# nouns that measure rather than count things (time, money, length, weight, volume, scores) or
+# group them: "and 17 minutes" beside "45 pears" would be no object of the problem's kind
+_MEASURES = frozenset("""seconds minutes hours days weeks months years times dollars cents
+points feet miles inches yards meters centimeters kilometers pounds ounces grams kilograms
+degrees gallons liters cups quarts pints percent groups rows teams classes grades rounds
+steps laps pages chapters words letters questions problems games goals runs tons""".split())
+
+
+# "he buys 6 more", "another 44", "19 are about school", "graded 4, but": a number that names
+# nothing refers back to the last thing counted, which a second object would make ambiguous
+_REFERS_BACK = frozenset("""more less fewer of are were is was and to in on at for from each
+with left times but then if so or than as""".split())
+
+
+def _bare_number(text: str) -> bool:
+    """Whether a number in ``text`` (not an amount of money) is followed by no word or by one of
+    ``_REFERS_BACK``."""
+    for m in svamp.NUMBER.finditer(text):
+        if text[:m.start()].rstrip().endswith("$"):
+            continue
+        word = re.match(r"\s*([a-z]+)", text[m.end():])
+        if not word or word.group(1) in _REFERS_BACK:
+            return True
+    return False
+
+
+def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int
+                    ) -> tuple[list[dict], int]:
+    """``data.conjoin``: a seeded share ``rate`` of ``rows`` get a second object beside one the
+    question asks about, in the same statement: "His room has 4 shelves" becomes "His room has 4
+    shelves and 40 cabinets" when the question asks about shelves. The added noun counts things
+    in another training row of ``pool`` (never a measure, never a word of this problem) and its
+    number is new to the problem, so the gold answer stays. It is SVAMP's commonest form of an
+    irrelevant number (a second quantity about the problem's own people: "Paul got 601 crayons
+    and 406 erasers … how many crayons"), where ``data.distractors`` adds a whole sentence from
+    another problem. Only a statement before the last sentence (the question) changes; a row
+    with no counted noun that its question names, or with a number that names nothing ("he buys
+    6 more"), stays as it is. Returns the rows (new dicts
+    where changed, ``conjoined`` the added words) and how many changed."""
+    if rate <= 0:
+        return rows, 0
+    seen: dict[str, int] = {}
+    for r in pool:
+        for m in _COUNTED.finditer(r["prompt"].lower()):
+            seen[m.group(2)] = seen.get(m.group(2), 0) + 1
+    nouns = sorted(w for w, c in seen.items() if c >= 3 and w not in _MEASURES)
+
+    def conjoin(r: dict, rng: random.Random) -> dict | None:
+        parts = _sentences(r["prompt"])
+        if len(parts) < 2 or _bare_number(r["prompt"].lower()):
+            return None  # a bare number could come to mean the added object
+        words = set(re.findall(r"[a-z]+", r["prompt"].lower()))
+        asked = set(re.findall(r"[a-z]+", parts[-1].lower()))
+        spots = [(i, m) for i, sentence in enumerate(parts[:-1])
+                 for m in _COUNTED.finditer(sentence)
+                 if m.group(2) in asked and m.group(2) not in _MEASURES]
+        others = [w for w in nouns if w not in words and w[:-1] not in words]
+        if not spots or not others:
+            return None
+        i, m = spots[rng.randrange(len(spots))]
+        stated = {float(x.replace(",", "")) for x in svamp.NUMBER.findall(r["prompt"])}
+        top = max(9, int(max(stated, default=9)))
+        fresh = [n for n in range(2, 2 * top + 1) if n not in stated]
+        added = f" and {fresh[rng.randrange(len(fresh))]} {others[rng.randrange(len(others))]}"
+        sentence = parts[i][:m.end()] + added + parts[i][m.end():]
+        return dict(r, prompt=" ".join(parts[:i] + [sentence] + parts[i + 1:]), conjoined=added)
+    return _change_share(rows, rate, seed, conjoin)
+
+
 def _change_share(rows: list[dict], rate: float, seed: int, change) -> tuple[list[dict], int]:
     """Rows with a seeded share ``rate`` passed through ``change(row, rng)`` (None: the row
     stays as it is); the rows and how many changed."""

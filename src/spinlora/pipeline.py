@@ -193,7 +193,10 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     heldout, _ = build_examples([rows[i] for i in held_rows], fmt, cfg.data)
     summary["data"] = {"sft": counts, "heldout": len(heldout)}
     print(f"[spinlora] SFT set: {counts['kept']} examples ({counts['dropped_overlong']} dropped, "
-          f"{counts['truncated_overlong']} truncated at data.max_length={cfg.data.max_length})")
+          f"{counts['truncated_overlong']} truncated at data.max_length={cfg.data.max_length})"
+          + "".join(f"; {counts[k]} {what}" for k, what in (
+              ("with_distractor", "with a distractor"), ("with_conjoined_object",
+              "with a second object"), ("reordered", "reordered")) if k in counts))
     if not sft_examples and {"sft", "spin", "rl"} & set(cfg.stages):
         if not rows:
             raise DataError(f"data.train {cfg.data.train} holds no rows; point it at a file or "

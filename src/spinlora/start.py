@@ -6,8 +6,8 @@ from pathlib import Path
 
 from . import adapters, dist
 from .config import RunConfig
-from .data import (ChatFormat, add_distractors, build_examples, load_rows, reorder_statements,
-                   subset)
+from .data import (ChatFormat, add_distractors, build_examples, conjoin_objects, load_rows,
+                   reorder_statements, subset)
 
 
 def sft_set(cfg: RunConfig, fmt: ChatFormat):
@@ -18,6 +18,7 @@ def sft_set(cfg: RunConfig, fmt: ChatFormat):
     rest = sorted(set(range(len(rows))) - set(chosen))
     original = [rows[i] for i in chosen]
     picked, changed = add_distractors(original, rows, cfg.data.distractors, cfg.data.seed)
+    picked, conjoined = conjoin_objects(picked, rows, cfg.data.conjoin, cfg.data.seed + 2)
     # reordered after distractors are in, so an inserted statement can move too
     picked, moved = reorder_statements(picked, cfg.data.reorder, cfg.data.seed + 1)
     if cfg.data.augment == "add":  # the changed rows join their originals instead
@@ -25,6 +26,8 @@ def sft_set(cfg: RunConfig, fmt: ChatFormat):
     sft_examples, counts = build_examples(picked, fmt, cfg.data)
     if cfg.data.distractors:
         counts["with_distractor"] = changed
+    if cfg.data.conjoin:
+        counts["with_conjoined_object"] = conjoined
     if cfg.data.reorder:
         counts["reordered"] = moved
     return rows, chosen, rest, sft_examples, counts
