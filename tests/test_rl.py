@@ -325,3 +325,10 @@ def test_rft_fits_the_kept_answers(tiny_cfg, monkeypatch):
     fitted.clear()
     assert run(tiny_cfg)["status"] == "ok"
     assert all(sorted(a for a, _ in f) == ["4 + 4 = 8"] * 4 for f in fitted)
+    # checked by the equation's value, an answer with a wrong sum is right but not fitted
+    tiny_cfg.rl.keep, tiny_cfg.data.answer_check = None, "equation"
+    monkeypatch.setattr(rl, "stated_right", lambda text, gold: text != "7 - 2 = 5")
+    tiny_cfg.output_dir = tiny_cfg.output_dir + "_eq"
+    fitted.clear()
+    assert run(tiny_cfg)["status"] == "ok"
+    assert all(sorted(a for a, _ in f) == ["4 + 4 = 8"] * 4 for f in fitted) and len(fitted) == 2

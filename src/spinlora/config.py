@@ -88,9 +88,9 @@ class DataConfig:
     # 40 cabinets"), the gold answer unchanged: SVAMP's commonest irrelevant number
     # (data.conjoin_objects); 0 = off
     conjoin: float = 0.0
-    # replace: a row changed by distractors / conjoin / reorder takes its original's place (the SFT set
-    # keeps its size); add: it is added beside its original, so the model sees both versions
-    # with the same gold answer
+    # replace: a row changed by distractors / conjoin / reorder takes its original's place (the
+    # SFT set keeps its size); add: it is added beside its original, so the model sees both
+    # versions with the same gold answer
     augment: str = "replace"
     sft_examples: int | None = 64  # None = all rows
     seed: int = 0  # seeds the subset choice and shuffling

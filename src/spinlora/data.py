@@ -283,8 +283,8 @@ def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int
     and 406 erasers … how many crayons"), where ``data.distractors`` adds a whole sentence from
     another problem. Only a statement before the last sentence (the question) changes; a row
     with no counted noun that its question names, or with a number that names nothing ("he buys
-    6 more"), stays as it is. Returns the rows (new dicts
-    where changed, ``conjoined`` the added words) and how many changed."""
+    6 more"), stays as it is. Returns the rows (new dicts where changed, ``conjoined`` the
+    added words) and how many changed."""
     if rate <= 0:
         return rows, 0
     seen: dict[str, int] = {}

@@ -30,10 +30,11 @@ policy the gradient is about is the one that sampled (as TRL's GRPO does); scori
 sampling at 0.8 made the importance ratio and the policy gradient refer to another policy.
 
 ``rl.algorithm: rft`` keeps the sampling and the reward and drops the gradient estimator:
-each round, every prompt's distinct right, finished answers (at most ``rl.keep``) become SFT
-rows, fitted by token-level NLL for ``rl.epochs`` at ``rl.lr`` (rejection-sampling fine-tuning,
-Yuan et al. 2023; expert iteration / ReST-EM, Singh et al. 2023, without restarting from the
-base each round). A group with every answer right still teaches, where GRPO skips it.
+each round, every prompt's distinct right, finished answers (at most ``rl.keep``; with
+``data.answer_check: equation`` only those whose stated number is right too) become SFT rows,
+fitted by token-level NLL for ``rl.epochs`` at ``rl.lr`` (rejection-sampling fine-tuning, Yuan
+et al. 2023; expert iteration / ReST-EM, Singh et al. 2023, without restarting from the base
+each round). A group with every answer right still teaches, where GRPO skips it.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ from ..generate import generate
 from ..scoring import score_answers
 from ..train import MetricsLog, Objective, length_units, train_loop
 from .sft import sft_objective
-from .spin import _heldout, answer_check, is_correct
+from .spin import _heldout, answer_check, is_correct, stated_right
 
 
 @dataclasses.dataclass
@@ -198,8 +199,11 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
                 rewards = [float(bool(is_correct(g.text, e.answer, check))) for g in group]
                 rewards_all += rewards
                 room = cfg.data.max_length - len(e.prompt_ids)
-                if r.algorithm == "rft":
-                    kept = right_answers(group, rewards, r.keep, room)
+                if r.algorithm == "rft":  # fitted text must be right in its arithmetic too:
+                    # an equation-checked answer may state a wrong sum (`56 * 9 = 524`)
+                    fit = [x if check != "equation" else x * stated_right(g.text, e.answer)
+                           for g, x in zip(group, rewards)]
+                    kept = right_answers(group, fit, r.keep, room)
                     informative += bool(kept)
                     samples += [Example(e.prompt, g.text, e.prompt_ids, list(g.ids)) for g in kept]
                     continue
