@@ -481,6 +481,20 @@ def test_conjoin_adds_a_second_object_the_question_does_not_ask_about():
     assert not _bare_number("she sold games for $ 4 each. she has 3 marbles.")
     half, m = conjoin_objects(rows, rows, 0.5, 2)
     assert 0.35 * n <= m <= 0.65 * n
+    # data.conjoin_before: about half the objects go before the asked one, the same rows change
+    # and lose nothing else; at 0 the rows are those above, draw for draw
+    assert conjoin_objects(rows, rows, 1.0, 2, 0.0) == (out, n)
+    both, k = conjoin_objects(rows, rows, 1.0, 2, 0.5)
+    assert k == n and [a is b for a, b in zip(rows, both)] == [a is b for a, b in zip(rows, out)]
+    ahead = [(a, b) for a, b in zip(rows, both) if a is not b and b["conjoined"].endswith(" and ")]
+    assert 0.4 * n <= len(ahead) <= 0.6 * n
+    for a, b in ahead:
+        number, noun = re.fullmatch(r"(\d+) ([a-z]+) and ", b["conjoined"]).groups()
+        assert b["prompt"].replace(b["conjoined"], "", 1) == a["prompt"]
+        after = b["prompt"][b["prompt"].index(b["conjoined"]) + len(b["conjoined"]):]
+        counted = re.match(r"\d[\d,]*(?:\.\d+)? ([a-z]+)", after).group(1)  # the asked object
+        assert counted in _sentences(a["prompt"])[-1].lower()
+        assert number not in re.findall(r"\d+", a["prompt"])
 
 
 def test_reorder_moves_a_self_contained_statement_to_the_front():

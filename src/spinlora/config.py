@@ -88,6 +88,9 @@ class DataConfig:
     # 40 cabinets"), the gold answer unchanged: SVAMP's commonest irrelevant number
     # (data.conjoin_objects); 0 = off
     conjoin: float = 0.0
+    # the share of those added objects put before the asked one ("40 cabinets and 4 shelves")
+    # rather than after it: 0 puts every one after, where "and N" alone would mark it irrelevant
+    conjoin_before: float = 0.0
     # replace: a row changed by distractors / conjoin / reorder takes its original's place (the
     # SFT set keeps its size); add: it is added beside its original, so the model sees both
     # versions with the same gold answer
@@ -372,6 +375,7 @@ class RunConfig:
             ("data.distractors", 0 <= self.data.distractors <= 1, "must be in [0, 1]"),
             ("data.reorder", 0 <= self.data.reorder <= 1, "must be in [0, 1]"),
             ("data.conjoin", 0 <= self.data.conjoin <= 1, "must be in [0, 1]"),
+            ("data.conjoin_before", 0 <= self.data.conjoin_before <= 1, "must be in [0, 1]"),
             ("data.augment", self.data.augment in ("replace", "add"), "must be replace or add"),
             ("adapter.r", self.adapter.r > 0, "must be > 0"),
             ("model.quantization", self.model.quantization in ("none", "nf4", "int8"),

@@ -272,8 +272,8 @@ def _bare_number(text: str) -> bool:
     return False
 
 
-def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int
-                    ) -> tuple[list[dict], int]:
+def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int,
+                    before: float = 0.0) -> tuple[list[dict], int]:
     """``data.conjoin``: a seeded share ``rate`` of ``rows`` get a second object beside one the
     question asks about, in the same statement: "His room has 4 shelves" becomes "His room has 4
     shelves and 40 cabinets" when the question asks about shelves. The added noun counts things
@@ -284,7 +284,9 @@ def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int
     another problem. Only a statement before the last sentence (the question) changes; a row
     with no counted noun that its question names, or with a number that names nothing ("he buys
     6 more"), stays as it is. Returns the rows (new dicts where changed, ``conjoined`` the
-    added words) and how many changed."""
+    added words) and how many changed. ``before``: the share of added objects put before the
+    asked one instead ("40 cabinets and 4 shelves"), so that the place after "and" does not
+    tell which number is irrelevant (``data.conjoin_before``)."""
     if rate <= 0:
         return rows, 0
     seen: dict[str, int] = {}
@@ -309,8 +311,13 @@ def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int
         stated = {float(x.replace(",", "")) for x in svamp.NUMBER.findall(r["prompt"])}
         top = max(9, int(max(stated, default=9)))
         fresh = [n for n in range(2, 2 * top + 1) if n not in stated]
-        added = f" and {fresh[rng.randrange(len(fresh))]} {others[rng.randrange(len(others))]}"
-        sentence = parts[i][:m.end()] + added + parts[i][m.end():]
+        number, noun = fresh[rng.randrange(len(fresh))], others[rng.randrange(len(others))]
+        if before and rng.random() < before:  # drawn only then: before=0 keeps the old rows
+            added = f"{number} {noun} and "
+            sentence = parts[i][:m.start()] + added + parts[i][m.start():]
+        else:
+            added = f" and {number} {noun}"
+            sentence = parts[i][:m.end()] + added + parts[i][m.end():]
         return dict(r, prompt=" ".join(parts[:i] + [sentence] + parts[i + 1:]), conjoined=added)
     return _change_share(rows, rate, seed, conjoin)
 

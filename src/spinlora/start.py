@@ -18,7 +18,8 @@ def sft_set(cfg: RunConfig, fmt: ChatFormat):
     rest = sorted(set(range(len(rows))) - set(chosen))
     original = [rows[i] for i in chosen]
     picked, changed = add_distractors(original, rows, cfg.data.distractors, cfg.data.seed)
-    picked, conjoined = conjoin_objects(picked, rows, cfg.data.conjoin, cfg.data.seed + 2)
+    picked, conjoined = conjoin_objects(picked, rows, cfg.data.conjoin, cfg.data.seed + 2,
+                                        cfg.data.conjoin_before)
     # reordered after distractors are in, so an inserted statement can move too
     picked, moved = reorder_statements(picked, cfg.data.reorder, cfg.data.seed + 1)
     if cfg.data.augment == "add":  # the changed rows join their originals instead
