@@ -277,7 +277,7 @@ def test_right_answers_keeps_distinct_finished_fitting_ones():
 
 def test_rft_fits_the_kept_answers(tiny_cfg, monkeypatch):
     """rl.algorithm: rft trains on each prompt's distinct right finished answers, by NLL, and
-    records what it kept; groups where every answer is right teach too (GRPO skips them)."""
+    records what it kept; rl.keep caps them; with the equation check a wrong sum is not fitted."""
     import spinlora.stages.rl as rl
     from spinlora.generate import Generation
     from spinlora.pipeline import run

@@ -568,9 +568,9 @@ def test_augment_add_keeps_the_originals_beside_the_changed_rows(tiny_cfg, tiny_
     assert {e.answer for e in added[300:]} <= {rows[i]["answer"] for i in chosen}
 
 
-def test_sft_set_applies_the_variations_and_counts_them(tiny_cfg):
-    """data.conjoin / distractors / reorder reach the SFT set through start.sft_set, with their
-    counts; augment=add keeps the originals beside the changed rows."""
+def test_sft_set_applies_conjoin_and_counts_it(tiny_cfg):
+    """data.conjoin reaches the SFT set through start.sft_set, with its count (and no other
+    variation's); augment=add puts the changed rows beside their originals."""
     from transformers import AutoTokenizer
 
     from spinlora.data import ChatFormat
