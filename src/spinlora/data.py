@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -289,10 +290,7 @@ def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int,
     tell which number is irrelevant (``data.conjoin_before``)."""
     if rate <= 0:
         return rows, 0
-    seen: dict[str, int] = {}
-    for r in pool:
-        for m in _COUNTED.finditer(r["prompt"].lower()):
-            seen[m.group(2)] = seen.get(m.group(2), 0) + 1
+    seen = Counter(m.group(2) for r in pool for m in _COUNTED.finditer(r["prompt"].lower()))
     nouns = sorted(w for w, c in seen.items() if c >= 3 and w not in _MEASURES)
 
     def conjoin(r: dict, rng: random.Random) -> dict | None:
