@@ -568,21 +568,20 @@ def test_augment_add_keeps_the_originals_beside_the_changed_rows(tiny_cfg, tiny_
     assert {e.answer for e in added[300:]} <= {rows[i]["answer"] for i in chosen}
 
 
-def test_sft_set_applies_conjoin_and_counts_it(tiny_cfg):
+def test_sft_set_applies_conjoin_and_counts_it(tiny_cfg, tiny_model_dir):
     """data.conjoin reaches the SFT set through start.sft_set, with its count (and no other
     variation's); augment=add puts the changed rows beside their originals."""
-    from transformers import AutoTokenizer
-
     from spinlora.data import ChatFormat
+    from spinlora.models import load_tokenizer
     from spinlora.start import sft_set
 
-    fmt = ChatFormat(AutoTokenizer.from_pretrained(tiny_cfg.model.name))
+    fmt = ChatFormat(load_tokenizer(str(tiny_model_dir)))
     tiny_cfg.data.train, tiny_cfg.data.sft_examples = str(SVAMP_DIR / "mawps-asdiv-a_train.csv"), 400
-    tiny_cfg.data.conjoin = 1.0
+    tiny_cfg.data.conjoin, tiny_cfg.data.max_length = 1.0, 1024
     _, chosen, _, examples, counts = sft_set(tiny_cfg, fmt)
     k = counts["with_conjoined_object"]
-    assert 25 <= k <= 120 and counts["rows"] == 400 and "with_distractor" not in counts
+    assert 25 <= k <= 120 and len(examples) == 400 and "with_distractor" not in counts
     tiny_cfg.data.augment = "add"
     _, chosen_add, _, examples_add, counts_add = sft_set(tiny_cfg, fmt)
-    assert chosen_add == chosen and counts_add["rows"] == 400 + k  # (the tiny model drops long ones)
+    assert chosen_add == chosen and counts_add["rows"] == 400 + k and len(examples_add) == 400 + k
     assert sum(" and " in e.prompt for e in examples_add) > sum(" and " in e.prompt for e in examples)
