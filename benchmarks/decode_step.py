@@ -3,8 +3,10 @@
     python benchmarks/decode_step.py                  # SmolLM2 bf16, 32 x 120-token prompts, 128 steps
     python benchmarks/decode_step.py --sides torch,compiled,llamacpp
     python benchmarks/decode_step.py --kv 30 --flash 0  # llama.cpp with other context settings
+    python benchmarks/decode_step.py --dtype float32 --rows 64 --prompt-tokens 70 --steps 64 \
+        --sides torch,torch_plain     # fp32: the packed output head against F.linear everywhere
 
-Both sides: the embedded model in bf16 with no adapter, the same seeded random prompts (32 rows of
+Both sides: the embedded model in bf16 (``--dtype``) with no adapter, the same seeded random prompts (32 rows of
 120 tokens), one prefill, then 128 greedy steps with every row running (no stop tokens). The torch
 side is what ``generate`` runs on a bf16 CPU model (packed linear layers, ``spinlora_cpu``
 attention, the growing cache); the llama.cpp side is ``llamacpp.Engine`` on the engine file, one
@@ -30,28 +32,31 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from _common import emit  # noqa: E402
 from spinlora.accounting import environment  # noqa: E402
-from spinlora.config import ModelConfig  # noqa: E402
+from spinlora.config import GenerationConfig, ModelConfig  # noqa: E402
 from spinlora.generate import growing_cache, packed_linears  # noqa: E402
 from spinlora.models import load_model  # noqa: E402
 
 
-def torch_side(model, ids: torch.Tensor, steps: int) -> dict:
+def torch_side(model, ids: torch.Tensor, steps: int, packed: bool = True) -> dict:
     rows, length = ids.shape
-    with torch.inference_mode(), packed_linears(model):
+    with torch.inference_mode(), packed_linears(model, GenerationConfig(packed=packed)):
         cache = growing_cache(model)
         t0 = time.perf_counter()
         logits = model(input_ids=ids, past_key_values=cache, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
         prefill = time.perf_counter() - t0
         tok = logits.float().argmax(-1)
+        toks = [tok]
         t0 = time.perf_counter()
         for step in range(steps):
             pos = torch.full((rows, 1), length + step)
             logits = model(input_ids=tok[:, None], position_ids=pos, past_key_values=cache,
                            use_cache=True).logits[:, -1]
             tok = logits.float().argmax(-1)
+            toks.append(tok)
         decode = time.perf_counter() - t0
-    return _figures(rows, length, steps, prefill, decode)
+    # the greedy tokens, to compare the two torch sides (dropped from the JSON)
+    return {**_figures(rows, length, steps, prefill, decode), "_tokens": torch.stack(toks)}
 
 
 def compiled_side(model, ids: torch.Tensor, steps: int) -> dict:
@@ -134,23 +139,31 @@ def main() -> None:
     p.add_argument("--flash", type=int, default=1)
     p.add_argument("--unified", type=int, default=0)
     p.add_argument("--ubatch", type=int, default=2048)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--out")
     args = p.parse_args()
-    model, _ = load_model(ModelConfig(dtype="bfloat16"))
+    model, _ = load_model(ModelConfig(dtype=args.dtype))
     ids = torch.randint(100, 40000, (args.rows, args.prompt_tokens),
                         generator=torch.Generator().manual_seed(0))
     result = {"benchmark": "decode step", "args": vars(args), "environment": environment(),
               "sides": {}}
     for side in args.sides.split(","):
-        if side == "torch":
-            result["sides"][side] = torch_side(model, ids, args.steps)
+        if side in ("torch", "torch_plain"):  # torch_plain: generation.packed=false
+            result["sides"][side] = torch_side(model, ids, args.steps, side == "torch")
         elif side == "compiled":
             result["sides"][side] = compiled_side(model, ids, args.steps)
         else:
             from spinlora.llamacpp import engine_file
 
             result["sides"][side] = llamacpp_side(engine_file(model), ids, args.steps, args)
+        tokens = result["sides"][side].pop("_tokens", None)
+        if tokens is not None and "tokens" in result:
+            result["sides"][side]["greedy_tokens_same_as_first_torch_side"] = bool(
+                torch.equal(tokens, result["tokens"]))
+        elif tokens is not None:
+            result["tokens"] = tokens
         print(side, result["sides"][side], flush=True)
+    result.pop("tokens", None)
     emit(result, args.out)
 
 

@@ -47,7 +47,7 @@ def side(name: str, prompts: int) -> dict:
     if name == "plain":
         model.get_output_embeddings()._forward_pre_hooks.clear()
     if name != "auto":
-        spinlora.generate.packs_linears = lambda model: False
+        spinlora.generate.packs_linears = lambda model, cfg=None: False
     fmt = ChatFormat(tok, cfg.data.system_prompt)
     ids = [fmt.prompt_ids(r["prompt"]) for r in load_test(str(ROOT.parent / "shared/data"))[:prompts]]
     g = dataclasses.replace(cfg.generation, max_new_tokens=1, batch_size=prompts)

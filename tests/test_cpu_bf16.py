@@ -240,12 +240,16 @@ def test_packed_linears_give_the_same_tokens(tiny_cfg):
     """While generating, a bf16 CPU model's frozen linear layers run from oneDNN-packed
     weights: the same logits as the plain layers, restored afterwards, an adapter's own
     trainable matrices left alone."""
-    from spinlora.generate import packed_linears, packs_linears
+    from spinlora.generate import can_pack, packed_linears, packs_linears
 
-    assert not packs_linears(load_model(tiny_cfg.model)[0])  # fp32 stays plain: bit-exact HF
     cfg = copy.deepcopy(tiny_cfg)
     cfg.model.dtype = "bfloat16"
     model, _ = load_model(cfg.model)
+    if not can_pack(torch.bfloat16):  # a CPU without bf16 kernels (AVX2): nothing is packed
+        assert not packs_linears(model)
+        with packed_linears(model) as n:
+            assert n == 0
+        return
     assert packs_linears(model)
     model = attach(model, cfg.adapter)
     torch.nn.init.normal_(next(p for n, p in model.named_parameters() if "lora_B" in n))
@@ -262,3 +266,36 @@ def test_packed_linears_give_the_same_tokens(tiny_cfg):
     assert all(not m.weight.requires_grad for m in swapped)  # LoRA A/B not among them
     assert not any("forward" in vars(m) for m in model.modules())
     assert torch.equal(packed, plain) and torch.equal(after, plain)
+
+
+def test_fp32_generation_packs_the_output_head_alone(tiny_cfg):
+    """In fp32 only the output head runs from packed weights while generating (MKL's fp32
+    product is slow on that shape); its logits stay within fp32 rounding of F.linear's, the
+    greedy tokens are the same, and ``generation.packed: false`` keeps every layer plain."""
+    from spinlora.config import GenerationConfig
+    from spinlora.generate import generate, packed_linears, packed_what
+    from spinlora.models import load_tokenizer
+
+    model, _ = load_model(tiny_cfg.model)
+    assert next(model.parameters()).dtype == torch.float32
+    model = attach(model, tiny_cfg.adapter)
+    head = model.get_output_embeddings()
+    assert packed_what(model) == "onednn_packed_head"
+    assert packed_what(model, GenerationConfig(packed=False)) == "plain"
+    ids = torch.randint(5, 50, (3, 9))
+    with torch.inference_mode():
+        plain = model(input_ids=ids).logits
+        with packed_linears(model) as n:
+            swapped = [m for m in model.modules() if "forward" in vars(m)]
+            packed = model(input_ids=ids).logits
+        with packed_linears(model, GenerationConfig(packed=False)) as off:
+            assert off == 0
+    assert n == 1 and swapped == [head]
+    assert not any("forward" in vars(m) for m in model.modules())
+    torch.testing.assert_close(packed, plain, rtol=1e-4, atol=1e-4)
+    tok = load_tokenizer(tiny_cfg.model.name)
+    prompts = [[1, 5, 6, 7, 8, 9], [1, 5], [1, 5, 6, 7]]
+    on, _ = generate(model, tok, prompts, GenerationConfig(max_new_tokens=12), stop_ids=[2])
+    off, _ = generate(model, tok, prompts, GenerationConfig(max_new_tokens=12, packed=False),
+                      stop_ids=[2])
+    assert [g.ids for g in on] == [g.ids for g in off]

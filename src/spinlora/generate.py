@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Callable
 
@@ -483,36 +483,74 @@ def _packed_forward(module, packed, x):
     return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
 
 
-def _packable(m) -> bool:
-    return type(m) is torch.nn.Linear and m.weight.dtype == torch.bfloat16
+def _output_head(model):
+    try:
+        return model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
 
 
-def packs_linears(model) -> bool:
-    """Whether ``generate`` runs this model's frozen linear layers from packed weights: a bf16
-    model on a CPU with oneDNN (recorded in ``run.json["precision"]``)."""
+def _packable(m, head) -> bool:
+    """bf16: every frozen ``nn.Linear``. fp32: the output head alone, where MKL's product is slow
+    and oneDNN's is not (a 64-row SmolLM2 head on AVX2: 52 against 122 GFLOP/s; its other layers
+    within ±20 % either way); the rest stay on ``F.linear``."""
+    if type(m) is not torch.nn.Linear:
+        return False
+    return m.weight.dtype == torch.bfloat16 or (m is head and m.weight.dtype == torch.float32)
+
+
+@cache
+def can_pack(dtype: torch.dtype) -> bool:
+    """Whether this torch and CPU reorder a ``dtype`` weight for oneDNN (bf16 needs the CPU's
+    bf16 kernels: an AVX2-only CPU has none)."""
+    if not (torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8, dtype=dtype), None)
+    except RuntimeError:
+        return False
+    return True
+
+
+def packs_linears(model, cfg: GenerationConfig | None = None) -> bool:
+    """Whether ``generate`` runs frozen linear layers of this model from packed weights: a CPU
+    model with oneDNN, bf16 (all of them) or fp32 (the output head), unless
+    ``generation.packed`` is off (recorded in ``run.json["precision"]``)."""
+    if cfg is not None and not cfg.packed:
+        return False
+    head = _output_head(model)
     return (next(model.parameters()).device.type == "cpu"
-            and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and any(_packable(m) for m in model.modules()))
+            and any(_packable(m, head) and can_pack(m.weight.dtype) for m in model.modules()))
+
+
+def packed_what(model, cfg: GenerationConfig | None = None) -> str:
+    """``run.json["precision"]["generation_linears"]``: onednn_packed (bf16: every frozen
+    linear layer), onednn_packed_head (fp32: the output head) or plain."""
+    if not packs_linears(model, cfg):
+        return "plain"
+    return "onednn_packed" if next(model.parameters()).dtype == torch.bfloat16 else "onednn_packed_head"
 
 
 @contextmanager
-def packed_linears(model):
-    """While generating, the frozen bf16 ``nn.Linear`` layers of a CPU model (the base weights;
-    an adapter's own matrices stay as they are) multiply from weights reordered once into
-    oneDNN's blocked layout, as torch.compile's CPU "freezing" does, instead of being reordered
-    on every call. The products are the same numbers (bf16: checked equal); at 1-64 rows a
-    SmolLM2 layer runs 15-45 % faster, its LM head ~40 %. Costs one copy of those weights
-    for the duration (270 MB for SmolLM2); yields how many layers were packed."""
+def packed_linears(model, cfg: GenerationConfig | None = None):
+    """While generating, frozen linear layers of a CPU model (the base weights; an adapter's own
+    matrices stay as they are) multiply from weights reordered once into oneDNN's blocked
+    layout, as torch.compile's CPU "freezing" does, instead of through ``F.linear``: in bf16
+    every one (``F.linear`` reorders a bf16 weight on every call; at 1-64 rows a SmolLM2 layer
+    runs 15-45 % faster, its LM head ~40 %; the same products, checked equal), in fp32 the
+    output head (2.4x on AVX2; products within fp32 rounding of MKL's, so a greedy token can
+    differ where two logits tie to ~1e-5: ``generation.packed: false`` keeps every product
+    bit-exact with transformers'). Costs one copy of those weights for the duration (SmolLM2:
+    270 MB in bf16, 113 MB in fp32); yields how many layers were packed."""
     mods = []
-    if packs_linears(model):
+    if packs_linears(model, cfg):
+        head = _output_head(model)
         for m in model.modules():
-            if not _packable(m) or m.weight.requires_grad or "forward" in vars(m):
+            if (not _packable(m, head) or not can_pack(m.weight.dtype)
+                    or m.weight.requires_grad or "forward" in vars(m)):
                 continue
-            try:
-                packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), None)
-            except RuntimeError:  # a torch built without oneDNN's bf16 kernels
-                break
+            packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), None)
             m.forward = partial(_packed_forward, m, packed)
             mods.append(m)
     try:
@@ -530,13 +568,13 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
 
     When a batch's prompts share a prefix of at least ``min_shared`` tokens (the k-shot examples
     of an evaluation prompt, a long system prompt), the prefix runs once and its KV cache is
-    repeated for every row instead of being recomputed per prompt. On a CPU in bf16 the frozen
-    linear layers run from prepacked weights (``packed_linears``)."""
+    repeated for every row instead of being recomputed per prompt. On a CPU frozen linear
+    layers run from prepacked weights (``packed_linears``: bf16 all, fp32 the output head)."""
     engine = pick_engine(model, cfg)
     if engine == "llamacpp":
         return _generate_llamacpp(model, tokenizer, prompts, cfg, stop_ids, desc, stop_strings)
     # a compiled (static-cache) decode step keeps its plain modules
-    with nullcontext() if cfg.cache == "static" else packed_linears(model):
+    with nullcontext() if cfg.cache == "static" else packed_linears(model, cfg):
         return _generate(model, tokenizer, prompts, cfg, stop_ids, desc, stop_strings,
                          share_prefix, min_shared)
 

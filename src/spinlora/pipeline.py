@@ -40,7 +40,7 @@ from .evaluate.gsm8k import (PROMPTING, REFLECT, evaluate_best_of_n, evaluate_se
                              evaluate_svamp, fewshot_draws)
 from .evaluate.choice import evaluate_choice_task
 from .evaluate.tasks import DEFAULT_SHOTS, load_task
-from .generate import packs_linears, pick_engine
+from .generate import packed_what, pick_engine
 from .models import load_model, pick_device
 from .start import adapter_source, attach_adapter, sft_set  # noqa: F401  (part of this module's API)
 from .report import write_report
@@ -173,12 +173,12 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     summary["precision"] = {"dtype": str(model.dtype).removeprefix("torch."),
                             "attention": model.config._attn_implementation,
                             "threads": torch.get_num_threads(),
-                            "generation_linears": ("onednn_packed" if packs_linears(model)
-                                                   else "plain"),
+                            "generation_linears": packed_what(model, cfg.generation),
                             "generation_engine": cfg.generation.engine}
     pr, chosen = summary["precision"], " (model.dtype=auto)" if cfg.model.dtype == "auto" else ""
-    packed = (", generation from oneDNN-packed weights"
-              if pr["generation_linears"] == "onednn_packed" else "")
+    packed = {"onednn_packed": ", generation from oneDNN-packed weights",
+              "onednn_packed_head": ", generation with a oneDNN-packed output head"}.get(
+        pr["generation_linears"], "")
     print(f"[spinlora] model in {pr['dtype']}{chosen}, {pr['attention']} attention, "
           f"{pr['threads']} threads{packed}")
     baseline = MemoryMeter(device).baseline  # every stage's peak is measured against this
