@@ -299,3 +299,26 @@ def test_fp32_generation_packs_the_output_head_alone(tiny_cfg):
     off, _ = generate(model, tok, prompts, GenerationConfig(max_new_tokens=12, packed=False),
                       stop_ids=[2])
     assert [g.ids for g in on] == [g.ids for g in off]
+
+
+def test_a_run_says_when_the_cpu_has_no_bf16_units(monkeypatch, tiny_model_dir, tiny_data,
+                                                   tmp_path, capsys):
+    """model.dtype=auto on a CPU without bf16 units runs in fp32 and says why, and that the
+    README's demo time came from a CPU with them; with bf16 units it says neither."""
+    from spinlora.config import load_config
+    from spinlora.pipeline import run
+
+    def line(bf16: str, name: str) -> str:
+        monkeypatch.setenv("SPINLORA_CPU_BF16", bf16)
+        run(load_config(None, [
+            f"output_dir={tmp_path / name}", f"model.name={tiny_model_dir}", "model.dtype=auto",
+            f"data.train={tiny_data / 'train.jsonl'}", f"data.eval={tiny_data / 'test.jsonl'}",
+            "stages=[eval]", "eval.models=[base]", "eval.limit=2", "generation.max_new_tokens=4"]))
+        return next(x for x in capsys.readouterr().out.splitlines()
+                    if x.startswith("[spinlora] model in"))
+
+    fp32 = line("0", "fp32")
+    assert fp32.startswith("[spinlora] model in float32 (model.dtype=auto: no bf16 units")
+    assert "README's demo time" in fp32
+    bf16 = line("1", "bf16")
+    assert bf16.startswith("[spinlora] model in bfloat16 (model.dtype=auto),")

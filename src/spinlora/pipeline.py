@@ -176,6 +176,10 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
                             "generation_linears": packed_what(model, cfg.generation),
                             "generation_engine": cfg.generation.engine}
     pr, chosen = summary["precision"], " (model.dtype=auto)" if cfg.model.dtype == "auto" else ""
+    if chosen and device.type == "cpu" and pr["dtype"] == "float32":
+        # the README's CPU times come from CPUs with bf16 units (docs/svamp.md, "The main job")
+        chosen = (" (model.dtype=auto: no bf16 units on this CPU; the README's demo time is from "
+                  "a CPU with them, an AVX2 one took 21 minutes)")
     packed = {"onednn_packed": ", generation from oneDNN-packed weights",
               "onednn_packed_head": ", generation with a oneDNN-packed output head"}.get(
         pr["generation_linears"], "")
