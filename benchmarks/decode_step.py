@@ -6,11 +6,13 @@
     python benchmarks/decode_step.py --dtype float32 --rows 64 --prompt-tokens 70 --steps 64 \
         --sides torch,torch_plain     # fp32: the packed output head against F.linear everywhere
 
-Both sides: the embedded model in bf16 (``--dtype``) with no adapter, the same seeded random prompts (32 rows of
-120 tokens), one prefill, then 128 greedy steps with every row running (no stop tokens). The torch
-side is what ``generate`` runs on a bf16 CPU model (packed linear layers, ``spinlora_cpu``
-attention, the growing cache); the llama.cpp side is ``llamacpp.Engine`` on the engine file, one
-context with a cache per sequence. The compiled side is the candidate of a compiled step on a
+Both sides: the embedded model in bf16 (``--dtype``) with no adapter, the same seeded random
+prompts (32 rows of 120 tokens), one prefill, then 128 greedy steps with every row running (no
+stop tokens). The torch side is what ``generate`` runs on a bf16 CPU model (packed linear
+layers, ``spinlora_cpu`` attention, the growing cache; in fp32 the packed output head alone,
+and ``torch_plain`` the same with ``generation.packed=false``, its greedy tokens compared);
+the llama.cpp side is ``llamacpp.Engine`` on the engine file, one context with a cache per
+sequence. The compiled side is the candidate of a compiled step on a
 CPU: ``torch.compile`` (inductor, ``freezing``: the frozen weights become oneDNN-packed constants
 of the graph) of the model's forward over transformers' static cache, the prompt's length plus
 ``--steps`` long; its first two steps compile and are timed apart (``compile_seconds``), its
@@ -147,6 +149,7 @@ def main() -> None:
                         generator=torch.Generator().manual_seed(0))
     result = {"benchmark": "decode step", "args": vars(args), "environment": environment(),
               "sides": {}}
+    first = None  # the first torch side's greedy tokens: the other torch side must match them
     for side in args.sides.split(","):
         if side in ("torch", "torch_plain"):  # torch_plain: generation.packed=false
             result["sides"][side] = torch_side(model, ids, args.steps, side == "torch")
@@ -157,13 +160,12 @@ def main() -> None:
 
             result["sides"][side] = llamacpp_side(engine_file(model), ids, args.steps, args)
         tokens = result["sides"][side].pop("_tokens", None)
-        if tokens is not None and "tokens" in result:
-            result["sides"][side]["greedy_tokens_same_as_first_torch_side"] = bool(
-                torch.equal(tokens, result["tokens"]))
+        if tokens is not None and first is not None:
+            result["sides"][side]["greedy_tokens_same_as_first_torch_side"] = torch.equal(
+                tokens, first)
         elif tokens is not None:
-            result["tokens"] = tokens
+            first = tokens
         print(side, result["sides"][side], flush=True)
-    result.pop("tokens", None)
     emit(result, args.out)
 
 
