@@ -513,15 +513,20 @@ def can_pack(dtype: torch.dtype) -> bool:
     return True
 
 
+def _packable_modules(model, cfg: GenerationConfig | None):
+    """The linear layers ``packed_linears`` may pack (frozen or not: at load time every weight
+    still requires grad), none where ``generation.packed`` is off or the model is not on a CPU."""
+    if (cfg is not None and not cfg.packed) or next(model.parameters()).device.type != "cpu":
+        return
+    head = _output_head(model)
+    yield from (m for m in model.modules() if _packable(m, head) and can_pack(m.weight.dtype))
+
+
 def packs_linears(model, cfg: GenerationConfig | None = None) -> bool:
     """Whether ``generate`` runs frozen linear layers of this model from packed weights: a CPU
     model with oneDNN, bf16 (all of them) or fp32 (the output head), unless
     ``generation.packed`` is off (recorded in ``run.json["precision"]``)."""
-    if cfg is not None and not cfg.packed:
-        return False
-    head = _output_head(model)
-    return (next(model.parameters()).device.type == "cpu"
-            and any(_packable(m, head) and can_pack(m.weight.dtype) for m in model.modules()))
+    return any(True for _ in _packable_modules(model, cfg))
 
 
 def packed_what(model, cfg: GenerationConfig | None = None) -> str:
@@ -529,7 +534,8 @@ def packed_what(model, cfg: GenerationConfig | None = None) -> str:
     linear layer), onednn_packed_head (fp32: the output head) or plain."""
     if not packs_linears(model, cfg):
         return "plain"
-    return "onednn_packed" if next(model.parameters()).dtype == torch.bfloat16 else "onednn_packed_head"
+    bf16 = next(model.parameters()).dtype == torch.bfloat16
+    return "onednn_packed" if bf16 else "onednn_packed_head"
 
 
 @contextmanager
@@ -543,16 +549,11 @@ def packed_linears(model, cfg: GenerationConfig | None = None):
     differ where two logits tie to ~1e-5: ``generation.packed: false`` keeps every product
     bit-exact with transformers'). Costs one copy of those weights for the duration (SmolLM2:
     270 MB in bf16, 113 MB in fp32); yields how many layers were packed."""
-    mods = []
-    if packs_linears(model, cfg):
-        head = _output_head(model)
-        for m in model.modules():
-            if (not _packable(m, head) or not can_pack(m.weight.dtype)
-                    or m.weight.requires_grad or "forward" in vars(m)):
-                continue
-            packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), None)
-            m.forward = partial(_packed_forward, m, packed)
-            mods.append(m)
+    mods = [m for m in _packable_modules(model, cfg)
+            if not m.weight.requires_grad and "forward" not in vars(m)]
+    for m in mods:
+        packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), None)
+        m.forward = partial(_packed_forward, m, packed)
     try:
         yield len(mods)
     finally:
