@@ -9,7 +9,10 @@ Every side starts from the same seed (same LoRA init, same batches in the same o
 ``--steps`` optimizer steps; the result gives tokens/s per side (the first step, which warms the
 kernels up, is left out), the loss of every step, and the bf16 / fp32 ratios. A side is
 ``dtype`` or ``dtype:attention`` (``bfloat16:eager``: eager attention, whose per-row results do
-not depend on what else is in the batch; see docs/adapters.md).
+not depend on what else is in the batch; see docs/adapters.md); ``dtype/whole`` runs every row
+whole (``train.share_prefix=false``) instead of the micro-batch's shared system prompt once:
+
+    python benchmarks/train_speed.py --sides float32,float32/whole --batch 16   # shared prefix
 """
 from __future__ import annotations
 
@@ -36,8 +39,9 @@ from spinlora.train import MetricsLog, train_loop  # noqa: E402
 def _setup(spec: str, args, n_rows: int, over: list[str]):
     """A side's config (svamp.yaml with its dtype, attention and ``over``), the seeded model with
     a fresh LoRA, and the SFT examples of the first ``n_rows`` training rows."""
+    spec, _, rows = spec.partition("/")
     dtype, _, attn = spec.partition(":")
-    over = [f"model.dtype={dtype}"] + over
+    over = [f"model.dtype={dtype}", f"train.share_prefix={rows != 'whole'}"] + over
     if args.model:
         over.append(f"model.name={args.model}")
     if attn:
@@ -53,12 +57,13 @@ def _setup(spec: str, args, n_rows: int, over: list[str]):
 
 
 def side(spec: str, args) -> dict:
-    dtype, _, attn = spec.partition(":")
+    dtype, _, attn = spec.partition("/")[0].partition(":")
     cfg, model, tok, examples = _setup(spec, args, args.batch * args.steps, [
         f"train.batch_size={args.batch}", f"train.micro_batch_size={args.batch}",
         "train.warmup_ratio=0", "train.schedule=constant"])
     acct = Accountant(next(model.parameters()).device)
-    records = train_loop(model, examples, sft_objective(tok.pad_token_id), cfg.train, cfg.train.lr,
+    records = train_loop(model, examples, sft_objective(tok.pad_token_id, cfg.train.share_prefix),
+                         cfg.train, cfg.train.lr,
                          1.0, acct, MetricsLog(None), 0, spec)
     times = [r["seconds"] for r in records]
     tokens = sum(len(e.prompt_ids) + len(e.answer_ids) for e in examples)
@@ -80,10 +85,10 @@ def profile_side(spec: str, args) -> dict:
     bf16 than the products do."""
     from torch.profiler import ProfilerActivity, profile
 
-    _, model, tok, examples = _setup(spec, args, args.batch * 5, [])
+    cfg, model, tok, examples = _setup(spec, args, args.batch * 5, [])
     model.train()
     examples.sort(key=lambda e: len(e.prompt_ids) + len(e.answer_ids))  # little padding
-    objective = sft_objective(tok.pad_token_id)
+    objective = sft_objective(tok.pad_token_id, cfg.train.share_prefix)
     batches = [examples[i:i + args.batch] for i in range(0, len(examples), args.batch)]
 
     def step(batch):

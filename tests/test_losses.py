@@ -186,3 +186,54 @@ def test_hessian_vector_product_through_chunked_head(tiny_model_dir, monkeypatch
         hv = torch.autograd.grad(g, params, grad_outputs=v)
         out.append(torch.cat([h.flatten() for h in hv]))
     torch.testing.assert_close(out[0], out[1], rtol=1e-4, atol=1e-5)
+
+
+def test_sft_shared_prefix_gives_the_full_pass_loss_and_gradients(tiny_model_dir):
+    """SFT rows whose prompts share a prefix (a system prompt) run it once, at batch 1, and the
+    rows on its KV cache: the loss and every adapter gradient equal the whole-row pass's, and the
+    prefix really ran once (the first decoder call is one row of the shared tokens). Below
+    SHARED_ROWS rows, where it does not pay, the rows run whole."""
+    from transformers import AutoModelForCausalLM
+
+    from spinlora import adapters
+    from spinlora.config import AdapterConfig
+    from spinlora.data import Example
+    from spinlora.stages.sft import SHARED_MIN, SHARED_ROWS, sft_objective
+
+    torch.manual_seed(0)
+    model = adapters.attach(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                            AdapterConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)  # a trained-looking adapter: gradients reach A too
+    system = list(range(3, 3 + SHARED_MIN + 4))
+    items = [Example("", "", system + [40, 41, 42], [50, 51, 2]),
+             Example("", "", system + [43], [52, 53, 54, 55, 2]),
+             Example("", "", system + [44, 45], [56, 2]),
+             Example("", "", system + [46, 47, 48, 49], [57, 58, 2])]
+    assert len(items) >= SHARED_ROWS
+    results = {}
+    for share in (False, True):
+        calls = []
+        hook = model.get_base_model().get_input_embeddings().register_forward_hook(
+            lambda m, args, out: calls.append(tuple(args[0].shape)))
+        model.zero_grad()
+        loss, _ = sft_objective(pad_id=2, share_prefix=share).loss(model, items)
+        loss.backward()
+        hook.remove()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results[share] = (loss.detach(), grads, calls)
+    (l0, g0, c0), (l1, g1, c1) = results[False], results[True]
+    assert c0 == [(4, max(len(e.prompt_ids) + len(e.answer_ids) for e in items))]  # whole rows
+    assert c1[0] == (1, len(system)) and c1[1][0] == 4  # the prefix once, then the four rests
+    torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-5)
+    assert g0 and all(g.abs().sum() > 0 for g in g0.values())
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-6)
+    calls = []
+    hook = model.get_base_model().get_input_embeddings().register_forward_hook(
+        lambda m, args, out: calls.append(tuple(args[0].shape)))
+    few = items[:SHARED_ROWS - 1]
+    sft_objective(pad_id=2, share_prefix=True).loss(model, few)
+    hook.remove()
+    assert calls == [(len(few), max(len(e.prompt_ids) + len(e.answer_ids) for e in few))]

@@ -118,6 +118,9 @@ class TrainConfig:
     # CPU-only run has nothing to move
     offload_activations: bool = False
     group_by_length: bool = True  # batches of similar length: less padding, same expectation
+    # SFT (and RFT): a micro-batch's common prompt prefix (the chat template's system prompt) runs
+    # once and the rows run on its KV cache; the same loss in fewer token passes (stages/sft.py)
+    share_prefix: bool = True
     log_every: int = 5  # one summary line every N optimizer steps
     report_to: list[str] = field(default_factory=list)  # + tensorboard | wandb (JSONL always)
     # SFT early stopping: every N optimizer steps the held-out metric (a spin.keep_best name;

@@ -218,8 +218,9 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
                    "informative_groups": informative, "trained_samples": len(samples),
                    "sft_rows": sorted(place[id(e)] for e in prompts)}  # the rows drawn as prompts
             if samples and r.algorithm == "rft":  # the kept answers as SFT rows: NLL, no ratio or KL
-                steps = train_loop(model, samples, sft_objective(pad), cfg.train, r.lr, r.epochs,
-                                   acct, log, cfg.seed + t + 1, f"rft round {t + 1}",
+                fit = sft_objective(pad, cfg.train.share_prefix)
+                steps = train_loop(model, samples, fit, cfg.train, r.lr, r.epochs, acct, log,
+                                   cfg.seed + t + 1, f"rft round {t + 1}",
                                    extra={"round": t + 1}, method=cfg.adapter.method)
                 rec.update(steps=len(steps), loss_first=steps[0]["loss"],
                            loss_last=steps[-1]["loss"])
