@@ -212,15 +212,20 @@ def test_sft_shared_prefix_gives_the_full_pass_loss_and_gradients(tiny_model_dir
              Example("", "", system + [44, 45], [56, 2]),
              Example("", "", system + [46, 47, 48, 49], [57, 58, 2])]
     assert len(items) >= SHARED_ROWS
-    results = {}
-    for share in (False, True):
+
+    def run(rows, share):  # the loss, and the (rows, tokens) of every embedding lookup
         calls = []
         hook = model.get_base_model().get_input_embeddings().register_forward_hook(
             lambda m, args, out: calls.append(tuple(args[0].shape)))
-        model.zero_grad()
-        loss, _ = sft_objective(pad_id=2, share_prefix=share).loss(model, items)
-        loss.backward()
+        loss, _ = sft_objective(pad_id=2, share_prefix=share).loss(model, rows)
         hook.remove()
+        return loss, calls
+
+    results = {}
+    for share in (False, True):
+        model.zero_grad()
+        loss, calls = run(items, share)
+        loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
         results[share] = (loss.detach(), grads, calls)
     (l0, g0, c0), (l1, g1, c1) = results[False], results[True]
@@ -230,10 +235,6 @@ def test_sft_shared_prefix_gives_the_full_pass_loss_and_gradients(tiny_model_dir
     assert g0 and all(g.abs().sum() > 0 for g in g0.values())
     for n in g0:
         torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-6)
-    calls = []
-    hook = model.get_base_model().get_input_embeddings().register_forward_hook(
-        lambda m, args, out: calls.append(tuple(args[0].shape)))
     few = items[:SHARED_ROWS - 1]
-    sft_objective(pad_id=2, share_prefix=True).loss(model, few)
-    hook.remove()
+    _, calls = run(few, True)
     assert calls == [(len(few), max(len(e.prompt_ids) + len(e.answer_ids) for e in few))]

@@ -154,7 +154,7 @@ def _compile_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _common_prefix(seqs: list[list[int]]) -> int:
+def common_prefix(seqs: list[list[int]]) -> int:
     """Length of the longest common prefix, leaving at least one token of every sequence."""
     limit = min(len(s) for s in seqs) - 1
     n = 0
@@ -314,7 +314,7 @@ def decode_continuous(model, tokenizer, prompts: list[list[int]], slots: int,
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     st = _Rows(len(prompts), cfg, stop_ids, tokenizer, stop_strings, gen, calculator, device)
-    shared = _common_prefix(prompts) if len(prompts) > 1 else 0
+    shared = common_prefix(prompts) if len(prompts) > 1 else 0
     shared = shared if shared >= min_shared else 0
     prefix = None
     if shared:  # the shared prefix runs once; each admission repeats its keys and values
@@ -678,7 +678,7 @@ def _generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig,
         batch = [prompts[i] for i in idx]
         if static and len(batch) < size:  # a short last batch runs filler rows, then drops them
             batch = batch + [batch[-1]] * (size - len(batch))
-        shared = (_common_prefix(batch) if share_prefix and not prompt_learning and not static
+        shared = (common_prefix(batch) if share_prefix and not prompt_learning and not static
                   else 0)
         if shared < min_shared:
             shared = 0
