@@ -15,7 +15,7 @@ from ..config import RunConfig
 from ..data import Example, collate
 from ..generate import common_prefix
 from ..losses import sft_loss_sum
-from ..scoring import _decoder_alone, answer_logps, score_answers
+from ..scoring import answer_logps, score_answers
 from ..train import MetricsLog, Objective, train_loop
 
 
@@ -30,14 +30,15 @@ def sft_logps(model, items: list[Example], pad_id: int, share_prefix: bool = Tru
     """Summed answer log-probs and answer tokens of each example (the SFT loss's terms).
 
     Where a micro-batch of ``SHARED_ROWS`` rows or more shares ``SHARED_MIN`` prompt tokens or
-    more (a chat template's system prompt: 20 of the ~85 tokens of a SmolLM2 SVAMP row) and the
-    decoder can run alone, that prefix runs once, at batch 1, and each row's rest (its question,
-    then its answer) runs on the prefix's KV cache (``score_answers``, the pass SPIN's pairs
-    take): under causal attention the same log-probs and gradients (tested) from fewer token
-    passes. Otherwise, and with ``share_prefix`` off, every row runs whole (``answer_logps``)."""
+    more (a chat template's system prompt: 20 of the ~85 tokens of a SmolLM2 SVAMP row), that
+    prefix runs once, at batch 1, and each row's rest (its question, then its answer) runs on the
+    prefix's KV cache (``score_answers``, the pass SPIN's pairs take; where the decoder cannot
+    run alone it runs the same rows whole): under causal attention the same log-probs and
+    gradients (tested) from fewer token passes. Otherwise, and with ``share_prefix`` off, every
+    row runs whole (``answer_logps``)."""
     prompts = [e.prompt_ids for e in items]
     shared = common_prefix(prompts) if share_prefix and len(prompts) >= SHARED_ROWS else 0
-    if shared >= SHARED_MIN and _decoder_alone(model) is not None:
+    if shared >= SHARED_MIN:
         sums, counts, _ = score_answers(
             model, [prompts[0][:shared]], [[p[shared:] + e.answer_ids
                                             for p, e in zip(prompts, items)]],
