@@ -21,6 +21,27 @@ def test_growing_cache_matches_default_cache(tiny_model_dir):
     assert torch.equal(ref, ours)
 
 
+
+def test_dropping_rows_lets_the_old_cache_buffer_go(tiny_model_dir):
+    """Selecting rows frees each layer's old buffer at once (else every layer holds it beside its
+    selected copy until the next step: twice the cache), and the cache keeps growing right."""
+    import weakref
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    cache = growing_cache(model)
+    k, v = torch.randn(4, 2, 5, 8), torch.randn(4, 2, 5, 8)
+    layer = cache.layers[0]
+    layer.update(k, v)
+    old = weakref.ref(layer._kbuf)
+    cache.batch_select_indices(torch.tensor([1, 3]))
+    assert old() is None, "the pre-selection buffer is still referenced"
+    k2, v2 = torch.randn(2, 2, 1, 8), torch.randn(2, 2, 1, 8)
+    keys, values = layer.update(k2, v2)
+    assert torch.equal(keys, torch.cat([k[[1, 3]], k2], 2))
+    assert torch.equal(values, torch.cat([v[[1, 3]], v2], 2))
+
 def test_generate_keeps_caller_order_and_flags_unfinished(tiny_model_dir):
     from spinlora.models import load_tokenizer
     from transformers import AutoModelForCausalLM

@@ -60,6 +60,14 @@ def _growing_layer_class():
             self.values = self._vbuf[..., :self._n, :]
             return self.keys, self.values
 
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            """Keep the rows ``indices`` (a copy of their filled positions) and let the old
+            buffer go now. Left to the next ``update``, every layer held its old buffer beside
+            its selected copy at once: twice the cache at each drop of finished rows (200 SVAMP
+            prompts in one fp32 batch: peak RSS 4.6 GB)."""
+            super().batch_select_indices(indices)
+            self._kbuf = self._vbuf = None  # the next update rebuilds room to grow
+
         def adopt(self, parts: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> None:
             """Replace the cache by ``parts`` (keys, values of some rows each) stacked along the
             batch, each right-aligned in ``length`` positions (zeros on the left, which the
