@@ -249,6 +249,69 @@ def test_finished_rows_leave_the_batch_and_tokens_stay_hfs(tiny_model_dir):
         assert b[0].finished and stop in b[0].text
 
 
+@pytest.mark.parametrize("shared", [0, 6])
+def test_prefill_in_chunks_gives_the_whole_prefills_logits_and_cache(tiny_model_dir, shared):
+    """prefill_in_chunks against one prefill pass over the whole batch: the same last logits,
+    and a decoding step on its cache and mask gives the same logits too (keys and values placed
+    where its mask says)."""
+    from transformers import AutoModelForCausalLM
+
+    from spinlora.generate import _layout, prefill_in_chunks
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    g = torch.Generator().manual_seed(3)
+    head = list(range(10, 10 + shared))
+    prompts = sorted((head + torch.randint(3, 100, (k,), generator=g).tolist()
+                      for k in (2, 3, 3, 5, 9, 14, 20)), key=len)
+    ids, attn = _layout(prompts, shared, max(map(len, prompts)), 0)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    nxt = torch.randint(3, 100, (len(prompts), 1), generator=g)
+
+    def prefix_cache():
+        cache = growing_cache(model)
+        if shared:
+            model(input_ids=ids[:1, :shared], past_key_values=cache, use_cache=True)
+            cache.batch_repeat_interleave(len(prompts))
+        return cache
+
+    with torch.no_grad():
+        whole = prefix_cache()
+        a = model(input_ids=ids[:, shared:], attention_mask=attn, position_ids=pos[:, shared:],
+                  past_key_values=whole, use_cache=True).logits[:, -1]
+        a2 = model(input_ids=nxt, attention_mask=torch.cat([attn, torch.ones_like(nxt)], 1),
+                   position_ids=pos[:, -1:] + 1, past_key_values=whole).logits[:, -1]
+        chunked = prefix_cache()
+        b, mask = prefill_in_chunks(model, ids, attn, pos, chunked, shared, rows=3)
+        b2 = model(input_ids=nxt, attention_mask=torch.cat([mask, torch.ones_like(nxt)], 1),
+                   position_ids=pos[:, -1:] + 1, past_key_values=chunked).logits[:, -1]
+    assert mask.shape == attn.shape
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a2, b2, atol=1e-5)
+
+
+def test_prefill_in_chunks_keeps_hfs_tokens(tiny_model_dir, monkeypatch):
+    """A decoding batch larger than PREFILL_ROWS is prefilled a chunk at a time (each chunk
+    padded to its own longest prompt) into one cache: HF generate's tokens, with and without a
+    shared prefix, and no prefill pass over more rows than a chunk."""
+    import dataclasses
+
+    import spinlora.generate as G
+
+    model, tok, prompts, hf, stops, ref, n_ref = _hf_reference(tiny_model_dir)
+    monkeypatch.setattr(G, "PREFILL_ROWS", 5)
+    widths = []  # (rows, tokens) of every pass with more than one token a row: prefills
+    hook = model.model.embed_tokens.register_forward_hook(
+        lambda m, a, o: widths.append(tuple(a[0].shape)) if a[0].shape[1] > 1 else None)
+    drop = dataclasses.replace(hf, decode="drop")
+    ours, n_ours = generate(model, tok, prompts, drop, stop_ids=stops)
+    hook.remove()
+    assert [g.ids for g in ours] == [g.ids for g in ref] and n_ours == n_ref
+    assert [g.finished for g in ours] == [g.finished for g in ref]
+    assert [r for r, _ in widths] == [5, 5, 5, 1]  # 16 prompts: chunks of 5
+    longest = max(len(p) for p in prompts)
+    assert min(w for _, w in widths) < longest  # the short prompts' chunk was not padded
+    _prefix_and_stop_string_match_hf(model, tok, prompts, hf, stops, ref, drop)
+
+
 def test_sampled_decoding_is_seeded(tiny_model_dir):
     """decode=drop samples from softmax(logits / T) with the batch's seed: the same seed gives
     the same answers, another seed others."""
