@@ -50,6 +50,29 @@ def current_rss() -> int:
     return rss
 
 
+def release_free_memory() -> None:
+    """Collect garbage and hand the C heap's free pages back to the OS (glibc ``malloc_trim``).
+
+    glibc keeps memory freed inside its heap, and after a large block is freed it serves blocks
+    up to that size (up to 32 MB) from the heap rather than from fresh mappings. What a phase
+    frees (SFT's activations) then stays resident in holes of the heap that the next phase's
+    tensors of other sizes may not fit, and the next phase's memory adds to it: the demo's base
+    model evaluation after 8 SFT steps peaked 0.82 GB over the same evaluation alone (fp32,
+    AVX2), 0.40 GB with this at each phase's start. A no-op where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+
+
 class MemoryMeter:
     """Peak memory of a phase, in bytes, measured against a baseline taken after model load."""
 
@@ -70,6 +93,7 @@ class MemoryMeter:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
             return
+        release_free_memory()
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
