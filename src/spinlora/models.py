@@ -316,8 +316,6 @@ def load_model(cfg: ModelConfig):
         set_cpu_threads()
     kwargs = {}
     if cfg.attn_implementation:
-        if cfg.attn_implementation == CPU_ATTENTION:  # asked by name: known to transformers first
-            _register_cpu_attention()
         kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.quantization != "none":
         kwargs.update(quantization_config=quantization_config(cfg.quantization, dtype),
