@@ -1,23 +1,11 @@
 """Memory accounting: what a phase frees is handed back before the next phase is measured."""
-import ctypes
-import ctypes.util
-import sys
-
 import pytest
 import torch
 
-from spinlora.accounting import current_rss, release_free_memory
+from spinlora.accounting import _malloc_trim, current_rss, release_free_memory
 
 
-def _glibc() -> bool:
-    try:
-        return sys.platform.startswith("linux") and hasattr(
-            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "malloc_trim")
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _glibc(), reason="glibc's malloc_trim")
+@pytest.mark.skipif(_malloc_trim() is None, reason="glibc's malloc_trim")
 def test_free_heap_pages_go_back_to_the_os():
     """Blocks under glibc's mmap threshold live in its heap; freed below a block still in use
     they stay resident (glibc trims only the heap's top) until ``release_free_memory``."""

@@ -21,7 +21,6 @@ def test_growing_cache_matches_default_cache(tiny_model_dir):
     assert torch.equal(ref, ours)
 
 
-
 def test_dropping_rows_lets_the_old_cache_buffer_go(tiny_model_dir):
     """Selecting rows frees each layer's old buffer at once (else every layer holds it beside its
     selected copy until the next step: twice the cache), and the cache keeps growing right."""
@@ -41,6 +40,7 @@ def test_dropping_rows_lets_the_old_cache_buffer_go(tiny_model_dir):
     keys, values = layer.update(k2, v2)
     assert torch.equal(keys, torch.cat([k[[1, 3]], k2], 2))
     assert torch.equal(values, torch.cat([v[[1, 3]], v2], 2))
+
 
 def test_generate_keeps_caller_order_and_flags_unfinished(tiny_model_dir):
     from spinlora.models import load_tokenizer

@@ -8,6 +8,7 @@ sampling thread records the highest RSS it sees every 20 ms instead.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -59,18 +60,26 @@ def release_free_memory() -> None:
     tensors of other sizes may not fit, and the next phase's memory adds to it: the demo's base
     model evaluation after 8 SFT steps peaked 0.82 GB over the same evaluation alone (fp32,
     AVX2), 0.40 GB with this at each phase's start. A no-op where the C library is not glibc."""
-    import ctypes
-    import ctypes.util
     import gc
 
     gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, looked up once (``find_library`` runs ``ldconfig``), or None."""
+    import ctypes
+    import ctypes.util
+
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
-        return
+        return None
     trim.argtypes = [ctypes.c_size_t]
-    trim(0)
+    return trim
 
 
 class MemoryMeter:
