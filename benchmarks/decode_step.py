@@ -4,13 +4,13 @@
     python benchmarks/decode_step.py --sides torch,compiled,llamacpp
     python benchmarks/decode_step.py --kv 30 --flash 0  # llama.cpp with other context settings
     python benchmarks/decode_step.py --dtype float32 --rows 64 --prompt-tokens 70 --steps 64 \
-        --sides torch,torch_plain     # fp32: the packed output head against F.linear everywhere
+        --sides torch,torch_plain     # fp32: packed weights against F.linear everywhere
 
 Both sides: the embedded model in bf16 (``--dtype``) with no adapter, the same seeded random
 prompts (32 rows of 120 tokens), one prefill, then 128 greedy steps with every row running (no
 stop tokens). The torch side is what ``generate`` runs on a bf16 CPU model (packed linear
-layers, ``spinlora_cpu`` attention, the growing cache; in fp32 the packed output head alone,
-and ``torch_plain`` the same with ``generation.packed=false``, its greedy tokens compared);
+layers, ``spinlora_cpu`` attention, the growing cache; in fp32 the packed layers with SDPA),
+and ``torch_plain`` the same with ``generation.packed=false``, its greedy tokens compared;
 the llama.cpp side is ``llamacpp.Engine`` on the engine file, one context with a cache per
 sequence. The compiled side is the candidate of a compiled step on a
 CPU: ``torch.compile`` (inductor, ``freezing``: the frozen weights become oneDNN-packed constants

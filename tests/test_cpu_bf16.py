@@ -268,10 +268,11 @@ def test_packed_linears_give_the_same_tokens(tiny_cfg):
     assert torch.equal(packed, plain) and torch.equal(after, plain)
 
 
-def test_fp32_generation_packs_the_output_head_alone(tiny_cfg):
-    """In fp32 only the output head runs from packed weights while generating (MKL's fp32
-    product is slow on that shape); its logits stay within fp32 rounding of F.linear's, the
-    greedy tokens are the same, and ``generation.packed: false`` keeps every layer plain."""
+def test_fp32_generation_packs_every_frozen_linear(tiny_cfg):
+    """In fp32 every frozen linear layer runs from packed weights while generating (MKL's
+    product repacks the weight on every call), an adapter's own matrices left alone; the logits
+    stay within fp32 rounding of F.linear's, the greedy tokens are the same, and
+    ``generation.packed: false`` keeps every layer plain."""
     from spinlora.config import GenerationConfig
     from spinlora.generate import generate, packed_linears, packed_what
     from spinlora.models import load_tokenizer
@@ -279,9 +280,11 @@ def test_fp32_generation_packs_the_output_head_alone(tiny_cfg):
     model, _ = load_model(tiny_cfg.model)
     assert next(model.parameters()).dtype == torch.float32
     model = attach(model, tiny_cfg.adapter)
-    head = model.get_output_embeddings()
-    assert packed_what(model) == "onednn_packed_head"
+    torch.nn.init.normal_(next(p for n, p in model.named_parameters() if "lora_B" in n))
+    assert packed_what(model) == "onednn_packed"
     assert packed_what(model, GenerationConfig(packed=False)) == "plain"
+    frozen = [m for m in model.modules() if type(m) is torch.nn.Linear
+              and not m.weight.requires_grad]
     ids = torch.randint(5, 50, (3, 9))
     with torch.inference_mode():
         plain = model(input_ids=ids).logits
@@ -290,7 +293,8 @@ def test_fp32_generation_packs_the_output_head_alone(tiny_cfg):
             packed = model(input_ids=ids).logits
         with packed_linears(model, GenerationConfig(packed=False)) as off:
             assert off == 0
-    assert n == 1 and swapped == [head]
+    assert n == len(frozen) == len(swapped) > 1 and model.get_output_embeddings() in swapped
+    assert all(not m.weight.requires_grad for m in swapped)  # LoRA A/B not among them
     assert not any("forward" in vars(m) for m in model.modules())
     torch.testing.assert_close(packed, plain, rtol=1e-4, atol=1e-4)
     tok = load_tokenizer(tiny_cfg.model.name)

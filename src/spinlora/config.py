@@ -163,9 +163,9 @@ class GenerationConfig:
     # the default: on the 2 measured cores (AVX512-BF16, no AMX) llama.cpp was 0.98-1.05x the
     # torch loop on SmolLM2 and 0.73x on the 0.5B Qwen (docs/precision.md)
     engine: str = "torch"
-    # on a CPU, frozen linear layers multiply from oneDNN-packed weights while generating: bf16
-    # every one, fp32 the output head (generate.packed_linears); false: F.linear everywhere
-    # (fp32: every product bit-exact with transformers' own generate)
+    # on a CPU, frozen linear layers multiply from oneDNN-packed weights while generating
+    # (generate.packed_linears; one copy of them meanwhile); false: F.linear everywhere (fp32:
+    # every product bit-exact with transformers' own generate)
     packed: bool = True
 
 

@@ -550,20 +550,14 @@ def _packed_forward(module, packed, x):
     return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
 
 
-def _output_head(model):
-    try:
-        return model.get_output_embeddings()
-    except (AttributeError, NotImplementedError):
-        return None
-
-
-def _packable(m, head) -> bool:
-    """bf16: every frozen ``nn.Linear``. fp32: the output head alone, where MKL's product is slow
-    and oneDNN's is not (a 64-row SmolLM2 head on AVX2: 52 against 122 GFLOP/s; its other layers
-    within ±25 % either way); the rest stay on ``F.linear``."""
-    if type(m) is not torch.nn.Linear:
-        return False
-    return m.weight.dtype == torch.bfloat16 or (m is head and m.weight.dtype == torch.float32)
+def _packable(m) -> bool:
+    """Every ``nn.Linear`` in bf16 or fp32. bf16: ``F.linear`` reorders the weight on every
+    call. fp32: MKL's product repacks the weight on every call too, which a decoding step's few
+    rows cannot pay back: on a 2-core AVX2 CPU, 90 layers of SmolLM2's shapes with their
+    weights coming from memory, as in a step, took 98 ms at 4 rows against 35 from packed
+    weights, 190 against 124 at 64 (the output head alone: 52 against 122 GFLOP/s at 64 rows;
+    docs/precision.md)."""
+    return type(m) is torch.nn.Linear and m.weight.dtype in (torch.bfloat16, torch.float32)
 
 
 @cache
@@ -585,37 +579,34 @@ def _packable_modules(model, cfg: GenerationConfig | None):
     still requires grad), none where ``generation.packed`` is off or the model is not on a CPU."""
     if (cfg is not None and not cfg.packed) or next(model.parameters()).device.type != "cpu":
         return
-    head = _output_head(model)
-    yield from (m for m in model.modules() if _packable(m, head) and can_pack(m.weight.dtype))
+    yield from (m for m in model.modules() if _packable(m) and can_pack(m.weight.dtype))
 
 
 def packs_linears(model, cfg: GenerationConfig | None = None) -> bool:
     """Whether ``generate`` runs frozen linear layers of this model from packed weights: a CPU
-    model with oneDNN, bf16 (all of them) or fp32 (the output head), unless
-    ``generation.packed`` is off (recorded in ``run.json["precision"]``)."""
+    model with oneDNN in bf16 or fp32, unless ``generation.packed`` is off (recorded in ``run.json["precision"]``)."""
     return any(True for _ in _packable_modules(model, cfg))
 
 
 def packed_what(model, cfg: GenerationConfig | None = None) -> str:
-    """``run.json["precision"]["generation_linears"]``: onednn_packed (bf16: every frozen
-    linear layer), onednn_packed_head (fp32: the output head) or plain."""
-    if not packs_linears(model, cfg):
-        return "plain"
-    bf16 = next(model.parameters()).dtype == torch.bfloat16
-    return "onednn_packed" if bf16 else "onednn_packed_head"
+    """``run.json["precision"]["generation_linears"]``: onednn_packed (every frozen linear
+    layer; until session 27 an fp32 model packed its output head alone: onednn_packed_head) or
+    plain."""
+    return "onednn_packed" if packs_linears(model, cfg) else "plain"
 
 
 @contextmanager
 def packed_linears(model, cfg: GenerationConfig | None = None):
     """While generating, frozen linear layers of a CPU model (the base weights; an adapter's own
     matrices stay as they are) multiply from weights reordered once into oneDNN's blocked
-    layout, as torch.compile's CPU "freezing" does, instead of through ``F.linear``: in bf16
-    every one (``F.linear`` reorders a bf16 weight on every call; at 1-64 rows a SmolLM2 layer
-    runs 15-45 % faster, its LM head ~40 %; the same products, checked equal), in fp32 the
-    output head (2.4x on AVX2; products within fp32 rounding of MKL's, so a greedy token can
-    differ where two logits tie to ~1e-5: ``generation.packed: false`` keeps every product
-    bit-exact with transformers'). Costs one copy of those weights for the duration (SmolLM2:
-    270 MB in bf16, 113 MB in fp32); yields how many layers were packed."""
+    layout, as torch.compile's CPU "freezing" does, instead of through ``F.linear`` (which
+    repacks the weight on every call; ``_packable``). bf16: at 1-64 rows a SmolLM2 layer runs
+    15-45 % faster, its LM head ~40 %, the same products (checked equal). fp32: the SVAMP
+    evaluations of the demo ~10 % faster on an AVX2 CPU, with products within fp32 rounding
+    of MKL's, so a greedy token can differ where two logits tie to ~1e-5:
+    ``generation.packed: false`` keeps every product bit-exact with transformers'. Costs one
+    copy of those weights for the duration (SmolLM2: 270 MB in bf16, 540 MB in fp32); yields
+    how many layers were packed."""
     mods = [m for m in _packable_modules(model, cfg)
             if not m.weight.requires_grad and "forward" not in vars(m)]
     for m in mods:
@@ -637,7 +628,7 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
     When a batch's prompts share a prefix of at least ``min_shared`` tokens (the k-shot examples
     of an evaluation prompt, a long system prompt), the prefix runs once and its KV cache is
     repeated for every row instead of being recomputed per prompt. On a CPU frozen linear
-    layers run from prepacked weights (``packed_linears``: bf16 all, fp32 the output head)."""
+    layers run from prepacked weights (``packed_linears``)."""
     engine = pick_engine(model, cfg)
     if engine == "llamacpp":
         return _generate_llamacpp(model, tokenizer, prompts, cfg, stop_ids, desc, stop_strings)

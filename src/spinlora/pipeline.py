@@ -180,9 +180,8 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
         # the README's CPU times come from CPUs with bf16 units (docs/svamp.md, "The main job")
         chosen = (" (model.dtype=auto: no bf16 units on this CPU; the README's demo time is from "
                   "a CPU with them, an AVX2 one took 21 minutes)")
-    packed = {"onednn_packed": ", generation from oneDNN-packed weights",
-              "onednn_packed_head": ", generation with a oneDNN-packed output head"}.get(
-        pr["generation_linears"], "")
+    packed = (", generation from oneDNN-packed weights"
+              if pr["generation_linears"] == "onednn_packed" else "")
     print(f"[spinlora] model in {pr['dtype']}{chosen}, {pr['attention']} attention, "
           f"{pr['threads']} threads{packed}")
     baseline = MemoryMeter(device).baseline  # every stage's peak is measured against this
