@@ -584,7 +584,8 @@ def _packable_modules(model, cfg: GenerationConfig | None):
 
 def packs_linears(model, cfg: GenerationConfig | None = None) -> bool:
     """Whether ``generate`` runs frozen linear layers of this model from packed weights: a CPU
-    model with oneDNN in bf16 or fp32, unless ``generation.packed`` is off (recorded in ``run.json["precision"]``)."""
+    model with oneDNN in bf16 or fp32, unless ``generation.packed`` is off (recorded in
+    ``run.json["precision"]``)."""
     return any(True for _ in _packable_modules(model, cfg))
 
 
