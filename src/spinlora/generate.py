@@ -552,10 +552,10 @@ def _packed_forward(module, packed, x):
 
 def _packable(m) -> bool:
     """Every ``nn.Linear`` in bf16 or fp32. bf16: ``F.linear`` reorders the weight on every
-    call. fp32: MKL's product repacks the weight on every call too, which a decoding step's few
-    rows cannot pay back: on a 2-core AVX2 CPU, 90 weights of SmolLM2's 576 -> 1536 shape
-    (318 MB, coming from memory, as in a step) took 98 ms at 4 rows against 35 from packed
-    weights, 190 against 124 at 64 (the output head alone: 52 against 122 GFLOP/s at 64 rows;
+    call. fp32: MKL's product packs its weight operand on every call too, which a decoding
+    step's few rows cannot pay back: on a 2-core AVX2 CPU, 90 weights of SmolLM2's 576 -> 1536
+    shape, each multiplied once as in a step, took 63-68 ms at 4 rows against 32-35 from
+    packed weights, 112-145 against 98-99 at 64 (``benchmarks/linear_products.py``;
     docs/precision.md)."""
     return type(m) is torch.nn.Linear and m.weight.dtype in (torch.bfloat16, torch.float32)
 
