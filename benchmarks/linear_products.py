@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from _common import emit  # noqa: E402
 from spinlora.accounting import environment  # noqa: E402
+from spinlora.generate import pack_weight, packed_product  # noqa: E402
 
 SMOLLM2_LAYER = [(576, 576), (576, 192), (576, 192), (576, 576), (576, 1536), (576, 1536),
                  (1536, 576)]  # (in, out) of q, k, v, o, gate, up, down
@@ -47,41 +48,39 @@ def _ms(fn, repeats: int) -> float:
     return (time.perf_counter() - t0) / repeats * 1e3
 
 
-def _packed(w: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._reorder_linear_weight(w, None)
-
-
-def _mm(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-
-
 def decode_rows(rows: int, weights: list[torch.Tensor], packs: list[torch.Tensor],
                 repeats: int) -> dict:
     x = torch.randn(rows, weights[0].shape[1])
     gb = sum(w.numel() * w.element_size() for w in weights) / 1e9
     mkl = _ms(lambda: [F.linear(x, w) for w in weights], repeats)
-    onednn = _ms(lambda: [_mm(x, p) for p in packs], repeats)
+    onednn = _ms(lambda: [packed_product(x, p) for p in packs], repeats)
     one, one_packed = weights[0], packs[0]
     hot_mkl = _ms(lambda: [F.linear(x, one) for _ in weights], repeats)
-    hot_onednn = _ms(lambda: [_mm(x, one_packed) for _ in weights], repeats)
+    hot_onednn = _ms(lambda: [packed_product(x, one_packed) for _ in weights], repeats)
     return {"rows": rows, "decode_ms": {"mkl": round(mkl, 1), "onednn_packed": round(onednn, 1)},
             "decode_weights_gb_per_s": {"mkl": round(gb / mkl * 1e3, 1),
                                         "onednn_packed": round(gb / onednn * 1e3, 1)},
             "hot_ms": {"mkl": round(hot_mkl, 1), "onednn_packed": round(hot_onednn, 1)}}
 
 
-def train_rows(rows: int, repeats: int) -> dict:
+def train_layers() -> tuple[list, list, list]:
+    """One SmolLM2's 210 weights, packed for the forward and, transposed, for the backward."""
     weights = [torch.randn(o, i) for i, o in SMOLLM2_LAYER * 30]
-    packs = [_packed(w) for w in weights]
-    packs_t = [_packed(w.t().contiguous()) for w in weights]
+    return (weights, [pack_weight(w) for w in weights],
+            [pack_weight(w.t().contiguous()) for w in weights])
+
+
+def train_rows(rows: int, layers: tuple[list, list, list], repeats: int) -> dict:
+    weights, packs, packs_t = layers
     xs = {i: torch.randn(rows, i) for i in (576, 1536)}
     gs = {o: torch.randn(rows, o) for o in (192, 576, 1536)}
     gflop = sum(2 * rows * w.numel() for w in weights) / 1e9
     sides = {
         "forward_mkl": lambda: [F.linear(xs[w.shape[1]], w) for w in weights],
-        "forward_onednn_packed": lambda: [_mm(xs[w.shape[1]], p) for w, p in zip(weights, packs)],
+        "forward_onednn_packed": lambda: [packed_product(xs[w.shape[1]], p)
+                                          for w, p in zip(weights, packs)],
         "backward_mkl": lambda: [gs[w.shape[0]] @ w for w in weights],
-        "backward_onednn_packed": lambda: [_mm(gs[w.shape[0]], p)
+        "backward_onednn_packed": lambda: [packed_product(gs[w.shape[0]], p)
                                            for w, p in zip(weights, packs_t)],
     }
     return {"rows": rows, "train_gflop_per_s": {k: round(gflop / _ms(f, repeats) * 1e3, 1)
@@ -100,12 +99,14 @@ def main() -> None:
     torch.manual_seed(0)
     fan_in, fan_out = (int(v) for v in a.shape.split(","))
     weights = [torch.randn(fan_out, fan_in) for _ in range(a.copies)]
-    packs = [_packed(w) for w in weights]
+    packs = [pack_weight(w) for w in weights]
+    train = [int(r) for r in a.train_rows.split(",") if r]
+    layers = train_layers() if train else None
     result = {"threads": torch.get_num_threads(), "shape": [fan_in, fan_out],
               "copies": a.copies, "repeats": a.repeats,
               "decode": [decode_rows(int(r), weights, packs, a.repeats)
                          for r in a.rows.split(",") if r],
-              "train": [train_rows(int(r), a.repeats) for r in a.train_rows.split(",") if r],
+              "train": [train_rows(int(r), layers, a.repeats) for r in train],
               "environment": environment()}
     emit(result, a.out)
 

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from _common import emit  # noqa: E402
 from spinlora.accounting import environment  # noqa: E402
+from spinlora.generate import pack_weight, packed_product  # noqa: E402
 from spinlora.models import cpu_info  # noqa: E402
 
 # (hidden, intermediate, layers, query heads, key/value heads, head dim, vocabulary): the
@@ -68,8 +69,8 @@ def decode_seconds(shapes, rows: int, dtype: torch.dtype, repeats: int) -> tuple
         w = (torch.randn(o, i) * 0.02).to(dtype)
         x = torch.randn(rows, i).to(dtype)
         if dtype == torch.bfloat16:
-            packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
-            fn = lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")  # noqa: E731
+            packed = pack_weight(w)
+            fn = lambda: packed_product(x, packed)  # noqa: E731
         else:
             fn = lambda: F.linear(x, w)  # noqa: E731
         total += _fastest(fn, repeats, 20 if o * i < 5e7 else 4) * n

@@ -544,10 +544,21 @@ def row_bytes(model, length: int) -> int:
             + 3 * cfg.vocab_size * 4)
 
 
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A linear layer's weight reordered once into oneDNN's blocked layout (``packed_product``)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, None)
+
+
+def packed_product(x: torch.Tensor, packed: torch.Tensor,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` from ``pack_weight(weight)``."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
 def _packed_forward(module, packed, x):
     if x.dtype != packed.dtype or (x.requires_grad and torch.is_grad_enabled()):
         return F.linear(x, module.weight, module.bias)
-    return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
+    return packed_product(x, packed, module.bias)
 
 
 def _packable(m) -> bool:
@@ -568,7 +579,7 @@ def can_pack(dtype: torch.dtype) -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
         return False
     try:
-        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8, dtype=dtype), None)
+        pack_weight(torch.zeros(8, 8, dtype=dtype))
     except RuntimeError:
         return False
     return True
@@ -611,7 +622,7 @@ def packed_linears(model, cfg: GenerationConfig | None = None):
     mods = [m for m in _packable_modules(model, cfg)
             if not m.weight.requires_grad and "forward" not in vars(m)]
     for m in mods:
-        packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), None)
+        packed = pack_weight(m.weight.detach())
         m.forward = partial(_packed_forward, m, packed)
     try:
         yield len(mods)
