@@ -179,3 +179,33 @@ def test_plan_command(tiny_cfg, capsys, tmp_path):
     assert main(["plan", str(path)]) == 2
     assert "needs a budget" in capsys.readouterr().err
     assert load_config(str(path), ["memory_budget=3GiB"]).memory_budget == "3GiB"
+
+
+def test_spin_micro_batch_of_its_own_is_planned_apart(tiny_cfg, monkeypatch):
+    """With spin.micro_batch_size set, SFT keeps the larger micro-batch its step fits and SPIN's
+    pairs get the smaller one theirs fit; without it the two share the smaller."""
+    cfg = tiny_cfg
+    cfg.stages = ["sft", "spin"]
+    cfg.train.batch_size, cfg.train.micro_batch_size = 8, 8
+    cfg.spin.micro_batch_size = 8
+    model, tok, examples = _setup(cfg)
+    per_row = {"sft_rows": 100, "pair_rows": 400}  # MiB a row: a pair costs 4 SFT rows
+
+    def linear(model, device, fn, first, loaded):
+        return planner.PhaseCost(0.0, per_row[fn.__name__] * MiB, "probe")
+
+    monkeypatch.setattr(planner, "_linear", linear)
+    monkeypatch.setattr(planner, "_verify", lambda model, device, steps, m, *a: (m, {}))
+    loaded = 1000 * MiB
+    adam = 2 * 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+    budget = int((loaded + 850 * MiB + adam) / (1 - planner.MARGIN)) + 1  # SFT: 8 rows, SPIN: 2
+    p = planner.make_plan(cfg, model, tok, examples, torch.device("cpu"), budget, loaded)
+    assert p.chosen["train.micro_batch_size"] == 8 and p.chosen["spin.micro_batch_size"] == 2
+    assert p.chosen["train.gradient_checkpointing"] is False  # (the fakes cost the same with it)
+    assert p.costs["spin"]["setting"].startswith("micro-batch 2")
+    assert p.predicted_bytes["sft"] == pytest.approx(800 * MiB + adam)
+    planner.apply(cfg, p)
+    assert cfg.spin.micro_batch_size == 2 and cfg.train.micro_batch_size == 8
+    cfg.spin.micro_batch_size = None  # shared: the smaller of the two for both
+    p = planner.make_plan(cfg, model, tok, examples, torch.device("cpu"), budget, loaded)
+    assert p.chosen["train.micro_batch_size"] == 2 and "spin.micro_batch_size" not in p.chosen

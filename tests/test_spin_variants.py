@@ -334,3 +334,34 @@ def test_own_correct_spin_runs_with_step0_check(tiny_cfg, monkeypatch):
     recs = [json.loads(x) for x in open(Path(tiny_cfg.output_dir) / "spin" / "iter_1"
                                         / "generations.jsonl")]
     assert all(len(x["chosen"]) % 2 == 0 and len(x["generated"]) % 2 == 1 for x in recs)
+
+
+def test_spin_trains_on_its_own_micro_batch(tiny_cfg, monkeypatch):
+    """spin.micro_batch_size: SPIN's reference pass and training run that many pairs a pass,
+    SFT keeps train.micro_batch_size; a value that does not divide train.batch_size is refused."""
+    import spinlora.stages.spin as sp
+    from spinlora.pipeline import run
+
+    seen = {}
+    real_ref, real_loop = sp.reference_pass, sp.train_loop
+
+    def ref(model, pairs, pad, acct, micro):
+        seen["reference"] = micro
+        return real_ref(model, pairs, pad, acct, micro)
+
+    def loop(model, items, objective, cfg, *a, **k):
+        seen["train"] = cfg.micro_batch_size
+        return real_loop(model, items, objective, cfg, *a, **k)
+
+    monkeypatch.setattr(sp, "reference_pass", ref)
+    monkeypatch.setattr(sp, "train_loop", loop)
+    tiny_cfg.stages = ["sft", "spin"]
+    tiny_cfg.spin.iterations, tiny_cfg.spin.micro_batch_size = 1, 1
+    tiny_cfg.spin.correct_pairs = "keep"
+    run(tiny_cfg)
+    assert seen == {"reference": 1, "train": 1} and tiny_cfg.train.micro_batch_size == 4
+    res = json.loads((Path(tiny_cfg.output_dir) / "spin" / "iter_1" / "result.json").read_text())
+    assert res["step0_ok"]  # the reference pass and the first step share their micro-batches
+    tiny_cfg.spin.micro_batch_size = 3
+    with pytest.raises(ConfigError, match="spin.micro_batch_size"):
+        tiny_cfg.validate()

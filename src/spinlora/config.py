@@ -194,6 +194,10 @@ class SpinConfig:
     beta: Union[float, list[float]] = 0.1  # λ; a list gives one value per iteration
     lr: Union[float, list[float]] = 2e-5  # a list gives one value per iteration
     epochs: float = 1.0
+    # pairs per forward pass (the reference pass and training; each pair is a prompt with two
+    # answers); null: train.micro_batch_size. Its own because a pair costs more memory than an
+    # SFT row, and a CPU's SFT runs faster at larger micro-batches
+    micro_batch_size: int | None = None
     mix_previous: bool = False  # also train on the previous iteration's generated pairs
     # heldout_accuracy | heldout_gold_logp | heldout_win_rate | None
     keep_best: str | None = "heldout_gold_logp"
@@ -226,6 +230,12 @@ class SpinConfig:
     early_stop: bool = False  # stop when the keep_best metric falls below the previous iteration's
     reward_model: str | None = None  # keep_best=heldout_reward: a `spinlora reward` folder whose
     # mean reward of the greedy held-out answers picks the iteration (0 = keep the SFT adapter)
+
+    def train_config(self, train: "TrainConfig") -> "TrainConfig":
+        """``train`` with SPIN's own micro-batch, where it has one."""
+        if self.micro_batch_size is None:
+            return train
+        return dataclasses.replace(train, micro_batch_size=self.micro_batch_size)
 
     def per_iteration(self, name: str, t: int) -> float:
         """Value of ``beta`` or ``lr`` for iteration ``t`` (0-based); lists repeat their last."""
@@ -391,6 +401,10 @@ class RunConfig:
             ("adapter.dropout", 0 <= self.adapter.dropout < 1, "must be in [0, 1)"),
             ("spin.iterations", self.spin.iterations >= 0, "must be >= 0"),
             ("spin.epochs", self.spin.epochs > 0, "must be > 0"),
+            ("spin.micro_batch_size", self.spin.micro_batch_size is None
+             or (0 < self.spin.micro_batch_size <= self.train.batch_size
+                 and self.train.batch_size % self.spin.micro_batch_size == 0),
+             "must divide train.batch_size (or be null: train.micro_batch_size)"),
             ("spin.keep_best", self.spin.keep_best in (None, *KEEP_BEST),
              f"{', '.join(KEEP_BEST)} or null"),
             ("spin.loss", self.spin.loss in SPIN_LOSSES, ", ".join(SPIN_LOSSES)),

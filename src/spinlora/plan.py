@@ -26,7 +26,8 @@ Per phase (``PhaseCost``: fixed bytes + bytes per row):
 
 The plan keeps the configured values where they fit and lowers them where they do not:
 ``train.micro_batch_size`` (the largest divisor of ``train.batch_size`` that fits; the optimizer
-step is the same, only the accumulation changes), ``train.gradient_checkpointing`` (turned on
+step is the same, only the accumulation changes; SFT's and SPIN's share it, unless
+``spin.micro_batch_size`` gives SPIN its own, chosen the same way), ``train.gradient_checkpointing`` (turned on
 only when it lets at least twice the rows fit, since it costs ~10-30 % time per step) and
 ``generation.batch_size``. On CUDA a chosen micro-batch above 2 rows is probed itself (exact
 there: max-allocated) and lowered while it does not fit. Every figure is kept in the plan
@@ -303,16 +304,29 @@ def make_plan(cfg, model, tokenizer, examples: list, device: torch.device,
         _with_checkpointing(model, False)
         model.train(was_training)
 
-    mb_cap = cfg.train.micro_batch_size
-    fits = {}
-    for ckpt in (False, True) if can_ckpt else (False,):
-        best = None
-        for m in _divisors_desc(cfg.train.batch_size, mb_cap):
-            if all(measured[n][ckpt].at(m) + adam + after_generation.get(n, 0) <= room
-                   for n in measured):
-                best = m
-                break
-        fits[ckpt] = best
+    # each phase's cap and the key its micro-batch is written to: SFT's and SPIN's share
+    # train.micro_batch_size (one micro-batch, the smaller of the two that fit) unless
+    # spin.micro_batch_size gives SPIN its own
+    own_spin = cfg.spin.micro_batch_size is not None
+    key = {"sft": "train.micro_batch_size",
+           "spin": "spin.micro_batch_size" if own_spin else "train.micro_batch_size"}
+    cap = {"sft": cfg.train.micro_batch_size,
+           "spin": cfg.spin.micro_batch_size if own_spin else cfg.train.micro_batch_size}
+
+    def fitting(ckpt: bool) -> dict[str, int] | None:
+        """The micro-batch of each phase: the largest divisor of train.batch_size up to its
+        cap that fits (one shared value per key); None when some phase fits no size."""
+        best = {}
+        for n in measured:
+            best[n] = next((m for m in _divisors_desc(cfg.train.batch_size, cap[n])
+                            if measured[n][ckpt].at(m) + adam + after_generation.get(n, 0)
+                            <= room), None)
+            if best[n] is None:
+                return None
+        shared = {k: min(best[n] for n in best if key[n] == k) for k in set(key[n] for n in best)}
+        return {n: shared[key[n]] for n in best}
+
+    fits = {ckpt: fitting(ckpt) for ckpt in ((False, True) if can_ckpt else (False,))}
     if measured:
         plain, ckpt = fits[False], fits.get(True)
         if plain is None and ckpt is None:
@@ -328,21 +342,33 @@ def make_plan(cfg, model, tokenizer, examples: list, device: torch.device,
                 f"(now {new}), load the base in 4 bits (model.quantization=nf4), or raise the "
                 "budget")
         use_ckpt = can_ckpt and (cfg.train.gradient_checkpointing or plain is None or (
-            ckpt is not None and ckpt >= 2 * plain))
-        m = fits[use_ckpt]
-        if m is None:  # checkpointing was asked for but only fits without it
-            use_ckpt, m = False, plain
+            ckpt is not None and all(ckpt[n] >= 2 * plain[n] for n in measured)))
+        sizes = fits[use_ckpt]
+        if sizes is None:  # checkpointing was asked for but only fits without it
+            use_ckpt, sizes = False, plain
+
+        def told(f):
+            return ", ".join(f"{n} {f[n]}" for n in measured) if f else "none"
+
         plan.notes.append("micro-batches that fit by the 1- and 2-row probes (divisors of "
-                          f"train.batch_size, at most train.micro_batch_size={mb_cap}): "
-                          f"{plain or 'none'} without gradient checkpointing, {ckpt or 'none'} "
-                          "with it")
-        m, verified = _verify(model, device, dict(training), m, use_ckpt, room - adam,
-                              first[0] if first else 0.0, cfg.train.batch_size, was_training,
-                              loaded)
-        plan.chosen["train.micro_batch_size"] = m
+                          "train.batch_size, at most "
+                          + ", ".join(f"{key[n]}={cap[n]}" for n in measured)
+                          + f" for {', '.join(measured)}): {told(plain)} without gradient "
+                          f"checkpointing, {told(ckpt)} with it")
+        verified = {}
+        for k in dict.fromkeys(key[n] for n in measured):
+            names = [n for n in measured if key[n] == k]
+            m, peaks = _verify(model, device, {n: dict(training)[n] for n in names},
+                               sizes[names[0]], use_ckpt, room - adam,
+                               first[0] if first else 0.0, cfg.train.batch_size, was_training,
+                               loaded)
+            plan.chosen[k] = m
+            sizes.update({n: m for n in names})
+            verified.update(peaks)
         plan.chosen["train.gradient_checkpointing"] = use_ckpt
         for name in measured:
             c = measured[name][use_ckpt]
+            m = sizes[name]
             extra = after_generation.get(name, 0)
             plan.costs[name] = {**asdict(c), "setting": f"micro-batch {m}"
                                 + (", checkpointing" if use_ckpt else "")

@@ -373,10 +373,11 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
                 f"SPIN {name}: no pairs left to train on ({skipped or 'no prompts'}); use more "
                 "spin.prompts, spin.correct_pairs=keep, spin.drop_truncated=false, or (with "
                 "spin.chosen=own_correct) more spin.opponent.samples")
-        units = reference_pass(model, train_pairs, pad, acct, cfg.train.micro_batch_size)
+        tcfg = cfg.spin.train_config(cfg.train)
+        units = reference_pass(model, train_pairs, pad, acct, tcfg.micro_batch_size)
         log = MetricsLog(part / "metrics.jsonl", cfg.train.report_to, f"spin/{name}")
         try:
-            records = train_loop(model, train_pairs, spin_objective(pad, beta, cfg.spin), cfg.train,
+            records = train_loop(model, train_pairs, spin_objective(pad, beta, cfg.spin), tcfg,
                                  lr, cfg.spin.epochs, acct, log, cfg.seed + t + 1, f"spin {name}",
                                  extra={"iteration": t + 1, "beta": beta},
                                  method=cfg.adapter.method, units=units)
