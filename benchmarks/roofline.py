@@ -12,8 +12,9 @@ its input (the weight takes no gradient): the ratio of those times in bf16 and f
 bf16 can gain on the step's largest part (``train``); the LM head is left out there, since the
 scoring head runs in fp32 on both sides.
 
-Each side runs the kernel spinlora runs: bf16 decoding from oneDNN-packed weights (what
-``generate.packed_linears`` does), bf16 training and every fp32 product through ``F.linear``.
+Each side runs the kernel spinlora runs: decoding from oneDNN-packed weights in bf16 and fp32
+alike (what ``generate.packed_linears`` does since session 27; ``F.linear`` where this CPU
+cannot pack the dtype: bf16 without bf16 units), training through ``F.linear``.
 Each shape is timed ``--repeats`` times after a warm-up and the fastest kept: a bound, not an
 average. Shapes are the published configs (no weights are read, nothing is downloaded).
 """
@@ -32,7 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from _common import emit  # noqa: E402
 from spinlora.accounting import environment  # noqa: E402
-from spinlora.generate import pack_weight, packed_product  # noqa: E402
+from spinlora.generate import can_pack, pack_weight, packed_product  # noqa: E402
 from spinlora.models import cpu_info  # noqa: E402
 
 # (hidden, intermediate, layers, query heads, key/value heads, head dim, vocabulary): the
@@ -68,7 +69,7 @@ def decode_seconds(shapes, rows: int, dtype: torch.dtype, repeats: int) -> tuple
     for i, o, n in shapes:
         w = (torch.randn(o, i) * 0.02).to(dtype)
         x = torch.randn(rows, i).to(dtype)
-        if dtype == torch.bfloat16:
+        if can_pack(dtype):  # what generate runs (generate.packed_linears)
             packed = pack_weight(w)
             fn = lambda: packed_product(x, packed)  # noqa: E731
         else:

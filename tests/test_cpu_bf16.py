@@ -3,6 +3,8 @@ gets attention with fp32 scores and an fp32 LM head, threads never oversubscribe
 the step-0 checks of SPIN (every loss) and RL hold exactly in bf16: the reference passes score the very
 micro-batches that training computes."""
 import copy
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -326,3 +328,43 @@ def test_a_run_says_when_the_cpu_has_no_bf16_units(monkeypatch, tiny_model_dir, 
     assert "README's demo time" in fp32
     bf16 = line("1", "bf16")
     assert bf16.startswith("[spinlora] model in bfloat16 (model.dtype=auto),")
+
+
+def test_packed_copy_only_where_it_fits(tiny_cfg, monkeypatch, capsys):
+    """The packed copy is made only where it takes at most half the memory a run has left,
+    decided once per model (every call and run.json agree), said once, recorded; generation
+    then multiplies the plain weights and gives the tokens generation.packed=false gives."""
+    import spinlora.generate as G
+    from spinlora.config import GenerationConfig
+    from spinlora.models import load_tokenizer
+    from spinlora.pipeline import run
+
+    model = attach(load_model(tiny_cfg.model)[0], tiny_cfg.adapter)
+    need = G.packed_copy_bytes(model)  # every fp32 linear layer's weight (LoRA's A, B: ~0)
+    assert need == sum(m.weight.numel() * 4 for m in model.modules()
+                       if type(m) is torch.nn.Linear) > 0
+    monkeypatch.setattr(G, "free_memory", lambda device: 2 * need - 1)  # half is just short
+    assert not G.packs_linears(model) and G.packed_what(model) == "plain"
+    with torch.inference_mode(), G.packed_linears(model) as n:
+        assert n == 0 and not any("forward" in vars(m) for m in model.modules())
+    assert capsys.readouterr().out.count("generation multiplies the plain weights") == 1
+    assert G.packing_skipped(model) == {"copy_bytes": need, "room_bytes": 2 * need - 1,
+                                        "share": 0.5}
+    tok = load_tokenizer(tiny_cfg.model.name)
+    prompts = [[1, 5, 6, 7, 8, 9], [1, 5]]
+    on, _ = G.generate(model, tok, prompts, GenerationConfig(max_new_tokens=8), stop_ids=[2])
+    off, _ = G.generate(model, tok, prompts, GenerationConfig(max_new_tokens=8, packed=False),
+                        stop_ids=[2])
+    assert [g.ids for g in on] == [g.ids for g in off]
+    fresh, _ = load_model(tiny_cfg.model)  # another model decides afresh: half fits
+    monkeypatch.setattr(G, "free_memory", lambda device: 2 * need)
+    assert G.packs_linears(fresh) and G.packing_skipped(fresh) is None
+    # a run records the choice it made right after loading
+    monkeypatch.setattr(G, "free_memory", lambda device: need)
+    tiny_cfg.stages = ["eval"]
+    tiny_cfg.eval.models = ["base"]
+    run(tiny_cfg)
+    pr = json.loads((Path(tiny_cfg.output_dir) / "run.json").read_text())["precision"]
+    assert pr["generation_linears"] == "plain"
+    skipped = pr["packed_copy_skipped"]
+    assert skipped["room_bytes"] == need and 0.5 * need < skipped["copy_bytes"] <= need

@@ -165,8 +165,9 @@ class GenerationConfig:
     engine: str = "torch"
     # on a CPU, frozen linear layers multiply from oneDNN-packed weights while generating
     # (generate.packed_linears), a copy of them meanwhile (fp32: 540 MB for SmolLM2, ~2 GB for
-    # a 0.5B model); false: F.linear everywhere, no copy, every fp32 product bit-exact with
-    # transformers' own generate
+    # a 0.5B model), made only where it takes at most half the memory the run has left after
+    # loading (and under memory_budget), said and recorded in run.json where not; false:
+    # F.linear everywhere, no copy, every fp32 product bit-exact with transformers' generate
     packed: bool = True
 
 

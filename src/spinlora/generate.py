@@ -593,11 +593,53 @@ def _packable_modules(model, cfg: GenerationConfig | None):
     yield from (m for m in model.modules() if _packable(m) and can_pack(m.weight.dtype))
 
 
+PACK_SHARE = 0.5  # the packed copy may take at most this share of the memory a run has left
+
+
+def packed_copy_bytes(model, cfg: GenerationConfig | None = None) -> int:
+    """Bytes of the copy ``packed_linears`` makes: the packable layers' weights."""
+    return sum(m.weight.numel() * m.weight.element_size() for m in _packable_modules(model, cfg))
+
+
+def decide_packing(model, room: int | None = None) -> bool:
+    """Whether the packed copy fits: at most ``PACK_SHARE`` of the memory this run has left,
+    the memory free now or ``room`` (what a memory budget leaves over the loaded model),
+    whichever is less. Decided once per model, at its first call (a run makes it right after
+    loading, with its budget), and kept on the model, so every ``generate`` call and
+    ``run.json`` agree. Where it does not fit it says so and generation multiplies the plain
+    weights (fp32: a 1.5B model's copy is ~6 GB)."""
+    owner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    fits = getattr(owner, "_spinlora_pack_fits", None)
+    if fits is None:
+        need = packed_copy_bytes(model)
+        have = free_memory(next(model.parameters()).device) if need else 0
+        have = have if room is None else min(have, room)
+        fits = need == 0 or need <= PACK_SHARE * have
+        owner._spinlora_pack_fits, owner._spinlora_pack_bytes = fits, (need, have)
+        if not fits:
+            print(f"[spinlora] generation multiplies the plain weights: a oneDNN-packed copy of "
+                  f"the frozen linear layers ({need / 2**30:.2f} GiB), which makes CPU decoding "
+                  f"faster, would take over {int(PACK_SHARE * 100)} % of the "
+                  f"{max(have, 0) / 2**30:.2f} GiB this run has left. Free memory (or raise "
+                  "memory_budget) to have it; generation.packed=false says this choice yourself")
+    return fits
+
+
+def packing_skipped(model) -> dict | None:
+    """``run.json["precision"]["packed_copy_skipped"]``: the copy's bytes and the room it did not
+    fit in, where ``decide_packing`` turned it down; else None."""
+    owner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(owner, "_spinlora_pack_fits", True):
+        return None
+    need, have = owner._spinlora_pack_bytes
+    return {"copy_bytes": need, "room_bytes": have, "share": PACK_SHARE}
+
+
 def packs_linears(model, cfg: GenerationConfig | None = None) -> bool:
     """Whether ``generate`` runs frozen linear layers of this model from packed weights: a CPU
-    model with oneDNN in bf16 or fp32, unless ``generation.packed`` is off (recorded in
-    ``run.json["precision"]``)."""
-    return any(True for _ in _packable_modules(model, cfg))
+    model with oneDNN in bf16 or fp32, unless ``generation.packed`` is off or the copy does not
+    fit (``decide_packing``; recorded in ``run.json["precision"]``)."""
+    return any(True for _ in _packable_modules(model, cfg)) and decide_packing(model)
 
 
 def packed_what(model, cfg: GenerationConfig | None = None) -> str:
@@ -617,10 +659,11 @@ def packed_linears(model, cfg: GenerationConfig | None = None):
     evaluations of the demo ~10 % faster on an AVX2 CPU, with products within fp32 rounding
     of MKL's, so a greedy token can differ where two logits tie to ~1e-5:
     ``generation.packed: false`` keeps every product bit-exact with transformers'. Costs one
-    copy of those weights for the duration (SmolLM2: 270 MB in bf16, 540 MB in fp32); yields
-    how many layers were packed."""
+    copy of those weights for the duration (SmolLM2: 270 MB in bf16, 540 MB in fp32), made only
+    where it fits (``decide_packing``); yields how many layers were packed."""
     mods = [m for m in _packable_modules(model, cfg)
-            if not m.weight.requires_grad and "forward" not in vars(m)]
+            if not m.weight.requires_grad and "forward" not in vars(m)
+            ] if packs_linears(model, cfg) else []
     for m in mods:
         packed = pack_weight(m.weight.detach())
         m.forward = partial(_packed_forward, m, packed)

@@ -40,8 +40,9 @@ from .evaluate.gsm8k import (PROMPTING, REFLECT, evaluate_best_of_n, evaluate_se
                              evaluate_svamp, fewshot_draws)
 from .evaluate.choice import evaluate_choice_task
 from .evaluate.tasks import DEFAULT_SHOTS, load_task
-from .generate import packed_what, pick_engine
+from .generate import decide_packing, packed_what, packing_skipped, pick_engine
 from .models import load_model, pick_device
+from .plan import MARGIN as PLAN_MARGIN
 from .start import adapter_source, attach_adapter, sft_set  # noqa: F401  (part of this module's API)
 from .report import write_report
 from .stages.sft import run_sft
@@ -169,12 +170,17 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     summary["load_seconds"] = round(time.perf_counter() - t0, 2)
     if cfg.generation.engine == "llamacpp":  # refused before any stage runs, not per model
         pick_engine(model, cfg.generation)
+    if cfg.memory_budget is not None:  # the packed copy (CPU generation) fits the budget or not
+        decide_packing(model, int(parse_bytes(cfg.memory_budget) * (1 - PLAN_MARGIN))
+                       - MemoryMeter(device).now())
     # what model.dtype / attn_implementation "auto" chose here, and the threads in force
     summary["precision"] = {"dtype": str(model.dtype).removeprefix("torch."),
                             "attention": model.config._attn_implementation,
                             "threads": torch.get_num_threads(),
                             "generation_linears": packed_what(model, cfg.generation),
                             "generation_engine": cfg.generation.engine}
+    if packing_skipped(model):
+        summary["precision"]["packed_copy_skipped"] = packing_skipped(model)
     pr, chosen = summary["precision"], " (model.dtype=auto)" if cfg.model.dtype == "auto" else ""
     if chosen and device.type == "cpu" and pr["dtype"] == "float32":
         # the README's CPU times come from CPUs with bf16 units (docs/svamp.md, "The main job")

@@ -247,6 +247,9 @@ def make_plan(cfg, model, tokenizer, examples: list, device: torch.device,
                         f"{gib(loaded)}, more than {int((1 - MARGIN) * 100)} % of the budget; "
                         "raise the budget, load the base in 4 bits (model.quantization=nf4) "
                         "or in bfloat16 (model.dtype=bfloat16), or use a smaller model")
+    from .generate import decide_packing
+
+    decide_packing(model, room)  # generation's packed copy (CPU) only where it fits the budget
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     adam = 2 * 4 * trainable if cfg.train.optimizer == "adamw" else 4 * trainable
     pad = tokenizer.pad_token_id
