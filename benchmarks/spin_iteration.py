@@ -191,11 +191,12 @@ def main() -> None:
 
 
 def peak_rss_mb() -> int:
-    """This process's peak RSS so far (Linux ru_maxrss is in KiB). Run one side per process
-    (--side) to compare memory."""
-    import resource
+    """This process's peak RSS so far, across the phase meters' resets of the kernel's count
+    (``accounting.process_peak_rss``; ``ru_maxrss`` alone reads only the peak since the last
+    reset). Run one side per process (--side) to compare memory."""
+    from spinlora.accounting import process_peak_rss
 
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return round(process_peak_rss() / 2**20)
 
 
 if __name__ == "__main__":

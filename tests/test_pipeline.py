@@ -159,3 +159,18 @@ def test_adapter_from_a_run_with_other_settings_is_named(tiny_cfg, capsys):
     shutil.copytree(adapter, bare)
     src, _ = eval_from(bare, lr=3e-4, epochs=2.0)
     assert set(src) == {"path", "sha256"}
+
+
+def test_run_records_the_process_peak_over_every_phase(tiny_cfg, capsys):
+    """run.json's process_peak_rss_bytes is at least every phase's own peak (the phase meters
+    reset the kernel's count, which /usr/bin/time -v reads), and the run prints it."""
+    tiny_cfg.stages = ["sft", "eval"]
+    tiny_cfg.eval.models = ["base", "sft"]
+    run(tiny_cfg)
+    out = Path(tiny_cfg.output_dir)
+    summary = json.loads((out / "run.json").read_text())
+    peaks = [p["peak_bytes"] for stage in ("sft", "eval")
+             for p in json.loads((out / stage / "result.json").read_text())
+             .get("accounting", {}).get("phases", {}).values()]
+    assert peaks and summary["process_peak_rss_bytes"] >= max(peaks)
+    assert "peak RSS" in capsys.readouterr().out

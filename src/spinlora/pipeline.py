@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from .accounting import Accountant, MemoryMeter, count_parameters, environment
+from .accounting import (Accountant, MemoryMeter, count_parameters, environment,
+                         process_peak_rss)
 from . import adapters
 from . import dist, rundir, svamp
 from .config import RunConfig, parse_bytes
@@ -122,6 +123,7 @@ def _run_locked(cfg: RunConfig, out: Path) -> dict:
             signal.signal(signal.SIGTERM, previous_handler)
         if not abandoned:
             summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
+            summary["process_peak_rss_bytes"] = process_peak_rss()  # CPU memory, GPU runs too
             rundir.write_json(out / "run.json", summary)
             if dist.is_main() and ((out / "sft" / "result.json").exists()
                                    or (out / "eval" / "result.json").exists()):
@@ -129,7 +131,8 @@ def _run_locked(cfg: RunConfig, out: Path) -> dict:
                     summary["report"] = write_report(out)
                 except Exception as e:  # a broken report must not hide the run's own error
                     print(f"[spinlora] report failed: {e}")
-    print(f"[spinlora] done in {summary['wall_seconds']:.0f}s. Outputs: {out.resolve()}")
+    print(f"[spinlora] done in {summary['wall_seconds']:.0f}s, peak RSS "
+          f"{summary['process_peak_rss_bytes'] / 1e9:.2f} GB. Outputs: {out.resolve()}")
     for name in ("summary.md", "report.html", "loss.png"):
         if (out / name).exists():
             print(f"  {out.resolve() / name}")
