@@ -27,8 +27,9 @@ Per phase (``PhaseCost``: fixed bytes + bytes per row):
 The plan keeps the configured values where they fit and lowers them where they do not:
 ``train.micro_batch_size`` (the largest divisor of ``train.batch_size`` that fits; the optimizer
 step is the same, only the accumulation changes; SFT's and SPIN's share it, unless
-``spin.micro_batch_size`` gives SPIN its own, chosen the same way), ``train.gradient_checkpointing`` (turned on
-only when it lets at least twice the rows fit, since it costs ~10-30 % time per step) and
+``spin.micro_batch_size`` gives SPIN its own, chosen the same way),
+``train.gradient_checkpointing`` (turned on only when it lets at least twice the rows fit,
+since it costs ~10-30 % time per step) and
 ``generation.batch_size``. On CUDA a chosen micro-batch above 2 rows is probed itself (exact
 there: max-allocated) and lowered while it does not fit. Every figure is kept in the plan
 (``plan.json`` in the run folder). Only ``budget · (1 − MARGIN)`` is planned for: allocators
@@ -355,7 +356,7 @@ def make_plan(cfg, model, tokenizer, examples: list, device: torch.device,
 
         plan.notes.append("micro-batches that fit by the 1- and 2-row probes (divisors of "
                           "train.batch_size, at most "
-                          + ", ".join(f"{key[n]}={cap[n]}" for n in measured)
+                          + ", ".join(dict.fromkeys(f"{key[n]}={cap[n]}" for n in measured))
                           + f" for {', '.join(measured)}): {told(plain)} without gradient "
                           f"checkpointing, {told(ckpt)} with it")
         verified = {}
