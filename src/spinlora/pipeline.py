@@ -188,7 +188,7 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     if chosen and device.type == "cpu" and pr["dtype"] == "float32":
         # the README's CPU times come from CPUs with bf16 units (docs/svamp.md, "The main job")
         chosen = (" (model.dtype=auto: no bf16 units on this CPU; the README's demo time is from "
-                  "a CPU with them, an AVX2 one took 14 minutes)")
+                  "a CPU with them, an AVX2 one took 11-14 minutes)")
     packed = (", generation from oneDNN-packed weights"
               if pr["generation_linears"] == "onednn_packed" else "")
     print(f"[spinlora] model in {pr['dtype']}{chosen}, {pr['attention']} attention, "
