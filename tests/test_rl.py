@@ -332,3 +332,37 @@ def test_rft_fits_the_kept_answers(tiny_cfg, monkeypatch):
     fitted.clear()
     assert run(tiny_cfg)["status"] == "ok"
     assert all(sorted(a for a, _ in f) == ["4 + 4 = 8"] * 4 for f in fitted) and len(fitted) == 2
+
+
+def test_rl_trains_on_its_own_micro_batch(tiny_cfg, monkeypatch):
+    """rl.micro_batch_size: RL's old-policy / reference pass and training run that many samples
+    a pass, SFT keeps train.micro_batch_size, the step-0 ratio check holds; a value that does
+    not divide train.batch_size is refused."""
+    import spinlora.stages.rl as rl
+    from spinlora.config import ConfigError
+    from spinlora.pipeline import run
+
+    seen = {"loop": []}
+    real_ref, real_loop = rl.old_and_ref, rl.train_loop
+
+    def ref(model, samples, start, pad, micro, temperature):
+        seen["reference"] = micro
+        return real_ref(model, samples, start, pad, micro, temperature)
+
+    def loop(model, items, objective, cfg, *a, **k):
+        seen["loop"].append(cfg.micro_batch_size)
+        return real_loop(model, items, objective, cfg, *a, **k)
+
+    monkeypatch.setattr(rl, "is_correct", lambda text, gold, check="final": len(text) % 2 == 0)
+    monkeypatch.setattr(rl, "old_and_ref", ref)
+    monkeypatch.setattr(rl, "train_loop", loop)
+    tiny_cfg.stages = ["rl"]
+    tiny_cfg.rl.rounds, tiny_cfg.rl.prompts, tiny_cfg.rl.samples = 1, 4, 4
+    tiny_cfg.rl.heldout, tiny_cfg.rl.temperature, tiny_cfg.rl.micro_batch_size = 0, 0.8, 1
+    assert run(tiny_cfg)["status"] == "ok"
+    assert seen == {"reference": 1, "loop": [1]} and tiny_cfg.train.micro_batch_size == 4
+    res = json.loads(open(f"{tiny_cfg.output_dir}/rl/result.json").read())
+    assert res["step0_ratio_ok"]
+    tiny_cfg.rl.micro_batch_size = 3
+    with pytest.raises(ConfigError, match="rl.micro_batch_size"):
+        tiny_cfg.validate()

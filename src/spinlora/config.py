@@ -186,6 +186,11 @@ class OpponentConfig:
     seed: int = 0  # iteration t samples with seed + 1000·t: every iteration draws afresh
 
 
+def own_micro_batch(train: "TrainConfig", size: int | None) -> "TrainConfig":
+    """``train`` with a stage's own micro-batch ``size`` (None: train.micro_batch_size)."""
+    return train if size is None else dataclasses.replace(train, micro_batch_size=size)
+
+
 @dataclass
 class SpinConfig:
     """Self-play fine-tuning (Chen et al. 2024, arXiv 2401.01335) on the adapter."""
@@ -234,9 +239,7 @@ class SpinConfig:
 
     def train_config(self, train: "TrainConfig") -> "TrainConfig":
         """``train`` with SPIN's own micro-batch, where it has one."""
-        if self.micro_batch_size is None:
-            return train
-        return dataclasses.replace(train, micro_batch_size=self.micro_batch_size)
+        return own_micro_batch(train, self.micro_batch_size)
 
     def per_iteration(self, name: str, t: int) -> float:
         """Value of ``beta`` or ``lr`` for iteration ``t`` (0-based); lists repeat their last."""
@@ -288,7 +291,15 @@ class RLConfig:
     clip: float = 0.2
     lr: float = 1e-5
     epochs: float = 1.0  # passes over each round's samples
+    # samples per forward pass (the old-policy / reference pass and training); null:
+    # train.micro_batch_size. A sample is a prompt with a sampled answer of up to
+    # generation.max_new_tokens, often longer than an SFT row
+    micro_batch_size: int | None = None
     heldout: int = 16  # held-out training rows: greedy accuracy before and after
+
+    def train_config(self, train: "TrainConfig") -> "TrainConfig":
+        """``train`` with RL's own micro-batch, where it has one."""
+        return own_micro_batch(train, self.micro_batch_size)
 
 
 @dataclass
@@ -405,6 +416,10 @@ class RunConfig:
             ("spin.micro_batch_size", self.spin.micro_batch_size is None
              or (0 < self.spin.micro_batch_size <= self.train.batch_size
                  and self.train.batch_size % self.spin.micro_batch_size == 0),
+             "must divide train.batch_size (or be null: train.micro_batch_size)"),
+            ("rl.micro_batch_size", self.rl.micro_batch_size is None
+             or (0 < self.rl.micro_batch_size <= self.train.batch_size
+                 and self.train.batch_size % self.rl.micro_batch_size == 0),
              "must divide train.batch_size (or be null: train.micro_batch_size)"),
             ("spin.keep_best", self.spin.keep_best in (None, *KEEP_BEST),
              f"{', '.join(KEEP_BEST)} or null"),

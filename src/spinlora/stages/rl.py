@@ -180,6 +180,7 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
     start = adapters.snapshot(model)
     before = _heldout(model, tokenizer, fmt, heldout, cfg, acct, "rl_start")
     log = MetricsLog(out / "metrics.jsonl", cfg.train.report_to, "rl")
+    tcfg = r.train_config(cfg.train)  # rl.micro_batch_size, where it has one
     rounds = []
     try:
         for t in range(r.rounds):
@@ -219,7 +220,7 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
                    "sft_rows": sorted(place[id(e)] for e in prompts)}  # the rows drawn as prompts
             if samples and r.algorithm == "rft":  # the kept answers as SFT rows: NLL, no ratio or KL
                 fit = sft_objective(pad, cfg.train.share_prefix)
-                steps = train_loop(model, samples, fit, cfg.train, r.lr, r.epochs, acct, log,
+                steps = train_loop(model, samples, fit, tcfg, r.lr, r.epochs, acct, log,
                                    cfg.seed + t + 1, f"rft round {t + 1}",
                                    extra={"round": t + 1}, method=cfg.adapter.method)
                 rec.update(steps=len(steps), loss_first=steps[0]["loss"],
@@ -227,10 +228,10 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
             elif samples:
                 with acct.phase("reference") as ph:
                     units, passes = old_and_ref(model, samples, start, pad,
-                                                cfg.train.micro_batch_size, r.temperature)
+                                                tcfg.micro_batch_size, r.temperature)
                     ph.tokens += passes * sum(len(s.prompt_ids) + len(s.gen_ids) for s in samples)
                 steps = train_loop(model, samples, rl_objective(pad, r.beta, r.clip, r.temperature),
-                                   cfg.train, r.lr, r.epochs, acct, log, cfg.seed + t + 1,
+                                   tcfg, r.lr, r.epochs, acct, log, cfg.seed + t + 1,
                                    f"rl round {t + 1}", extra={"round": t + 1},
                                    method=cfg.adapter.method, units=units)
                 rec.update(steps=len(steps), step0_ratio=steps[0]["ratio"],
