@@ -237,10 +237,6 @@ class SpinConfig:
     reward_model: str | None = None  # keep_best=heldout_reward: a `spinlora reward` folder whose
     # mean reward of the greedy held-out answers picks the iteration (0 = keep the SFT adapter)
 
-    def train_config(self, train: "TrainConfig") -> "TrainConfig":
-        """``train`` with SPIN's own micro-batch, where it has one."""
-        return own_micro_batch(train, self.micro_batch_size)
-
     def per_iteration(self, name: str, t: int) -> float:
         """Value of ``beta`` or ``lr`` for iteration ``t`` (0-based); lists repeat their last."""
         v = getattr(self, name)
@@ -296,10 +292,6 @@ class RLConfig:
     # generation.max_new_tokens, often longer than an SFT row
     micro_batch_size: int | None = None
     heldout: int = 16  # held-out training rows: greedy accuracy before and after
-
-    def train_config(self, train: "TrainConfig") -> "TrainConfig":
-        """``train`` with RL's own micro-batch, where it has one."""
-        return own_micro_batch(train, self.micro_batch_size)
 
 
 @dataclass
@@ -388,11 +380,15 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         """Check value ranges; messages name the key as the user types it."""
+        def divides_batch(size: int | None) -> bool:  # a micro-batch; None: train's
+            return size is None or (0 < size <= self.train.batch_size
+                                    and self.train.batch_size % size == 0)
+
         checks = [
             ("train.lr", self.train.lr > 0, "must be > 0"),
             ("train.batch_size", self.train.batch_size > 0, "must be > 0"),
-            ("train.micro_batch_size", 0 < self.train.micro_batch_size <= self.train.batch_size
-             and self.train.batch_size % self.train.micro_batch_size == 0,
+            ("train.micro_batch_size", self.train.micro_batch_size is not None
+             and divides_batch(self.train.micro_batch_size),
              "must divide train.batch_size"),
             ("train.epochs", self.train.epochs > 0, "must be > 0"),
             ("train.optimizer", self.train.optimizer in ("adamw", "rmsprop"), "adamw or rmsprop"),
@@ -413,13 +409,9 @@ class RunConfig:
             ("adapter.dropout", 0 <= self.adapter.dropout < 1, "must be in [0, 1)"),
             ("spin.iterations", self.spin.iterations >= 0, "must be >= 0"),
             ("spin.epochs", self.spin.epochs > 0, "must be > 0"),
-            ("spin.micro_batch_size", self.spin.micro_batch_size is None
-             or (0 < self.spin.micro_batch_size <= self.train.batch_size
-                 and self.train.batch_size % self.spin.micro_batch_size == 0),
+            ("spin.micro_batch_size", divides_batch(self.spin.micro_batch_size),
              "must divide train.batch_size (or be null: train.micro_batch_size)"),
-            ("rl.micro_batch_size", self.rl.micro_batch_size is None
-             or (0 < self.rl.micro_batch_size <= self.train.batch_size
-                 and self.train.batch_size % self.rl.micro_batch_size == 0),
+            ("rl.micro_batch_size", divides_batch(self.rl.micro_batch_size),
              "must divide train.batch_size (or be null: train.micro_batch_size)"),
             ("spin.keep_best", self.spin.keep_best in (None, *KEEP_BEST),
              f"{', '.join(KEEP_BEST)} or null"),

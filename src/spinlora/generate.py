@@ -608,7 +608,9 @@ def decide_packing(model, room: int | None = None) -> bool:
     loading, with its budget), and kept on the model, so every ``generate`` call and
     ``run.json`` agree. Where it does not fit it says so and generation multiplies the plain
     weights (fp32: a 1.5B model's copy is ~6 GB)."""
-    owner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    from .scoring import _lm
+
+    owner = _lm(model)
     fits = getattr(owner, "_spinlora_pack_fits", None)
     if fits is None:
         need = packed_copy_bytes(model)
@@ -628,7 +630,9 @@ def decide_packing(model, room: int | None = None) -> bool:
 def packing_skipped(model) -> dict | None:
     """``run.json["precision"]["packed_copy_skipped"]``: the copy's bytes and the room it did not
     fit in, where ``decide_packing`` turned it down; else None."""
-    owner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    from .scoring import _lm
+
+    owner = _lm(model)
     if getattr(owner, "_spinlora_pack_fits", True):
         return None
     need, have = owner._spinlora_pack_bytes

@@ -182,8 +182,9 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
                             "threads": torch.get_num_threads(),
                             "generation_linears": packed_what(model, cfg.generation),
                             "generation_engine": cfg.generation.engine}
-    if packing_skipped(model):
-        summary["precision"]["packed_copy_skipped"] = packing_skipped(model)
+    skipped = packing_skipped(model)
+    if skipped:
+        summary["precision"]["packed_copy_skipped"] = skipped
     pr, chosen = summary["precision"], " (model.dtype=auto)" if cfg.model.dtype == "auto" else ""
     if chosen and device.type == "cpu" and pr["dtype"] == "float32":
         # the README's CPU times come from CPUs with bf16 units (docs/svamp.md, "The main job")

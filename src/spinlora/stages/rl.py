@@ -48,7 +48,7 @@ import torch
 
 from .. import adapters, dist
 from ..accounting import Accountant, count_parameters
-from ..config import RunConfig
+from ..config import RunConfig, own_micro_batch
 from ..data import DataError, Example, subset
 from ..generate import generate
 from ..scoring import score_answers
@@ -180,7 +180,7 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
     start = adapters.snapshot(model)
     before = _heldout(model, tokenizer, fmt, heldout, cfg, acct, "rl_start")
     log = MetricsLog(out / "metrics.jsonl", cfg.train.report_to, "rl")
-    tcfg = r.train_config(cfg.train)  # rl.micro_batch_size, where it has one
+    tcfg = own_micro_batch(cfg.train, r.micro_batch_size)  # RL's samples a pass
     rounds = []
     try:
         for t in range(r.rounds):

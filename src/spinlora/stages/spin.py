@@ -24,7 +24,8 @@ import torch
 
 from .. import adapters, dist, rundir, svamp
 from ..accounting import Accountant, count_parameters
-from ..config import DpoConfig, GenerationConfig, RunConfig, SpinConfig
+from ..config import (DpoConfig, GenerationConfig, RunConfig, SpinConfig,
+                      own_micro_batch)
 from ..data import Example, subset
 from ..evaluate import evaluate_gsm8k
 from ..evaluate.gsm8k import extract_answer, extract_strict
@@ -352,6 +353,7 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
                          r.get("chosen_ids") or prompts[r["prompt_index"]].answer_ids,
                          r["gen_ids"]) for r in recs]
         print(f"[spinlora] resume: SPIN iterations 1..{k} finished earlier, reused")
+    tcfg = own_micro_batch(cfg.train, cfg.spin.micro_batch_size)  # SPIN's pairs a pass
     for t in range(k, cfg.spin.iterations if stopped_early is None else k):
         name = f"iter_{t + 1}"
         part = rundir.begin(out / name)
@@ -373,7 +375,6 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
                 f"SPIN {name}: no pairs left to train on ({skipped or 'no prompts'}); use more "
                 "spin.prompts, spin.correct_pairs=keep, spin.drop_truncated=false, or (with "
                 "spin.chosen=own_correct) more spin.opponent.samples")
-        tcfg = cfg.spin.train_config(cfg.train)
         units = reference_pass(model, train_pairs, pad, acct, tcfg.micro_batch_size)
         log = MetricsLog(part / "metrics.jsonl", cfg.train.report_to, f"spin/{name}")
         try:
