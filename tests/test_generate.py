@@ -359,6 +359,35 @@ def test_calculator_writes_its_value_in_place_of_the_models_tokens(tiny_model_di
         generate(model, tok, prompts, GenerationConfig(calculator=True, decode="hf"), [2])
 
 
+def test_continuous_batching_cuts_columns_and_keeps_hfs_tokens(tiny_model_dir, monkeypatch):
+    """Long answers (120 new tokens) in 4 slots for 16 prompts: the cache is rebuilt a layer at
+    a time when rows leave and when 64 or more of its first columns are no longer attended
+    (cut), and every greedy answer is still HF generate's."""
+    import dataclasses
+
+    from spinlora import generate as gen_mod
+
+    model, tok, prompts, hf, stops, _, _ = _hf_reference(tiny_model_dir)
+    hf = dataclasses.replace(hf, max_new_tokens=120)
+    ref, n_ref = generate(model, tok, prompts, hf, stop_ids=stops)
+    made, seen = gen_mod.growing_cache, []
+
+    def recorded(model):  # each layer's adopt records its width before and after
+        cache = made(model)
+        for layer in cache.layers:
+            def adopt(parts, length, layer=layer, inner=layer.adopt):
+                seen.append((layer.keys.shape[-2], length))
+                return inner(parts, length)
+            layer.adopt = adopt
+        return cache
+
+    monkeypatch.setattr(gen_mod, "growing_cache", recorded)
+    cont = GenerationConfig(max_new_tokens=120, batch_size=4, decode="continuous")
+    ours, n_ours = generate(model, tok, prompts, cont, stop_ids=stops)
+    assert [g.ids for g in ours] == [g.ids for g in ref] and n_ours == n_ref
+    assert any(before - after >= 64 for before, after in seen)  # columns were cut
+
+
 def test_continuous_batching_refills_slots_and_keeps_hfs_tokens(tiny_model_dir):
     """generation.decode=continuous: 4 slots for 16 prompts; a finished row's slot takes the
     next prompt (later prefills have fewer rows than the slots), and every answer is HF
