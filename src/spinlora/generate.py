@@ -419,7 +419,7 @@ def decode_continuous(model, tokenizer, prompts: list[list[int]], slots: int,
         the first ``lead`` columns cut: one copy of what stays, made a layer at a time, so that
         each layer's old buffer goes before the next layer's copy is made (all layers' copies
         made first held the cache three times over: the demo's base-model evaluation, run
-        alone, peaked 1.2 GB above ``decode: drop``'s; 0.5 GB with this)."""
+        alone, peaked 1.2 GB above ``decode: drop``'s; 0.4 GB with this)."""
         nonlocal cache, tok, attn, next_pos, rows, done
         sel = torch.tensor(keep, dtype=torch.long, device=device)
         masks = [attn[sel][:, lead:]]
