@@ -1,8 +1,36 @@
 """Memory accounting: what a phase frees is handed back before the next phase is measured."""
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from spinlora.accounting import _malloc_trim, current_rss, release_free_memory
+
+# One process per side (glibc's threshold is process-wide): a 30 MB block mapped and freed, which
+# raises glibc's own threshold to 30 MB; then 40 blocks of 5 MB, touched, one more above them,
+# and the 40 freed. Prints how much of the 200 MB stays resident.
+HOLES = r"""
+import ctypes, sys
+from spinlora.accounting import current_rss, fix_mmap_threshold
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+if sys.argv[1] == "fixed":
+    assert fix_mmap_threshold() == 4 << 20
+def block(n):
+    p = libc.malloc(n)
+    libc.memset(p, 1, n)
+    return p
+libc.free(block(30 << 20))
+before = current_rss()
+blocks = [block(5 << 20) for _ in range(40)]
+top = block(5 << 20)
+for p in blocks:
+    libc.free(p)
+print(current_rss() - before)
+"""
 
 
 @pytest.mark.skipif(_malloc_trim() is None, reason="glibc's malloc_trim")
@@ -17,6 +45,24 @@ def test_free_heap_pages_go_back_to_the_os():
     after = current_rss()
     assert before - after > 64 * 2**20, (before, after)
     assert keep.sum() == 8192
+
+
+@pytest.mark.skipif(_malloc_trim() is None, reason="glibc")
+def test_a_fixed_mmap_threshold_leaves_no_resident_holes(monkeypatch):
+    """Under glibc's own threshold, which rises to the largest mapped block freed, 5 MB blocks
+    come from the heap and, freed below one still in use, stay resident; with the threshold a
+    run fixes at 4 MB each has its own mapping and goes back to the OS when freed."""
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+
+    def kept(side: str) -> int:
+        out = subprocess.run([sys.executable, "-c", HOLES, side], capture_output=True,
+                             text=True, check=True)
+        return int(out.stdout.split()[-1])
+
+    own = kept("glibc")
+    if own < 150 * 2**20:
+        pytest.skip(f"this C library handed the freed blocks back itself ({own >> 20} MB kept)")
+    assert kept("fixed") < 30 * 2**20, own
 
 
 def test_the_process_peak_survives_the_phase_meters_resets(monkeypatch):

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from spinlora import cli
+from spinlora.accounting import MMAP_THRESHOLD
 from spinlora.pipeline import OutputExistsError, run
 
 
@@ -174,3 +175,5 @@ def test_run_records_the_process_peak_over_every_phase(tiny_cfg, capsys):
              .get("accounting", {}).get("phases", {}).values()]
     assert peaks and summary["process_peak_rss_bytes"] >= max(peaks)
     assert "peak RSS" in capsys.readouterr().out
+    # a CPU run fixes glibc's mmap threshold before loading (test_accounting.py says why)
+    assert summary["malloc_mmap_threshold"] == MMAP_THRESHOLD

@@ -83,18 +83,55 @@ def release_free_memory() -> None:
         trim(0)
 
 
+# glibc's threshold for serving a block from a fresh mapping instead of its heap; fixed once a run
+# starts (``fix_mmap_threshold``). SFT on the demo's 128 rows then the base model's evaluation
+# on its 200 problems (``decode: continuous``; fp32, AVX2, session 30), against glibc's own:
+# peak RSS 3.49 GB against 4.09, SFT 77 s against 67, the evaluation 239 s against 253. Lower
+# thresholds cost time (page faults on every fresh mapping): 1 MB, SFT 89 s; 128 KB, 111-115 s.
+MMAP_THRESHOLD = 4 << 20
+
+
+def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> int | None:
+    """Serve every C-heap block of ``nbytes`` or more from its own mapping, returned to the OS
+    when freed, and stop glibc from raising that threshold by itself. Returns the threshold in
+    force, or None where the C library is not glibc.
+
+    By default glibc raises its threshold to the size of each mapped block freed (up to 32 MB),
+    so after the first few large tensors every activation, KV-cache buffer and packed weight
+    under 32 MB comes from its heap; freed there, its pages stay resident in holes that the
+    next tensors of other sizes may not fit, and a phase's peak RSS grows by what its earlier
+    steps left (``release_free_memory`` hands holes back only between phases). Process-wide
+    and kept for the process's life; a ``MALLOC_MMAP_THRESHOLD_`` set in the environment wins
+    (glibc read it at start), and that value is returned."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        try:
+            return int(os.environ["MALLOC_MMAP_THRESHOLD_"])
+        except ValueError:
+            return None
+    mallopt = _libc_function("mallopt", ("c_int", "c_int"))
+    if mallopt is None:
+        return None
+    return nbytes if mallopt(-3, nbytes) == 1 else None  # -3: M_MMAP_THRESHOLD (malloc.h)
+
+
 @functools.cache
-def _malloc_trim():
-    """glibc's ``malloc_trim``, looked up once (``find_library`` runs ``ldconfig``), or None."""
+def _libc_function(name: str, argtypes: tuple[str, ...]):
+    """A glibc function (``argtypes``: ctypes type names), looked up once (``find_library``
+    runs ``ldconfig``), or None."""
     import ctypes
     import ctypes.util
 
     try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        fn = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
         return None
-    trim.argtypes = [ctypes.c_size_t]
-    return trim
+    fn.argtypes = [getattr(ctypes, t) for t in argtypes]
+    return fn
+
+
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None."""
+    return _libc_function("malloc_trim", ("c_size_t",))
 
 
 class MemoryMeter:

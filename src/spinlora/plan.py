@@ -38,7 +38,6 @@ glibc's arenas. How close the predictions come is measured by ``benchmarks/plan_
 """
 from __future__ import annotations
 
-import gc
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -46,7 +45,7 @@ import torch
 
 from .scoring import _checkpointing
 
-from .accounting import MemoryMeter
+from .accounting import MemoryMeter, release_free_memory
 from .config import ConfigError, parse_bytes
 
 MARGIN = 0.15  # share of the budget left unplanned (the CPU predictions ran up to 14 % low)
@@ -104,15 +103,9 @@ class Plan:
 
 def _release() -> None:
     """Hand freed memory back before a probe, so that the next peak counts what it allocates."""
-    gc.collect()
+    release_free_memory()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _peak(device: torch.device, loaded: float, work) -> float:
