@@ -165,14 +165,18 @@ def test_run_with_a_budget_writes_its_plan(tiny_cfg, monkeypatch):
     assert summary["status"] == "ok"
 
 
-def test_plan_command(tiny_cfg, capsys, tmp_path):
+def test_plan_command(tiny_cfg, capsys, tmp_path, monkeypatch):
+    from spinlora import plan
     from spinlora.cli import main
     from spinlora.config import save_config
 
+    fixed = []  # the probes run under the allocator settings of a run (a fixed mmap threshold)
+    monkeypatch.setattr(plan, "fix_mmap_threshold", lambda: fixed.append(1))
     tiny_cfg.stages = ["sft"]
     path = tmp_path / "cfg.yaml"
     save_config(tiny_cfg, path)
     assert main(["plan", str(path), "--memory-budget", "64GiB"]) == 0
+    assert fixed == [1]
     out = capsys.readouterr().out
     assert "memory plan on cpu: budget 64.00 GiB" in out and "| sft |" in out
     assert not (tmp_path / "run").exists()  # trains nothing, writes no run folder

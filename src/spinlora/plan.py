@@ -45,7 +45,7 @@ import torch
 
 from .scoring import _checkpointing
 
-from .accounting import MemoryMeter, release_free_memory
+from .accounting import MemoryMeter, fix_mmap_threshold, release_free_memory
 from .config import ConfigError, parse_bytes
 
 MARGIN = 0.15  # share of the budget left unplanned (the CPU predictions ran up to 14 % low)
@@ -425,6 +425,8 @@ def run_plan(cfg) -> Plan:
         raise ConfigError("spinlora plan needs a budget: --memory-budget 14GiB (or "
                           "memory_budget=14GiB)")
     device = pick_device(cfg.model.device)
+    if device.type == "cpu":  # the probes measure under the allocator settings a run has
+        fix_mmap_threshold()
     model, tok = load_model(cfg.model)
     examples = sft_set(cfg, ChatFormat(tok, cfg.data.system_prompt))[3]
     with tempfile.TemporaryDirectory() as tmp:  # a PiSSA-style init adapter goes nowhere
