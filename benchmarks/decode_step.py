@@ -5,6 +5,11 @@
     python benchmarks/decode_step.py --kv 30 --flash 0  # llama.cpp with other context settings
     python benchmarks/decode_step.py --dtype float32 --rows 64 --prompt-tokens 70 --steps 64 \
         --sides torch,torch_plain     # fp32: packed weights against F.linear everywhere
+    python benchmarks/decode_step.py --rows 64 --prompt-tokens 200 --sides torch --mmap-threshold 0
+
+The process runs under a run's allocator (the 4 MB mmap threshold, ``--mmap-threshold 0`` for
+glibc's own), and the torch side counts the minor page faults of its decoding steps: a buffer
+of 4 MB or more made anew every step is mapped and faulted in every step.
 
 Both sides: the embedded model in bf16 (``--dtype``) with no adapter, the same seeded random
 prompts (32 rows of 120 tokens), one prefill, then 128 greedy steps with every row running (no
@@ -23,6 +28,7 @@ settings: ``--kv`` the KV cache's GGML type (1 f16, 30 bf16, 0 f32), ``--flash``
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 from pathlib import Path
@@ -33,10 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from _common import emit  # noqa: E402
-from spinlora.accounting import environment  # noqa: E402
+from spinlora.accounting import environment, fix_mmap_threshold  # noqa: E402
 from spinlora.config import GenerationConfig, ModelConfig  # noqa: E402
-from spinlora.generate import growing_cache, packed_linears  # noqa: E402
-from spinlora.models import load_model  # noqa: E402
+from spinlora.generate import greedy, growing_cache, packed_linears  # noqa: E402
+from spinlora.models import load_model, release_workspace  # noqa: E402
+
+
+def _faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def torch_side(model, ids: torch.Tensor, steps: int, packed: bool = True) -> dict:
@@ -47,18 +57,20 @@ def torch_side(model, ids: torch.Tensor, steps: int, packed: bool = True) -> dic
         logits = model(input_ids=ids, past_key_values=cache, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
         prefill = time.perf_counter() - t0
-        tok = logits.float().argmax(-1)
+        tok = greedy(logits)
         toks = [tok]
-        t0 = time.perf_counter()
+        f0, t0 = _faults(), time.perf_counter()
         for step in range(steps):
             pos = torch.full((rows, 1), length + step)
             logits = model(input_ids=tok[:, None], position_ids=pos, past_key_values=cache,
                            use_cache=True).logits[:, -1]
-            tok = logits.float().argmax(-1)
+            tok = greedy(logits)
             toks.append(tok)
-        decode = time.perf_counter() - t0
+        decode, faults = time.perf_counter() - t0, _faults() - f0
+    release_workspace()
     # the greedy tokens, to compare the two torch sides (dropped from the JSON)
-    return {**_figures(rows, length, steps, prefill, decode), "_tokens": torch.stack(toks)}
+    return {**_figures(rows, length, steps, prefill, decode),
+            "page_faults_per_step": round(faults / steps), "_tokens": torch.stack(toks)}
 
 
 def compiled_side(model, ids: torch.Tensor, steps: int) -> dict:
@@ -142,13 +154,17 @@ def main() -> None:
     p.add_argument("--unified", type=int, default=0)
     p.add_argument("--ubatch", type=int, default=2048)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--mmap-threshold", type=int, default=1,
+                   help="1: the 4 MB mmap threshold a run fixes (accounting.fix_mmap_threshold); "
+                        "0: glibc's own")
     p.add_argument("--out")
     args = p.parse_args()
+    threshold = fix_mmap_threshold() if args.mmap_threshold else None
     model, _ = load_model(ModelConfig(dtype=args.dtype))
     ids = torch.randint(100, 40000, (args.rows, args.prompt_tokens),
                         generator=torch.Generator().manual_seed(0))
     result = {"benchmark": "decode step", "args": vars(args), "environment": environment(),
-              "sides": {}}
+              "malloc_mmap_threshold": threshold, "sides": {}}
     first = None  # the first torch side's greedy tokens: the other torch side must match them
     for side in args.sides.split(","):
         if side in ("torch", "torch_plain"):  # torch_plain: generation.packed=false

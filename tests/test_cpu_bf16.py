@@ -368,3 +368,58 @@ def test_packed_copy_only_where_it_fits(tiny_cfg, monkeypatch, capsys):
     assert pr["generation_linears"] == "plain"
     skipped = pr["packed_copy_skipped"]
     assert skipped["room_bytes"] == need and 0.5 * need < skipped["copy_bytes"] <= need
+
+
+def test_upcast_reuses_one_workspace_without_autograd_only():
+    """Without autograd, ``upcast`` writes the fp32 copy into one workspace a slot (a decoding
+    step's caches no longer get fresh memory per layer, which the run's 4 MB mmap threshold
+    turned into page faults); the values are ``t.float()``'s. With autograd each call gets its
+    own copy, which a backward pass may read after the next layer's call."""
+    from spinlora.models import _WORKSPACE, release_workspace, upcast
+
+    torch.manual_seed(0)
+    a, b = torch.randn(4, 3, 40, 8).bfloat16(), torch.randn(4, 3, 33, 8).bfloat16()
+    with torch.inference_mode():
+        first = upcast(a, 0)
+        assert torch.equal(first, a.float())
+        second = upcast(b, 0)  # smaller: the same memory
+        assert torch.equal(second, b.float()) and second.data_ptr() == first.data_ptr()
+        other = upcast(a, 1)  # another slot: other memory
+        assert other.data_ptr() != second.data_ptr() and torch.equal(other, a.float())
+        assert upcast(a.float(), 0).data_ptr() != first.data_ptr()  # fp32 stays itself
+    release_workspace()
+    assert not _WORKSPACE
+    q = torch.randn(4, 3, 1, 8, requires_grad=True)
+    k1, k2 = upcast(a, 0), upcast(b, 0)
+    assert k1.data_ptr() != k2.data_ptr() and not _WORKSPACE
+    (q @ k1.transpose(2, 3)).sum().backward()
+    assert torch.allclose(q.grad, a.float().sum(2, keepdim=True).transpose(2, 3).reshape(4, 3, 1, 8))
+
+
+def test_generation_through_the_workspace_keeps_the_tokens(tiny_cfg, monkeypatch):
+    """A bf16 CPU model (``spinlora_cpu`` attention) generates the same greedy tokens with the
+    shared fp32 workspace as with a fresh copy per layer, and the workspace is gone after."""
+    from spinlora import generate as G
+    from spinlora.config import GenerationConfig
+    from spinlora.models import _WORKSPACE
+
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.model.dtype = "bfloat16"
+    model, tok = load_model(cfg.model)
+    assert model.config._attn_implementation == CPU_ATTENTION
+    model = attach(model, cfg.adapter)
+    torch.nn.init.normal_(next(p for n, p in model.named_parameters() if "lora_B" in n))
+    prompts = [list(range(5, 5 + n)) for n in (3, 9, 14, 6, 11)]
+    gen = GenerationConfig(max_new_tokens=16, batch_size=5)
+    calls = []
+    real = models.upcast
+    spy = lambda t, slot: calls.append(slot) or real(t, slot)  # noqa: E731
+    monkeypatch.setattr(models, "upcast", spy)
+    monkeypatch.setattr(G, "upcast", spy)
+    ours, n = G.generate(model, tok, prompts, gen, stop_ids=[])
+    assert not _WORKSPACE and {0, 1, 2} <= set(calls)
+    fresh = lambda t, slot: t.float()  # noqa: E731
+    monkeypatch.setattr(models, "upcast", fresh)
+    monkeypatch.setattr(G, "upcast", fresh)
+    ref, n_ref = G.generate(model, tok, prompts, gen, stop_ids=[])
+    assert [g.ids for g in ours] == [g.ids for g in ref] and n == n_ref == 5 * 16

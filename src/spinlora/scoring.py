@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from . import dist
 from .data import Batch, collate
+from .models import release_workspace
 
 LOGIT_CHUNK_TOKENS = 1024  # tokens per LM-head chunk; None = all at once
 
@@ -310,5 +311,6 @@ def score_sequences(model, pairs: list[tuple[list[int], list[int]]], pad_id: int
             done[i] = (float(lp[j]), int(n[j]))
     if was_training:
         model.train()
+    release_workspace()  # spinlora_cpu attention's fp32 upcasts
     res = dist.gather(done, len(pairs))
     return [lp for lp, _ in res], [n for _, n in res]
