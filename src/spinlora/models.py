@@ -309,7 +309,8 @@ def upcast(t: torch.Tensor, slot: int) -> torch.Tensor:
     buf = _WORKSPACE.get(key)
     if buf is None or buf.numel() < t.numel():
         _WORKSPACE.pop(key, None)  # the old one goes before the larger one is made
-        buf = _WORKSPACE[key] = torch.empty(int(t.numel() * _UPCAST_ROOM), device=t.device)
+        buf = _WORKSPACE[key] = torch.empty(int(t.numel() * _UPCAST_ROOM), dtype=torch.float32,
+                                            device=t.device)
     return buf[:t.numel()].view(t.shape).copy_(t)
 
 
