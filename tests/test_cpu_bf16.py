@@ -393,7 +393,7 @@ def test_upcast_reuses_one_workspace_without_autograd_only():
     k1, k2 = upcast(a, 0), upcast(b, 0)
     assert k1.data_ptr() != k2.data_ptr() and not _WORKSPACE
     (q @ k1.transpose(2, 3)).sum().backward()
-    assert torch.allclose(q.grad, a.float().sum(2, keepdim=True).transpose(2, 3).reshape(4, 3, 1, 8))
+    assert torch.allclose(q.grad, a.float().sum(2, keepdim=True))
 
 
 def test_generation_through_the_workspace_keeps_the_tokens(tiny_cfg, monkeypatch):

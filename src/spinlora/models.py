@@ -299,7 +299,7 @@ def upcast(t: torch.Tensor, slot: int) -> torch.Tensor:
     400 positions are 20 MB a tensor, 60 a step. Above the 4 MB mmap threshold a run fixes
     (``accounting.fix_mmap_threshold``) each is a fresh mapping whose pages the kernel faults in
     and zeroes, then unmaps: the base model's SVAMP evaluation made 30-35 million page faults
-    against 1.0-1.3 million before the threshold, and ran 1.4x slower (bf16, AVX512-BF16 CPU).
+    against 1.0-1.9 million before the threshold, and ran 1.4x slower (bf16, AVX512-BF16 CPU).
     One workspace a slot, shared by the layers (which run one after another), holds them
     instead; the same numbers (the upcast is exact). With autograd on, each layer keeps its own
     copy, which the backward pass may need (for the query's gradient), as before."""
