@@ -1,0 +1,17 @@
+#!/bin/bash
+# Same work both sides: the base model's greedy SVAMP evaluation, first N problems, alone on the machine.
+N=${N:-320}
+ENVX=${ENVX:-}
+PY=/work/main/.venv/bin/python
+for side in "$@"; do
+  case $side in old) dir=/tmp/ab/old;; prev) dir=/tmp/ab/prev;; cmp) dir=/tmp/ab/cmp;; new) dir=/tmp/ab/new;; *) dir=/work/main;; esac
+  out=/work/exp/s33/ab_${side}_$(date +%H%M%S)
+  cd $dir
+  env PYTHONPATH=$dir/src $ENVX /usr/bin/time -v $PY -m spinlora run configs/svamp.yaml "stages=[eval]" "eval.models=[base]" eval.limit=$N --output-dir $out > $out.log 2>&1
+  $PY - "$out" "$side" <<'P'
+import json,sys
+d=json.load(open(sys.argv[1]+"/eval/result.json"))
+ph=d["accounting"]["phases"]; r=d["rows"][0]["tasks"]["svamp"]
+for k,v in ph.items(): print(sys.argv[2], k, round(v["seconds"],1), v["tokens"], v["tokens_per_s"], round(v["peak_bytes"]/1e9,2), "acc", r["acc"])
+P
+done
