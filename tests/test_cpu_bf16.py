@@ -396,6 +396,19 @@ def test_upcast_reuses_one_workspace_without_autograd_only():
     assert torch.allclose(q.grad, a.float().sum(2, keepdim=True))
 
 
+def test_a_phase_start_releases_the_upcast_workspace():
+    """``release_free_memory`` (every phase's start) frees what a no-grad scoring pass left in
+    ``upcast``'s workspace, so that the next phase's peak does not carry it."""
+    from spinlora.accounting import release_free_memory
+    from spinlora.models import _WORKSPACE, upcast
+
+    with torch.no_grad():
+        upcast(torch.ones(2, 3, 5, 8, dtype=torch.bfloat16), 0)
+    assert _WORKSPACE
+    release_free_memory()
+    assert not _WORKSPACE
+
+
 def test_generation_through_the_workspace_keeps_the_tokens(tiny_cfg, monkeypatch):
     """A bf16 CPU model (``spinlora_cpu`` attention) generates the same greedy tokens with the
     shared fp32 workspace as with a fresh copy per layer, and the workspace is gone after."""

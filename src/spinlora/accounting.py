@@ -74,9 +74,15 @@ def release_free_memory() -> None:
     frees (SFT's activations) then stays resident in holes of the heap that the next phase's
     tensors of other sizes may not fit, and the next phase's memory adds to it: the demo's base
     model evaluation after 8 SFT steps peaked 0.82 GB over the same evaluation alone (fp32,
-    AVX2), 0.40 GB with this at each phase's start. A no-op where the C library is not glibc."""
+    AVX2), 0.40 GB with this at each phase's start. A no-op where the C library is not glibc.
+    The fp32 workspaces of bf16 decoding and scoring (``models.upcast``) go first: a no-grad
+    pass that does not end in ``generate`` or ``score_sequences`` (SPIN's reference pass, RL's
+    old-policy pass) leaves its largest upcast there until then."""
     import gc
 
+    from .models import release_workspace
+
+    release_workspace()
     gc.collect()
     trim = _malloc_trim()
     if trim is not None:
