@@ -77,7 +77,7 @@ def release_free_memory() -> None:
     AVX2), 0.40 GB with this at each phase's start. A no-op where the C library is not glibc.
     The fp32 workspaces of bf16 decoding and scoring (``models.upcast``) go first: a no-grad
     pass that does not end in ``generate`` or ``score_sequences`` (SPIN's reference pass, RL's
-    old-policy pass) leaves its largest upcast there until then."""
+    old-policy pass) would leave its largest upcast held into the next phase."""
     import gc
 
     from .models import release_workspace
