@@ -1,7 +1,8 @@
 """Decode-step cost of an unmerged LoRA: base vs LoRA q/k/v vs LoRA on all 7 projections (bf16)."""
 import json, sys, time
 import torch
-sys.path.insert(0, "/work/main/src"); sys.path.insert(0, "/work/main/benchmarks")
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]  # the checkout
+sys.path.insert(0, str(ROOT / "src")); sys.path.insert(0, str(ROOT / "benchmarks"))
 from spinlora.accounting import fix_mmap_threshold
 fix_mmap_threshold()
 from spinlora.config import ModelConfig
