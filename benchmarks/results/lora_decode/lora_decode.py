@@ -1,7 +1,11 @@
 """Decode-step cost of an unmerged LoRA: base vs LoRA q/k/v vs LoRA on all 7 projections (bf16)."""
-import json, sys, time
+import json
+import sys
+from pathlib import Path
+
 import torch
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]  # the checkout
+
+ROOT = Path(__file__).resolve().parents[3]  # the checkout
 sys.path.insert(0, str(ROOT / "src")); sys.path.insert(0, str(ROOT / "benchmarks"))
 from spinlora.accounting import fix_mmap_threshold
 fix_mmap_threshold()

@@ -3,7 +3,6 @@
 cd /work/main
 for i in 1 2; do
 for tt in none 33554432; do
-  out=/work/exp/s33/sft_$tt_$i
   rm -rf /work/exp/s33/run_sft_${tt}_$i
   if [ $tt = none ]; then E=""; else E="MALLOC_TRIM_THRESHOLD_=$tt"; fi
   env $E /usr/bin/time -v .venv/bin/spinlora run configs/demo.yaml data.sft_examples=128 "stages=[sft]" output_dir=/work/exp/s33/run_sft_${tt}_$i > /work/exp/s33/sft_${tt}_$i.log 2>&1
