@@ -86,3 +86,49 @@ def test_the_process_peak_survives_the_phase_meters_resets(monkeypatch):
     assert phase_peak < with_big - 200 * 2**20
     assert process_peak_rss() > with_big - 20 * 2**20
     assert small.sum() == 10 * 2**20
+
+
+# One process (glibc's settings are process-wide): 20 tensors of 16 MB made, touched and freed
+# under the run's fixed threshold, then inside ``decoding_heap``; prints the minor page faults
+# of each, and the RSS inside and after it.
+CHURN = r"""
+import resource, sys, torch
+from spinlora.accounting import current_rss, decoding_heap, decoding_heap_active, fix_mmap_threshold
+assert fix_mmap_threshold() == 4 << 20
+def churn():
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        t = torch.empty(4 << 20).fill_(1.0)
+        del t
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+plain = churn()
+with decoding_heap():
+    active = decoding_heap_active()
+    churn()  # the heap grows once
+    inside, rss_inside = churn(), current_rss()
+print(plain, inside, int(active), int(decoding_heap_active()), rss_inside - current_rss())
+"""
+
+
+@pytest.mark.skipif(_malloc_trim() is None, reason="glibc")
+@pytest.mark.parametrize("env", [None, "MALLOC_TOP_PAD_"])
+def test_decoding_reuses_its_large_blocks_and_hands_them_back(monkeypatch, env):
+    """Under the run's 4 MB threshold each 16 MB block is a fresh mapping, faulted in page by
+    page (4096 faults) and unmapped when freed; inside ``decoding_heap`` (every ``generate``)
+    it comes from the heap, resident after its first use, and leaving hands those pages back.
+    An allocator setting in the environment is the user's choice: then nothing changes."""
+    for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(k, raising=False)
+    if env:
+        monkeypatch.setenv(env, str(64 << 10))
+    out = subprocess.run([sys.executable, "-c", CHURN], capture_output=True, text=True,
+                         check=True)
+    plain, inside, active, after, handed_back = map(int, out.stdout.split())
+    assert plain > 20 * 3000, plain  # each block faulted in anew
+    assert after == 0
+    if env:
+        assert active == 0 and inside > 20 * 3000, (active, inside)
+        return
+    assert active == 1
+    assert inside < 2000, (plain, inside)
+    assert handed_back > 8 << 20, handed_back

@@ -418,3 +418,26 @@ def test_continuous_batching_refills_slots_and_keeps_hfs_tokens(tiny_model_dir):
     z, _ = generate(model, tok, prompts, dataclasses.replace(sampled, seed=4),
                     stop_ids=list(range(20, 25)))
     assert [g.ids for g in x] == [g.ids for g in y] != [g.ids for g in z]
+
+
+def test_generate_decodes_under_the_decoding_heap(tiny_model_dir, monkeypatch):
+    """In a run (its mmap threshold fixed) ``generate`` decodes with ``decoding_heap``'s
+    settings in force (no fresh mapping per 4-32 MB block) and restores the run's after."""
+    from spinlora import accounting, generate as gen_mod
+    from spinlora.models import load_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(k, raising=False)
+    if accounting._libc_function("mallopt", ("c_int", "c_int")) is None:
+        pytest.skip("glibc's mallopt")
+    accounting.fix_mmap_threshold()  # as a run does (process-wide; the run's 4 MB)
+    seen = []
+    inner = gen_mod._generate
+    monkeypatch.setattr(gen_mod, "_generate", lambda *a, **k: (
+        seen.append(accounting.decoding_heap_active()), inner(*a, **k))[1])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = load_tokenizer(str(tiny_model_dir))
+    gens, _ = generate(model, tok, [[1, 5, 6]], GenerationConfig(max_new_tokens=3), stop_ids=[2])
+    assert seen == [True] and len(gens) == 1
+    assert not accounting.decoding_heap_active()

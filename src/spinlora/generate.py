@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import dist
+from .accounting import decoding_heap
 from .config import GenerationConfig
 from .models import release_workspace, upcast
 
@@ -701,12 +702,13 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, 
     if engine == "llamacpp":
         return _generate_llamacpp(model, tokenizer, prompts, cfg, stop_ids, desc, stop_strings)
     # a compiled (static-cache) decode step keeps its plain modules
-    try:
-        with nullcontext() if cfg.cache == "static" else packed_linears(model, cfg):
-            return _generate(model, tokenizer, prompts, cfg, stop_ids, desc, stop_strings,
-                             share_prefix, min_shared)
-    finally:
-        release_workspace()  # the fp32 upcasts of spinlora_cpu attention and greedy logits
+    with decoding_heap():  # 4-32 MB blocks from the heap, not fresh mappings: no page faults
+        try:
+            with nullcontext() if cfg.cache == "static" else packed_linears(model, cfg):
+                return _generate(model, tokenizer, prompts, cfg, stop_ids, desc, stop_strings,
+                                 share_prefix, min_shared)
+        finally:
+            release_workspace()  # the fp32 upcasts of spinlora_cpu attention and greedy logits
 
 
 def pick_engine(model, cfg: GenerationConfig) -> str:
