@@ -5,6 +5,7 @@ import sys
 import pytest
 import torch
 
+from spinlora import accounting
 from spinlora.accounting import _malloc_trim, current_rss, release_free_memory
 
 # One process per side (glibc's threshold is process-wide): a 30 MB block mapped and freed, which
@@ -117,7 +118,7 @@ def test_decoding_reuses_its_large_blocks_and_hands_them_back(monkeypatch, env):
     page (4096 faults) and unmapped when freed; inside ``decoding_heap`` (every ``generate``)
     it comes from the heap, resident after its first use, and leaving hands those pages back.
     An allocator setting in the environment is the user's choice: then nothing changes."""
-    for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_TRIM_THRESHOLD_"):
+    for k in accounting.MALLOC_ENV:
         monkeypatch.delenv(k, raising=False)
     if env:
         monkeypatch.setenv(env, str(64 << 10))

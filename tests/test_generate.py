@@ -427,7 +427,7 @@ def test_generate_decodes_under_the_decoding_heap(tiny_model_dir, monkeypatch):
     from spinlora.models import load_tokenizer
     from transformers import AutoModelForCausalLM
 
-    for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_TRIM_THRESHOLD_"):
+    for k in accounting.MALLOC_ENV:
         monkeypatch.delenv(k, raising=False)
     if accounting._libc_function("mallopt", ("c_int", "c_int")) is None:
         pytest.skip("glibc's mallopt")

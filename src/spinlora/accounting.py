@@ -84,6 +84,11 @@ def release_free_memory() -> None:
 
     release_workspace()
     gc.collect()
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``; else nothing)."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
@@ -129,6 +134,8 @@ GLIBC_TRIM_THRESHOLD = 128 << 10
 # the heap while decoding: blocks up to glibc's largest threshold (32 MB on 64-bit) from the
 # heap, whose free top is kept up to 1 GB (a 256 MB top pad as well changed nothing measurable)
 DECODING_HEAP = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 1 << 30}
+# glibc's settings from the environment, read at start: where any is set, decoding_heap stands aside
+MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_TRIM_THRESHOLD_")
 _fixed_threshold: int | None = None  # what fix_mmap_threshold set with mallopt, if it did
 _decoding = 0  # nesting depth of decoding_heap
 _decoding_on = False  # whether its settings are in force
@@ -151,8 +158,7 @@ def decoding_heap():
     global _decoding, _decoding_on
     mallopt = _libc_function("mallopt", ("c_int", "c_int"))
     act = (not _decoding and _fixed_threshold is not None and mallopt is not None
-           and not any(os.environ.get(f"MALLOC_{k}_") for k in
-                       ("MMAP_THRESHOLD", "TOP_PAD", "TRIM_THRESHOLD")))
+           and not any(os.environ.get(k) for k in MALLOC_ENV))
     _decoding += 1
     if act:
         for param, value in DECODING_HEAP.items():
@@ -166,9 +172,7 @@ def decoding_heap():
             mallopt(M_MMAP_THRESHOLD, _fixed_threshold)
             mallopt(M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)
             _decoding_on = False
-            trim = _malloc_trim()
-            if trim is not None:
-                trim(0)
+            _trim_heap()
 
 
 def decoding_heap_active() -> bool:
