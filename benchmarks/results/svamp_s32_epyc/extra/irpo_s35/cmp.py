@@ -1,22 +1,33 @@
-"""Paired Δ vs the study's SFT answers, '+' / '-' forms, split by irrelevant numbers."""
-import sys, gzip, json, re, collections
-sys.path.insert(0, '/work/main/src')
-from spinlora.paired import paired, read_samples
-def load(p):
-    op = gzip.open if p.endswith('.gz') else open
-    return [json.loads(l) for l in op(p, 'rt')]
-SFTP = '/work/exp/s34/study/main/eval/samples_lora_sft_svamp.jsonl'
-sft = load('/work/exp/s34/study/main/eval/samples_lora_sft_svamp.jsonl')
-opf = lambda s: ''.join(sorted(set(re.findall(r'[-+*/]', s.split('\n')[0].split('=')[0]))))
-for p in sys.argv[1:]:
-    x = load(p)
-    d, se, n = paired(read_samples(p), read_samples(SFTP))
-    c = collections.Counter(opf(r['output']) for r in x)
-    acc = sum(r['correct'] for r in x) / len(x)
-    sub = {}
-    for flag in (True, False):
-        a = [r for r in sft if r['irrelevant_numbers'] == flag]; b = [r for r, s in zip(x, sft) if s['irrelevant_numbers'] == flag]
-        sub[flag] = paired(dict(enumerate(b)), dict(enumerate(a)))[:2]
-    print(f"{p.split('/')[-3] if 'eval' in p else p}: acc {acc:.3f} d {d*100:+.1f} ± {se*100:.1f} n {n} "
-          f"irr {sub[True][0]*100:+.1f}±{sub[True][1]*100:.1f} rel {sub[False][0]*100:+.1f}±{sub[False][1]*100:.1f} "
-          f"'-' {c['-']} '+' {c['+']} '/' {c['/']} '*' {c['*']} same {sum(a['output']==b['output'] for a,b in zip(sft,x))}")
+"""Paired Δ against an SFT's answers, on all problems and on SVAMP's two parts, and the forms.
+
+    python cmp.py SFT_SAMPLES OTHER_SAMPLES...
+
+The forms are ``benchmarks/svamp_forms.py``'s (the operators of the scored equation); the
+parts are the answers' own ``irrelevant_numbers`` flag (``benchmarks/paired.py --subset``).
+"""
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[5]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
+
+from spinlora.paired import paired, read_samples  # noqa: E402
+from svamp_forms import answer_form  # noqa: E402
+
+
+def part(rows: dict, irrelevant: bool) -> dict:
+    return {k: r for k, r in rows.items() if r["irrelevant_numbers"] == irrelevant}
+
+
+sft = read_samples(sys.argv[1])
+for path in sys.argv[2:]:
+    x = read_samples(path)
+    d, se, n = paired(x, sft)
+    (di, sei, _), (dr, ser, _) = (paired(part(x, f), part(sft, f)) for f in (True, False))
+    forms = Counter(answer_form(r["output"]) for r in x.values())
+    acc = sum(bool(r["correct"]) for r in x.values()) / len(x)
+    same = sum(x[k]["output"] == sft[k]["output"] for k in x)
+    print(f"{path}: acc {acc:.3f} d {100 * d:+.1f} ± {100 * se:.1f} n {n} "
+          f"irr {100 * di:+.1f}±{100 * sei:.1f} rel {100 * dr:+.1f}±{100 * ser:.1f} "
+          + " ".join(f"'{f}' {forms[f]}" for f in "-+/*") + f" same {same}")
