@@ -10,9 +10,12 @@ Every side starts from the same seed (same LoRA init, same batches in the same o
 kernels up, is left out), the loss of every step, and the bf16 / fp32 ratios. A side is
 ``dtype`` or ``dtype:attention`` (``bfloat16:eager``: eager attention, whose per-row results do
 not depend on what else is in the batch; see docs/adapters.md); ``dtype/whole`` runs every row
-whole (``train.share_prefix=false``) instead of the micro-batch's shared system prompt once:
+whole (``train.share_prefix=false``) instead of the micro-batch's shared system prompt once,
+``dtype/peft`` runs LoRA through peft's own forward (``adapter.fused=false``) instead of
+``adapters.lora.fused_forward``; flags combine (``bfloat16/whole/peft``):
 
     python benchmarks/train_speed.py --sides float32,float32/whole --batch 16   # shared prefix
+    python benchmarks/train_speed.py --sides bfloat16/peft,bfloat16 --batch 16  # fused LoRA
 """
 from __future__ import annotations
 
@@ -39,9 +42,10 @@ from spinlora.train import MetricsLog, train_loop  # noqa: E402
 def _setup(spec: str, args, n_rows: int, over: list[str]):
     """A side's config (svamp.yaml with its dtype, attention and ``over``), the seeded model with
     a fresh LoRA, and the SFT examples of the first ``n_rows`` training rows."""
-    spec, _, rows = spec.partition("/")
+    spec, *flags = spec.split("/")
     dtype, _, attn = spec.partition(":")
-    over = [f"model.dtype={dtype}", f"train.share_prefix={rows != 'whole'}"] + over
+    over = [f"model.dtype={dtype}", f"train.share_prefix={'whole' not in flags}",
+            f"adapter.fused={'peft' not in flags}"] + over
     if args.model:
         over.append(f"model.name={args.model}")
     if attn:

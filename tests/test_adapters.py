@@ -200,3 +200,63 @@ def test_gradient_checkpointing_gives_the_same_gradients(name, tiny_model_dir):
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for n in grads[0]:
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5), n
+
+
+def _lora_step(model):
+    """Logits and the LoRA gradients of one loss (B made non-zero first, so A gets one too)."""
+    g = torch.Generator().manual_seed(3)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            p.data = torch.randn(p.shape, generator=g) * 0.1
+    logits = model(input_ids=IDS).logits
+    logits.float().log_softmax(-1)[:, :-1].gather(-1, IDS[:, 1:, None]).sum().backward()
+    return logits.detach().float(), {n: p.grad.float() for n, p in model.named_parameters()
+                                     if p.requires_grad}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_lora_forward_matches_peft(dtype, tiny_model_dir, tmp_path):
+    """adapter.fused (the default) routes LoRA through one addmm: fp32 gives peft's logits and
+    gradients; over a bf16 base it stays within bf16 rounding of peft's fp32-product forward."""
+    from spinlora.adapters.lora import fused_forward
+
+    runs = {}
+    for fused in (False, True):
+        torch.manual_seed(0)  # the same A at init
+        model = adapters.attach(_fresh(tiny_model_dir).to(dtype),
+                                AdapterConfig(r=4, alpha=8, fused=fused,
+                                              target_modules=["q_proj", "v_proj", "up_proj"]))
+        patched = [m for m in model.modules()
+                   if getattr(vars(m).get("forward"), "func", None) is fused_forward]
+        assert len(patched) == (6 if fused else 0)  # 2 layers x 3 projections
+        runs[fused] = _lora_step(model)
+    (lp, gp), (lf, gf) = runs[False], runs[True]
+    tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=0.1, rtol=0.05)
+    assert torch.allclose(lf, lp, **tol)
+    for n in gp:
+        assert torch.allclose(gf[n], gp[n], atol=tol["atol"] * gp[n].abs().max().item() + 1e-8,
+                              rtol=tol["rtol"]), n
+    # the adapter itself stays fp32 (its weights, gradients, optimizer state)
+    assert all(g.dtype == torch.float32 for g in gf.values())
+
+
+def test_fused_lora_steps_aside_where_peft_must_run(tiny_model_dir, tmp_path):
+    """Adapters disabled (the base view), merged, or a variant (DoRA) take peft's own forward;
+    a saved adapter loaded back is fused again and gives the same logits."""
+    model = adapters.attach(_fresh(tiny_model_dir), AdapterConfig(r=4, alpha=8))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.05)
+    base = _logits(_fresh(tiny_model_dir))
+    on = _logits(model)
+    assert not torch.allclose(on, base, atol=1e-3)
+    with model.disable_adapter():
+        assert torch.allclose(_logits(model), base, atol=1e-5)
+    adapters.save(model, AdapterConfig(r=4, alpha=8), tmp_path / "a")
+    loaded = adapters.load(_fresh(tiny_model_dir), tmp_path / "a", trainable=False)
+    assert torch.allclose(_logits(loaded), on, atol=1e-5)
+    loaded.merge_adapter()
+    assert torch.allclose(_logits(loaded), on, atol=1e-4)
+    dora = adapters.attach(_fresh(tiny_model_dir), AdapterConfig(method="dora", r=4, alpha=8))
+    assert torch.allclose(_logits(dora), base, atol=1e-5)  # identity at init through peft's path

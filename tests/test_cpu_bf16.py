@@ -260,13 +260,14 @@ def test_packed_linears_give_the_same_tokens(tiny_cfg):
         plain = model(input_ids=ids).logits
         with packed_linears(model) as n:
             packed = model(input_ids=ids).logits
-            swapped = [m for m in model.modules() if "forward" in vars(m)]
+            swapped = [m for m in model.modules()
+                       if type(m) is torch.nn.Linear and "forward" in vars(m)]
         after = model(input_ids=ids).logits
     frozen = [m for m in model.modules() if type(m) is torch.nn.Linear
               and not m.weight.requires_grad]
     assert n == len(frozen) == len(swapped) > 0
     assert all(not m.weight.requires_grad for m in swapped)  # LoRA A/B not among them
-    assert not any("forward" in vars(m) for m in model.modules())
+    assert not any(type(m) is torch.nn.Linear and "forward" in vars(m) for m in model.modules())
     assert torch.equal(packed, plain) and torch.equal(after, plain)
 
 
@@ -291,13 +292,14 @@ def test_fp32_generation_packs_every_frozen_linear(tiny_cfg):
     with torch.inference_mode():
         plain = model(input_ids=ids).logits
         with packed_linears(model) as n:
-            swapped = [m for m in model.modules() if "forward" in vars(m)]
+            swapped = [m for m in model.modules() if type(m) is torch.nn.Linear
+                       and "forward" in vars(m)]
             packed = model(input_ids=ids).logits
         with packed_linears(model, GenerationConfig(packed=False)) as off:
             assert off == 0
     assert n == len(frozen) == len(swapped) > 1 and model.get_output_embeddings() in swapped
     assert all(not m.weight.requires_grad for m in swapped)  # LoRA A/B not among them
-    assert not any("forward" in vars(m) for m in model.modules())
+    assert not any(type(m) is torch.nn.Linear and "forward" in vars(m) for m in model.modules())
     torch.testing.assert_close(packed, plain, rtol=1e-4, atol=1e-4)
     tok = load_tokenizer(tiny_cfg.model.name)
     prompts = [[1, 5, 6, 7, 8, 9], [1, 5], [1, 5, 6, 7]]
@@ -346,7 +348,8 @@ def test_packed_copy_only_where_it_fits(tiny_cfg, monkeypatch, capsys):
     monkeypatch.setattr(G, "free_memory", lambda device: 2 * need - 1)  # half is just short
     assert not G.packs_linears(model) and G.packed_what(model) == "plain"
     with torch.inference_mode(), G.packed_linears(model) as n:
-        assert n == 0 and not any("forward" in vars(m) for m in model.modules())
+        assert n == 0 and not any(type(m) is torch.nn.Linear and "forward" in vars(m)
+                                  for m in model.modules())
     assert capsys.readouterr().out.count("generation multiplies the plain weights") == 1
     assert G.packing_skipped(model) == {"copy_bytes": need, "room_bytes": 2 * need - 1,
                                         "share": 0.5}

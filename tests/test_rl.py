@@ -366,3 +366,52 @@ def test_rl_trains_on_its_own_micro_batch(tiny_cfg, monkeypatch):
     tiny_cfg.rl.micro_batch_size = 3
     with pytest.raises(ConfigError, match="rl.micro_batch_size"):
         tiny_cfg.validate()
+
+
+def test_group_units_keep_a_prompts_samples_together():
+    from spinlora.stages.rl import Sample, group_units
+
+    lens = {0: 3, 1: 9, 2: 5}  # prompt p's answers are lens[p] tokens
+    samples = [Sample([p, p + 1], [7] * (lens[p] + k), 0.0) for p in (0, 1, 2) for k in range(4)]
+    units = group_units(samples, 8)
+    assert sorted(i for u in units for i in u) == list(range(12))
+    assert all(len(u) <= 8 for u in units)
+    # whole groups, shortest first: prompts 0 and 2 share a unit, prompt 1 has its own
+    assert [sorted({samples[i].prompt_ids[0] for i in u}) for u in units] == [[0, 2], [1]]
+    cut = group_units(samples[:4], 3)  # a group larger than a unit is cut
+    assert sorted(len(u) for u in cut) == [1, 3]
+
+
+def test_score_samples_runs_each_prompt_once_with_the_same_logps(tiny_model_dir, monkeypatch):
+    """A unit's samples scored with each distinct prompt once (its samples on its KV cache)
+    give each sample's own log-prob and gradient, in the samples' order."""
+    from transformers import AutoModelForCausalLM
+
+    from spinlora.scoring import score_answers
+    from spinlora.stages import rl
+    from spinlora.stages.rl import Sample, score_samples
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    pa, pb = [1, 10, 11, 12], [1, 13, 14]
+    items = [Sample(pa, [20, 21, 22], 0.0), Sample(pb, [23], 0.0), Sample(pa, [24, 25], 0.0),
+             Sample(pb, [26, 27, 28, 29], 0.0)]
+    prompts_run = []
+
+    def counting(model, prompts, answers, *a, **k):
+        prompts_run.append(len(prompts))
+        return score_answers(model, prompts, answers, *a, **k)
+
+    monkeypatch.setattr(rl, "score_answers", counting)
+    lp, n = score_samples(model, items, 0, temperature=0.8)
+    lp.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    want = torch.stack([score_answers(model, [s.prompt_ids], [[s.gen_ids]], 0, temperature=0.8)[0][0]
+                        for s in items])
+    want.sum().backward()
+    torch.testing.assert_close(lp, want, atol=1e-4, rtol=1e-4)
+    assert n.tolist() == [3, 1, 2, 4]
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(g, p.grad, atol=1e-4, rtol=1e-3)
+    assert prompts_run == [2]  # two distinct prompts, one pass

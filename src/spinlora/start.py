@@ -42,7 +42,8 @@ def attach_adapter(cfg: RunConfig, model, out: Path):
     if cfg.sft_adapter:
         cfg.adapter = adapters.saved_config(cfg.sft_adapter, cfg.adapter)
     if cfg.sft_adapter and not adapters.get(cfg.adapter.method).base_from_init:
-        model = adapters.load(model, cfg.sft_adapter, trainable=True)  # a peft folder
+        model = adapters.load(model, cfg.sft_adapter, trainable=True,  # a peft folder
+                               fused=cfg.adapter.fused)
     else:
         model = adapters.attach(model, cfg.adapter)
         if adapters.get(cfg.adapter.method).base_from_init:

@@ -42,6 +42,9 @@ class AdapterConfig:
     encoder_hidden_size: int = 128  # P-tuning's prompt encoder, prefix tuning's projection
     bottleneck_size: int = 64  # Houlsby adapters: x + W_up σ(W_down x)
     add_biases: bool = False  # BitFit on models without biases (Llama): add zero biases first
+    # LoRA family: the adapter's product added by one addmm in the base's dtype
+    # (lora.fused_forward); false: peft's own forward (fp32 products over a bf16 base)
+    fused: bool = True
 
 
 class AdapterError(ValueError):
@@ -151,9 +154,12 @@ def attach(model, cfg: AdapterConfig):
                            "(it needs to read or train the full-precision weights); use "
                            "model.quantization=none, or lora / dora / adalora / ia3 / houlsby")
     try:
-        return method.build(model, cfg)
+        built = method.build(model, cfg)
     except bitfit.BitFitError as e:
         raise AdapterError(str(e)) from None
+    if cfg.fused and method.kind == "peft":
+        lora.use_fused(built)
+    return built
 
 
 def _linear_names(model) -> set[str]:
@@ -283,9 +289,9 @@ def load_weights(model, cfg: AdapterConfig, path: str | Path) -> None:
         raise AdapterError(f"{path}: saved tensors do not match the model's {cfg.method} adapter")
 
 
-def load(model, path: str | Path, trainable: bool = True):
+def load(model, path: str | Path, trainable: bool = True, fused: bool = True):
     """Wrap ``model`` with the saved adapter at ``path`` (any format ``save`` writes, or a plain
-    peft folder from elsewhere)."""
+    peft folder from elsewhere); ``fused``: LoRA layers through ``lora.fused_forward``."""
     path = Path(path)
     if (path / STATE_JSON).is_file():
         acfg = saved_config(path, AdapterConfig())
@@ -301,6 +307,8 @@ def load(model, path: str | Path, trainable: bool = True):
     peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
     if trainable and not any(p.requires_grad for p in peft_model.parameters()):
         raise AdapterError(f"adapter {path} loaded with no trainable parameters")
+    if fused:
+        lora.use_fused(peft_model)
     return peft_model
 
 
