@@ -260,3 +260,8 @@ def test_fused_lora_steps_aside_where_peft_must_run(tiny_model_dir, tmp_path):
     assert torch.allclose(_logits(loaded), on, atol=1e-4)
     dora = adapters.attach(_fresh(tiny_model_dir), AdapterConfig(method="dora", r=4, alpha=8))
     assert torch.allclose(_logits(dora), base, atol=1e-5)  # identity at init through peft's path
+    # WeightLoRA's ω is a forward hook on B, which the fused product would bypass
+    wl = adapters.attach(_fresh(tiny_model_dir), AdapterConfig(method="weightlora", r=4, alpha=8))
+    _, grads = _lora_step(wl)
+    omegas = [g for n, g in grads.items() if n.endswith("weightlora_omega")]
+    assert omegas and all(g.abs() > 0 for g in omegas)

@@ -52,10 +52,12 @@ def fused_forward(layer, x, *args, **kwargs):
     gradients and the optimizer state stay fp32; over a bf16 base the product runs in bf16 with
     fp32 accumulation, as a bf16 autocast runs it. Over an fp32 base the same sum in another
     order. Anything else (adapters off or merged, DoRA and the other variants, several active
-    adapters, mixed-batch ``adapter_names``) takes peft's forward."""
+    adapters, mixed-batch ``adapter_names``, hooks on A or B such as WeightLoRA's ω, which this
+    product never calls) takes peft's forward."""
     active = [a for a in layer.active_adapters if a in layer.lora_A]
     if (args or kwargs or layer.disable_adapters or layer.merged or len(active) != 1
-            or active[0] in layer.lora_variant):
+            or active[0] in layer.lora_variant
+            or _hooked(layer.lora_A[active[0]]) or _hooked(layer.lora_B[active[0]])):
         return type(layer).forward(layer, x, *args, **kwargs)
     name = active[0]
     result = layer.base_layer(x)
@@ -65,6 +67,12 @@ def fused_forward(layer, x, *args, **kwargs):
     b = (layer.lora_B[name].weight * layer.scaling[name]).to(dt)
     out = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), b.t())
     return out.view(result.shape)
+
+
+def _hooked(module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks
+                or torch.nn.modules.module._global_forward_hooks
+                or torch.nn.modules.module._global_forward_pre_hooks)
 
 
 def use_fused(model) -> int:
