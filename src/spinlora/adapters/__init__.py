@@ -294,7 +294,7 @@ def load(model, path: str | Path, trainable: bool = True, fused: bool = True):
     peft folder from elsewhere); ``fused``: LoRA layers through ``lora.fused_forward``."""
     path = Path(path)
     if (path / STATE_JSON).is_file():
-        acfg = saved_config(path, AdapterConfig())
+        acfg = dataclasses.replace(saved_config(path, AdapterConfig()), fused=fused)
         model = attach(model, acfg)
         load_weights(model, acfg, path)
         if not trainable:
