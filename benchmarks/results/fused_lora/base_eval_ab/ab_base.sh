@@ -10,6 +10,6 @@ for side in old new; do
   out=$OUT/${side}_$round; rm -rf $out
   cd $SRC
   env PYTHONPATH=$SRC/src /usr/bin/time -v $PY -m spinlora eval configs/svamp.yaml --adapter $A "eval.models=[base]" eval.limit=$N --output-dir $out > $out.log 2>&1
-  echo "$side $round rc=$? $(python3 -c "import json;r=json.load(open('$out/eval/result.json'));print({k:v['seconds'] for k,v in r['accounting']['phases'].items()}, r['rows'][0]['tasks']['svamp']['accuracy'])") $(grep -E 'Elapsed' $out.log | tr -s ' ')"
+  echo "$side $round rc=$? $(python3 -c "import json;r=json.load(open('$out/eval/result.json'));print({k:v['seconds'] for k,v in r['accounting']['phases'].items()}, r['rows'][0]['tasks']['svamp']['acc'])") $(grep -E 'Elapsed' $out.log | tr -s ' ')"
 done
 done
