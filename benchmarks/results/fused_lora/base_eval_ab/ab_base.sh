@@ -1,11 +1,11 @@
 #!/bin/bash
 # Base-model evaluation (adapter attached, disabled, as in the study), old code a485d2e vs HEAD,
 # alternating, alone: the first N SVAMP problems, 256 new tokens, batch 64.
-N=${N:-192}; OUT=/work/exp/s37/ab; PY=/work/main/.venv/bin/python
+N=${N:-192}; OUT=${OUT:-/work/exp/s37/ab}; PY=/work/main/.venv/bin/python
 A=/work/exp/s36/study/main/sft/adapter
 mkdir -p $OUT
-for round in 1 2; do
-for side in old new; do
+for round in ${ROUNDS:-1 2}; do
+for side in ${ORDER:-old new}; do
   if [ $side = old ]; then SRC=/tmp/ab/old; else SRC=/work/main; fi
   out=$OUT/${side}_$round; rm -rf $out
   cd $SRC
