@@ -83,6 +83,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     e.add_argument("--model", help="base model (default: the run's model.name)")
     e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    c = sub.add_parser("combine", help="one LoRA adapter with ΔW = Σ wᵢ·ΔWᵢ (exact: ranks add "
+                                       "up), e.g. extrapolation past a method's end point")
+    c.add_argument("terms", nargs="+", metavar="ADAPTER=WEIGHT",
+                   help="adapter folders with their weights, e.g. runs/x/spin/iter_2/adapter=2 "
+                        "runs/x/sft/adapter=-1")
+    c.add_argument("--out", required=True, help="folder to write (plain peft)")
+    c.add_argument("--model", help="base model (default: the adapters' base_model_name_or_path)")
+    c.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     r = sub.add_parser("report", help="comparison table (md, csv), plots, HTML from run folders")
     r.add_argument("run_dirs", nargs="+")
     r.add_argument("--out", help="folder for the report (default: the first run folder)")
@@ -121,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
                           args.overwrite)
             print(json.dumps(info, indent=2))
             print(f"[spinlora] exported to {Path(args.out).resolve()}")
+            return 0
+        if args.command == "combine":
+            from .combine import combine, parse_terms
+
+            info = combine(parse_terms(args.terms), args.out, args.model, args.overwrite)
+            print(json.dumps(info, indent=2))
+            print(f"[spinlora] combined adapter written to {Path(args.out).resolve()}")
             return 0
         if args.command == "methods":
             from .adapters import table
