@@ -33,9 +33,10 @@ def test_readme_has_commands():
 @pytest.mark.parametrize("line", readme_commands())
 def test_readme_command_parses(line):
     args = cli.parse(shlex.split(line)[1:])
+    taken = args.terms if args.command == "combine" else getattr(args, "overrides", [])
     for token in shlex.split(line)[2:]:
         if "=" in token and not token.startswith("-"):
-            assert token in args.overrides, f"{token} was not taken as an override"
+            assert token in taken, f"{token} was not taken as an override"
 
 
 def test_unknown_option_is_refused(capsys):

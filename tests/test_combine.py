@@ -62,6 +62,10 @@ def test_combined_delta_is_the_weighted_sum(two_loras, tiny_model_dir, tmp_path)
     assert cli.main(["combine", f"{a}=2", f"{b}=-0.5", "--out", str(out)]) == 0
     info = json.loads((out / "combine.json").read_text())
     assert info["r"] == 12 and info["layers"] == 8 and info["max_rel_delta_error"] < 1e-5
+    assert [t["weight"] for t in info["terms"]] == [2.0, -0.5]
+    # a term after --out is a term too, not a config override that would be dropped
+    assert cli.parse(["combine", f"{a}=2", "--out", "o", f"{b}=-0.5"]).terms == \
+        [f"{a}=2", f"{b}=-0.5"]
     assert (out / "tokenizer_config.json").is_file()
 
     da, db = _deltas(tiny_model_dir, a), _deltas(tiny_model_dir, b)

@@ -100,7 +100,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unrecognized arguments: {' '.join(unknown)} (overrides look like "
                 "section.key=value)")
-    if extra:
+    if extra and args.command == "combine":  # ADAPTER=WEIGHT terms after --out
+        args.terms += extra
+    elif extra:
         args.overrides = list(getattr(args, "overrides", []) or []) + extra
     if getattr(args, "config", None) and "=" in args.config:  # no config file, only overrides
         args.overrides.insert(0, args.config)
