@@ -105,8 +105,9 @@ def test_refusals_say_why(two_loras, tiny_model_dir, tmp_path, capsys):
     a, b = two_loras
     assert cli.main(["combine", str(a), "--out", str(tmp_path / "x")]) == 2
     assert "PATH=WEIGHT" in capsys.readouterr().err
-    assert cli.main(["combine", f"{a}=two", "--out", str(tmp_path / "x")]) == 2
-    assert "PATH=WEIGHT" in capsys.readouterr().err
+    for bad in ("two", "nan", "inf"):
+        assert cli.main(["combine", f"{a}={bad}", "--out", str(tmp_path / "x")]) == 2
+        assert "PATH=WEIGHT" in capsys.readouterr().err
     assert cli.main(["combine", f"{tmp_path / 'nope'}=1", "--out", str(tmp_path / "x")]) == 2
     assert "no such adapter folder" in capsys.readouterr().err
     dora = _random_lora(tiny_model_dir, tmp_path / "dora", 3, r=4, target_modules=["q_proj"],

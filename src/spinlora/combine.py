@@ -18,6 +18,7 @@ learning and the other methods are refused with the reason.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def parse_terms(terms: list[str]) -> list[tuple[Path, float]]:
             weight = float(w)
         except ValueError:
             weight = None
-        if not sep or not path or weight is None:
+        if not sep or not path or weight is None or not math.isfinite(weight):
             raise AdapterError(f"{t!r}: write each adapter as PATH=WEIGHT, e.g. "
                                "runs/x/sft/adapter=-1")
         out.append((Path(path), weight))
@@ -103,7 +104,7 @@ def combine(terms: list[tuple[Path, float]], out: str | Path, model: str | None 
 
     worst, layers = 0.0, 0
     with torch.no_grad():
-        for mod_name, m in wrapped.named_modules():
+        for m in wrapped.modules():
             if not isinstance(m, LoraLayer) or "combined" not in m.lora_A:
                 continue
             want = sum(w * m.get_delta_weight(n) for n, w in zip(names, weights) if n in m.lora_A)
@@ -114,7 +115,7 @@ def combine(terms: list[tuple[Path, float]], out: str | Path, model: str | None 
     if layers == 0:
         raise AdapterError("the combined adapter adapts no layer (the adapters share no target "
                            "module)")
-    if worst > TOLERANCE:
+    if not worst <= TOLERANCE:  # NaN fails too
         raise AdapterError(f"the combined adapter's ΔW is off the weighted sum by {worst:.3g} "
                            "(relative): not written")
 
