@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import torch
 
-from . import adapters
+from . import adapters, export, rundir
 from .adapters import AdapterConfig, AdapterError
 from .config import ModelConfig
 
@@ -64,15 +63,11 @@ def _lora_folder(path: Path) -> Path:
 
 
 def _base_name(folders: list[Path]) -> str:
-    names = {json.loads((f / "adapter_config.json").read_text()).get("base_model_name_or_path")
-             for f in folders}
-    names.discard(None)
+    names = {export.base_name(f, f) for f in folders}
     if len(names) > 1:
         raise AdapterError(f"the adapters were trained on different base models ({sorted(names)}): "
                            "their weight changes do not add up; pass --model only if they are "
                            "the same model under two names")
-    if not names:
-        raise AdapterError("no base model recorded in the adapters: pass --model")
     return names.pop()
 
 
@@ -119,9 +114,7 @@ def combine(terms: list[tuple[Path, float]], out: str | Path, model: str | None 
         raise AdapterError(f"the combined adapter's ΔW is off the weighted sum by {worst:.3g} "
                            "(relative): not written")
 
-    part = out.with_name(out.name + ".partial")
-    shutil.rmtree(part, ignore_errors=True)
-    part.mkdir(parents=True)
+    part = rundir.begin(out)
     state = get_peft_model_state_dict(wrapped, adapter_name="combined")
     save_file({k: v.contiguous() for k, v in state.items()},
               str(part / "adapter_model.safetensors"), metadata={"format": "pt"})
@@ -133,8 +126,5 @@ def combine(terms: list[tuple[Path, float]], out: str | Path, model: str | None 
     info = {"terms": [{"adapter": str(f), "weight": w} for f, w in zip(folders, weights)],
             "base_model": base_name, "r": cfg.r, "lora_alpha": cfg.lora_alpha,
             "layers": layers, "max_rel_delta_error": worst}
-    (part / "combine.json").write_text(json.dumps(info, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    part.rename(out)
+    rundir.finish(part, info, "combine.json")
     return info

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import adapters
+from . import adapters, rundir
 from .adapters import AdapterConfig, AdapterError
 from .config import ModelConfig
 
@@ -43,7 +43,9 @@ def chosen_adapter(source: Path) -> Path:
                        "spin/iter_*/adapter): finish or --resume the run first")
 
 
-def _base_name(source: Path, adapter: Path) -> str:
+def base_name(source: Path, adapter: Path) -> str:
+    """The base model of a run folder (its config.yaml) or of an adapter folder (peft's
+    ``base_model_name_or_path``)."""
     if (source / "config.yaml").is_file():
         return (yaml.safe_load((source / "config.yaml").read_text()) or {})["model"]["name"]
     peft_cfg = adapter / "adapter_config.json"
@@ -73,14 +75,13 @@ def export(source: str | Path, out: str | Path, merge: bool = False, model: str 
         raise AdapterError(f"{acfg.method} cannot be merged into the base weights (its trainable "
                            "part is not a weight delta); export without --merge and load it "
                            "with peft / spinlora")
-    base_name = model or _base_name(source, adapter)
-    base, tok = load_model(ModelConfig(name=base_name, dtype=dtype, device="cpu"))
+    base_id = model or base_name(source, adapter)
+    base, tok = load_model(ModelConfig(name=base_id, dtype=dtype, device="cpu"))
     info = {"source": str(source), "adapter": str(adapter), "method": acfg.method,
-            "base_model": base_name, "merged": merge, "dtype": dtype}
-    part = out.with_name(out.name + ".partial")
-    shutil.rmtree(part, ignore_errors=True)
+            "base_model": base_id, "merged": merge, "dtype": dtype}
+    part = rundir.begin(out)
     if not merge:
-        shutil.copytree(adapter, part)
+        shutil.copytree(adapter, part, dirs_exist_ok=True)
         tok.save_pretrained(part)
     else:
         probe = torch.tensor([tok("Export check: 12 + 30 = 42. The quick brown fox.",
@@ -104,8 +105,5 @@ def export(source: str | Path, out: str | Path, merge: bool = False, model: str 
             raise AdapterError(f"the merged checkpoint does not reproduce base + adapter "
                                f"({acfg.method}: max |Δ logit| {diff:.3g}); export it without "
                                "--merge")
-    (part / "export.json").write_text(json.dumps(info, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    part.rename(out)
+    rundir.finish(part, info, "export.json")
     return info

@@ -218,12 +218,12 @@ def begin(final: Path, keep: bool = False) -> Path:
     return part
 
 
-def finish(part: Path, result: dict) -> Path:
-    """Write ``result.json`` into ``part`` and move it to its final name (one rename on one
-    filesystem, replacing an older copy)."""
+def finish(part: Path, result: dict, name: str = "result.json") -> Path:
+    """Write ``result`` as ``name`` into ``part`` and move it to its final name (one rename on
+    one filesystem, replacing an older copy)."""
     final = part.with_name(part.name.removesuffix(".partial"))
     if dist.is_main():
-        write_json(part / "result.json", result)
+        write_json(part / name, result)
         if final.exists():
             shutil.rmtree(final)
         part.rename(final)
