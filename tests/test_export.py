@@ -66,3 +66,29 @@ def test_unmergeable_method_is_refused(tiny_cfg, tmp_path, capsys):
     out = tmp_path / "merged"
     assert cli.main(["export", tiny_cfg.output_dir, "--merge", "--out", str(out)]) == 2
     assert "cannot be merged" in capsys.readouterr().err and not out.exists()
+
+
+def test_base_model_of_an_adapter_copied_from_another_machine(tmp_path):
+    """peft records the base model's directory; an absolute one that is absent here stands for
+    the embedded default when it names it, and is refused with what to pass otherwise."""
+    from spinlora.adapters import AdapterError
+    from spinlora.config import DEFAULT_MODEL
+    from spinlora.export import base_name
+
+    def adapter(name):
+        folder = tmp_path / f"a{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": name}))
+        return folder
+
+    elsewhere = adapter(f"/home/someone/.cache/spinlora/models/{DEFAULT_MODEL}")
+    assert base_name(elsewhere, elsewhere) == DEFAULT_MODEL
+    here = tmp_path / "model"
+    here.mkdir()
+    local = adapter(str(here))
+    assert base_name(local, local) == str(here)
+    hub = adapter("Qwen/Qwen2.5-0.5B-Instruct")
+    assert base_name(hub, hub) == "Qwen/Qwen2.5-0.5B-Instruct"
+    gone = adapter("/home/someone/models/my-llama")
+    with pytest.raises(AdapterError, match="pass --model"):
+        base_name(gone, gone)

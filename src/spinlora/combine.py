@@ -119,7 +119,9 @@ def combine(terms: list[tuple[Path, float]], out: str | Path, model: str | None 
     save_file({k: v.contiguous() for k, v in state.items()},
               str(part / "adapter_model.safetensors"), metadata={"format": "pt"})
     cfg = wrapped.peft_config["combined"]
-    cfg.base_model_name_or_path = base_name
+    # where the base was loaded from, as peft records it for a trained adapter (the embedded
+    # default's converted copy here): plain peft then loads the result on this machine
+    cfg.base_model_name_or_path = getattr(base, "name_or_path", None) or base_name
     cfg.inference_mode = True
     cfg.save_pretrained(str(part))
     tok.save_pretrained(part)

@@ -25,7 +25,7 @@ import yaml
 
 from . import adapters, rundir
 from .adapters import AdapterConfig, AdapterError
-from .config import ModelConfig
+from .config import DEFAULT_MODEL, ModelConfig
 
 TOLERANCE = {torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 5e-2}  # max |Δ logit|
 
@@ -45,15 +45,28 @@ def chosen_adapter(source: Path) -> Path:
 
 def base_name(source: Path, adapter: Path) -> str:
     """The base model of a run folder (its config.yaml) or of an adapter folder (peft's
-    ``base_model_name_or_path``)."""
+    ``base_model_name_or_path``).
+
+    peft records the directory the base model was loaded from: for the embedded default that
+    is its converted copy in this machine's spinlora cache, so that plain peft loads the adapter
+    here. On another machine (an adapter copied over, or a cache moved) that path is absent, and
+    a path ending in the embedded model's name stands for it again; any other absent path is
+    refused with what to pass instead."""
     if (source / "config.yaml").is_file():
         return (yaml.safe_load((source / "config.yaml").read_text()) or {})["model"]["name"]
     peft_cfg = adapter / "adapter_config.json"
+    name = None
     if peft_cfg.is_file():
         name = json.loads(peft_cfg.read_text()).get("base_model_name_or_path")
-        if name:
-            return name
-    raise AdapterError(f"no base model known for {adapter}: pass --model")
+    if not name:
+        raise AdapterError(f"no base model known for {adapter}: pass --model")
+    if Path(name).is_absolute() and not Path(name).exists():
+        if Path(name).name == DEFAULT_MODEL:
+            return DEFAULT_MODEL
+        raise AdapterError(
+            f"{adapter} was trained on the base model at {name}, which is not on this machine: "
+            "pass --model with that model (its directory, .gguf file or Hub id)")
+    return name
 
 
 def export(source: str | Path, out: str | Path, merge: bool = False, model: str | None = None,
