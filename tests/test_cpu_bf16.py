@@ -439,3 +439,68 @@ def test_generation_through_the_workspace_keeps_the_tokens(tiny_cfg, monkeypatch
     monkeypatch.setattr(G, "upcast", fresh)
     ref, n_ref = G.generate(model, tok, prompts, gen, stop_ids=[])
     assert [g.ids for g in ours] == [g.ids for g in ref] and n == n_ref == 5 * 16
+
+
+def test_methods_that_train_the_base_weights_keep_fp32(monkeypatch, tiny_model_dir, tiny_data,
+                                                       tmp_path, capsys):
+    """Full fine-tuning and BitFit train the model's own tensors: over bf16 weights most of
+    AdamW's updates round away, so ``auto`` loads fp32 for them (and says why), an explicit bf16
+    is kept with a warning, LoRA keeps bf16, and Houlsby's modules are fp32 over a bf16 base."""
+    from spinlora.adapters import AdapterConfig, model_config
+    from spinlora.config import ModelConfig, load_config
+    from spinlora.pipeline import run
+
+    auto = ModelConfig(name=str(tiny_model_dir), dtype="auto")
+    assert model_config(auto, "full").dtype == "float32"
+    assert model_config(auto, "bitfit").dtype == "float32"
+    assert model_config(auto, "lora") is auto
+    explicit = ModelConfig(name=str(tiny_model_dir), dtype="bfloat16")
+    assert model_config(explicit, "full") is explicit
+
+    # the trap itself, on the tiny model: one AdamW step at lr 2e-5 leaves most bf16 weights as
+    # they were, and changes every fp32 one
+    def changed(dtype):
+        model = load_model(ModelConfig(name=str(tiny_model_dir), dtype=dtype))[0]
+        for p in model.parameters():
+            p.requires_grad_(True)
+        before = [p.detach().clone() for p in model.parameters()]
+        ids = torch.arange(3, 40).unsqueeze(0)
+        model(input_ids=ids, labels=ids).loss.backward()
+        torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.0).step()
+        moved = sum(int((p.detach() != b).sum()) for p, b in zip(model.parameters(), before))
+        return moved / sum(b.numel() for b in before)
+
+    assert changed("bfloat16") < 0.5 and changed("float32") > 0.99
+
+    monkeypatch.setenv("SPINLORA_CPU_BF16", "1")
+
+    def start(name, *extra):
+        result = run(load_config(None, [
+            f"output_dir={tmp_path / name}", f"model.name={tiny_model_dir}",
+            f"data.train={tiny_data / 'train.jsonl'}", f"data.eval={tiny_data / 'test.jsonl'}",
+            "data.sft_examples=4", "train.batch_size=4", "train.micro_batch_size=4",
+            "stages=[sft]", *extra]))
+        out = capsys.readouterr().out.splitlines()
+        run_json = json.loads((tmp_path / name / "run.json").read_text())
+        return result, run_json["precision"]["dtype"], out
+
+    _, dtype, out = start("full", "adapter.method=full", "model.dtype=auto")
+    assert dtype == "float32"
+    assert any(x.startswith("[spinlora] model in float32 (model.dtype=auto: adapter.method=full "
+                            "trains the model's own weights") for x in out)
+    _, dtype, out = start("bitfit16", "adapter.method=bitfit", "adapter.add_biases=true",
+                          "model.dtype=bfloat16")
+    assert dtype == "bfloat16"
+    assert any("warning: adapter.method=bitfit trains the model's own weights in bfloat16" in x
+               for x in out)
+    _, dtype, out = start("lora", "model.dtype=auto")
+    assert dtype == "bfloat16" and not any("warning" in x for x in out)
+
+    base = load_model(ModelConfig(name=str(tiny_model_dir), dtype="bfloat16"))[0]
+    wrapped = attach(base, AdapterConfig(method="houlsby"))
+    trained = [p for p in wrapped.parameters() if p.requires_grad]
+    assert trained and all(p.dtype == torch.float32 for p in trained)
+    ids = torch.arange(3, 20).unsqueeze(0)
+    with torch.no_grad():
+        plain = load_model(ModelConfig(name=str(tiny_model_dir), dtype="bfloat16"))[0]
+        assert torch.equal(wrapped(input_ids=ids).logits, plain(input_ids=ids).logits)

@@ -44,7 +44,7 @@ from .evaluate.tasks import DEFAULT_SHOTS, load_task
 from .generate import decide_packing, packed_what, packing_skipped, pick_engine
 from .models import load_model, pick_device
 from .plan import MARGIN as PLAN_MARGIN
-from .start import adapter_source, attach_adapter, sft_set  # noqa: F401  (part of this module's API)
+from .start import adapter_source, attach_adapter, run_method, sft_set  # noqa: F401  (part of this module's API)
 from .report import write_report
 from .stages.sft import run_sft
 from .stages.dpo import load_pairs, run_dpo
@@ -171,7 +171,10 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
         summary["malloc_mmap_threshold"] = fix_mmap_threshold()
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    model, tok = load_model(cfg.model)
+    method = run_method(cfg)
+    trains = bool({"sft", "spin", "dpo", "rl"} & set(cfg.stages))
+    model_cfg = adapters.model_config(cfg.model, method) if trains else cfg.model
+    model, tok = load_model(model_cfg)
     summary["load_seconds"] = round(time.perf_counter() - t0, 2)
     if cfg.generation.engine == "llamacpp":  # refused before any stage runs, not per model
         pick_engine(model, cfg.generation)
@@ -188,7 +191,13 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     if skipped:
         summary["precision"]["packed_copy_skipped"] = skipped
     pr, chosen = summary["precision"], " (model.dtype=auto)" if cfg.model.dtype == "auto" else ""
-    if chosen and device.type == "cpu" and pr["dtype"] == "float32":
+    trap = adapters.bf16_trap(model, method) if trains else None
+    if trap:
+        print(f"[spinlora] warning: {trap}")
+    if model_cfg is not cfg.model:
+        chosen = (f" (model.dtype=auto: adapter.method={method} trains the model's own weights, "
+                  "whose small updates bf16 would round away)")
+    elif chosen and device.type == "cpu" and pr["dtype"] == "float32":
         # the README's CPU times come from CPUs with bf16 units (docs/svamp.md, "The main job")
         chosen = (" (model.dtype=auto: no bf16 units on this CPU; the README's demo time is from "
                   "a CPU with them, an AVX2 one took 11-18 minutes)")

@@ -34,6 +34,18 @@ def sft_set(cfg: RunConfig, fmt: ChatFormat):
     return rows, chosen, rest, sft_examples, counts
 
 
+def run_method(cfg: RunConfig) -> str:
+    """The adapter method the run trains: ``--adapter``'s own, else ``adapter.method``. Read
+    before the model loads (its dtype follows the method: ``adapters.model_config``); an
+    unreadable ``--adapter`` is left for ``attach_adapter`` to refuse with its reason."""
+    if cfg.sft_adapter:
+        try:
+            return adapters.saved_config(cfg.sft_adapter, cfg.adapter).method
+        except (adapters.AdapterError, OSError, ValueError, TypeError, KeyError):
+            return cfg.adapter.method
+    return cfg.adapter.method
+
+
 def attach_adapter(cfg: RunConfig, model, out: Path):
     """The adapter the stages train: fresh, or ``cfg.sft_adapter`` to continue from (its own
     method and shapes). Returns (model, init_path): where a PiSSA-style method saved the state

@@ -19,8 +19,9 @@ class Bottleneck(torch.nn.Module):
         super().__init__()
         self.base_layer = layer
         d = layer.out_features
-        kw = dict(device=layer.weight.device, dtype=torch.float32 if layer.weight.dtype in (
-            torch.int8, torch.uint8) else layer.weight.dtype)
+        # fp32 over any base, as peft keeps LoRA weights: over a bf16 base AdamW's small updates
+        # would round away (forward casts in and out)
+        kw = dict(device=layer.weight.device, dtype=torch.float32)
         self.adapter_down = torch.nn.Linear(d, size, **kw)
         self.adapter_up = torch.nn.Linear(size, d, **kw)
         torch.nn.init.normal_(self.adapter_down.weight, std=1e-2)
