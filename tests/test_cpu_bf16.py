@@ -493,6 +493,12 @@ def test_methods_that_train_the_base_weights_keep_fp32(monkeypatch, tiny_model_d
     assert dtype == "bfloat16"
     assert any("warning: adapter.method=bitfit trains the model's own weights in bfloat16" in x
                for x in out)
+    # a run that continues a BitFit adapter (--adapter) trains the adapter's method, whatever
+    # adapter.method says (a full fine-tuning checkpoint is passed as --model instead)
+    from spinlora.start import run_method
+    cont = load_config(None, [f"model.name={tiny_model_dir}"])
+    cont.sft_adapter = str(tmp_path / "bitfit16" / "sft" / "adapter")
+    assert cont.adapter.method == "lora" and run_method(cont) == "bitfit"
     _, dtype, out = start("lora", "model.dtype=auto")
     assert dtype == "bfloat16" and not any("warning" in x for x in out)
 
