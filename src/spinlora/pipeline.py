@@ -44,7 +44,7 @@ from .evaluate.tasks import DEFAULT_SHOTS, load_task
 from .generate import decide_packing, packed_what, packing_skipped, pick_engine
 from .models import load_model, pick_device
 from .plan import MARGIN as PLAN_MARGIN
-from .start import adapter_source, attach_adapter, run_method, sft_set  # noqa: F401  (part of this module's API)
+from .start import adapter_source, attach_adapter, model_to_load, sft_set  # noqa: F401  (part of this module's API)
 from .report import write_report
 from .stages.sft import run_sft
 from .stages.dpo import load_pairs, run_dpo
@@ -171,9 +171,7 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
         summary["malloc_mmap_threshold"] = fix_mmap_threshold()
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    method = run_method(cfg)
-    trains = bool({"sft", "spin", "dpo", "rl"} & set(cfg.stages))
-    model_cfg = adapters.model_config(cfg.model, method) if trains else cfg.model
+    model_cfg, method = model_to_load(cfg)
     model, tok = load_model(model_cfg)
     summary["load_seconds"] = round(time.perf_counter() - t0, 2)
     if cfg.generation.engine == "llamacpp":  # refused before any stage runs, not per model
@@ -191,7 +189,7 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     if skipped:
         summary["precision"]["packed_copy_skipped"] = skipped
     pr, chosen = summary["precision"], " (model.dtype=auto)" if cfg.model.dtype == "auto" else ""
-    trap = adapters.bf16_trap(model, method) if trains else None
+    trap = adapters.bf16_trap(model, method) if method else None
     if trap:
         print(f"[spinlora] warning: {trap}")
     if model_cfg is not cfg.model:

@@ -418,8 +418,7 @@ def run_plan(cfg) -> Plan:
 
     from .data import ChatFormat
     from .models import load_model, pick_device
-    from . import adapters
-    from .start import attach_adapter, run_method, sft_set
+    from .start import attach_adapter, model_to_load, sft_set
 
     cfg.validate()
     if cfg.memory_budget is None:
@@ -428,7 +427,7 @@ def run_plan(cfg) -> Plan:
     device = pick_device(cfg.model.device)
     if device.type == "cpu":  # the probes measure under the allocator settings a run has
         fix_mmap_threshold()
-    model, tok = load_model(adapters.model_config(cfg.model, run_method(cfg)))
+    model, tok = load_model(model_to_load(cfg)[0])
     examples = sft_set(cfg, ChatFormat(tok, cfg.data.system_prompt))[3]
     with tempfile.TemporaryDirectory() as tmp:  # a PiSSA-style init adapter goes nowhere
         model, _ = attach_adapter(cfg, model, Path(tmp))

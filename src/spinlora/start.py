@@ -46,6 +46,16 @@ def run_method(cfg: RunConfig) -> str:
     return cfg.adapter.method
 
 
+def model_to_load(cfg: RunConfig):
+    """(the model config the run loads, the adapter method it trains or None). A run with a
+    training stage loads the dtype its method needs (``adapters.model_config``); the run and
+    its memory plan (``spinlora plan``) both load through here."""
+    if not {"sft", "spin", "dpo", "rl"} & set(cfg.stages):
+        return cfg.model, None
+    method = run_method(cfg)
+    return adapters.model_config(cfg.model, method), method
+
+
 def attach_adapter(cfg: RunConfig, model, out: Path):
     """The adapter the stages train: fresh, or ``cfg.sft_adapter`` to continue from (its own
     method and shapes). Returns (model, init_path): where a PiSSA-style method saved the state
