@@ -1,6 +1,7 @@
 """Training-loop precision and memory settings on the tiny model: bf16 gives finite losses close
 to fp32's with the adapter kept in fp32, a non-finite gradient stops the stage before the
 optimizer step (naming the step), and offloaded activations change nothing but where they live."""
+import contextlib
 import copy
 
 import pytest
@@ -80,31 +81,62 @@ def _nan_grad(p):
 
 
 def test_offloaded_activations_give_the_same_training(tiny_cfg, monkeypatch):
-    """train.offload_activations: the forward pass saves its activations through
-    torch.autograd.graph.save_on_cpu (pack hooks run), and training is unchanged: the same
+    """train.offload_activations: the forward pass's saved tensors go through spinlora's pack hook
+    (copied to host memory; on a CPU a copy all the same), and training is unchanged: the same
     losses and the same adapter as without."""
     import spinlora.train as T
 
     packed = []
-    real = torch.autograd.graph.save_on_cpu
+    real = T._pack_for_host
 
-    class Counting(real):
-        def __init__(self, pin_memory=False, device_type="cuda"):
-            super().__init__(pin_memory, device_type)
-            pack = self.pack_hook
+    def counting(t, pin_memory):
+        out = real(t, pin_memory)
+        packed.append(out is not t)  # True: copied to the host
+        return out
 
-            def counting(t):
-                packed.append(t.shape)
-                return pack(t)
-
-            self.pack_hook = counting
-
-    monkeypatch.setattr(T.torch.autograd.graph, "save_on_cpu", Counting)
+    monkeypatch.setattr(T, "_pack_for_host", counting)
     plain, plain_lora = _sft_losses(tiny_cfg, "float32")
     assert not packed
     tiny_cfg.train.offload_activations = True
     off, off_lora = _sft_losses(tiny_cfg, "float32")
-    assert len(packed) > 100  # every saved activation of every micro-batch
+    assert sum(packed) > 100  # every contiguous activation of every micro-batch
     assert off == plain
     for a, b in zip(plain_lora, off_lora):
         assert torch.equal(a, b)
+
+
+def test_offloading_keeps_parameters_and_strided_tensors_where_they_are():
+    """The memory-efficient SDPA kernel's backward needs its attention bias back with the padded
+    row stride it was saved with; torch's save_on_cpu returned it contiguous and the backward
+    failed on CUDA ("attn_bias is not correctly aligned"). Non-contiguous tensors and parameters
+    stay; a contiguous activation comes back equal, from a host copy."""
+    from spinlora.train import _pack_for_host, _unpack_from_host
+
+    padded = torch.randn(2, 1, 5, 8)[..., :7]  # a row-padded buffer's slice, as that kernel saves
+    weight = torch.nn.Parameter(torch.randn(3, 3), requires_grad=False)
+    for t in (padded, weight, weight.t()):
+        assert _pack_for_host(t, False) is t
+        assert _unpack_from_host(_pack_for_host(t, False)) is t
+    assert _unpack_from_host(_pack_for_host(padded, False)).stride() == (40, 40, 8, 1)
+    act = torch.randn(4, 6)
+    device, host = _pack_for_host(act, False)
+    assert host is not act and host.data_ptr() != act.data_ptr()
+    back = _unpack_from_host((device, host))
+    assert torch.equal(back, act) and back.device == act.device
+
+
+def test_half_precision_training_on_cuda_avoids_the_memory_efficient_sdpa_kernel():
+    """On CUDA with a bf16/fp16 model, training forwards run SDPA without its memory-efficient
+    kernel (its masked bf16 backward gave a NaN gradient on an H100 and an H200); fp32 and CPU
+    models keep every kernel."""
+    from spinlora.train import training_attention
+
+    cpu_bf16 = torch.nn.Linear(2, 2).to(torch.bfloat16).requires_grad_(False)
+    assert isinstance(training_attention(cpu_bf16), contextlib.nullcontext)
+    if torch.cuda.is_available():
+        gpu = torch.nn.Linear(2, 2).cuda().to(torch.bfloat16).requires_grad_(False)
+        with training_attention(gpu):
+            assert not torch.backends.cuda.mem_efficient_sdp_enabled()
+            assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+        gpu32 = torch.nn.Linear(2, 2).cuda().requires_grad_(False)
+        assert isinstance(training_attention(gpu32), contextlib.nullcontext)

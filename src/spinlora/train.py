@@ -28,6 +28,51 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+def _pack_for_host(t: torch.Tensor, pin_memory: bool = True):
+    """A tensor saved for the backward pass, copied to host memory, unless it is a parameter (it
+    stays on the device anyway) or not contiguous. The last are left
+    where they are because some kernels need their layout back: the memory-efficient SDPA kernel
+    saves its attention bias as a slice of a row-padded buffer and its backward requires the
+    padded row stride (``torch.autograd.graph.save_on_cpu``, which brings every tensor back
+    contiguous, failed there on an H200 with "attn_bias is not correctly aligned (strideB)":
+    benchmarks/results/gpu_s41). Such tensors are a small part of the activations."""
+    if isinstance(t, torch.nn.Parameter) or not t.is_contiguous():
+        return t
+    host = torch.empty(t.size(), dtype=t.dtype, layout=t.layout, pin_memory=pin_memory)
+    host.copy_(t)
+    return t.device, host
+
+
+def _unpack_from_host(packed):
+    if isinstance(packed, torch.Tensor):
+        return packed
+    device, host = packed
+    return host.to(device, non_blocking=host.is_pinned())
+
+
+def offload_to_host(pin_memory: bool = True):
+    """``train.offload_activations``: the forward pass's saved activations wait in host memory
+    for the backward (see ``_pack_for_host`` for what stays)."""
+    return torch.autograd.graph.saved_tensors_hooks(
+        lambda t: _pack_for_host(t, pin_memory), _unpack_from_host)
+
+
+def training_attention(model):
+    """The SDPA kernels a training forward may pick. On CUDA with a bf16 or fp16 model, not the
+    "memory-efficient" one: with an attention mask (every batch whose prompt prefix runs once on a
+    KV cache, and every left-padded one) its bf16 backward returned a NaN gradient at step 17 of
+    the 0.5B GSM8K SFT, on an H100 (session 3) and again on an H200 (session 41), where eager
+    attention ran all 125 steps (benchmarks/results/gpu_s41). Flash still serves batches without
+    a mask; masked ones take the math kernel (eager's arithmetic). fp32 and CPUs: unchanged."""
+    frozen = next((p for p in model.parameters() if not p.requires_grad), None)
+    p = frozen if frozen is not None else next(model.parameters())
+    if p.device.type != "cuda" or p.dtype not in (torch.bfloat16, torch.float16):
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
+
+
 @dataclass
 class Objective:
     """loss(model, items) -> (summed loss tensor, {metric: summed value}); weight(items) -> float;
@@ -187,7 +232,7 @@ def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: f
     def offloaded():
         """Saved activations to (pinned) host memory during the forward pass."""
         if cfg.offload_activations:
-            return torch.autograd.graph.save_on_cpu(pin_memory=device.type == "cuda")
+            return offload_to_host(pin_memory=device.type == "cuda")
         return contextlib.nullcontext()
 
     model.train()
@@ -212,7 +257,9 @@ def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: f
             for k, micro in enumerate(micros):
                 if not dist.mine(k):  # several processes: micro-batch k is process k mod world's
                     continue
-                with offloaded():  # the backward brings offloaded activations back itself
+                # the backward brings offloaded activations back itself, and runs the attention
+                # kernels the forward picked
+                with offloaded(), training_attention(model):
                     loss_sum, metrics = objective.loss(model, micro)
                 (loss_sum / weight).backward()
                 loss_total += float(loss_sum.detach())
@@ -240,7 +287,8 @@ def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: f
                     f"{desc}: gradient norm is {grad_norm} at step {step} (loss {loss:.4g}, "
                     f"batch of {len(batch)} items, longest "
                     f"{max(map(objective.length, batch)) if objective.length else '?'} tokens); "
-                    "lower the learning rate, or use model.dtype=float32 if this is bf16/fp16")
+                    "lower the learning rate, or use model.dtype=float32 if this is bf16/fp16 "
+                    "(or model.attn_implementation=eager on a GPU)")
             lr_now = opt.param_groups[0]["lr"]
             opt.step()
             if hooks.on_step:
