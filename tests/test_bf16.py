@@ -70,12 +70,12 @@ def _nan_grad(p):
     class F(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x):
-            ctx.shape = x.shape
+            ctx.shape, ctx.device = x.shape, x.device
             return x.new_zeros(())
 
         @staticmethod
-        def backward(ctx, g):
-            return torch.full(ctx.shape, float("nan"))
+        def backward(ctx, g):  # on the parameter's device (the test also runs on a GPU)
+            return torch.full(ctx.shape, float("nan"), device=ctx.device)
 
     return F.apply(p)
 
