@@ -261,3 +261,26 @@ def test_empty_train_file_and_zero_examples_say_what_is_wrong(tiny_cfg, tmp_path
     cfg.data.sft_examples = 0
     with pytest.raises(ConfigError, match="data.sft_examples"):
         cfg.validate()
+
+
+def test_checkpointing_runs_and_plans_without_transformers_deprecation_warnings(tiny_cfg):
+    """transformers 5 renamed gradient_checkpointing_enable / _disable (the old names warn on
+    every call); spinlora's training and its memory plan, which probes with checkpointing, call
+    the new ones: no FutureWarning about checkpointing reaches the user."""
+    import warnings
+
+    from spinlora import run
+    from spinlora.plan import run_plan
+
+    tiny_cfg.train.gradient_checkpointing = True
+    tiny_cfg.stages = ["sft"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # (each call seen, not only a location's first)
+        # peft's read of the old is_gradient_checkpointing is third-party; spinlora filters it
+        warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated")
+        run(tiny_cfg)
+        tiny_cfg.memory_budget = "64GiB"
+        tiny_cfg.overwrite = True
+        run_plan(tiny_cfg)
+    said = [str(w.message) for w in caught if "checkpointing" in str(w.message)]
+    assert not said, said

@@ -43,10 +43,11 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .scoring import _checkpointing
+from .scoring import _checkpointing, set_checkpointing
 
 from .accounting import MemoryMeter, fix_mmap_threshold, release_free_memory
 from .config import ConfigError, parse_bytes
+from .train import training_attention
 
 MARGIN = 0.15  # share of the budget left unplanned (the CPU predictions ran up to 14 % low)
 
@@ -122,10 +123,16 @@ def _peak(device: torch.device, loaded: float, work) -> float:
 
 
 def _probe(model, device: torch.device, step, loaded: float) -> float:
-    """Peak bytes over ``loaded`` of one forward + backward (``step()`` returns the loss);
-    gradients are dropped afterwards."""
+    """Peak bytes over ``loaded`` of one forward + backward (``step()`` returns the loss), with
+    the attention kernels training picks (``train.training_attention``); gradients are dropped
+    afterwards."""
+    def work():
+        with training_attention(model):
+            loss = step()
+        loss.backward()
+
     try:
-        return _peak(device, loaded, lambda: step().backward())
+        return _peak(device, loaded, work)
     finally:
         model.zero_grad(set_to_none=True)
 
@@ -148,10 +155,8 @@ def _linear(model, device, step_for_rows, first: list, loaded: float) -> PhaseCo
 
 def _with_checkpointing(model, on: bool) -> None:
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if on:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif _checkpointing(lm):
-        model.gradient_checkpointing_disable()
+    if on or _checkpointing(lm):
+        set_checkpointing(model, on)
 
 
 def _verify(model, device, steps: dict, m: int, ckpt: bool, room: float, one_off: float,

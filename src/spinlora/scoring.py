@@ -130,6 +130,23 @@ def _checkpointing(lm) -> bool:
     return bool(getattr(lm, "is_gradient_checkpointing", False))
 
 
+def set_checkpointing(model, on: bool) -> None:
+    """Turn activation checkpointing on (non-reentrant) or off, by transformers 5's names where
+    the model has them: the old ``gradient_checkpointing_enable`` / ``_disable`` warn on every
+    call (a FutureWarning in every run that checkpoints, and in every ``spinlora plan``, which
+    probes with it)."""
+    if on:
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False})
+        elif hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif hasattr(model, "activation_checkpointing_disable"):
+        model.activation_checkpointing_disable()
+    elif hasattr(model, "gradient_checkpointing_disable"):
+        model.gradient_checkpointing_disable()
+
+
 def _decoder_alone(model):
     """The decoder of a transformers model or PeftModel, or None where it cannot run on its own:
     prompt-learning adapters (virtual tokens are added in PeftModel.forward), gradient

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from . import dist
 from .accounting import Accountant
 from .config import TrainConfig
+from .scoring import set_checkpointing
 
 
 class TrainingDiverged(RuntimeError):
@@ -222,8 +223,8 @@ def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: f
         raise ValueError(f"train.gradient_checkpointing is not possible with adapter.method="
                          f"{method} (its keys/values live in the KV cache, which checkpointing "
                          "turns off); set train.gradient_checkpointing=false")
-    if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.gradient_checkpointing:
+        set_checkpointing(model, True)
     device = next(model.parameters()).device
     if cfg.offload_activations and device.type != "cuda":
         print("[spinlora] train.offload_activations: the model is on the CPU already, so it "
@@ -314,7 +315,7 @@ def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: f
                 tqdm.write(f"[{desc}] stopped early after step {step + 1}/{total}")
                 break
     bar.close()
-    if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
-        model.gradient_checkpointing_disable()
+    if cfg.gradient_checkpointing:
+        set_checkpointing(model, False)
     model.eval()
     return records
