@@ -36,7 +36,7 @@ def predictions(config: str, overrides: list[str]) -> dict:
     cfg = load_config(config, overrides + ["stages=[sft,spin]"])
     device = pick_device(cfg.model.device)
     model, tok = load_model(cfg.model)
-    examples = sft_set(cfg, ChatFormat(tok, cfg.data.system_prompt))[3]
+    examples = sft_set(cfg, ChatFormat.from_config(tok, cfg.data))[3]
     with tempfile.TemporaryDirectory() as tmp:
         model, _ = attach_adapter(cfg, model, Path(tmp))
     plan = make_plan(cfg, model, tok, examples, device, 10**13)  # room for everything

@@ -48,7 +48,7 @@ def side(name: str, prompts: int) -> dict:
         model.get_output_embeddings()._forward_pre_hooks.clear()
     if name != "auto":
         spinlora.generate.packs_linears = lambda model, cfg=None: False
-    fmt = ChatFormat(tok, cfg.data.system_prompt)
+    fmt = ChatFormat.from_config(tok, cfg.data)
     ids = [fmt.prompt_ids(r["prompt"]) for r in load_test(str(ROOT.parent / "shared/data"))[:prompts]]
     g = dataclasses.replace(cfg.generation, max_new_tokens=1, batch_size=prompts)
     baseline = current_rss()

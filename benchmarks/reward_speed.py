@@ -108,7 +108,7 @@ def train_pass(args, cfg, result: dict) -> None:
     rows = [json.loads(line) for line in open(args.pairs) if line.strip()][:args.pair_limit]
     model, tok = load_reward_model(cfg)
     model.train()
-    pairs, dropped = _tokenize(rows, ChatFormat(tok, cfg.data.system_prompt), cfg.data.max_length)
+    pairs, dropped = _tokenize(rows, ChatFormat.from_config(tok, cfg.data), cfg.data.max_length)
     out = result["train"] = {"pairs_file": args.pairs, "pairs": len(pairs), "dropped": dropped,
                              "micro_batch": args.micro,
                              "dtype": str(next(model.parameters()).dtype), "sides": {}}

@@ -54,7 +54,7 @@ def _setup(spec: str, args, n_rows: int, over: list[str]):
     torch.manual_seed(0)
     model, tok = load_model(cfg.model)
     model = attach(model, cfg.adapter)
-    fmt = ChatFormat(tok, cfg.data.system_prompt)
+    fmt = ChatFormat.from_config(tok, cfg.data)
     rows = load_rows(args.data, cfg.data, "train")
     examples, _ = build_examples(subset(rows, n_rows, 0), fmt, cfg.data)
     return cfg, model, tok, examples

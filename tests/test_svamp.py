@@ -585,3 +585,31 @@ def test_sft_set_applies_conjoin_and_counts_it(tiny_cfg, tiny_model_dir):
     _, chosen_add, _, examples_add, counts_add = sft_set(tiny_cfg, fmt)
     assert chosen_add == chosen and counts_add["rows"] == 400 + k and len(examples_add) == 400 + k
     assert sum(" and " in e.prompt for e in examples_add) > sum(" and " in e.prompt for e in examples)
+
+
+def test_reread_gives_the_problem_twice_in_every_user_turn(tiny_cfg, tiny_model_dir):
+    """data.reread (Re-Reading): the user turn is the prompt, READ_AGAIN, the prompt again, in
+    the zero-shot prompts that training, sampling and evaluation share and in few-shot chat
+    prompts; off, the prompt appears once and the phrase not at all. The key is read from a
+    config's overrides like any other."""
+    from spinlora.config import load_config
+    from spinlora.data import READ_AGAIN, ChatFormat, build_examples
+    from spinlora.evaluate.gsm8k import fewshot_prompt_ids
+    from spinlora.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    problem = "Tom has 3 apples and buys 4 more. How many apples does he have?"
+    tiny_cfg.data.max_length = 512
+    on = ChatFormat.from_config(tok, load_config(None, ["data.reread=true"]).data)
+    off = ChatFormat.from_config(tok, tiny_cfg.data)
+    assert on.reread and not off.reread
+    row = {"prompt": problem, "answer": "3 + 4 = 7\n#### 7"}
+    (e_on,), _ = build_examples([row], on, tiny_cfg.data)
+    (e_off,), _ = build_examples([row], off, tiny_cfg.data)
+    text_on, text_off = tok.decode(e_on.prompt_ids), tok.decode(e_off.prompt_ids)
+    assert text_on.count(problem) == 2 and READ_AGAIN.strip() in text_on
+    assert text_off.count(problem) == 1 and READ_AGAIN.strip() not in text_off
+    assert e_on.answer_ids == e_off.answer_ids and e_on.prompt == e_off.prompt == problem
+    shots = [{"prompt": "1 + 1?", "answer": "1 + 1 = 2\n#### 2"}]
+    fewshot = tok.decode(fewshot_prompt_ids(tok, on, problem, shots, "chat"))
+    assert fewshot.count(problem) == 2 and fewshot.count("1 + 1?") == 2

@@ -95,6 +95,10 @@ class DataConfig:
     # SFT set keeps its size); add: it is added beside its original, so the model sees both
     # versions with the same gold answer
     augment: str = "replace"
+    # every prompt (training, sampling, evaluation) is given twice in its user turn, joined by
+    # "\nRead the question again: " (Re-Reading, Xu et al. 2024), so that the second reading of
+    # the statements attends to the question (data.ChatFormat.user_text)
+    reread: bool = False
     sft_examples: int | None = 64  # None = all rows
     seed: int = 0  # seeds the subset choice and shuffling
 

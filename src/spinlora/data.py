@@ -124,19 +124,33 @@ def load_rows(source: str, cfg: DataConfig, default_split: str) -> list[dict]:
     return [_check_row(r, cfg, w) for w, r in zip(where, ds)]
 
 
+READ_AGAIN = "\nRead the question again: "
+
+
 class ChatFormat:
     """Turns prompts and answers into token ids with the tokenizer's own chat template."""
 
-    def __init__(self, tokenizer, system_prompt: str | None = None):
+    def __init__(self, tokenizer, system_prompt: str | None = None, reread: bool = False):
         self.tok = tokenizer
         self.system_prompt = system_prompt
+        self.reread = reread
         self.end_id = self._end_of_turn_id()
         ids = {self.end_id, tokenizer.eos_token_id}
         self.stop_ids = sorted(i for i in ids if i is not None)
 
+    @classmethod
+    def from_config(cls, tokenizer, cfg: DataConfig) -> "ChatFormat":
+        return cls(tokenizer, cfg.system_prompt, cfg.reread)
+
+    def user_text(self, prompt: str) -> str:
+        """The user turn: the prompt, or with ``reread`` the prompt, then ``READ_AGAIN`` and
+        the prompt once more (Re-Reading, Xu et al. 2024): a causal model reads the problem's
+        statements a second time with its question already in view."""
+        return f"{prompt}{READ_AGAIN}{prompt}" if self.reread else prompt
+
     def _messages(self, prompt: str) -> list[dict]:
         msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        return msgs + [{"role": "user", "content": prompt}]
+        return msgs + [{"role": "user", "content": self.user_text(prompt)}]
 
     def _end_of_turn_id(self) -> int:
         """The token the template puts after an assistant turn (<|im_end|>, <|eot_id|>, ...)."""

@@ -142,7 +142,7 @@ def run_hessian(cfg, adapter: str | None, k: int = 8, iters: int | None = None,
     else:
         model = adapters.attach(model, cfg.adapter)
     model.eval()  # no dropout: H must be one fixed matrix
-    fmt = ChatFormat(tok, cfg.data.system_prompt)
+    fmt = ChatFormat.from_config(tok, cfg.data)
     rows = subset(load_rows(cfg.data.train, cfg.data, "train"), examples, cfg.data.seed)
     exs, _ = build_examples(rows, fmt, cfg.data)
     device = next(model.parameters()).device

@@ -205,7 +205,7 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
           f"{pr['threads']} threads{packed}")
     baseline = MemoryMeter(device).baseline  # every stage's peak is measured against this
     summary["post_load_baseline_bytes"] = baseline
-    fmt = ChatFormat(tok, cfg.data.system_prompt)
+    fmt = ChatFormat.from_config(tok, cfg.data)
 
     # The SFT set, a held-out slice of the same split (for keep-best), the evaluation subset.
     rows, chosen, rest, sft_examples, counts = sft_set(cfg, fmt)

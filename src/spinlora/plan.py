@@ -433,7 +433,7 @@ def run_plan(cfg) -> Plan:
     if device.type == "cpu":  # the probes measure under the allocator settings a run has
         fix_mmap_threshold()
     model, tok = load_model(model_to_load(cfg)[0])
-    examples = sft_set(cfg, ChatFormat(tok, cfg.data.system_prompt))[3]
+    examples = sft_set(cfg, ChatFormat.from_config(tok, cfg.data))[3]
     with tempfile.TemporaryDirectory() as tmp:  # a PiSSA-style init adapter goes nowhere
         model, _ = attach_adapter(cfg, model, Path(tmp))
     return make_plan(cfg, model, tok, examples, device, parse_bytes(cfg.memory_budget))

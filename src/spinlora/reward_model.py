@@ -183,5 +183,5 @@ def load_trained(path: str | Path, cfg: RunConfig):
 def load_reranker(path: str | Path, cfg: RunConfig) -> tuple:
     """(reward model, its ChatFormat): what best-of-n, keep_best and early stopping score with."""
     model, tok = load_trained(path, cfg)
-    return model, ChatFormat(tok, cfg.data.system_prompt)
+    return model, ChatFormat.from_config(tok, cfg.data)
 

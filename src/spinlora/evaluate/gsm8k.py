@@ -134,8 +134,9 @@ def fewshot_prompt_ids(tokenizer, fmt: ChatFormat, question: str, shots: list[di
         return tokenizer(text + f"Question: {question}\nAnswer:", add_special_tokens=False).input_ids
     msgs = [{"role": "system", "content": fmt.system_prompt}] if fmt.system_prompt else []
     for s in shots:
-        msgs += [{"role": "user", "content": s["prompt"]}, {"role": "assistant", "content": s["answer"]}]
-    msgs.append({"role": "user", "content": question})
+        msgs += [{"role": "user", "content": fmt.user_text(s["prompt"])},
+                 {"role": "assistant", "content": s["answer"]}]
+    msgs.append({"role": "user", "content": fmt.user_text(question)})
     return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
                                               return_dict=False))
 
@@ -186,7 +187,7 @@ def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
     if prompting == "reflection":
         first = gens
         msgs = [([{"role": "system", "content": fmt.system_prompt}] if fmt.system_prompt else [])
-                + [{"role": "user", "content": e.prompt}, {"role": "assistant", "content": g.text},
+                + [{"role": "user", "content": fmt.user_text(e.prompt)}, {"role": "assistant", "content": g.text},
                    {"role": "user", "content": REFLECT}] for e, g in zip(examples, gens)]
         second = [list(tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True,
                                                      return_dict=False)) for m in msgs]

@@ -116,7 +116,7 @@ def _train_reward(cfg: RunConfig, out, rows, model, tok) -> dict:
     t0 = time.perf_counter()
     device = next(model.parameters()).device
     acct = Accountant(device, MemoryMeter(device).baseline)
-    fmt = ChatFormat(tok, cfg.data.system_prompt)
+    fmt = ChatFormat.from_config(tok, cfg.data)
     train_rows, held_rows = split_heldout(rows, cfg.reward.heldout, cfg.data.seed, cfg.reward.pairs)
     train, dropped = _tokenize(train_rows, fmt, cfg.data.max_length)
     held, _ = _tokenize(held_rows, fmt, cfg.data.max_length)
