@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from spinlora import cli
 from spinlora.accounting import MMAP_THRESHOLD
@@ -154,6 +155,18 @@ def test_adapter_from_a_run_with_other_settings_is_named(tiny_cfg, capsys):
     assert src["sha256"] == hashlib.sha256(weights).hexdigest()
     assert src["differs"] == {"train.lr": {"there": 1e-2, "here": 3e-4}}
     assert "train.lr 0.01 there, 0.0003 here" in printed
+    src, printed = eval_from(adapter)
+    assert src["differs"] == {} and "trained by the run" not in printed
+    # an adapter trained on re-read prompts, evaluated on plain ones, is named; a run from
+    # before data.reread existed (its config.yaml lacks the key) ran at the default, off
+    recorded = Path(tiny_cfg.output_dir) / "config.yaml"
+    saved = yaml.safe_load(recorded.read_text())
+    saved["data"]["reread"] = True
+    recorded.write_text(yaml.safe_dump(saved))
+    src, printed = eval_from(adapter)
+    assert src["differs"] == {"data.reread": {"there": True, "here": False}}
+    del saved["data"]["reread"]
+    recorded.write_text(yaml.safe_dump(saved))
     src, printed = eval_from(adapter)
     assert src["differs"] == {} and "trained by the run" not in printed
     bare = Path(tiny_cfg.output_dir).parent / "bare_adapter"

@@ -82,13 +82,20 @@ def attach_adapter(cfg: RunConfig, model, out: Path):
 # the settings that shape what an adapter learned in the run that trained it: ``--adapter``
 # from a run whose values differ is named (a stale adapter under a current-looking folder name)
 PROVENANCE_KEYS = ("model.name", "data.train", "data.sft_examples", "data.seed",
-                   "data.max_length", "train.lr", "train.epochs", "train.batch_size", "seed")
+                   "data.max_length", "data.reread", "train.lr", "train.epochs",
+                   "train.batch_size", "seed")
+_ABSENT = object()
 
 
 def _setting(cfg, dotted: str):
+    """``dotted``'s value in a config (a RunConfig, or a run's config.yaml as a dict). A key an
+    older run's config.yaml lacks was run at today's default (the key came later)."""
+    node = cfg
     for part in dotted.split("."):
-        cfg = cfg.get(part) if isinstance(cfg, dict) else getattr(cfg, part, None)
-    return cfg
+        node = node.get(part, _ABSENT) if isinstance(node, dict) else getattr(node, part, None)
+        if node is _ABSENT:
+            return _setting(RunConfig(), dotted)
+    return node
 
 
 def _same(a, b) -> bool:
