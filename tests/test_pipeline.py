@@ -132,6 +132,7 @@ def test_adapter_from_a_run_with_other_settings_is_named(tiny_cfg, capsys):
     them; the same settings give no note; a bare peft folder records only path and hash."""
     import copy
     import hashlib
+    import itertools
     import shutil
 
     tiny_cfg.stages = ["sft"]
@@ -139,10 +140,12 @@ def test_adapter_from_a_run_with_other_settings_is_named(tiny_cfg, capsys):
     adapter = Path(tiny_cfg.output_dir) / "sft" / "adapter"
     weights = (adapter / "adapter_model.safetensors").read_bytes()
 
+    calls = itertools.count()
+
     def eval_from(where, **changes):
         cfg = copy.deepcopy(tiny_cfg)
         cfg.stages, cfg.eval.models, cfg.sft_adapter = ["eval"], ["sft"], str(where)
-        cfg.output_dir = str(Path(tiny_cfg.output_dir).parent / f"eval_{len(changes)}")
+        cfg.output_dir = str(Path(tiny_cfg.output_dir).parent / f"eval_{next(calls)}")
         for k, v in changes.items():
             setattr(cfg.train, k, v)
         capsys.readouterr()
