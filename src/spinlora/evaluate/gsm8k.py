@@ -187,7 +187,8 @@ def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
     if prompting == "reflection":
         first = gens
         msgs = [([{"role": "system", "content": fmt.system_prompt}] if fmt.system_prompt else [])
-                + [{"role": "user", "content": fmt.user_text(e.prompt)}, {"role": "assistant", "content": g.text},
+                + [{"role": "user", "content": fmt.user_text(e.prompt)},
+                   {"role": "assistant", "content": g.text},
                    {"role": "user", "content": REFLECT}] for e, g in zip(examples, gens)]
         second = [list(tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True,
                                                      return_dict=False)) for m in msgs]
