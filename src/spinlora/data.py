@@ -148,22 +148,28 @@ class ChatFormat:
         statements a second time with its question already in view."""
         return f"{prompt}{READ_AGAIN}{prompt}" if self.reread else prompt
 
-    def _messages(self, prompt: str) -> list[dict]:
+    def messages(self, prompt: str, before: list[tuple[str, str]] = ()) -> list[dict]:
+        """The chat up to ``prompt``'s user turn: the system prompt (if any), the earlier
+        (prompt, answer) turns ``before`` (few-shot), then ``prompt``; every user turn in
+        ``user_text``'s form."""
         msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        for shot, answer in before:
+            msgs += [{"role": "user", "content": self.user_text(shot)},
+                     {"role": "assistant", "content": answer}]
         return msgs + [{"role": "user", "content": self.user_text(prompt)}]
 
     def _end_of_turn_id(self) -> int:
         """The token the template puts after an assistant turn (<|im_end|>, <|eot_id|>, ...)."""
         mark = "XQZMARK"
         text = self.tok.apply_chat_template(
-            self._messages("hi") + [{"role": "assistant", "content": mark}], tokenize=False)
+            self.messages("hi") + [{"role": "assistant", "content": mark}], tokenize=False)
         suffix = text.split(mark, 1)[1]
         ids = self.tok(suffix, add_special_tokens=False).input_ids
         return ids[0] if ids else self.tok.eos_token_id
 
     def prompt_ids(self, prompt: str) -> list[int]:
         return list(self.tok.apply_chat_template(
-            self._messages(prompt), add_generation_prompt=True, tokenize=True, return_dict=False))
+            self.messages(prompt), add_generation_prompt=True, tokenize=True, return_dict=False))
 
     def answer_ids(self, answer: str) -> list[int]:
         return self.tok(answer, add_special_tokens=False).input_ids + [self.end_id]

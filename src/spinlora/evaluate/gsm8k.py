@@ -132,11 +132,7 @@ def fewshot_prompt_ids(tokenizer, fmt: ChatFormat, question: str, shots: list[di
         text = "".join(f"Question: {s['prompt']}\nAnswer: {s['answer']}\n\n" for s in shots)
         # no BOS: lm-eval's HF model encodes without special tokens (add_bos_token=False)
         return tokenizer(text + f"Question: {question}\nAnswer:", add_special_tokens=False).input_ids
-    msgs = [{"role": "system", "content": fmt.system_prompt}] if fmt.system_prompt else []
-    for s in shots:
-        msgs += [{"role": "user", "content": fmt.user_text(s["prompt"])},
-                 {"role": "assistant", "content": s["answer"]}]
-    msgs.append({"role": "user", "content": fmt.user_text(question)})
+    msgs = fmt.messages(question, [(s["prompt"], s["answer"]) for s in shots])
     return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
                                               return_dict=False))
 
@@ -186,10 +182,9 @@ def evaluate_gsm8k(model, tokenizer, fmt: ChatFormat, examples: list[Example],
     first = None
     if prompting == "reflection":
         first = gens
-        msgs = [([{"role": "system", "content": fmt.system_prompt}] if fmt.system_prompt else [])
-                + [{"role": "user", "content": fmt.user_text(e.prompt)},
-                   {"role": "assistant", "content": g.text},
-                   {"role": "user", "content": REFLECT}] for e, g in zip(examples, gens)]
+        msgs = [fmt.messages(e.prompt) + [{"role": "assistant", "content": g.text},
+                                          {"role": "user", "content": REFLECT}]
+                for e, g in zip(examples, gens)]
         second = [list(tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True,
                                                      return_dict=False)) for m in msgs]
         with acct.phase(f"eval_revise[{label}]") as ph:
