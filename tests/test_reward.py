@@ -289,3 +289,37 @@ def test_reward_speed_benchmark_compares_the_same_work(tiny_model_dir, tmp_path)
     assert t["sides"]["shared"]["loss_sum"] == pytest.approx(t["sides"]["full"]["loss_sum"],
                                                              abs=1e-4)
     assert json.loads((tmp_path / "out.json").read_text())["train"]["pairs"] == 6
+
+
+def test_reranker_scores_in_the_format_it_was_trained_in(tiny_model_dir, tmp_path, capsys):
+    """A reward model trained with data.reread (and a system prompt) scores with them in a run
+    without them, says so, and a copied folder (no run record above it) takes the run's own."""
+    import shutil
+
+    from spinlora import cli
+    from spinlora.config import load_config
+    from spinlora.reward_model import load_reranker
+
+    rm_dir = tmp_path / "rm"
+    assert cli.main(["reward", f"output_dir={rm_dir}", f"model.name={tiny_model_dir}",
+                     "model.dtype=float32", f"reward.data={_pairs(tmp_path, 12)}",
+                     "reward.heldout=4", "train.batch_size=4", "train.micro_batch_size=4",
+                     "data.max_length=200", "data.reread=true",
+                     "data.system_prompt=Answer with an equation."]) == 0
+    capsys.readouterr()
+    cfg = load_config(None, [f"model.name={tiny_model_dir}", "model.dtype=float32"])
+    _, fmt = load_reranker(rm_dir / "reward" / "adapter", cfg)
+    assert fmt.reread is True and fmt.system_prompt == "Answer with an equation."
+    assert cfg.data.reread is False  # the run's own settings are left as they are
+    out = capsys.readouterr().out
+    assert "data.reread True (here False)" in out and "data.system_prompt" in out
+    # the same settings as the run: no note
+    same = load_config(None, [f"model.name={tiny_model_dir}", "model.dtype=float32",
+                              "data.reread=true", "data.system_prompt=Answer with an equation."])
+    load_reranker(rm_dir / "reward" / "adapter", same)
+    assert "note" not in capsys.readouterr().out
+    # an adapter folder copied out of its run has no record: the run's settings are used
+    copy = tmp_path / "copied" / "a" / "b" / "c" / "d" / "adapter"
+    shutil.copytree(rm_dir / "reward" / "adapter", copy)
+    _, fmt = load_reranker(copy, cfg)
+    assert fmt.reread is False and fmt.system_prompt is None

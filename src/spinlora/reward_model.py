@@ -180,8 +180,39 @@ def load_trained(path: str | Path, cfg: RunConfig):
     return model, tok
 
 
+# the settings of the chat a reward model reads its (prompt, answer) pairs in
+FORMAT_KEYS = ("system_prompt", "reread")
+
+
+def trained_format(path: str | Path, cfg: RunConfig):
+    """The ``data`` settings a saved reward model was trained with, as far as they shape the
+    chat it scores: this run's ``cfg.data`` with ``FORMAT_KEYS`` taken from the config.yaml of
+    the run that wrote ``path`` (a key that run's file lacks was run at its default). Without
+    such a run (a copied folder), this run's own settings, as before. Differences are printed:
+    the reward model then scores in its own format, not this run's."""
+    import dataclasses
+
+    from . import dist
+    from .start import setting, writing_run
+
+    found = writing_run(Path(path))
+    if found is None:
+        return cfg.data
+    run, there, _ = found
+    own = {k: setting(there, f"data.{k}") for k in FORMAT_KEYS}
+    differs = {k: v for k, v in own.items() if v != getattr(cfg.data, k)}
+    if differs and dist.is_main():
+        print(f"[spinlora] note: the reward model {path} was trained by the run {run} with "
+              + "; ".join(f"data.{k} {v!r} (here {getattr(cfg.data, k)!r})"
+                          for k, v in differs.items())
+              + ": it scores every answer in the chat it was trained on")
+    return dataclasses.replace(cfg.data, **own)
+
+
 def load_reranker(path: str | Path, cfg: RunConfig) -> tuple:
-    """(reward model, its ChatFormat): what best-of-n, keep_best and early stopping score with."""
+    """(reward model, its ChatFormat): what best-of-n, keep_best and early stopping score with.
+    The format is the one the reward model was trained in (``trained_format``), whatever this
+    run's own ``data.reread`` or ``data.system_prompt``."""
     model, tok = load_trained(path, cfg)
-    return model, ChatFormat.from_config(tok, cfg.data)
+    return model, ChatFormat.from_config(tok, trained_format(path, cfg))
 

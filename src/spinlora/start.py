@@ -87,14 +87,14 @@ PROVENANCE_KEYS = ("model.name", "data.train", "data.sft_examples", "data.seed",
 _ABSENT = object()
 
 
-def _setting(cfg, dotted: str):
+def setting(cfg, dotted: str):
     """``dotted``'s value in a config (a RunConfig, or a run's config.yaml as a dict). A key an
     older run's config.yaml lacks was run at today's default (the key came later)."""
     node = cfg
     for part in dotted.split("."):
         node = node.get(part, _ABSENT) if isinstance(node, dict) else getattr(node, part, None)
         if node is _ABSENT:
-            return _setting(RunConfig(), dotted)
+            return setting(RunConfig(), dotted)
     return node
 
 
@@ -105,6 +105,27 @@ def _same(a, b) -> bool:
         return a == b
 
 
+def writing_run(folder: Path) -> tuple[Path, dict, dict] | None:
+    """The spinlora run that wrote ``folder`` (an adapter or a reward model): the nearest folder
+    above it with ``run.json`` and ``config.yaml``, as (its path, its config.yaml, its run.json).
+    None when there is none, or when either file is damaged: such a record says nothing, and
+    the folder itself is what loads."""
+    import json
+
+    import yaml
+
+    run = next((p for p in list(Path(folder).resolve().parents)[:4]
+                if (p / "run.json").is_file() and (p / "config.yaml").is_file()), None)
+    if run is None:
+        return None
+    try:
+        there = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        status = json.loads((run / "run.json").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return run, (there if isinstance(there, dict) else {}), status
+
+
 def adapter_source(cfg: RunConfig) -> dict | None:
     """Where ``--adapter`` (``cfg.sft_adapter``) came from, for ``run.json``: its path, the
     sha256 of its weights, and, when a spinlora run wrote it (the nearest folder above it with
@@ -112,9 +133,6 @@ def adapter_source(cfg: RunConfig) -> dict | None:
     values there differ from this run's (printed as a note). None without ``--adapter`` or when
     the folder is missing (loading the adapter then fails with its own message)."""
     import hashlib
-    import json
-
-    import yaml
 
     path = Path(cfg.sft_adapter).expanduser().resolve() if cfg.sft_adapter else None
     if path is None or not path.is_dir():
@@ -123,20 +141,15 @@ def adapter_source(cfg: RunConfig) -> dict | None:
     weights = path / "adapter_model.safetensors"
     if weights.is_file():
         rec["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
-    run = next((p for p in list(path.parents)[:4]
-                if (p / "run.json").is_file() and (p / "config.yaml").is_file()), None)
-    if run is None:
+    found = writing_run(path)
+    if found is None:
         return rec
-    try:
-        there = yaml.safe_load((run / "config.yaml").read_text()) or {}
-        status = json.loads((run / "run.json").read_text())
-    except (OSError, ValueError, yaml.YAMLError):
-        return rec  # a damaged record says nothing: the adapter itself is what loads
+    run, there, status = found
     rec["run"] = str(run)
     rec["git_commit"] = (status.get("environment") or {}).get("git_commit")
-    rec["differs"] = {k: {"there": _setting(there, k), "here": _setting(cfg, k)}
+    rec["differs"] = {k: {"there": setting(there, k), "here": setting(cfg, k)}
                       for k in PROVENANCE_KEYS
-                      if not _same(_setting(there, k), _setting(cfg, k))}
+                      if not _same(setting(there, k), setting(cfg, k))}
     if rec["differs"] and dist.is_main():
         diffs = "; ".join(f"{k} {v['there']} there, {v['here']} here"
                           for k, v in rec["differs"].items())
