@@ -3,6 +3,8 @@ peft and gives base + adapter's logits; the plain peft copy; refusals that say w
 import json
 from pathlib import Path
 
+import yaml
+
 import pytest
 import torch
 
@@ -92,3 +94,48 @@ def test_base_model_of_an_adapter_copied_from_another_machine(tmp_path):
     gone = adapter("/home/someone/models/my-llama")
     with pytest.raises(AdapterError, match="pass --model"):
         base_name(gone, gone)
+
+
+def test_export_carries_the_trained_prompt_format(tiny_cfg, tmp_path):
+    """An adapter trained with data.reread and a system prompt is exported with a chat template
+    that builds those prompts: plain apply_chat_template equals spinlora's own prompt ids."""
+    from transformers import AutoTokenizer
+
+    from spinlora.data import ChatFormat
+    from spinlora.pipeline import run
+
+    tiny_cfg.stages = ["sft"]
+    tiny_cfg.data.reread = True
+    tiny_cfg.data.system_prompt = "Answer with an equation."
+    tiny_cfg.data.max_length = 320
+    assert run(tiny_cfg)["status"] == "ok"
+    out = tmp_path / "lora"
+    assert cli.main(["export", str(tiny_cfg.output_dir), "--out", str(out)]) == 0
+    info = json.loads((out / "export.json").read_text())
+    assert info["prompt_format"] == {"system_prompt": "Answer with an equation.", "reread": True,
+                                     "chat_template": "rewritten"}
+    tok = AutoTokenizer.from_pretrained(out)
+    prompt = "Ann has 5 pens and 2 cups. She buys 3 pens. How many pens?"
+    plain = list(tok.apply_chat_template([{"role": "user", "content": prompt}],
+                                         add_generation_prompt=True, tokenize=True,
+                                         return_dict=False))
+    trained = AutoTokenizer.from_pretrained(tiny_cfg.model.name)  # the template as it was
+    assert plain == ChatFormat(trained, "Answer with an equation.", True).prompt_ids(prompt)
+    text = tok.decode(plain)
+    assert text.count(prompt) == 2 and "Answer with an equation." in text
+    # a chat that brings its own system turn keeps it
+    own = tok.apply_chat_template([{"role": "system", "content": "Be brief."},
+                                   {"role": "user", "content": prompt}], tokenize=False)
+    assert "Be brief." in own and "Answer with an equation." not in own
+
+
+def test_export_without_a_prompt_setting_keeps_the_template(sft_run, tmp_path):
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "lora"
+    assert cli.main(["export", str(sft_run), "--out", str(out)]) == 0
+    info = json.loads((out / "export.json").read_text())
+    assert info["prompt_format"]["chat_template"] == "unchanged"
+    name = yaml.safe_load((sft_run / "config.yaml").read_text())["model"]["name"]
+    assert AutoTokenizer.from_pretrained(out).chat_template == \
+        AutoTokenizer.from_pretrained(name).chat_template

@@ -13,6 +13,11 @@ tokenizer. The saved checkpoint is then loaded back with plain transformers and 
 checked against base + adapter before the folder takes its final name, so a folder under that
 name always reproduces the adapter. Methods that cannot be merged (prompt learning, Houlsby
 adapters) are refused with the reason.
+
+An adapter trained with ``data.system_prompt`` or ``data.reread`` (its run's config.yaml) is
+exported with a chat template rewritten to build the same prompts, so that plain
+``tokenizer.apply_chat_template`` gives the model the chat it was trained in; the rewritten
+template is checked against spinlora's own prompt ids before the folder is written.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import yaml
 from . import adapters, rundir
 from .adapters import AdapterConfig, AdapterError
 from .config import DEFAULT_MODEL, ModelConfig
+from .data import READ_AGAIN
 
 TOLERANCE = {torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 5e-2}  # max |Δ logit|
 
@@ -69,6 +75,58 @@ def base_name(source: Path, adapter: Path) -> str:
     return name
 
 
+def _reread_template(template: str, system_prompt: str | None, reread: bool) -> str:
+    """``template`` (a Jinja chat template) preceded by a block that rewrites ``messages`` the way
+    ``ChatFormat.messages`` builds them in training: ``system_prompt`` first when the chat has
+    no system turn, and with ``reread`` every user turn as ``ChatFormat.user_text`` gives it."""
+    head = ["{%- set ns = namespace(m=[]) -%}"]
+    if system_prompt:
+        head.append("{%- if not messages or messages[0]['role'] != 'system' -%}"
+                    f"{{%- set ns.m = [{{'role': 'system', 'content': {json.dumps(system_prompt)}}}] -%}}"
+                    "{%- endif -%}")
+    head.append("{%- for message in messages -%}")
+    if reread:
+        head.append("{%- if message['role'] == 'user' and message['content'] is string -%}"
+                    "{%- set ns.m = ns.m + [{'role': 'user', 'content': message['content'] + "
+                    f"{json.dumps(READ_AGAIN)} + message['content']}}] -%}}"
+                    "{%- else -%}{%- set ns.m = ns.m + [message] -%}{%- endif -%}")
+    else:
+        head.append("{%- set ns.m = ns.m + [message] -%}")
+    head.append("{%- endfor -%}{%- set messages = ns.m -%}")
+    return "".join(head) + template
+
+
+def prompt_format(source: Path, adapter: Path, tok) -> dict:
+    """The chat the adapter was trained in (``data.system_prompt``, ``data.reread`` of the run
+    that wrote it; defaults without a run record), written into ``tok``'s chat template when it
+    differs from the template's own, so that ``apply_chat_template`` on the exported folder
+    gives the model its training prompts. The result is checked against ``ChatFormat``'s own
+    prompt ids for a probe chat; a template that cannot be rewritten to match is refused."""
+    from .data import ChatFormat
+    from .start import setting, writing_run
+
+    found = writing_run(adapter)  # a run folder's adapter lies inside it
+    there = found[1] if found else {}  # no record: the defaults
+    fmt = {k: setting(there, f"data.{k}") for k in ("system_prompt", "reread")}
+    if not fmt["system_prompt"] and not fmt["reread"]:
+        return {**fmt, "chat_template": "unchanged"}
+    want = ChatFormat(tok, fmt["system_prompt"], fmt["reread"])
+    probe = "Tom has 3 apples and buys 4 more. How many apples does he have?"
+    want_ids = want.prompt_ids(probe)
+    tok.chat_template = _reread_template(tok.chat_template, fmt["system_prompt"], fmt["reread"])
+    got = list(tok.apply_chat_template([{"role": "user", "content": probe}],
+                                       add_generation_prompt=True, tokenize=True,
+                                       return_dict=False))
+    if got != want_ids:
+        raise AdapterError(
+            f"the adapter was trained with data.system_prompt={fmt['system_prompt']!r} and "
+            f"data.reread={fmt['reread']}, and this tokenizer's chat template could not be "
+            "rewritten to give those prompts, so the exported folder would prompt the model "
+            "in a format it was not trained in. Use the adapter with spinlora (`spinlora eval "
+            "--adapter`), which builds its prompts itself")
+    return {**fmt, "chat_template": "rewritten"}
+
+
 def export(source: str | Path, out: str | Path, merge: bool = False, model: str | None = None,
            dtype: str = "float32", overwrite: bool = False) -> dict:
     """Write the chosen adapter of ``source`` (a run or adapter folder) to ``out``: as it is
@@ -91,7 +149,8 @@ def export(source: str | Path, out: str | Path, merge: bool = False, model: str 
     base_id = model or base_name(source, adapter)
     base, tok = load_model(ModelConfig(name=base_id, dtype=dtype, device="cpu"))
     info = {"source": str(source), "adapter": str(adapter), "method": acfg.method,
-            "base_model": base_id, "merged": merge, "dtype": dtype}
+            "base_model": base_id, "merged": merge, "dtype": dtype,
+            "prompt_format": prompt_format(source, adapter, tok)}
     part = rundir.begin(out)
     if not merge:
         shutil.copytree(adapter, part, dirs_exist_ok=True)
