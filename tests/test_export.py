@@ -113,7 +113,7 @@ def test_export_carries_the_trained_prompt_format(tiny_cfg, tmp_path):
     assert cli.main(["export", str(tiny_cfg.output_dir), "--out", str(out)]) == 0
     info = json.loads((out / "export.json").read_text())
     assert info["prompt_format"] == {"system_prompt": "Answer with an equation.", "reread": True,
-                                     "chat_template": "rewritten"}
+                                     "question_first": False, "chat_template": "rewritten"}
     tok = AutoTokenizer.from_pretrained(out)
     prompt = "Ann has 5 pens and 2 cups. She buys 3 pens. How many pens?"
     plain = list(tok.apply_chat_template([{"role": "user", "content": prompt}],

@@ -613,3 +613,26 @@ def test_reread_gives_the_problem_twice_in_every_user_turn(tiny_cfg, tiny_model_
     shots = [{"prompt": "1 + 1?", "answer": "1 + 1 = 2\n#### 2"}]
     fewshot = tok.decode(fewshot_prompt_ids(tok, on, problem, shots, "chat"))
     assert fewshot.count(problem) == 2 and fewshot.count("1 + 1?") == 2
+
+
+def test_question_first_puts_the_last_sentence_first(tiny_model_dir):
+    """data.question_first: the user turn is the problem's question (its last sentence, an
+    abbreviation's full stop not counted as an end), a newline, then its statements; a
+    one-sentence problem is unchanged; with reread the reordered text is given twice."""
+    from spinlora.config import load_config
+    from spinlora.data import READ_AGAIN, ChatFormat, split_question
+    from spinlora.models import load_tokenizer
+
+    assert split_question("Mrs. Hilt has 3 pens. She buys 4. How many pens does Mrs. Hilt have?") \
+        == ("Mrs. Hilt has 3 pens. She buys 4.", "How many pens does Mrs. Hilt have?")
+    assert split_question("Mrs. Hilt has 3 pens and 4 cups, how many things?") == \
+        ("", "Mrs. Hilt has 3 pens and 4 cups, how many things?")
+    assert split_question(" Dan had $ 3 left. If he had $ 4 at the start How much did it cost? ") \
+        == ("Dan had $ 3 left.", "If he had $ 4 at the start How much did it cost?")
+    tok = load_tokenizer(str(tiny_model_dir))
+    qf = ChatFormat.from_config(tok, load_config(None, ["data.question_first=true"]).data)
+    assert qf.user_text("Tom has 3 apples. He buys 4 more. How many apples does he have?") == \
+        "How many apples does he have?\nTom has 3 apples. He buys 4 more."
+    assert qf.user_text("How many is 3 + 4?") == "How many is 3 + 4?"
+    both = ChatFormat(tok, None, reread=True, question_first=True)
+    assert both.user_text("Tom has 3. How many?") == f"How many?\nTom has 3.{READ_AGAIN}How many?\nTom has 3."

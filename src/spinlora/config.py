@@ -99,6 +99,10 @@ class DataConfig:
     # "\nRead the question again: " (Re-Reading, Xu et al. 2024), so that the second reading of
     # the statements attends to the question (data.ChatFormat.user_text)
     reread: bool = False
+    # every prompt's question (its last sentence) is put before its statements, joined by a
+    # newline, so that the statements are read with the question in view at no extra length
+    # (data.split_question; a one-sentence prompt is left as it is); applied before reread
+    question_first: bool = False
     sft_examples: int | None = 64  # None = all rows
     seed: int = 0  # seeds the subset choice and shuffling
 

@@ -125,27 +125,50 @@ def load_rows(source: str, cfg: DataConfig, default_split: str) -> list[dict]:
 
 
 READ_AGAIN = "\nRead the question again: "
+# "Mrs. Hilt" is one sentence: a full stop after these words ends none
+_ABBREVIATIONS = ("Mr", "Mrs", "Ms", "Dr", "St", "Jr", "Sr", "Mt", "vs", "etc", "No")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+
+
+def split_question(prompt: str) -> tuple[str, str]:
+    """(statements, question) of a word problem: the question is its last sentence, the text
+    after the last sentence end (". ", "? " or "! " before more text; not after an abbreviation
+    such as "Mrs."). A prompt of one sentence gives ("", prompt)."""
+    text = prompt.strip()
+    for m in reversed(list(_SENTENCE_END.finditer(text))):
+        before = text[:m.start()]
+        word = re.search(r"(\w+)\.$", before)
+        if word and word.group(1) in _ABBREVIATIONS:
+            continue
+        return before, text[m.end():]
+    return "", text
 
 
 class ChatFormat:
     """Turns prompts and answers into token ids with the tokenizer's own chat template."""
 
-    def __init__(self, tokenizer, system_prompt: str | None = None, reread: bool = False):
+    def __init__(self, tokenizer, system_prompt: str | None = None, reread: bool = False,
+                 question_first: bool = False):
         self.tok = tokenizer
         self.system_prompt = system_prompt
         self.reread = reread
+        self.question_first = question_first
         self.end_id = self._end_of_turn_id()
         ids = {self.end_id, tokenizer.eos_token_id}
         self.stop_ids = sorted(i for i in ids if i is not None)
 
     @classmethod
     def from_config(cls, tokenizer, cfg: DataConfig) -> "ChatFormat":
-        return cls(tokenizer, cfg.system_prompt, cfg.reread)
+        return cls(tokenizer, cfg.system_prompt, cfg.reread, cfg.question_first)
 
     def user_text(self, prompt: str) -> str:
-        """The user turn: the prompt, or with ``reread`` the prompt, then ``READ_AGAIN`` and
-        the prompt once more (Re-Reading, Xu et al. 2024): a causal model reads the problem's
-        statements a second time with its question already in view."""
+        """The user turn: the prompt; with ``question_first`` its question (``split_question``)
+        on the first line and its statements after it; with ``reread`` that, then
+        ``READ_AGAIN`` and that once more (Re-Reading, Xu et al. 2024). Both let a causal model
+        read the problem's statements with its question already in view."""
+        if self.question_first:
+            statements, question = split_question(prompt)
+            prompt = f"{question}\n{statements}" if statements else question
         return f"{prompt}{READ_AGAIN}{prompt}" if self.reread else prompt
 
     def messages(self, prompt: str, before: list[tuple[str, str]] = ()) -> list[dict]:

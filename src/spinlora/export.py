@@ -107,7 +107,13 @@ def prompt_format(source: Path, adapter: Path, tok) -> dict:
 
     found = writing_run(adapter)  # a run folder's adapter lies inside it
     there = found[1] if found else {}  # no record: the defaults
-    fmt = {k: setting(there, f"data.{k}") for k in ("system_prompt", "reread")}
+    fmt = {k: setting(there, f"data.{k}") for k in ("system_prompt", "reread", "question_first")}
+    if fmt["question_first"]:  # a sentence split: no chat template's job
+        print("[spinlora] note: the adapter was trained with data.question_first: its user "
+              "turns put each problem's question first, which a chat template cannot do. Build "
+              "them with spinlora.data.ChatFormat(tokenizer, system_prompt, reread, "
+              "question_first=True).user_text (export.json's prompt_format has the settings)")
+        return {**fmt, "chat_template": "unchanged (question_first: see the note)"}
     if not fmt["system_prompt"] and not fmt["reread"]:
         return {**fmt, "chat_template": "unchanged"}
     want = ChatFormat(tok, fmt["system_prompt"], fmt["reread"])

@@ -82,7 +82,8 @@ def attach_adapter(cfg: RunConfig, model, out: Path):
 # the settings that shape what an adapter learned in the run that trained it: ``--adapter``
 # from a run whose values differ is named (a stale adapter under a current-looking folder name)
 PROVENANCE_KEYS = ("model.name", "data.train", "data.sft_examples", "data.seed",
-                   "data.max_length", "data.reread", "train.lr", "train.epochs",
+                   "data.max_length", "data.reread", "data.question_first",
+                   "train.lr", "train.epochs",
                    "train.batch_size", "seed")
 _ABSENT = object()
 
