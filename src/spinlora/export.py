@@ -75,7 +75,7 @@ def base_name(source: Path, adapter: Path) -> str:
     return name
 
 
-def _reread_template(template: str, system_prompt: str | None, reread: bool) -> str:
+def _trained_template(template: str, system_prompt: str | None, reread: bool) -> str:
     """``template`` (a Jinja chat template) preceded by a block that rewrites ``messages`` the way
     ``ChatFormat.messages`` builds them in training: ``system_prompt`` first when the chat has
     no system turn, and with ``reread`` every user turn as ``ChatFormat.user_text`` gives it."""
@@ -96,7 +96,7 @@ def _reread_template(template: str, system_prompt: str | None, reread: bool) -> 
     return "".join(head) + template
 
 
-def prompt_format(source: Path, adapter: Path, tok) -> dict:
+def prompt_format(adapter: Path, tok) -> dict:
     """The chat the adapter was trained in (``data.system_prompt``, ``data.reread`` of the run
     that wrote it; defaults without a run record), written into ``tok``'s chat template when it
     differs from the template's own, so that ``apply_chat_template`` on the exported folder
@@ -119,7 +119,7 @@ def prompt_format(source: Path, adapter: Path, tok) -> dict:
     want = ChatFormat(tok, fmt["system_prompt"], fmt["reread"])
     probe = "Tom has 3 apples and buys 4 more. How many apples does he have?"
     want_ids = want.prompt_ids(probe)
-    tok.chat_template = _reread_template(tok.chat_template, fmt["system_prompt"], fmt["reread"])
+    tok.chat_template = _trained_template(tok.chat_template, fmt["system_prompt"], fmt["reread"])
     got = list(tok.apply_chat_template([{"role": "user", "content": probe}],
                                        add_generation_prompt=True, tokenize=True,
                                        return_dict=False))
@@ -156,7 +156,7 @@ def export(source: str | Path, out: str | Path, merge: bool = False, model: str 
     base, tok = load_model(ModelConfig(name=base_id, dtype=dtype, device="cpu"))
     info = {"source": str(source), "adapter": str(adapter), "method": acfg.method,
             "base_model": base_id, "merged": merge, "dtype": dtype,
-            "prompt_format": prompt_format(source, adapter, tok)}
+            "prompt_format": prompt_format(adapter, tok)}
     part = rundir.begin(out)
     if not merge:
         shutil.copytree(adapter, part, dirs_exist_ok=True)

@@ -181,7 +181,7 @@ def load_trained(path: str | Path, cfg: RunConfig):
 
 
 # the settings of the chat a reward model reads its (prompt, answer) pairs in
-FORMAT_KEYS = ("system_prompt", "reread")
+FORMAT_KEYS = ("system_prompt", "reread", "question_first")
 
 
 def trained_format(path: str | Path, cfg: RunConfig):
@@ -212,7 +212,7 @@ def trained_format(path: str | Path, cfg: RunConfig):
 def load_reranker(path: str | Path, cfg: RunConfig) -> tuple:
     """(reward model, its ChatFormat): what best-of-n, keep_best and early stopping score with.
     The format is the one the reward model was trained in (``trained_format``), whatever this
-    run's own ``data.reread`` or ``data.system_prompt``."""
+    run's own ``data.system_prompt``, ``data.reread`` or ``data.question_first``."""
     model, tok = load_trained(path, cfg)
     return model, ChatFormat.from_config(tok, trained_format(path, cfg))
 
