@@ -125,6 +125,8 @@ def load_rows(source: str, cfg: DataConfig, default_split: str) -> list[dict]:
 
 
 READ_AGAIN = "\nRead the question again: "
+# the data settings that shape the chat a model is trained in (ChatFormat.from_config's fields)
+CHAT_KEYS = ("system_prompt", "reread", "question_first")
 # "Mrs. Hilt" is one sentence: a full stop after these words ends none
 _ABBREVIATIONS = ("Mr", "Mrs", "Ms", "Dr", "St", "Jr", "Sr", "Mt", "vs", "etc", "No")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
@@ -159,7 +161,7 @@ class ChatFormat:
 
     @classmethod
     def from_config(cls, tokenizer, cfg: DataConfig) -> "ChatFormat":
-        return cls(tokenizer, cfg.system_prompt, cfg.reread, cfg.question_first)
+        return cls(tokenizer, *(getattr(cfg, k) for k in CHAT_KEYS))
 
     def user_text(self, prompt: str) -> str:
         """The user turn: the prompt; with ``question_first`` its question (``split_question``)

@@ -102,12 +102,12 @@ def prompt_format(adapter: Path, tok) -> dict:
     differs from the template's own, so that ``apply_chat_template`` on the exported folder
     gives the model its training prompts. The result is checked against ``ChatFormat``'s own
     prompt ids for a probe chat; a template that cannot be rewritten to match is refused."""
-    from .data import ChatFormat
-    from .start import setting, writing_run
+    from .config import DataConfig
+    from .data import CHAT_KEYS, ChatFormat
+    from .start import trained_chat
 
-    found = writing_run(adapter)  # a run folder's adapter lies inside it
-    there = found[1] if found else {}  # no record: the defaults
-    fmt = {k: setting(there, f"data.{k}") for k in ("system_prompt", "reread", "question_first")}
+    found = trained_chat(adapter)  # a run folder's adapter lies inside it
+    fmt = found[1] if found else {k: getattr(DataConfig(), k) for k in CHAT_KEYS}  # no record
     if fmt["question_first"]:  # a sentence split: no chat template's job
         print("[spinlora] note: the adapter was trained with data.question_first: its user "
               "turns put each problem's question first, which a chat template cannot do. Build "

@@ -180,26 +180,21 @@ def load_trained(path: str | Path, cfg: RunConfig):
     return model, tok
 
 
-# the settings of the chat a reward model reads its (prompt, answer) pairs in
-FORMAT_KEYS = ("system_prompt", "reread", "question_first")
-
-
 def trained_format(path: str | Path, cfg: RunConfig):
     """The ``data`` settings a saved reward model was trained with, as far as they shape the
-    chat it scores: this run's ``cfg.data`` with ``FORMAT_KEYS`` taken from the config.yaml of
+    chat it scores: this run's ``cfg.data`` with ``data.CHAT_KEYS`` taken from the config.yaml of
     the run that wrote ``path`` (a key that run's file lacks was run at its default). Without
     such a run (a copied folder), this run's own settings, as before. Differences are printed:
     the reward model then scores in its own format, not this run's."""
     import dataclasses
 
     from . import dist
-    from .start import setting, writing_run
+    from .start import trained_chat
 
-    found = writing_run(Path(path))
+    found = trained_chat(Path(path))
     if found is None:
         return cfg.data
-    run, there, _ = found
-    own = {k: setting(there, f"data.{k}") for k in FORMAT_KEYS}
+    run, own = found
     differs = {k: v for k, v in own.items() if v != getattr(cfg.data, k)}
     if differs and dist.is_main():
         print(f"[spinlora] note: the reward model {path} was trained by the run {run} with "

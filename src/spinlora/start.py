@@ -127,6 +127,17 @@ def writing_run(folder: Path) -> tuple[Path, dict, dict] | None:
     return run, (there if isinstance(there, dict) else {}), status
 
 
+def trained_chat(folder: Path) -> tuple[Path, dict] | None:
+    """The chat settings (``data.CHAT_KEYS``) of the run that wrote ``folder``
+    (``writing_run``), as (that run, {key: value}); None without such a run."""
+    from .data import CHAT_KEYS
+
+    found = writing_run(folder)
+    if found is None:
+        return None
+    return found[0], {k: setting(found[1], f"data.{k}") for k in CHAT_KEYS}
+
+
 def adapter_source(cfg: RunConfig) -> dict | None:
     """Where ``--adapter`` (``cfg.sft_adapter``) came from, for ``run.json``: its path, the
     sha256 of its weights, and, when a spinlora run wrote it (the nearest folder above it with
