@@ -323,3 +323,48 @@ def test_reranker_scores_in_the_format_it_was_trained_in(tiny_model_dir, tmp_pat
     shutil.copytree(rm_dir / "reward" / "adapter", copy)
     _, fmt = load_reranker(copy, cfg)
     assert fmt.reread is False and fmt.system_prompt is None
+
+
+def test_reranker_loads_on_the_base_it_was_trained_on(tiny_model_dir, tmp_path, capsys):
+    """A reward model trained on one base scores in a run of another base (it scores text): it
+    is loaded on its own base, with a note. A copied folder, with no run record to name its
+    base, on a base it does not fit: spinlora's error, naming what to do, not peft's."""
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from conftest import make_tokenizer
+    from spinlora import cli
+    from spinlora.adapters import AdapterError
+    from spinlora.config import load_config
+    from spinlora.reward_model import load_reranker, score_texts
+
+    tok = make_tokenizer()
+    other = tmp_path / "other-base"  # another shape: the reward model's weights cannot fit it
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=1, tie_word_embeddings=True,
+                                 pad_token_id=tok.pad_token_id)).save_pretrained(other)
+    tok.save_pretrained(other)
+    rm_dir = tmp_path / "rm"
+    assert cli.main(["reward", f"output_dir={rm_dir}", f"model.name={tiny_model_dir}",
+                     "model.dtype=float32", f"reward.data={_pairs(tmp_path, 12)}",
+                     "reward.heldout=4", "train.batch_size=4", "train.micro_batch_size=4",
+                     "data.max_length=200"]) == 0
+    capsys.readouterr()
+    adapter = rm_dir / "reward" / "adapter"
+    own = load_config(None, [f"model.name={tiny_model_dir}", "model.dtype=float32"])
+    here = load_config(None, [f"model.name={other}", "model.dtype=float32"])
+    texts = (["Tom has 2 apples and buys 3 more. How many?"] * 2, ["2 + 3 = 5", "2 * 3 = 6"])
+    expected = score_texts(*load_reranker(adapter, own), *texts)
+    capsys.readouterr()
+    model, fmt = load_reranker(adapter, here)
+    assert f"was trained on {tiny_model_dir}" in capsys.readouterr().out
+    assert model.config.hidden_size == 64
+    assert score_texts(model, fmt, *texts) == pytest.approx(expected, abs=1e-5)
+    copy = tmp_path / "copied" / "a" / "b" / "c" / "d" / "adapter"
+    shutil.copytree(adapter, copy)
+    with pytest.raises(AdapterError, match="does not fit the base model .*Set model.name"):
+        load_reranker(copy, here)
+    with pytest.raises(AdapterError, match="not a saved reward model"):
+        load_reranker(tmp_path, here)

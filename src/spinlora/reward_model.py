@@ -166,18 +166,48 @@ def score_texts(model, fmt: ChatFormat, prompts: list[str], answers: list[str],
     return scores
 
 
+def trained_base(path: str | Path, cfg: RunConfig) -> str:
+    """The base model a saved reward model belongs on: ``model.name`` of the run that wrote
+    ``path`` (``start.writing_run``), printed when it is not this run's; this run's own for a
+    copied folder. A reward model scores text, so it may sit on another base than the policy."""
+    from . import dist
+    from .start import setting, writing_run
+
+    found = writing_run(Path(path))
+    if found is None:
+        return cfg.model.name
+    name = setting(found[1], "model.name")
+    if name != cfg.model.name and dist.is_main():
+        print(f"[spinlora] note: the reward model {path} was trained on {name} by the run "
+              f"{found[0]} (this run's model: {cfg.model.name}); it is loaded on its own base")
+    return name
+
+
 def load_trained(path: str | Path, cfg: RunConfig):
-    """A saved reward model (``reward/adapter``) for scoring: (model, tokenizer), eval mode."""
+    """A saved reward model (``reward/adapter``) for scoring: (model, tokenizer), eval mode,
+    on the base it was trained on (``trained_base``)."""
     from peft import PeftModel
 
     path = Path(path)
-    base = resolve_model_path(cfg.model.name)
+    if not (path / "adapter_config.json").is_file():
+        raise AdapterError(
+            f"{path} is not a saved reward model (no adapter_config.json): give the "
+            "reward/adapter folder of a `spinlora reward` run")
+    name = trained_base(path, cfg)
+    base = resolve_model_path(name)
     tok = load_tokenizer(str(path))
     device = pick_device(cfg.model.device)
     model = _seq_cls(base, dtype=_dtype(cfg, device))
     model.config.pad_token_id = tok.pad_token_id
-    model = PeftModel.from_pretrained(model, str(path)).to(device).eval()
-    return model, tok
+    try:
+        model = PeftModel.from_pretrained(model, str(path))
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise AdapterError(
+            f"the reward model {path} does not fit the base model {name} "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}): it was trained on another "
+            "base. Set model.name to that base, or train a reward model on this one "
+            "(`spinlora reward`)") from None
+    return model.to(device).eval(), tok
 
 
 def trained_format(path: str | Path, cfg: RunConfig):
