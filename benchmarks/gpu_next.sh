@@ -2,13 +2,15 @@
 # What is still open for the next session lent a GPU (issues 8 and 11): RL with the correctness
 # reward and SPIN with the model's own right answer preferred (Iterative RPO), on GSM8K with the
 # 0.5B stand-in, each from the committed SFT adapter (24.1 % ± 1.2 on all 1319 questions; base
-# 24.6 %) and scored on all 1319. Sized for a 15-minute lease: set the machine up as session 41
-# did (benchmarks/results/gpu_s41/README.md: a tree without benchmarks/results, docs and tests,
-# nine calls of one 58 MB GGUF part each, then one call that joins them as /root/qwen.gguf,
-# installs the wheels in /tmp/site and runs, in the repository root there,
+# 24.6 %) and scored on all 1319. Sized for a 15-minute lease: benchmarks/gpu_lease.sh gives
+# the calls (the wheels, the adapter and GSM8K with the smallest GGUF part in the call that starts
+# the machine, one 58 MB part a call after it, then this script started detached as
 #     bash benchmarks/gpu_next.sh RESULTS_DIR SECONDS
-# with SECONDS what the lease has left minus a minute). About 100 s go to starting and
-# shipping and 54 s to the model's conversion. Generation dominates: 1024 sampled answers took
+# in the repository root there, and a last call that collects). About 100 s go to starting and
+# shipping and 54 s to the model's conversion. Session 44 ran both points at a toy scale on the
+# CPU with the code of its day (the 0.5B GGUF, bf16, 2-12 prompts, 8 eval questions): both
+# commands run to the end (IRPO needs a right sample among its prompts' samples; at 12 prompts x
+# 2 samples it found none once, which the full scale does not risk). Generation dominates: 1024 sampled answers took
 # about 1:30 a round once compiled, beside other runs. So RL gets 3 rounds and IRPO one
 # iteration on 400 prompts x 4 samples, side by side, with nothing else on the card.
 # Session 41 measured everything else of the old list (generation speed, bf16 SDPA against
