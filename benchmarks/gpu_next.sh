@@ -8,9 +8,10 @@
 #     bash benchmarks/gpu_next.sh RESULTS_DIR SECONDS
 # in the repository root there, and a last call that collects). About 100 s go to starting and
 # shipping and 54 s to the model's conversion. Session 44 ran both points at a toy scale on the
-# CPU with the code of its day (the 0.5B GGUF, bf16, 2-12 prompts, 8 eval questions): both
-# commands run to the end (IRPO needs a right sample among its prompts' samples; at 12 prompts x
-# 2 samples it found none once, which the full scale does not risk). Generation dominates: 1024 sampled answers took
+# CPU with the code of its day (the 0.5B GGUF, bf16, 2-12 prompts, 4-8 eval questions): the RL
+# command ran to its evaluation; the IRPO command sampled and then stopped with its own error, no
+# right answer among 12 prompts x 2 samples (the SFT is right on ~1 in 8 sampled answers; 400 x 4
+# at full scale); SPIN with the gold answer ran its sampling and training on the same adapter. Generation dominates: 1024 sampled answers took
 # about 1:30 a round once compiled, beside other runs. So RL gets 3 rounds and IRPO one
 # iteration on 400 prompts x 4 samples, side by side, with nothing else on the card.
 # Session 41 measured everything else of the old list (generation speed, bf16 SDPA against
