@@ -362,6 +362,14 @@ def test_reranker_loads_on_the_base_it_was_trained_on(tiny_model_dir, tmp_path, 
     assert f"was trained on {tiny_model_dir}" in capsys.readouterr().out
     assert model.config.hidden_size == 64
     assert score_texts(model, fmt, *texts) == pytest.approx(expected, abs=1e-5)
+    # a run whose model.name cannot be found from here (a path relative to its own folder, say):
+    # this run's model, named
+    moved = tmp_path / "moved"
+    shutil.copytree(rm_dir, moved)
+    conf = (moved / "config.yaml").read_text().replace(str(tiny_model_dir), "./nowhere/tiny")
+    (moved / "config.yaml").write_text(conf)
+    model, _ = load_reranker(moved / "reward" / "adapter", own)
+    assert "./nowhere/tiny is not found from here" in capsys.readouterr().out
     copy = tmp_path / "copied" / "a" / "b" / "c" / "d" / "adapter"
     shutil.copytree(adapter, copy)
     with pytest.raises(AdapterError, match="does not fit the base model .*Set model.name"):

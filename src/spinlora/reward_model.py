@@ -12,7 +12,8 @@ import torch
 from .adapters import AdapterError
 from .config import RunConfig
 from .data import ChatFormat
-from .models import load_tokenizer, pick_device, pick_dtype, resolve_model_path
+from .models import (ModelNotFoundError, load_tokenizer, pick_device, pick_dtype,
+                     resolve_model_path)
 
 
 def _dtype(cfg: RunConfig, device: torch.device) -> torch.dtype:
@@ -194,7 +195,16 @@ def load_trained(path: str | Path, cfg: RunConfig):
             f"{path} is not a saved reward model (no adapter_config.json): give the "
             "reward/adapter folder of a `spinlora reward` run")
     name = trained_base(path, cfg)
-    base = resolve_model_path(name)
+    try:
+        base = resolve_model_path(name)
+    except ModelNotFoundError:
+        if name == cfg.model.name:
+            raise
+        # e.g. a relative path that its run resolved from another folder
+        print(f"[spinlora] note: {name} is not found from here; the reward model is loaded on "
+              f"this run's model, {cfg.model.name}")
+        name = cfg.model.name
+        base = resolve_model_path(name)
     tok = load_tokenizer(str(path))
     device = pick_device(cfg.model.device)
     model = _seq_cls(base, dtype=_dtype(cfg, device))
@@ -205,8 +215,8 @@ def load_trained(path: str | Path, cfg: RunConfig):
         raise AdapterError(
             f"the reward model {path} does not fit the base model {name} "
             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}): it was trained on another "
-            "base. Set model.name to that base, or train a reward model on this one "
-            "(`spinlora reward`)") from None
+            "base (a folder copied out of its run keeps no record of which). Set model.name to "
+            "that base, or train a reward model on this one (`spinlora reward`)") from None
     return model.to(device).eval(), tok
 
 
