@@ -189,6 +189,8 @@ def load_trained(path: str | Path, cfg: RunConfig):
     on the base it was trained on (``trained_base``)."""
     from peft import PeftModel
 
+    from . import dist
+
     path = Path(path)
     if not (path / "adapter_config.json").is_file():
         raise AdapterError(
@@ -201,8 +203,9 @@ def load_trained(path: str | Path, cfg: RunConfig):
         if name == cfg.model.name:
             raise
         # e.g. a relative path that its run resolved from another folder
-        print(f"[spinlora] note: {name} is not found from here; the reward model is loaded on "
-              f"this run's model, {cfg.model.name}")
+        if dist.is_main():
+            print(f"[spinlora] note: {name} is not found from here; the reward model is loaded "
+                  f"on this run's model, {cfg.model.name}")
         name = cfg.model.name
         base = resolve_model_path(name)
     tok = load_tokenizer(str(path))
