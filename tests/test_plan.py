@@ -36,15 +36,17 @@ def _setup(cfg):
     return attach(model, cfg.adapter), tok, examples
 
 
-def _fake_costs(monkeypatch, plain, ckpt):
-    """Stand-in probes: (fixed, per_row) in MiB without / with gradient checkpointing."""
+def _fake_costs(monkeypatch, plain, ckpt, seconds=None):
+    """Stand-in probes: (fixed, per_row) in MiB without / with gradient checkpointing;
+    ``seconds``: (seconds_fixed, seconds_per_row) without / with it, else untimed."""
     calls = []
 
     def linear(model, device, fn, first, loaded):
         on = bool(getattr(_lm(model), "is_gradient_checkpointing", False))
         calls.append(on)
         fixed, per_row = ckpt if on else plain
-        return planner.PhaseCost(fixed * MiB, per_row * MiB, "probe")
+        timing = seconds[on] if seconds else (0.0, 0.0)
+        return planner.PhaseCost(fixed * MiB, per_row * MiB, "probe", *timing)
 
     monkeypatch.setattr(planner, "_linear", linear)
     monkeypatch.setattr(planner, "_verify", lambda model, device, steps, m, *a: (m, {}))
@@ -61,7 +63,7 @@ def test_the_chosen_micro_batch_is_probed_and_lowered_until_it_fits(tiny_cfg, mo
 
     def probe(model, device, step, loaded):
         step()  # the step knows its rows; record them through the fake steps below
-        return sizes[-1] * 100 * MiB
+        return sizes[-1] * 100 * MiB, 0.5
 
     def fake(name):
         def step(m):
@@ -115,6 +117,39 @@ def test_plan_keeps_what_fits_and_lowers_what_does_not(tiny_cfg, monkeypatch):
     assert all(q.grad is None for q in model.parameters())
 
 
+def test_checkpointing_only_where_the_probes_time_it_faster(tiny_cfg, monkeypatch):
+    """Where 16 rows fit with checkpointing and 8 without, the faster optimizer step by the
+    probes' timings wins: on a bf16 CPU (session 46: a row's time dominates, checkpointing +51 %)
+    8 rows without it; where a micro-batch's fixed time dominates (a GPU at small batches)
+    16 rows with it. Asking for checkpointing keeps it either way."""
+    cfg = tiny_cfg
+    cfg.stages = ["sft"]
+    cfg.train.batch_size, cfg.train.micro_batch_size = 16, 16
+    model, tok, examples = _setup(cfg)
+    loaded = 1000 * MiB
+    adam = 2 * 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+    budget = int((loaded + 850 * MiB + adam) / (1 - planner.MARGIN)) + 1
+    mem = dict(plain=(0, 100), ckpt=(0, 50))  # 8 rows fit without, 16 with
+
+    def choose(seconds, asked=False):
+        cfg.train.gradient_checkpointing = asked
+        _fake_costs(monkeypatch, seconds=seconds, **mem)
+        p = planner.make_plan(cfg, model, tok, examples, torch.device("cpu"), budget, loaded)
+        return p.chosen["train.micro_batch_size"], p.chosen["train.gradient_checkpointing"], p
+
+    # CPU-like: 0.29 s + 0.20 s a row; checkpointing 1.5x: 2 x 1.89 = 3.78 s against 5.24 s
+    cpu = {False: (0.29, 0.20), True: (0.44, 0.30)}
+    m, on, p = choose(cpu)
+    assert (m, on) == (8, False)
+    assert any("3.78 s without checkpointing; 5.24 s with" in n for n in p.notes)
+    assert choose(cpu, asked=True)[:2] == (16, True)
+    # GPU-like: 1 s a micro-batch, 0.01 s a row; checkpointing 1.3x: 2.16 s against 1.51 s
+    assert choose({False: (1.0, 0.01), True: (1.3, 0.013)})[:2] == (16, True)
+    # untimed probes keep the older rule: checkpointing where it lets twice the rows fit
+    assert choose(None)[:2] == (16, True)
+    cfg.train.gradient_checkpointing = False
+
+
 def test_plan_says_what_to_change_when_nothing_fits(tiny_cfg, monkeypatch):
     cfg = tiny_cfg
     cfg.stages = ["sft"]
@@ -142,6 +177,9 @@ def test_real_probes_on_the_tiny_model(tiny_cfg):
         for key in ("without_checkpointing", "with_checkpointing"):
             c = p.costs[phase][key]
             assert c["fixed"] >= 0 and c["per_row"] >= 0 and c["how"] == "probe"
+            assert c["seconds_fixed"] >= 0 and c["seconds_per_row"] >= 0
+            assert c["seconds_fixed"] + c["seconds_per_row"] > 0  # the probes were timed
+    assert any("predicted seconds per optimizer step" in n for n in p.notes)
     assert p.chosen["train.micro_batch_size"] == cfg.train.micro_batch_size
     assert all(q.grad is None for q in model.parameters())
     assert not getattr(_lm(model), "is_gradient_checkpointing", False)

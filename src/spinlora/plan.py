@@ -28,8 +28,10 @@ The plan keeps the configured values where they fit and lowers them where they d
 ``train.micro_batch_size`` (the largest divisor of ``train.batch_size`` that fits; the optimizer
 step is the same, only the accumulation changes; SFT's and SPIN's share it, unless
 ``spin.micro_batch_size`` gives SPIN its own, chosen the same way),
-``train.gradient_checkpointing`` (turned on only when it lets at least twice the rows fit,
-since it costs ~10-30 % time per step) and
+``train.gradient_checkpointing`` (turned on where it makes the optimizer step faster by the
+probes' own timings: a step of ``train.batch_size`` rows in micro-batches of m costs
+batch/m · (s_fixed + s_row · m), with and without it; it recomputes the forward pass, which
+costs 51 % a step on a bf16 CPU and less on a GPU, where a small micro-batch wastes more) and
 ``generation.batch_size``. On CUDA a chosen micro-batch above 2 rows is probed itself (exact
 there: max-allocated) and lowered while it does not fit. Every figure is kept in the plan
 (``plan.json`` in the run folder). Only ``budget · (1 − MARGIN)`` is planned for: allocators
@@ -39,6 +41,7 @@ glibc's arenas. How close the predictions come is measured by ``benchmarks/plan_
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -67,9 +70,20 @@ class PhaseCost:
     fixed: float
     per_row: float
     how: str  # "probe" (measured) or "formula"
+    seconds_fixed: float = 0.0  # a micro-batch's time: seconds_fixed + seconds_per_row · rows
+    seconds_per_row: float = 0.0
 
     def at(self, rows: int) -> float:
         return self.fixed + self.per_row * rows
+
+    def step_seconds(self, rows: int, batch: int) -> float:
+        """Predicted seconds of one optimizer step of ``batch`` rows in micro-batches of
+        ``rows`` (0 where the probes were not timed)."""
+        return math.ceil(batch / rows) * (self.seconds_fixed + self.seconds_per_row * rows)
+
+    @property
+    def timed(self) -> bool:
+        return self.seconds_fixed + self.seconds_per_row > 0
 
     def rows_within(self, room: float) -> int:
         if self.per_row <= 0:
@@ -109,23 +123,28 @@ def _release() -> None:
         torch.cuda.empty_cache()
 
 
-def _peak(device: torch.device, loaded: float, work) -> float:
+def _peak(device: torch.device, loaded: float, work) -> tuple[float, float]:
     """The process's peak memory (CUDA max-allocated, or RSS) while ``work()`` runs, over
-    ``loaded``, what it held before the plan. The process's own peak, not its growth during
-    ``work``: on a CPU, memory that earlier probes freed stays with the process (glibc keeps it)
-    and is reused, so growth alone read 8-87 % below what runs then measured
-    (benchmarks/plan_accuracy.py)."""
+    ``loaded``, what it held before the plan, and the seconds ``work()`` took. The process's
+    own peak, not its growth during ``work``: on a CPU, memory that earlier probes freed stays
+    with the process (glibc keeps it) and is reused, so growth alone read 8-87 % below what runs
+    then measured (benchmarks/plan_accuracy.py)."""
     _release()
     meter = MemoryMeter(device)
     meter.start()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
     work()
-    return float(meter.peak() - loaded)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return float(meter.peak() - loaded), time.perf_counter() - t0
 
 
-def _probe(model, device: torch.device, step, loaded: float) -> float:
+def _probe(model, device: torch.device, step, loaded: float) -> tuple[float, float]:
     """Peak bytes over ``loaded`` of one forward + backward (``step()`` returns the loss), with
-    the attention kernels training picks (``train.training_attention``); gradients are dropped
-    afterwards."""
+    the attention kernels training picks (``train.training_attention``), and its seconds;
+    gradients are dropped afterwards."""
     def work():
         with training_attention(model):
             loss = step()
@@ -143,14 +162,17 @@ def _linear(model, device, step_for_rows, first: list, loaded: float) -> PhaseCo
     pools, kernel workspaces, allocator arenas), which a run pays too and keeps; the second
     gives the slope with the 2-row probe. The one-off part, measured at the plan's first probe
     (``first``), is added to every phase: a run measures each phase against the post-load
-    baseline, after whatever came before it."""
-    cold = _probe(model, device, lambda: step_for_rows(1), loaded)
-    one = _probe(model, device, lambda: step_for_rows(1), loaded)
-    two = _probe(model, device, lambda: step_for_rows(2), loaded)
+    baseline, after whatever came before it. The warm probes' seconds give the micro-batch's
+    time the same way (the cold one pays one-off costs a run pays once)."""
+    cold, _ = _probe(model, device, lambda: step_for_rows(1), loaded)
+    one, t1 = _probe(model, device, lambda: step_for_rows(1), loaded)
+    two, t2 = _probe(model, device, lambda: step_for_rows(2), loaded)
     if not first:
         first.append(max(cold - one, 0.0))
     per_row = max(two - one, 0.0)
-    return PhaseCost(fixed=max(one - per_row, 0.0) + first[0], per_row=per_row, how="probe")
+    s_row = max(t2 - t1, 0.0)
+    return PhaseCost(fixed=max(one - per_row, 0.0) + first[0], per_row=per_row, how="probe",
+                     seconds_fixed=max(t1 - s_row, 0.0), seconds_per_row=s_row)
 
 
 def _with_checkpointing(model, on: bool) -> None:
@@ -175,7 +197,7 @@ def _verify(model, device, steps: dict, m: int, ckpt: bool, room: float, one_off
             peaks = {}
             for name, fn in steps.items():
                 try:
-                    peaks[name] = _probe(model, device, lambda: fn(size), loaded) + one_off
+                    peaks[name] = _probe(model, device, lambda: fn(size), loaded)[0] + one_off
                 except torch.cuda.OutOfMemoryError:  # (_probe dropped the gradients)
                     peaks[name] = float("inf")
                 if peaks[name] > room:
@@ -208,7 +230,7 @@ def _generation_cost(model, tokenizer, gcfg, prompt: list[int], device, loaded: 
         g.batch_size = rows
         peaks.append(_peak(device, loaded, lambda: generate(
             model, tokenizer, [prompt] * rows, g, stop_ids=[], desc="plan",
-            share_prefix=False)))  # distinct prompts in a run: each row its own prefill
+            share_prefix=False))[0])  # distinct prompts in a run: each row its own prefill
     per_row = max(peaks[1] - peaks[0], float(formula_row))
     return PhaseCost(fixed=max(peaks[0] - per_row, float(resident), 0.0), per_row=per_row,
                      how="probe + formula")
@@ -343,14 +365,32 @@ def make_plan(cfg, model, tokenizer, examples: list, device: torch.device,
                 f"lower data.max_length (now {cfg.data.max_length}) or generation.max_new_tokens "
                 f"(now {new}), load the base in 4 bits (model.quantization=nf4), or raise the "
                 "budget")
-        use_ckpt = can_ckpt and (cfg.train.gradient_checkpointing or plain is None or (
-            ckpt is not None and all(ckpt[n] >= 2 * plain[n] for n in measured)))
+        def step_seconds(on: bool, f: dict[str, int]) -> float:
+            return sum(measured[n][on].step_seconds(f[n], cfg.train.batch_size) for n in measured)
+
+        timed = all(c.timed for n in measured for c in measured[n].values())
+        if cfg.train.gradient_checkpointing or plain is None:
+            use_ckpt = can_ckpt
+        elif ckpt is None:
+            use_ckpt = False
+        elif timed:  # the faster optimizer step by the probes' timings
+            use_ckpt = step_seconds(True, ckpt) < step_seconds(False, plain)
+        else:  # no timings (a probe too fast to time): checkpointing where it doubles the rows
+            use_ckpt = all(ckpt[n] >= 2 * plain[n] for n in measured)
         sizes = fits[use_ckpt]
         if sizes is None:  # checkpointing was asked for but only fits without it
             use_ckpt, sizes = False, plain
 
         def told(f):
             return ", ".join(f"{n} {f[n]}" for n in measured) if f else "none"
+
+        if timed:
+            plan.notes.append("predicted seconds per optimizer step (train.batch_size="
+                              f"{cfg.train.batch_size}, by the probes' timings): "
+                              + "; ".join(f"{step_seconds(on, f):.2f} s "
+                                          f"{'with' if on else 'without'} checkpointing"
+                                          for on, f in ((False, plain), (True, ckpt))
+                                          if f is not None))
 
         plan.notes.append("micro-batches that fit by the 1- and 2-row probes (divisors of "
                           "train.batch_size, at most "
