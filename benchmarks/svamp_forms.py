@@ -1,10 +1,16 @@
 """Which operations the equations use: SVAMP's gold equations against each model's answers.
 
     python benchmarks/svamp_forms.py benchmarks/results/svamp_lr5e-4/extra/*/eval/*.gz
+    python benchmarks/svamp_forms.py --numbers benchmarks/results/svamp_s47/K3/*.gz
 
 Each answer's form is the set of operators in the equation its score comes from
 (``svamp.last_equation``: ``-``, ``+-``, ``+/`` …; ``none`` without one). A method that shifts the forms away from the gold ones
 shows here before it shows in the accuracy (docs/svamp.md, "What was tried").
+
+``--numbers`` sorts each model's answers instead by the numbers their equation uses against the
+problem's and the gold equation's (``number_verdict``), apart for the problems with an
+irrelevant number and the rest: whether a model fails at choosing the numbers or at combining
+them (docs/svamp.md, "Where the errors are").
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from spinlora.svamp import last_equation  # noqa: E402
+from spinlora.svamp import NUMBER, last_equation, load_test  # noqa: E402
 
 OPS = re.compile(r"[-+*/]")
 
@@ -33,6 +39,60 @@ def answer_form(text: str) -> str:
     return form(eq[0]) if eq else "none"
 
 
+def _values(text: str) -> set[float]:
+    return {float(x.replace(",", "")) for x in NUMBER.findall(text)}
+
+
+VERDICTS = ("right", "no equation", "a number not in the problem", "an irrelevant number",
+            "fewer numbers than the gold", "the gold's numbers, combined wrong")
+
+
+def number_verdict(sample: dict, problem: str, gold_equation: str) -> str:
+    """What an answer's equation does with the problem's numbers: ``right`` (its score), else
+    the first of: ``no equation``, ``a number not in the problem``, ``an irrelevant number``
+    (one the problem states and the gold equation does not use), ``fewer numbers than the gold``,
+    ``the gold's numbers, combined wrong``. Numbers are compared as values."""
+    if sample["correct"]:
+        return "right"
+    eq = last_equation(sample["output"])
+    if not eq:
+        return "no equation"
+    used, stated, gold = _values(eq[0]), _values(problem), _values(gold_equation)
+    if used - stated:
+        return "a number not in the problem"
+    if used - gold:
+        return "an irrelevant number"
+    return "fewer numbers than the gold" if gold - used else "the gold's numbers, combined wrong"
+
+
+def numbers_table(paths: list[Path], data_root: Path) -> None:
+    problems = load_test(data_root)
+    cols = {}
+    for p in paths:
+        name = label(p)
+        counts = Counter()
+        for s in read(p):
+            row = problems[s["index"]]
+            gold_equation = row["answer"].split("\n")[0].rsplit("=", 1)[0]
+            counts[(bool(s["irrelevant_numbers"]),
+                    number_verdict(s, row["prompt"], gold_equation))] += 1
+        cols[name] = counts
+    print("| problems | the answer's equation | " + " | ".join(cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
+    for irrelevant, kind in ((True, "with an irrelevant number"), (False, "without")):
+        for v in VERDICTS:
+            if any(c[(irrelevant, v)] for c in cols.values()):
+                print(f"| {kind} | {v} | " + " | ".join(str(c[(irrelevant, v)])
+                                                      for c in cols.values()) + " |")
+
+
+def label(path: Path) -> str:
+    """``run/model`` for ``run/eval/samples_<model>_svamp.jsonl.gz`` or a results folder's
+    ``run/samples_<model>_svamp.jsonl.gz``."""
+    run = path.parent.parent if path.parent.name == "eval" else path.parent
+    return f"{run.name}/{path.name.split('samples_')[1].split('_svamp')[0]}"
+
+
 def read(path: Path) -> list[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as f:
@@ -44,12 +104,16 @@ def main() -> None:
     ap.add_argument("samples", nargs="+", type=Path, help="eval/samples_<model>_svamp.jsonl[.gz]")
     ap.add_argument("--gold", type=Path, default=ROOT.parent / "shared/data/svamp/SVAMP.json")
     ap.add_argument("--top", type=int, default=7)
+    ap.add_argument("--numbers", action="store_true",
+                    help="sort the answers by the numbers their equation uses (number_verdict)")
     args = ap.parse_args()
+    if args.numbers:
+        return numbers_table(args.samples, args.gold.parent.parent)
     gold = Counter(form(r["Equation"]) for r in json.loads(args.gold.read_text()))
     keys = [k for k, _ in gold.most_common(args.top)]
     cols = {"gold": gold}
     for p in args.samples:
-        name = f"{p.parent.parent.name}/{p.name.split('samples_')[1].split('_svamp')[0]}"
+        name = label(p)
         cols[name] = Counter(answer_form(s["output"]) for s in read(p))
     extra = sorted({k for c in cols.values() for k, _ in c.most_common(args.top)} - set(keys))
     print("| form | " + " | ".join(cols) + " |")

@@ -222,6 +222,35 @@ def test_units_keep_their_members_across_epochs(tiny_cfg):
     assert seen[:4] != seen[4:8] or seen[4:8] != seen[8:]  # the order is shuffled per epoch
 
 
+def test_epoch_items_replace_the_items_each_epoch(tiny_cfg):
+    """train_loop(epoch_items=...): epoch 0 trains on the items given, epoch e on
+    epoch_items(e), each item once an epoch; a later epoch with another count is refused."""
+    from spinlora.train import Objective
+
+    seen = []
+    obj = Objective(loss=lambda m, items: (sum(p.sum() for p in m.parameters()
+                                               if p.requires_grad) * 0, seen.extend(items)
+                                          or {}),
+                    weight=lambda items: float(len(items)), tokens=lambda items: len(items))
+    model = torch.nn.Linear(2, 1)
+    cfg = copy.deepcopy(tiny_cfg.train)
+    cfg.batch_size, cfg.micro_batch_size = 4, 2
+    asked = []
+
+    def later(e):
+        asked.append(e)
+        return [100 * e + i for i in range(6)]
+
+    train_loop(model, list(range(6)), obj, cfg, 1e-3, 3, Accountant(CPU), MetricsLog(None), 0,
+               "e", epoch_items=later)
+    assert asked == [1, 2] and len(seen) == 18
+    assert sorted(seen[:6]) == list(range(6)) and sorted(seen[6:12]) == list(range(100, 106))
+    assert sorted(seen[12:]) == list(range(200, 206))
+    with pytest.raises(ValueError, match="5 items for epoch 2, not 6"):
+        train_loop(model, list(range(6)), obj, cfg, 1e-3, 2, Accountant(CPU), MetricsLog(None),
+                   0, "e", epoch_items=lambda e: list(range(5)))
+
+
 def test_the_lm_head_gets_a_contiguous_input(tiny_cfg):
     """A prefill that keeps the last position's logits hands the head a strided view; on a CPU
     a strided 3-D linear copies the whole weight once per row (pytorch/pytorch#151934), so

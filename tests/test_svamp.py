@@ -587,6 +587,39 @@ def test_sft_set_applies_conjoin_and_counts_it(tiny_cfg, tiny_model_dir):
     assert sum(" and " in e.prompt for e in examples_add) > sum(" and " in e.prompt for e in examples)
 
 
+def test_augment_each_epoch_draws_the_objects_anew_on_the_same_rows(tiny_cfg, tiny_model_dir):
+    """data.augment_each_epoch: each later epoch holds the same rows in the same places (same
+    gold answers), the conjoined objects drawn with that epoch's seed (other objects, about as
+    many rows changed, the same draw again for the same epoch); off, or with no variation on,
+    there is nothing to draw; with data.augment=add it is refused."""
+    from spinlora.config import ConfigError
+    from spinlora.data import ChatFormat
+    from spinlora.models import load_tokenizer
+    from spinlora.start import sft_epochs, sft_set
+
+    fmt = ChatFormat(load_tokenizer(str(tiny_model_dir)))
+    cfg = tiny_cfg
+    cfg.data.train, cfg.data.sft_examples = str(SVAMP_DIR / "mawps-asdiv-a_train.csv"), 400
+    cfg.data.conjoin, cfg.data.conjoin_before, cfg.data.max_length = 1.0, 0.5, 1024
+    rows, chosen, _, first, counts = sft_set(cfg, fmt)
+    assert sft_epochs(cfg, fmt, rows, chosen, len(first)) is None  # off by default
+    cfg.data.augment_each_epoch = True
+    later = sft_epochs(cfg, fmt, rows, chosen, len(first))
+    second, third = later(1), later(2)
+    assert [e.answer for e in second] == [e.answer for e in first] == [e.answer for e in third]
+    changed = [i for i, (a, b) in enumerate(zip(first, second)) if a.prompt != b.prompt]
+    k = counts["with_conjoined_object"]
+    assert k // 2 <= len(changed) <= 2 * k  # the objects of most conjoined rows differ
+    assert [e.prompt for e in later(1)] == [e.prompt for e in second]  # seeded by the epoch
+    assert [d["epoch"] for d in later.drawn] == [2, 3, 2]
+    assert all(abs(d["with_conjoined_object"] - k) <= k // 4 for d in later.drawn)
+    cfg.data.conjoin = 0.0
+    assert sft_epochs(cfg, fmt, rows, chosen, len(first)) is None  # nothing to draw
+    cfg.data.conjoin, cfg.data.augment = 1.0, "add"
+    with pytest.raises(ConfigError, match="augment_each_epoch"):
+        cfg.validate()
+
+
 def test_reread_gives_the_problem_twice_in_every_user_turn(tiny_cfg, tiny_model_dir):
     """data.reread (Re-Reading): the user turn is the prompt, READ_AGAIN, the prompt again, in
     the zero-shot prompts that training, sampling and evaluation share and in few-shot chat

@@ -95,6 +95,11 @@ class DataConfig:
     # SFT set keeps its size); add: it is added beside its original, so the model sees both
     # versions with the same gold answer
     augment: str = "replace"
+    # draw the variations above (distractors, reorder, conjoin) anew for every SFT epoch, each
+    # epoch with its own seed, so that each epoch shows the same rows with other inserted
+    # sentences, objects and numbers; off, every epoch shows the first epoch's. SPIN / RL
+    # prompts and held-out rows keep the first epoch's (start.sft_epochs)
+    augment_each_epoch: bool = False
     # every prompt (training, sampling, evaluation) is given twice in its user turn, joined by
     # "\nRead the question again: " (Re-Reading, Xu et al. 2024), so that the second reading of
     # the statements attends to the question (data.ChatFormat.user_text)
@@ -411,6 +416,10 @@ class RunConfig:
             ("data.conjoin", 0 <= self.data.conjoin <= 1, "must be in [0, 1]"),
             ("data.conjoin_before", 0 <= self.data.conjoin_before <= 1, "must be in [0, 1]"),
             ("data.augment", self.data.augment in ("replace", "add"), "must be replace or add"),
+            ("data.augment_each_epoch", not (self.data.augment_each_epoch
+                                             and self.data.augment == "add"),
+             "needs data.augment=replace (with add the SFT set's size would change from epoch "
+             "to epoch)"),
             ("adapter.r", self.adapter.r > 0, "must be > 0"),
             ("model.quantization", self.model.quantization in ("none", "nf4", "int8"),
              "none, nf4 or int8"),

@@ -44,7 +44,7 @@ from .evaluate.tasks import DEFAULT_SHOTS, load_task
 from .generate import decide_packing, packed_what, packing_skipped, pick_engine
 from .models import load_model, pick_device
 from .plan import MARGIN as PLAN_MARGIN
-from .start import adapter_source, attach_adapter, model_to_load, sft_set  # noqa: F401  (part of this module's API)
+from .start import adapter_source, attach_adapter, model_to_load, sft_epochs, sft_set  # noqa: F401  (part of this module's API)
 from .report import write_report
 from .stages.sft import run_sft
 from .stages.dpo import load_pairs, run_dpo
@@ -261,7 +261,12 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     elif "sft" in cfg.stages:
         part = rundir.begin(out / "sft")
         acct = new_acct()
-        result = run_sft(cfg, model, tok, sft_examples, part, acct, init_path, heldout, fmt)
+        later = sft_epochs(cfg, fmt, rows, chosen, len(sft_examples))
+        if cfg.data.augment_each_epoch and later is None:
+            print("[spinlora] note: data.augment_each_epoch has nothing to draw anew "
+                  "(data.distractors, data.conjoin and data.reorder are 0)")
+        result = run_sft(cfg, model, tok, sft_examples, part, acct, init_path, heldout, fmt,
+                         later)
         result.update(data=counts, accounting=acct.summary())
         rundir.finish(part, result)
         _stage(out, summary, "sft", "ok")

@@ -6,8 +6,29 @@ from pathlib import Path
 
 from . import adapters, dist
 from .config import RunConfig
-from .data import (ChatFormat, add_distractors, build_examples, conjoin_objects, load_rows,
-                   reorder_statements, subset)
+from .data import (ChatFormat, DataError, add_distractors, build_examples, conjoin_objects,
+                   load_rows, reorder_statements, subset)
+
+
+def _augment(cfg: RunConfig, original: list[dict], rows: list[dict], epoch: int = 0):
+    """The SFT rows with ``data``'s variations drawn with epoch ``epoch``'s seeds (epoch 0: the
+    data seed's own), and how many rows each changed."""
+    seed = cfg.data.seed + 1000 * epoch
+    picked, changed = add_distractors(original, rows, cfg.data.distractors, seed)
+    picked, conjoined = conjoin_objects(picked, rows, cfg.data.conjoin, seed + 2,
+                                        cfg.data.conjoin_before)
+    # reordered after distractors are in, so an inserted statement can move too
+    picked, moved = reorder_statements(picked, cfg.data.reorder, seed + 1)
+    if cfg.data.augment == "add":  # the changed rows join their originals instead
+        picked = original + [p for p, o in zip(picked, original) if p is not o]
+    return picked, {"with_distractor": changed, "with_conjoined_object": conjoined,
+                    "reordered": moved}
+
+
+def _counted(cfg: RunConfig, changes: dict) -> dict:
+    on = {"with_distractor": cfg.data.distractors, "with_conjoined_object": cfg.data.conjoin,
+          "reordered": cfg.data.reorder}
+    return {k: v for k, v in changes.items() if on[k]}
 
 
 def sft_set(cfg: RunConfig, fmt: ChatFormat):
@@ -16,22 +37,36 @@ def sft_set(cfg: RunConfig, fmt: ChatFormat):
     rows = load_rows(cfg.data.train, cfg.data, "train")
     chosen = subset(list(range(len(rows))), cfg.data.sft_examples, cfg.data.seed)
     rest = sorted(set(range(len(rows))) - set(chosen))
-    original = [rows[i] for i in chosen]
-    picked, changed = add_distractors(original, rows, cfg.data.distractors, cfg.data.seed)
-    picked, conjoined = conjoin_objects(picked, rows, cfg.data.conjoin, cfg.data.seed + 2,
-                                        cfg.data.conjoin_before)
-    # reordered after distractors are in, so an inserted statement can move too
-    picked, moved = reorder_statements(picked, cfg.data.reorder, cfg.data.seed + 1)
-    if cfg.data.augment == "add":  # the changed rows join their originals instead
-        picked = original + [p for p, o in zip(picked, original) if p is not o]
+    picked, changes = _augment(cfg, [rows[i] for i in chosen], rows)
     sft_examples, counts = build_examples(picked, fmt, cfg.data)
-    if cfg.data.distractors:
-        counts["with_distractor"] = changed
-    if cfg.data.conjoin:
-        counts["with_conjoined_object"] = conjoined
-    if cfg.data.reorder:
-        counts["reordered"] = moved
+    counts.update(_counted(cfg, changes))
     return rows, chosen, rest, sft_examples, counts
+
+
+def sft_epochs(cfg: RunConfig, fmt: ChatFormat, rows: list[dict], chosen: list[int], n: int):
+    """With ``data.augment_each_epoch`` and a variation on: a function from an epoch (1, 2, …;
+    0 is ``sft_set``'s, whose ``n`` examples every epoch must keep) to that epoch's SFT
+    examples, the same rows in the same places with the variations drawn with the epoch's
+    seeds. It keeps each epoch's counts in its ``drawn`` list. None otherwise."""
+    if not (cfg.data.augment_each_epoch and (cfg.data.distractors or cfg.data.conjoin
+                                             or cfg.data.reorder)):
+        return None
+    original = [rows[i] for i in chosen]
+
+    def examples(epoch: int) -> list:
+        picked, changes = _augment(cfg, original, rows, epoch)
+        built, counts = build_examples(picked, fmt, cfg.data)
+        if len(built) != n:
+            raise DataError(
+                f"data.augment_each_epoch: epoch {epoch + 1} keeps {len(built)} of the SFT rows, "
+                f"the first epoch {n} ({counts['dropped_overlong']} dropped as longer "
+                f"than data.max_length={cfg.data.max_length}); use data.overlong=truncate or "
+                "raise data.max_length")
+        examples.drawn.append({"epoch": epoch + 1, **_counted(cfg, changes)})
+        return built
+
+    examples.drawn = []
+    return examples
 
 
 def run_method(cfg: RunConfig) -> str:

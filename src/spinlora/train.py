@@ -182,7 +182,8 @@ def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: f
                acct: Accountant, log: MetricsLog, seed: int, desc: str,
                extra: dict | None = None, method: str = "lora",
                on_step: Callable[[int], bool] | None = None,
-               units: list[list[int]] | None = None) -> list[dict]:
+               units: list[list[int]] | None = None,
+               epoch_items: Callable[[int], list] | None = None) -> list[dict]:
     """Train the model's trainable parameters on ``items``. Returns one record per step.
 
     ``method`` names the adapter method, whose hooks run here: a regulariser added once per
@@ -196,6 +197,9 @@ def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: f
     exactly as the reference pass that scored those units before training (SPIN, DPO, RL). In
     bf16 a row's log-prob depends on its batch's padding by ~0.03 nats, which would otherwise
     show up as a false step-0 margin.
+
+    ``epoch_items(e)``: epoch e's items (e = 1, 2, …; ``items`` is epoch 0's), as many as
+    ``items`` (``data.augment_each_epoch``); not with ``units``.
     """
     from .adapters import get
 
@@ -204,6 +208,8 @@ def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: f
     if not params:
         raise RuntimeError("the model has no trainable parameters: was the adapter loaded with "
                            "is_trainable=True?")
+    if units is not None and epoch_items is not None:
+        raise ValueError("epoch_items replaces the items each epoch; fixed units cannot follow")
     lengths = ([objective.length(x) for x in items]
                if cfg.group_by_length and objective.length else None)
     if units is None:
@@ -242,6 +248,12 @@ def train_loop(model, items: list, objective: Objective, cfg: TrainConfig, lr: f
     with acct.phase("train") as ph:
         for step in range(total):
             if step % steps_per_epoch == 0:
+                if epoch_items is not None and step:
+                    n_items, items = len(items), epoch_items(step // steps_per_epoch)
+                    if len(items) != n_items:
+                        raise ValueError(f"epoch_items gave {len(items)} items for epoch "
+                                         f"{step // steps_per_epoch + 1}, not {n_items}")
+                    lengths = [objective.length(x) for x in items] if lengths else None
                 if units is None:
                     batches = [[idx[m:m + cfg.micro_batch_size]
                                 for m in range(0, len(idx), cfg.micro_batch_size)]

@@ -65,10 +65,11 @@ def sft_objective(pad_id: int, share_prefix: bool = True) -> Objective:
 
 def run_sft(cfg: RunConfig, model, tokenizer, examples: list[Example], out: Path,
             acct: Accountant, init_path: Path | None = None,
-            heldout: list[Example] | None = None, fmt=None) -> dict:
+            heldout: list[Example] | None = None, fmt=None, epoch_examples=None) -> dict:
     """Train the adapter of ``model`` (a PeftModel) on ``examples``; save into ``out``.
     With ``train.early_stop_every`` and ``heldout`` rows, stop when the held-out metric falls
-    and keep the best state (``early_stop`` in the result)."""
+    and keep the best state (``early_stop`` in the result). ``epoch_examples``: later epochs'
+    examples (``start.sft_epochs``; their counts go to ``drawn_each_epoch``)."""
     log = MetricsLog(out / "metrics.jsonl", cfg.train.report_to, "sft")
     watch = EarlyStop(cfg, model, tokenizer, fmt, heldout, acct) if (
         cfg.train.early_stop_every and heldout) else None
@@ -76,7 +77,8 @@ def run_sft(cfg: RunConfig, model, tokenizer, examples: list[Example], out: Path
         objective = sft_objective(tokenizer.pad_token_id, cfg.train.share_prefix)
         records = train_loop(model, examples, objective, cfg.train, cfg.train.lr,
                              cfg.train.epochs, acct, log, cfg.seed, "sft",
-                             method=cfg.adapter.method, on_step=watch)
+                             method=cfg.adapter.method, on_step=watch,
+                             epoch_items=epoch_examples)
     finally:
         log.close()
     if watch:
@@ -91,6 +93,7 @@ def run_sft(cfg: RunConfig, model, tokenizer, examples: list[Example], out: Path
         "loss_first": records[0]["loss"], "loss_last": records[-1]["loss"],
         "parameters": count_parameters(model),
         **({"early_stop": watch.summary()} if watch else {}),
+        **({"drawn_each_epoch": epoch_examples.drawn} if epoch_examples else {}),
     }
 
 
