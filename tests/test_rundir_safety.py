@@ -180,9 +180,12 @@ def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 300) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_run_json_tells_the_truth_after_a_signal(tiny_cfg, tmp_path, sig):
     """SIGTERM: status interrupted with the finished stages listed. kill -9: run.json keeps the
-    stages finished so far, and the next start (--resume) records that the run was killed."""
+    stages finished so far and still says running; rundir.state and the report call it killed
+    (no live process holds its lock) and say how to resume, and the next start (--resume)
+    records that the run was killed."""
     from spinlora import run
     from spinlora.config import save_config
+    from spinlora.report import write_report
 
     cfg = fast(tiny_cfg)
     cfg.stages, cfg.spin.iterations = ["sft", "spin", "eval"], 2
@@ -192,14 +195,18 @@ def test_run_json_tells_the_truth_after_a_signal(tiny_cfg, tmp_path, sig):
     ready = tmp_path / "ready"
     proc = _pipeline_process(cfg_path, out, ready)
     _wait_for(ready, proc)  # SPIN iteration 1 finished, iteration 2 about to start
+    assert rundir.state(out) == "running"  # the live child holds the lock
     proc.send_signal(sig)
     proc.wait(timeout=120)
     status = json.loads((out / "run.json").read_text())
     assert status["stages"].get("sft") == "ok"
+    summary_md = Path(write_report(out, out=tmp_path / "report")["summary"]).read_text()
     if sig == signal.SIGTERM:
-        assert status["status"] == "interrupted"
+        assert status["status"] == "interrupted" == rundir.state(out)
+        assert "**Status: interrupted**" in summary_md
     else:
-        assert status["status"] == "running"
+        assert status["status"] == "running" and rundir.state(out) == "killed"
+        assert "**Status: killed**" in summary_md and "--resume" in summary_md
         cfg.output_dir, cfg.resume = str(out), True
         summary = run(cfg)
         assert summary["status"] == "ok" and summary["resumed_after"] == "killed"

@@ -121,8 +121,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from .report import write_report
 
+            from . import rundir
+
             for k, v in write_report(*args.run_dirs, out=args.out).items():
                 print(f"{k}: {v}")
+            for run in args.run_dirs:
+                status = rundir.state(Path(run))
+                if status == "running":
+                    print(f"[spinlora] note: {run} is still running; the report shows what it "
+                          "has finished so far")
+                elif status not in (None, "ok"):
+                    print(f"[spinlora] note: {run} did not finish (status {status}); "
+                          + rundir.RESUME_HINT.format(run=run))
             return 0
         if args.command == "export":
             from .export import export

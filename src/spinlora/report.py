@@ -348,12 +348,29 @@ def _ok(flag) -> str:
     return "held" if flag else "FAILED" if flag is not None else "not recorded"
 
 
+def _status_lines(run: Path) -> list[str]:
+    """How the run ended (``rundir.state``), with what to do where it did not finish."""
+    from . import rundir
+
+    status = rundir.state(run)
+    if status is None or status == "ok":
+        return [f"Status: {status or 'no run.json'}.", ""]
+    why = {"running": "still running (a live process holds it); this report shows what it "
+                      "has finished so far",
+           "killed": "its process ended without recording an end (killed by a signal, or the "
+                     "machine stopped); " + rundir.RESUME_HINT.format(run=run),
+           "interrupted": "stopped (Ctrl-C or SIGTERM); " + rundir.RESUME_HINT.format(run=run)}
+    error = (rundir.read_status(run).get("error") or "").strip()
+    return [f"**Status: {status}**: " + why.get(status, (error + "; " if error else "")
+                                                + rundir.RESUME_HINT.format(run=run)) + ".", ""]
+
+
 def _run_details(run: Path) -> list[str]:
     sft = _load(run / "sft" / "result.json")
     ev = _load(run / "eval" / "result.json")
     its = [(_load(p / "result.json") or {}) for p in _iterations(run)]
     spin = _load(run / "spin" / "result.json")
-    lines = [f"## Run {run.name}", ""]
+    lines = [f"## Run {run.name}", ""] + _status_lines(run)
     gsm_rows = [r for r in (ev or {}).get("rows", []) if "gold_logp_per_token" in r]
     if gsm_rows:
         lines += [f"### GSM8K ({ev['prompt']}, greedy; n={ev['n']}, subset seed {ev['seed']})", "",

@@ -188,6 +188,42 @@ def read_status(out: Path) -> dict:
     return status if isinstance(status, dict) else {}
 
 
+def held_by_live_process(out: Path) -> bool:
+    """Whether a live process holds the folder's lock (this one included)."""
+    out = Path(out).resolve()
+    if out in _held:
+        return True
+    try:
+        fd = os.open(lock_path(out), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock this call took
+    return False
+
+
+def state(out: Path) -> str | None:
+    """The run's status as run.json records it (ok, running, interrupted, error, oom, diverged),
+    with ``killed`` for a run that says it is running while no live process holds its lock: its
+    process died without writing its end (a signal inside a C library, the machine's end). None
+    for a folder that holds no run."""
+    status = read_status(out)
+    if status.get(MARKER) != 1:
+        return None
+    recorded = status.get("status")
+    if recorded == "running" and not held_by_live_process(out):
+        return "killed"
+    return recorded
+
+
+RESUME_HINT = ("`spinlora run CONFIG --output-dir {run} --resume` continues it from its "
+               "finished stages")
+
+
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
