@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from spinlora.svamp import NUMBER, last_equation, load_test  # noqa: E402
+from spinlora.svamp import equation_side, last_equation, load_test, number_values  # noqa: E402
 
 OPS = re.compile(r"[-+*/]")
 
@@ -37,10 +37,6 @@ def form(equation: str) -> str:
 def answer_form(text: str) -> str:
     eq = last_equation(text)
     return form(eq[0]) if eq else "none"
-
-
-def _values(text: str) -> set[float]:
-    return {float(x.replace(",", "")) for x in NUMBER.findall(text)}
 
 
 VERDICTS = ("right", "no equation", "a number not in the problem", "an irrelevant number",
@@ -57,7 +53,7 @@ def number_verdict(sample: dict, problem: str, gold_equation: str) -> str:
     eq = last_equation(sample["output"])
     if not eq:
         return "no equation"
-    used, stated, gold = _values(eq[0]), _values(problem), _values(gold_equation)
+    used, stated, gold = (set(number_values(t)) for t in (eq[0], problem, gold_equation))
     if used - stated:
         return "a number not in the problem"
     if used - gold:
@@ -73,9 +69,8 @@ def numbers_table(paths: list[Path], data_root: Path) -> None:
         counts = Counter()
         for s in read(p):
             row = problems[s["index"]]
-            gold_equation = row["answer"].split("\n")[0].rsplit("=", 1)[0]
             counts[(bool(s["irrelevant_numbers"]),
-                    number_verdict(s, row["prompt"], gold_equation))] += 1
+                    number_verdict(s, row["prompt"], equation_side(row["answer"])))] += 1
         cols[name] = counts
     print("| problems | the answer's equation | " + " | ".join(cols) + " |")
     print("|---|---|" + "---|" * len(cols))

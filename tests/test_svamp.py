@@ -330,6 +330,29 @@ def test_paired_cli_reads_samples_files_gzipped_or_not(tmp_path, capsys):
         cli.main([str(ref), str(elsewhere)])
 
 
+def test_number_verdict_sorts_an_answer_by_the_numbers_it_uses():
+    """benchmarks/svamp_forms.py --numbers: right first, then no equation, a number the problem
+    does not state, one it states and the gold does not use, fewer numbers than the gold, and
+    the gold's numbers combined wrong; numbers compared as values (1,200 is 1200)."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("forms", ROOT / "benchmarks" / "svamp_forms.py")
+    forms = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(forms)
+    problem, gold = "Paul got 1,200 crayons and 406 erasers. He lost 20 crayons. How many?", "1200 - 20"
+    verdict = lambda out, ok=False: forms.number_verdict(  # noqa: E731
+        {"correct": ok, "output": out}, problem, gold)
+    assert verdict("1200 - 20 = 1180\n#### 1180", ok=True) == "right"
+    assert verdict("#### 1180") == "no equation"
+    assert verdict("1200 - 30 = 1170") == "a number not in the problem"
+    assert verdict("1,200 - 406 = 794") == "an irrelevant number"
+    assert verdict("1200 - 1 * 1200 = 0") == "a number not in the problem"
+    assert verdict("1200 * 1200 = 1440000") == "fewer numbers than the gold"
+    assert verdict("1200 + 20 = 1220") == "the gold's numbers, combined wrong"
+
+
 def test_svamp_halves_partition_the_test_set_and_restrict_a_comparison(tmp_path, capsys):
     """benchmarks/svamp_folds.py: two seeded halves of SVAMP.json that partition its 1000
     problems, each read by data.train as SVAMP rows; paired.py --problems pairs two samples

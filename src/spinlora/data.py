@@ -351,7 +351,7 @@ def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int,
         if not spots or not others:
             return None
         i, m = spots[rng.randrange(len(spots))]
-        stated = {float(x.replace(",", "")) for x in svamp.NUMBER.findall(r["prompt"])}
+        stated = set(svamp.number_values(r["prompt"]))
         top = max(9, int(max(stated, default=9)))
         fresh = [n for n in range(2, 2 * top + 1) if n not in stated]
         number, noun = fresh[rng.randrange(len(fresh))], others[rng.randrange(len(others))]

@@ -306,12 +306,17 @@ def irrelevant_numbers(question: str, gold_answer: str) -> bool:
     gold answer as this module writes it, ``56 * 9 = 504``): SVAMP's "irrelevant
     information" variation, which 447 of its 1000 problems carry and 340 of the 3138 training
     rows."""
-    return len(NUMBER.findall(question)) > len(NUMBER.findall(_equation_side(gold_answer)))
+    return len(NUMBER.findall(question)) > len(NUMBER.findall(equation_side(gold_answer)))
 
 
-def _equation_side(gold_answer: str) -> str:
+def equation_side(gold_answer: str) -> str:
     """The expression of a gold answer's equation (``56 * 9`` of ``56 * 9 = 504\n#### 504``)."""
     return gold_answer.split("\n")[0].rsplit("=", 1)[0]
+
+
+def number_values(text: str) -> list[float]:
+    """The numbers ``text`` states, in order, as values (``1,200`` is 1200.0)."""
+    return [float(x.replace(",", "")) for x in NUMBER.findall(text)]
 
 
 def out_of_order(question: str, gold_answer: str) -> bool:
@@ -319,10 +324,8 @@ def out_of_order(question: str, gold_answer: str) -> bool:
     states them (``Dan had $ 3 left … he had $ 4 at the start`` → ``4 - 3``): SVAMP's "change
     order of phrases / objects" variation; 368 of its 1000 problems, 570 of the 3138 training
     rows (the shift ``data.reorder`` works on)."""
-    def values(text: str) -> list[float]:
-        return [float(x.replace(",", "")) for x in NUMBER.findall(text)]
-    stated = values(question)
-    at = [stated.index(x) for x in values(_equation_side(gold_answer)) if x in stated]
+    stated = number_values(question)
+    at = [stated.index(x) for x in number_values(equation_side(gold_answer)) if x in stated]
     return at != sorted(at)
 
 
