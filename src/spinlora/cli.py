@@ -119,20 +119,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "report":
-            from .report import write_report
-
-            from . import rundir
+            from .report import status_note, write_report
 
             for k, v in write_report(*args.run_dirs, out=args.out).items():
                 print(f"{k}: {v}")
             for run in args.run_dirs:
-                status = rundir.state(Path(run))
-                if status == "running":
-                    print(f"[spinlora] note: {run} is still running; the report shows what it "
-                          "has finished so far")
-                elif status not in (None, "ok"):
-                    print(f"[spinlora] note: {run} did not finish (status {status}); "
-                          + rundir.RESUME_HINT.format(run=run))
+                status, note = status_note(Path(run))
+                if note:
+                    print(f"[spinlora] note: {run}: status {status}: {note}")
             return 0
         if args.command == "export":
             from .export import export

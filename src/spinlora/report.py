@@ -348,21 +348,29 @@ def _ok(flag) -> str:
     return "held" if flag else "FAILED" if flag is not None else "not recorded"
 
 
-def _status_lines(run: Path) -> list[str]:
-    """How the run ended (``rundir.state``), with what to do where it did not finish."""
+def status_note(run: Path) -> tuple[str | None, str | None]:
+    """How the run ended (``rundir.state``) and, where it did not end ``ok``, what that means
+    and what to do; ``(None, None)`` for a folder that holds no run."""
     from . import rundir
 
     status = rundir.state(run)
     if status is None or status == "ok":
-        return [f"Status: {status or 'no run.json'}.", ""]
+        return status, None
+    resume = rundir.RESUME_HINT.format(run=run)
     why = {"running": "still running (a live process holds it); this report shows what it "
                       "has finished so far",
            "killed": "its process ended without recording an end (killed by a signal, or the "
-                     "machine stopped); " + rundir.RESUME_HINT.format(run=run),
-           "interrupted": "stopped (Ctrl-C or SIGTERM); " + rundir.RESUME_HINT.format(run=run)}
+                     "machine stopped); " + resume,
+           "interrupted": "stopped (Ctrl-C or SIGTERM); " + resume}
     error = (rundir.read_status(run).get("error") or "").strip()
-    return [f"**Status: {status}**: " + why.get(status, (error + "; " if error else "")
-                                                + rundir.RESUME_HINT.format(run=run)) + ".", ""]
+    return status, why.get(status, (error + "; " if error else "") + resume)
+
+
+def _status_lines(run: Path) -> list[str]:
+    status, note = status_note(run)
+    if note is None:
+        return [f"Status: {status or 'no run.json'}.", ""]
+    return [f"**Status: {status}**: {note}.", ""]
 
 
 def _run_details(run: Path) -> list[str]:
