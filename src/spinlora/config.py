@@ -91,6 +91,11 @@ class DataConfig:
     # the share of those added objects put before the asked one ("40 cabinets and 4 shelves")
     # rather than after it: 0 puts every one after, where "and N" alone would mark it irrelevant
     conjoin_before: float = 0.0
+    # the added object beside every count of the asked noun in the statements, each with its
+    # own number ("10 emails and 12 letters … 3 emails and 44 letters"), and a bare "8 more" in a
+    # problem that counts one kind of thing named first ("8 more apples"), so more rows can
+    # change (data.conjoin_objects(every=True)); off: one object beside one count
+    conjoin_every: bool = False
     # replace: a row changed by distractors / conjoin / reorder takes its original's place (the
     # SFT set keeps its size); add: it is added beside its original, so the model sees both
     # versions with the same gold answer

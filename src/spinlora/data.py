@@ -318,8 +318,24 @@ def _bare_number(text: str) -> bool:
     return False
 
 
+# "8 more apples": a count, an optional "more", and the plural noun it counts (data.conjoin_every)
+_COUNTED_MORE = re.compile(r"\b(\d[\d,]*(?:\.\d+)?) (more )?([a-z]{3,}s)\b(?! (?:of|and)\b)")
+# "8 more" / "another 4" with no noun after it (none, or a word of _REFERS_BACK)
+_MORE_BARE = re.compile(r"\b(\d[\d,]*(?:\.\d+)? more|another \d[\d,]*(?:\.\d+)?)(?=\s*(?:[a-z]+)?)",
+                        re.IGNORECASE)
+
+
+def _name_more(text: str, noun: str) -> str:
+    """``text`` with each "N more" / "another N" that names nothing ("Susan gives Sean 8 more")
+    given ``noun``, the one thing the problem counts: "8 more apples"."""
+    def named(m: re.Match) -> str:
+        word = re.match(r"\s*([a-z]+)", text[m.end():])
+        return m.group(1) + " " + noun if not word or word.group(1) in _REFERS_BACK else m.group(1)
+    return _MORE_BARE.sub(named, text)
+
+
 def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int,
-                    before: float = 0.0) -> tuple[list[dict], int]:
+                    before: float = 0.0, every: bool = False) -> tuple[list[dict], int]:
     """``data.conjoin``: a seeded share ``rate`` of ``rows`` get a second object beside one the
     question asks about, in the same statement: "His room has 4 shelves" becomes "His room has 4
     shelves and 40 cabinets" when the question asks about shelves. The added noun counts things
@@ -332,11 +348,53 @@ def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int,
     6 more"), stays as it is. Returns the rows (new dicts where changed, ``conjoined`` the
     added words) and how many changed. ``before``: the share of added objects put before the
     asked one instead ("40 cabinets and 4 shelves"), so that the place after "and" does not
-    tell which number is irrelevant (``data.conjoin_before``)."""
+    tell which number is irrelevant (``data.conjoin_before``). ``every`` (``data.conjoin_every``):
+    the added noun goes beside every count of the asked noun in the statements, each with its
+    own new number ("Jack received 10 emails and 12 letters … then 3 emails and 44 letters",
+    SVAMP's parallel form), one side for the whole row; and in a problem that counts one kind
+    of thing only, a bare "8 more" / "another 4" first gets that noun ("8 more apples"), so
+    that it stays unambiguous and the row can change (``conjoined`` then lists the added words,
+    joined by " | ")."""
     if rate <= 0:
         return rows, 0
     seen = Counter(m.group(2) for r in pool for m in _COUNTED.finditer(r["prompt"].lower()))
     nouns = sorted(w for w, c in seen.items() if c >= 3 and w not in _MEASURES)
+
+    def conjoin_every(r: dict, rng: random.Random) -> dict | None:
+        text = r["prompt"]
+        kinds = {m.group(2) for m in _COUNTED.finditer(text.lower())} - _MEASURES
+        if len(kinds) == 1:
+            text = _name_more(text, next(iter(kinds)))
+        parts = _sentences(text)
+        if len(parts) < 2 or _bare_number(text.lower()):
+            return None
+        words = set(re.findall(r"[a-z]+", text.lower()))
+        asked = set(re.findall(r"[a-z]+", parts[-1].lower()))
+        spots = [(i, m) for i, sentence in enumerate(parts[:-1])
+                 for m in _COUNTED_MORE.finditer(sentence)
+                 if m.group(3) in asked and m.group(3) not in _MEASURES]
+        others = [w for w in nouns if w not in words and w[:-1] not in words]
+        if not spots or not others:
+            return None
+        target = spots[rng.randrange(len(spots))][1].group(3)
+        at = [(i, m) for i, m in spots if m.group(3) == target]
+        stated = set(svamp.number_values(text))
+        top = max(9, int(max(stated, default=9)))
+        fresh = [n for n in range(2, 2 * top + 1) if n not in stated]
+        noun = others[rng.randrange(len(others))]
+        numbers = rng.sample(fresh, len(at))
+        ahead = bool(before) and rng.random() < before
+        added = []
+        for (i, m), number in reversed(list(zip(at, numbers))):  # from the end: offsets hold
+            more = m.group(2) or ""
+            if ahead:
+                words_in = f"{number} {more}{noun} and "
+                parts[i] = parts[i][:m.start()] + words_in + parts[i][m.start():]
+            else:
+                words_in = f" and {number} {more}{noun}"
+                parts[i] = parts[i][:m.end()] + words_in + parts[i][m.end():]
+            added.insert(0, words_in)
+        return dict(r, prompt=" ".join(parts), conjoined=" | ".join(added))
 
     def conjoin(r: dict, rng: random.Random) -> dict | None:
         parts = _sentences(r["prompt"])
@@ -362,7 +420,7 @@ def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int,
             added = f" and {number} {noun}"
             sentence = parts[i][:m.end()] + added + parts[i][m.end():]
         return dict(r, prompt=" ".join(parts[:i] + [sentence] + parts[i + 1:]), conjoined=added)
-    return _change_share(rows, rate, seed, conjoin)
+    return _change_share(rows, rate, seed, conjoin_every if every else conjoin)
 
 
 def _change_share(rows: list[dict], rate: float, seed: int, change) -> tuple[list[dict], int]:
