@@ -520,6 +520,66 @@ def test_conjoin_adds_a_second_object_the_question_does_not_ask_about():
         assert number not in re.findall(r"\d+", a["prompt"])
 
 
+def test_conjoin_every_puts_the_object_beside_every_count_of_the_asked_noun():
+    """data.conjoin_every: the added noun stands beside every count of one asked noun in the
+    statements, each with its own new number, all on one side; taking the added words out gives
+    the original text (with a bare "N more" named where the problem counts one kind of thing);
+    gold and question stay; a problem counting two kinds keeps its bare number and stays."""
+    from spinlora.data import _COUNTED, _COUNTED_MORE, _MEASURES, _name_more, _sentences, conjoin_objects
+
+    rows = svamp.read_train_csv(SVAMP_DIR / "mawps-asdiv-a_train.csv")
+    out, n = conjoin_objects(rows, rows, 1.0, 2, 0.5, every=True)
+    assert conjoin_objects(rows, rows, 1.0, 2, 0.5, every=True) == (out, n)
+    changed = [(a, b) for a, b in zip(rows, out) if a is not b]
+    assert len(changed) == n and 400 <= n <= 650
+    several = 0
+    for a, b in changed:
+        added = b["conjoined"].split(" | ")
+        several += len(added) > 1
+        sides = {w.endswith(" and ") for w in added}
+        assert len(sides) == 1  # one side for the whole row
+        pattern = r"(\d+) (more )?([a-z]+) and " if sides == {True} else r" and (\d+) (more )?([a-z]+)"
+        found = [re.fullmatch(pattern, w).groups() for w in added]
+        numbers = [f[0] for f in found]
+        assert len(set(numbers)) == len(numbers)
+        assert not set(numbers) & set(re.findall(r"\d+", a["prompt"]))
+        noun = {f[2] for f in found}
+        assert len(noun) == 1 and noun.pop() not in re.findall(r"[a-z]+", a["prompt"].lower())
+        text = b["prompt"]
+        for w in added:
+            text = text.replace(w, "", 1)
+        kinds = {m.group(2) for m in _COUNTED.finditer(a["prompt"].lower())} - _MEASURES
+        named = _name_more(a["prompt"], next(iter(kinds))) if len(kinds) == 1 else a["prompt"]
+        assert text == " ".join(_sentences(named))  # only the words were added
+        assert (b["answer"], b["value"]) == (a["answer"], a["value"])
+        assert _sentences(b["prompt"])[-1] == _sentences(a["prompt"])[-1]
+        # the noun the first object stands beside, and every count of it got one
+        first = b["prompt"].index(added[0])
+        if sides == {True}:
+            beside = re.match(r"\d[\d,.]* (?:more )?([a-z]+)", b["prompt"][first + len(added[0]):])
+        else:
+            beside = re.search(r"([a-z]+)$", b["prompt"][:first])
+        target = beside.group(1)
+        assert target in _sentences(a["prompt"])[-1].lower()
+        counts = [m for s in _sentences(text)[:-1] for m in _COUNTED_MORE.finditer(s)
+                  if m.group(3) == target]
+        assert len(counts) == len(added)
+    assert several >= 100  # parallel objects in a good share of the rows
+    assert _name_more("Sean has 9 apples. Susan gives Sean 8 more. He finds another 4.", "apples") \
+        == "Sean has 9 apples. Susan gives Sean 8 more apples. He finds another 4 apples."
+    assert _name_more("Tom has 12 more than Amy.", "cards") == "Tom has 12 more cards than Amy."
+    assert _name_more("He buys 8 more apples.", "apples") == "He buys 8 more apples."
+    sean = [{"prompt": "Sean has 9 apples. Susan gives Sean 8 more. How many apples does Sean "
+                       "have?", "answer": "9 + 8 = 17\n#### 17", "value": 17.0}]
+    [got], k = conjoin_objects(sean, rows, 1.0, 0, every=True)
+    assert k == 1 and "8 more apples" in got["prompt"]
+    assert got["prompt"].count(" and ") == 2  # beside both counts of apples
+    two_kinds = [{"prompt": "Emily collects 63 cards. Emily's father gives Emily 7 more. Bruce has "
+                            "13 apples. How many cards does Emily have?", "answer": "63 + 7 = 70"
+                            "\n#### 70", "value": 70.0}]
+    assert conjoin_objects(two_kinds, rows, 1.0, 0, every=True) == (two_kinds, 0)
+
+
 def test_reorder_moves_a_self_contained_statement_to_the_front():
     """data.reorder: a changed row is its own sentences in another order, one statement with a
     number (no pronoun, not first) moved to the front; question, gold and row count stay; the

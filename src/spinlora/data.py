@@ -325,6 +325,10 @@ _MORE_BARE = re.compile(r"\b(\d[\d,]*(?:\.\d+)? more|another \d[\d,]*(?:\.\d+)?)
                         re.IGNORECASE)
 
 
+# "8 more apples" (a plural that is no word of _REFERS_BACK after "more"), read as "8 apples"
+_MORE_NAMED = re.compile(r"(\d) more (?=(?!(?:is|was|as)\b)[a-z]{3,}s\b)")
+
+
 def _name_more(text: str, noun: str) -> str:
     """``text`` with each "N more" / "another N" that names nothing ("Susan gives Sean 8 more")
     given ``noun``, the one thing the problem counts: "8 more apples"."""
@@ -366,7 +370,8 @@ def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int,
         if len(kinds) == 1:
             text = _name_more(text, next(iter(kinds)))
         parts = _sentences(text)
-        if len(parts) < 2 or _bare_number(text.lower()):
+        # "8 more apples" names its noun: only a number that names nothing keeps the row out
+        if len(parts) < 2 or _bare_number(_MORE_NAMED.sub(r"\1", text.lower())):
             return None
         words = set(re.findall(r"[a-z]+", text.lower()))
         asked = set(re.findall(r"[a-z]+", parts[-1].lower()))
