@@ -552,7 +552,7 @@ def test_conjoin_every_puts_the_object_beside_every_count_of_the_asked_noun():
         named = _name_more(a["prompt"], next(iter(kinds))) if len(kinds) == 1 else a["prompt"]
         assert text == " ".join(_sentences(named))  # only the words were added
         assert (b["answer"], b["value"]) == (a["answer"], a["value"])
-        assert _sentences(b["prompt"])[-1] == _sentences(a["prompt"])[-1]
+        assert _sentences(b["prompt"])[-1] == _sentences(named)[-1]  # no object in the question
         # the noun the first object stands beside, and every count of it got one
         first = b["prompt"].index(added[0])
         if sides == {True}:
