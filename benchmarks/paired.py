@@ -6,6 +6,7 @@
         benchmarks/results/svamp/demo/irpo_128/samples_lora_spin_iter_1_svamp.jsonl.gz --json
     python benchmarks/paired.py SFT_SAMPLES OTHER_SAMPLES --subset irrelevant   # SVAMP's 447
     python benchmarks/paired.py SFT_SAMPLES OTHER_SAMPLES --subset out_of_order # SVAMP's 368
+    python benchmarks/paired.py SFT_SAMPLES OTHER_SAMPLES --subset several_irrelevant  # 149
     python benchmarks/paired.py SFT_SAMPLES OTHER_SAMPLES --problems runs/s22/folds/b.json
 
 The first file is the reference (SFT, say); every other file is compared with it over the
@@ -33,7 +34,8 @@ def samples(path: str) -> dict:
 
 # --subset: (the svamp test a problem passes or fails, the answer kept)
 SUBSETS = {"irrelevant": ("irrelevant_numbers", True), "relevant": ("irrelevant_numbers", False),
-           "out_of_order": ("out_of_order", True), "in_order": ("out_of_order", False)}
+           "out_of_order": ("out_of_order", True), "in_order": ("out_of_order", False),
+           "several_irrelevant": ("several_irrelevant", True)}
 
 
 def subset_keys(which: str | None, data_root: str) -> set | None:
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     help="SVAMP: only the problems that state more numbers than their gold "
                          "equation uses (irrelevant), or only the others (relevant); only those "
                          "whose gold equation takes the numbers out of the text's order "
-                         "(out_of_order), or only the others (in_order)")
+                         "(out_of_order), or only the others (in_order); only those with two "
+                         "or more irrelevant numbers (several_irrelevant)")
     ap.add_argument("--problems", metavar="JSON",
                     help="SVAMP: only the problems listed in this JSON list of SVAMP.json rows "
                          "(a half from benchmarks/svamp_folds.py); with --subset, both")
