@@ -580,6 +580,40 @@ def test_conjoin_every_puts_the_object_beside_every_count_of_the_asked_noun():
     assert conjoin_objects(two_kinds, rows, 1.0, 0, every=True) == (two_kinds, 0)
 
 
+def test_conjoin_ask_asks_the_same_story_about_the_added_object():
+    """data.conjoin_ask: with conjoin_every, a share of the changed rows ask about the added
+    object instead; their gold equation is the original's with each number replaced by the
+    added object's beside it, its value computed anew; off (0), the rows are conjoin_every's,
+    draw for draw; the option needs conjoin_every."""
+    from spinlora.config import ConfigError, RunConfig
+    from spinlora.data import _sentences, conjoin_objects
+
+    rows = svamp.read_train_csv(SVAMP_DIR / "mawps-asdiv-a_train.csv")
+    every = conjoin_objects(rows, rows, 1.0, 2, 0.5, every=True)
+    assert conjoin_objects(rows, rows, 1.0, 2, 0.5, every=True, ask=0.0) == every
+    out, n = conjoin_objects(rows, rows, 1.0, 2, 0.5, every=True, ask=0.5)
+    asked = [(a, b) for a, b in zip(rows, out) if b.get("asks_added")]
+    assert n == every[1] and 50 <= len(asked) <= 150
+    for a, b in asked:
+        added = re.findall(r"(\d+) (?:more )?([a-z]+)", b["conjoined"])
+        noun = added[0][1]
+        question = _sentences(b["prompt"])[-1].lower()
+        assert noun in question and question != _sentences(a["prompt"])[-1].lower()
+        used = svamp.number_values(svamp.equation_side(b["answer"]))
+        assert set(used) <= {float(x) for x, _ in added}  # only the added object's numbers
+        assert b["value"] == svamp.equation_value(b["answer"]) >= 0
+        assert b["answer"].endswith(f"#### {svamp.fmt_number(b['value'])}")
+        assert len(used) == len(svamp.number_values(svamp.equation_side(a["answer"])))
+    assert svamp.swap_numbers("51 + 6 = 57\n#### 57", {51.0: 56, 6.0: 74})[1] == 130.0
+    assert svamp.swap_numbers("51 - 6 = 45\n#### 45", {51.0: 5, 6.0: 74}) is None  # negative
+    assert svamp.swap_numbers("51 * 4 = 204\n#### 204", {51.0: 5}) is None  # 4 not swapped
+    assert svamp.swap_numbers("9 / 3 = 3\n#### 3", {9.0: 10, 3.0: 4}) is None  # not whole
+    cfg = RunConfig()
+    cfg.data.conjoin_ask = 0.5
+    with pytest.raises(ConfigError, match="conjoin_every"):
+        cfg.validate()
+
+
 def test_reorder_moves_a_self_contained_statement_to_the_front():
     """data.reorder: a changed row is its own sentences in another order, one statement with a
     number (no pronoun, not first) moved to the front; question, gold and row count stay; the

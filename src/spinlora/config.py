@@ -96,6 +96,10 @@ class DataConfig:
     # problem that counts one kind of thing named first ("8 more apples"), so more rows can
     # change (data.conjoin_objects(every=True)); off: one object beside one count
     conjoin_every: bool = False
+    # with conjoin_every: the share of its rows whose question asks about the added object
+    # instead, the gold equation written over that object's numbers ("How many tomatoes…"), so
+    # the question alone tells which numbers count (data.conjoin_objects(ask=...)); 0 = off
+    conjoin_ask: float = 0.0
     # replace: a row changed by distractors / conjoin / reorder takes its original's place (the
     # SFT set keeps its size); add: it is added beside its original, so the model sees both
     # versions with the same gold answer
@@ -420,6 +424,9 @@ class RunConfig:
             ("data.reorder", 0 <= self.data.reorder <= 1, "must be in [0, 1]"),
             ("data.conjoin", 0 <= self.data.conjoin <= 1, "must be in [0, 1]"),
             ("data.conjoin_before", 0 <= self.data.conjoin_before <= 1, "must be in [0, 1]"),
+            ("data.conjoin_ask", 0 <= self.data.conjoin_ask <= 1
+             and (not self.data.conjoin_ask or self.data.conjoin_every),
+             "must be in [0, 1], and needs data.conjoin_every=true"),
             ("data.augment", self.data.augment in ("replace", "add"), "must be replace or add"),
             ("data.augment_each_epoch", not (self.data.augment_each_epoch
                                              and self.data.augment == "add"),

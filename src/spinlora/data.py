@@ -339,7 +339,8 @@ def _name_more(text: str, noun: str) -> str:
 
 
 def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int,
-                    before: float = 0.0, every: bool = False) -> tuple[list[dict], int]:
+                    before: float = 0.0, every: bool = False, ask: float = 0.0
+                    ) -> tuple[list[dict], int]:
     """``data.conjoin``: a seeded share ``rate`` of ``rows`` get a second object beside one the
     question asks about, in the same statement: "His room has 4 shelves" becomes "His room has 4
     shelves and 40 cabinets" when the question asks about shelves. The added noun counts things
@@ -358,7 +359,12 @@ def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int,
     SVAMP's parallel form), one side for the whole row; and in a problem that counts one kind
     of thing only, a bare "8 more" / "another 4" first gets that noun ("8 more apples"), so
     that it stays unambiguous and the row can change (``conjoined`` then lists the added words,
-    joined by " | ")."""
+    joined by " | "). ``ask`` (``data.conjoin_ask``, with ``every``): the share of those rows
+    whose question then asks about the added object instead ("How many tomatoes does Eugene
+    have?"), the gold equation written over the added object's numbers (``svamp.swap_numbers``;
+    ``asks_added`` marks them), where every number the equation uses is a count of the asked
+    noun stated once, and the new value is whole and not negative; the story's two objects
+    then each answer a question, so that the question alone tells which numbers count."""
     if rate <= 0:
         return rows, 0
     seen = Counter(m.group(2) for r in pool for m in _COUNTED.finditer(r["prompt"].lower()))
@@ -399,7 +405,17 @@ def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int,
                 words_in = f" and {number} {more}{noun}"
                 parts[i] = parts[i][:m.end()] + words_in + parts[i][m.end():]
             added.insert(0, words_in)
-        return dict(r, prompt=" ".join(parts), conjoined=" | ".join(added))
+        changed = dict(r, prompt=" ".join(parts), conjoined=" | ".join(added))
+        if ask and rng.random() < ask and not r.get("answer_mismatch"):
+            values = [float(m.group(1).replace(",", "")) for _, m in at]
+            counts = Counter(svamp.number_values(text))
+            swapped = svamp.swap_numbers(r["answer"], dict(zip(values, numbers))) \
+                if all(counts[v] == 1 for v in values) else None
+            question = re.sub(rf"\b{target}\b", noun, parts[-1], flags=re.IGNORECASE)
+            if swapped and question != parts[-1]:
+                changed.update(prompt=" ".join(parts[:-1] + [question]), answer=swapped[0],
+                               value=swapped[1], asks_added=True)
+        return changed
 
     def conjoin(r: dict, rng: random.Random) -> dict | None:
         parts = _sentences(r["prompt"])

@@ -16,7 +16,8 @@ def _augment(cfg: RunConfig, original: list[dict], rows: list[dict], epoch: int 
     seed = cfg.data.seed + 1000 * epoch
     picked, changed = add_distractors(original, rows, cfg.data.distractors, seed)
     picked, conjoined = conjoin_objects(picked, rows, cfg.data.conjoin, seed + 2,
-                                        cfg.data.conjoin_before, cfg.data.conjoin_every)
+                                        cfg.data.conjoin_before, cfg.data.conjoin_every,
+                                        cfg.data.conjoin_ask)
     # reordered after distractors are in, so an inserted statement can move too
     picked, moved = reorder_statements(picked, cfg.data.reorder, seed + 1)
     if cfg.data.augment == "add":  # the changed rows join their originals instead

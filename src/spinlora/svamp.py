@@ -326,6 +326,28 @@ def equation_side(gold_answer: str) -> str:
     return gold_answer.split("\n")[0].rsplit("=", 1)[0]
 
 
+def swap_numbers(gold_answer: str, numbers: dict[float, float]) -> tuple[str, float] | None:
+    """The gold answer (``56 * 9 = 504\n#### 504``) with each number of its equation replaced
+    by ``numbers[its value]``, and its value; None where the equation uses a number not in
+    ``numbers``, divides by zero, or comes out negative, or fractional where the gold was whole
+    (``data.conjoin_ask``: the same story asked about its other object)."""
+    def sub(tree):
+        if isinstance(tree, Fraction):
+            return Fraction(numbers[float(tree)])
+        op, a, b = tree
+        return (op, sub(a), sub(b))
+
+    try:
+        tree = parse_infix(equation_side(gold_answer))
+        new = sub(tree)
+        value, old = _value(new), _value(tree)
+    except (KeyError, ZeroDivisionError, SvampError):
+        return None
+    if value < 0 or (value.denominator != 1 and old.denominator == 1):
+        return None
+    return _answer(new)
+
+
 def number_values(text: str) -> list[float]:
     """The numbers ``text`` states, in order, as values (``1,200`` is 1200.0)."""
     return [float(x.replace(",", "")) for x in NUMBER.findall(text)]
