@@ -737,6 +737,14 @@ def test_augment_each_epoch_draws_the_objects_anew_on_the_same_rows(tiny_cfg, ti
     assert [e.prompt for e in later(1)] == [e.prompt for e in second]  # seeded by the epoch
     assert [d["epoch"] for d in later.drawn] == [2, 3, 2]
     assert all(abs(d["with_conjoined_object"] - k) <= k // 4 for d in later.drawn)
+    # data.conjoin_ask: some rows ask about the added object, their gold changes with the draw
+    cfg.data.conjoin_every, cfg.data.conjoin_ask = True, 0.5
+    _, _, _, asked_first, asked_counts = sft_set(cfg, fmt)
+    assert asked_counts["asking_the_added_object"] >= 5
+    asked = sft_epochs(cfg, fmt, rows, chosen, len(asked_first))
+    assert [e.answer for e in asked(1)] != [e.answer for e in asked_first]
+    assert asked.drawn[0]["asking_the_added_object"] >= 5
+    cfg.data.conjoin_every, cfg.data.conjoin_ask = False, 0.0
     cfg.data.conjoin = 0.0
     assert sft_epochs(cfg, fmt, rows, chosen, len(first)) is None  # nothing to draw
     cfg.data.conjoin, cfg.data.augment = 1.0, "add"

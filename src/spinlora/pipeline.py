@@ -218,7 +218,8 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
           f"{counts['truncated_overlong']} truncated at data.max_length={cfg.data.max_length})"
           + "".join(f"; {counts[k]} {what}" for k, what in (
               ("with_distractor", "with a distractor"), ("with_conjoined_object",
-              "with a second object"), ("reordered", "reordered")) if k in counts))
+              "with a second object"), ("asking_the_added_object", "asking about it"),
+              ("reordered", "reordered")) if k in counts))
     if not sft_examples and {"sft", "spin", "rl"} & set(cfg.stages):
         if not rows:
             raise DataError(f"data.train {cfg.data.train} holds no rows; point it at a file or "

@@ -23,11 +23,13 @@ def _augment(cfg: RunConfig, original: list[dict], rows: list[dict], epoch: int 
     if cfg.data.augment == "add":  # the changed rows join their originals instead
         picked = original + [p for p, o in zip(picked, original) if p is not o]
     return picked, {"with_distractor": changed, "with_conjoined_object": conjoined,
+                    "asking_the_added_object": sum(bool(p.get("asks_added")) for p in picked),
                     "reordered": moved}
 
 
 def _counted(cfg: RunConfig, changes: dict) -> dict:
     on = {"with_distractor": cfg.data.distractors, "with_conjoined_object": cfg.data.conjoin,
+          "asking_the_added_object": cfg.data.conjoin_ask,
           "reordered": cfg.data.reorder}
     return {k: v for k, v in changes.items() if on[k]}
 
