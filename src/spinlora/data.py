@@ -338,6 +338,14 @@ def _name_more(text: str, noun: str) -> str:
     return _MORE_BARE.sub(named, text)
 
 
+def _new_numbers(text: str) -> list[int]:
+    """Whole numbers from 2 to twice the largest the text states (at least 18), none stated:
+    the added object's candidates."""
+    stated = set(svamp.number_values(text))
+    top = max(9, int(max(stated, default=9)))
+    return [n for n in range(2, 2 * top + 1) if n not in stated]
+
+
 def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int,
                     before: float = 0.0, every: bool = False, ask: float = 0.0
                     ) -> tuple[list[dict], int]:
@@ -370,6 +378,10 @@ def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int,
     seen = Counter(m.group(2) for r in pool for m in _COUNTED.finditer(r["prompt"].lower()))
     nouns = sorted(w for w, c in seen.items() if c >= 3 and w not in _MEASURES)
 
+    def other_nouns(words: set[str]) -> list[str]:
+        """The pool's counted nouns that are none of the problem's words."""
+        return [w for w in nouns if w not in words and w[:-1] not in words]
+
     def conjoin_every(r: dict, rng: random.Random) -> dict | None:
         text = r["prompt"]
         kinds = {m.group(2) for m in _COUNTED.finditer(text.lower())} - _MEASURES
@@ -384,14 +396,12 @@ def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int,
         spots = [(i, m) for i, sentence in enumerate(parts[:-1])
                  for m in _COUNTED_MORE.finditer(sentence)
                  if m.group(3) in asked and m.group(3) not in _MEASURES]
-        others = [w for w in nouns if w not in words and w[:-1] not in words]
+        others = other_nouns(words)
         if not spots or not others:
             return None
         target = spots[rng.randrange(len(spots))][1].group(3)
         at = [(i, m) for i, m in spots if m.group(3) == target]
-        stated = set(svamp.number_values(text))
-        top = max(9, int(max(stated, default=9)))
-        fresh = [n for n in range(2, 2 * top + 1) if n not in stated]
+        fresh = _new_numbers(text)
         noun = others[rng.randrange(len(others))]
         numbers = rng.sample(fresh, len(at))
         ahead = bool(before) and rng.random() < before
@@ -426,13 +436,11 @@ def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int,
         spots = [(i, m) for i, sentence in enumerate(parts[:-1])
                  for m in _COUNTED.finditer(sentence)
                  if m.group(2) in asked and m.group(2) not in _MEASURES]
-        others = [w for w in nouns if w not in words and w[:-1] not in words]
+        others = other_nouns(words)
         if not spots or not others:
             return None
         i, m = spots[rng.randrange(len(spots))]
-        stated = set(svamp.number_values(r["prompt"]))
-        top = max(9, int(max(stated, default=9)))
-        fresh = [n for n in range(2, 2 * top + 1) if n not in stated]
+        fresh = _new_numbers(r["prompt"])
         number, noun = fresh[rng.randrange(len(fresh))], others[rng.randrange(len(others))]
         if before and rng.random() < before:  # drawn only then: before=0 keeps the old rows
             added = f"{number} {noun} and "
