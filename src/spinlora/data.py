@@ -306,36 +306,32 @@ _REFERS_BACK = frozenset("""more less fewer of are were is was and to in on at f
 with left times but then if so or than as""".split())
 
 
+def _names_nothing(after: str) -> bool:
+    """Whether the text ``after`` a number starts with no word or with one of ``_REFERS_BACK``."""
+    word = re.match(r"\s*([a-z]+)", after)
+    return not word or word.group(1) in _REFERS_BACK
+
+
 def _bare_number(text: str) -> bool:
     """Whether a number in ``text`` (not an amount of money) is followed by no word or by one of
     ``_REFERS_BACK``."""
-    for m in svamp.NUMBER.finditer(text):
-        if text[:m.start()].rstrip().endswith("$"):
-            continue
-        word = re.match(r"\s*([a-z]+)", text[m.end():])
-        if not word or word.group(1) in _REFERS_BACK:
-            return True
-    return False
+    return any(_names_nothing(text[m.end():]) for m in svamp.NUMBER.finditer(text)
+               if not text[:m.start()].rstrip().endswith("$"))
 
 
 # "8 more apples": a count, an optional "more", and the plural noun it counts (data.conjoin_every)
 _COUNTED_MORE = re.compile(r"\b(\d[\d,]*(?:\.\d+)?) (more )?([a-z]{3,}s)\b(?! (?:of|and)\b)")
 # "8 more" / "another 4" with no noun after it (none, or a word of _REFERS_BACK)
-_MORE_BARE = re.compile(r"\b(\d[\d,]*(?:\.\d+)? more|another \d[\d,]*(?:\.\d+)?)(?=\s*(?:[a-z]+)?)",
-                        re.IGNORECASE)
-
-
-# "8 more apples" (a plural that is no word of _REFERS_BACK after "more"), read as "8 apples"
-_MORE_NAMED = re.compile(r"(\d) more (?=(?!(?:is|was|as)\b)[a-z]{3,}s\b)")
+_MORE_BARE = re.compile(r"\b(\d[\d,]*(?:\.\d+)? more|another \d[\d,]*(?:\.\d+)?)", re.IGNORECASE)
+# "8 more apples" (a plural of four letters or more after "more"), read as "8 apples"
+_MORE_NAMED = re.compile(r"(\d) more (?=[a-z]{3,}s\b)")
 
 
 def _name_more(text: str, noun: str) -> str:
     """``text`` with each "N more" / "another N" that names nothing ("Susan gives Sean 8 more")
     given ``noun``, the one thing the problem counts: "8 more apples"."""
-    def named(m: re.Match) -> str:
-        word = re.match(r"\s*([a-z]+)", text[m.end():])
-        return m.group(1) + " " + noun if not word or word.group(1) in _REFERS_BACK else m.group(1)
-    return _MORE_BARE.sub(named, text)
+    return _MORE_BARE.sub(lambda m: m.group(1) + " " + noun if _names_nothing(text[m.end():])
+                          else m.group(1), text)
 
 
 def _new_numbers(text: str) -> list[int]:
