@@ -100,6 +100,10 @@ class DataConfig:
     # instead, the gold equation written over that object's numbers ("How many tomatoes…"), so
     # the question alone tells which numbers count (data.conjoin_objects(ask=...)); 0 = off
     conjoin_ask: float = 0.0
+    # with conjoin_every: the share of its rows (beside conjoin_ask's) whose question asks about
+    # both objects, "How many pencils and tomatoes…", the gold equation with each asked count x
+    # written (x + y) where that is the sum of both answers (data.conjoin_objects(both=...)); 0 = off
+    conjoin_both: float = 0.0
     # replace: a row changed by distractors / conjoin / reorder takes its original's place (the
     # SFT set keeps its size); add: it is added beside its original, so the model sees both
     # versions with the same gold answer
@@ -427,6 +431,9 @@ class RunConfig:
             ("data.conjoin_ask", 0 <= self.data.conjoin_ask <= 1
              and (not self.data.conjoin_ask or self.data.conjoin_every),
              "must be in [0, 1], and needs data.conjoin_every=true"),
+            ("data.conjoin_both", 0 <= self.data.conjoin_both <= 1 - self.data.conjoin_ask
+             and (not self.data.conjoin_both or self.data.conjoin_every),
+             "must be in [0, 1 - data.conjoin_ask], and needs data.conjoin_every=true"),
             ("data.augment", self.data.augment in ("replace", "add"), "must be replace or add"),
             ("data.augment_each_epoch", not (self.data.augment_each_epoch
                                              and self.data.augment == "add"),

@@ -343,8 +343,8 @@ def _new_numbers(text: str) -> list[int]:
 
 
 def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int,
-                    before: float = 0.0, every: bool = False, ask: float = 0.0
-                    ) -> tuple[list[dict], int]:
+                    before: float = 0.0, every: bool = False, ask: float = 0.0,
+                    both: float = 0.0) -> tuple[list[dict], int]:
     """``data.conjoin``: a seeded share ``rate`` of ``rows`` get a second object beside one the
     question asks about, in the same statement: "His room has 4 shelves" becomes "His room has 4
     shelves and 40 cabinets" when the question asks about shelves. The added noun counts things
@@ -368,7 +368,13 @@ def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int,
     have?"), the gold equation written over the added object's numbers (``svamp.swap_numbers``;
     ``asks_added`` marks them), where every number the equation uses is a count of the asked
     noun stated once, and the new value is whole and not negative; the story's two objects
-    then each answer a question, so that the question alone tells which numbers count."""
+    then each answer a question, so that the question alone tells which numbers count.
+    ``both`` (``data.conjoin_both``, with ``every``): the share of those rows (drawn beside
+    ``ask``'s) whose question asks about both objects ("How many pencils and tomatoes does
+    Eugene have?", SVAMP's "how many crackers and cakes"), the gold equation with each asked
+    count ``x`` written ``(x + y)``, ``y`` its added object's number (``svamp.swap_numbers(add=
+    True)``: only where that is the sum of the two objects' answers; ``asks_both`` marks them),
+    so that the story's objects are not always one asked and one left out."""
     if rate <= 0:
         return rows, 0
     seen = Counter(m.group(2) for r in pool for m in _COUNTED.finditer(r["prompt"].lower()))
@@ -412,15 +418,24 @@ def conjoin_objects(rows: list[dict], pool: list[dict], rate: float, seed: int,
                 parts[i] = parts[i][:m.end()] + words_in + parts[i][m.end():]
             added.insert(0, words_in)
         changed = dict(r, prompt=" ".join(parts), conjoined=" | ".join(added))
-        if ask and rng.random() < ask and not r.get("answer_mismatch"):
+        draw = rng.random() if ask or both else 1.0  # drawn only then: rows stay draw for draw
+        if draw < ask + both and not r.get("answer_mismatch"):
             values = [float(m.group(1).replace(",", "")) for _, m in at]
             counts = Counter(svamp.number_values(text))
-            swapped = svamp.swap_numbers(r["answer"], dict(zip(values, numbers))) \
+            swapped = svamp.swap_numbers(r["answer"], dict(zip(values, numbers)),
+                                         add=draw >= ask, added_first=ahead) \
                 if all(counts[v] == 1 for v in values) else None
-            question = re.sub(rf"\b{target}\b", noun, parts[-1], flags=re.IGNORECASE)
+            pattern = re.compile(rf"\b{target}\b", re.IGNORECASE)
+            if draw < ask:
+                question, key = pattern.sub(noun, parts[-1]), "asks_added"
+            else:  # "how many pencils and tomatoes", in the order the statements give them
+                both_nouns = f"{noun} and {target}" if ahead else f"{target} and {noun}"
+                question = pattern.sub(both_nouns, parts[-1]) \
+                    if len(pattern.findall(parts[-1])) == 1 else parts[-1]
+                key = "asks_both"
             if swapped and question != parts[-1]:
                 changed.update(prompt=" ".join(parts[:-1] + [question]), answer=swapped[0],
-                               value=swapped[1], asks_added=True)
+                               value=swapped[1], **{key: True})
         return changed
 
     def conjoin(r: dict, rng: random.Random) -> dict | None:

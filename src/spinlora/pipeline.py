@@ -219,6 +219,7 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
           + "".join(f"; {counts[k]} {what}" for k, what in (
               ("with_distractor", "with a distractor"), ("with_conjoined_object",
               "with a second object"), ("asking_the_added_object", "asking about it"),
+              ("asking_both_objects", "asking about both"),
               ("reordered", "reordered")) if k in counts))
     if not sft_examples and {"sft", "spin", "rl"} & set(cfg.stages):
         if not rows:

@@ -17,19 +17,21 @@ def _augment(cfg: RunConfig, original: list[dict], rows: list[dict], epoch: int 
     picked, changed = add_distractors(original, rows, cfg.data.distractors, seed)
     picked, conjoined = conjoin_objects(picked, rows, cfg.data.conjoin, seed + 2,
                                         cfg.data.conjoin_before, cfg.data.conjoin_every,
-                                        cfg.data.conjoin_ask)
+                                        cfg.data.conjoin_ask, cfg.data.conjoin_both)
     # reordered after distractors are in, so an inserted statement can move too
     picked, moved = reorder_statements(picked, cfg.data.reorder, seed + 1)
     if cfg.data.augment == "add":  # the changed rows join their originals instead
         picked = original + [p for p, o in zip(picked, original) if p is not o]
     return picked, {"with_distractor": changed, "with_conjoined_object": conjoined,
                     "asking_the_added_object": sum(bool(p.get("asks_added")) for p in picked),
+                    "asking_both_objects": sum(bool(p.get("asks_both")) for p in picked),
                     "reordered": moved}
 
 
 def _counted(cfg: RunConfig, changes: dict) -> dict:
     on = {"with_distractor": cfg.data.distractors, "with_conjoined_object": cfg.data.conjoin,
           "asking_the_added_object": cfg.data.conjoin_ask,
+          "asking_both_objects": cfg.data.conjoin_both,
           "reordered": cfg.data.reorder}
     return {k: v for k, v in changes.items() if on[k]}
 

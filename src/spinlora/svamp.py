@@ -326,24 +326,47 @@ def equation_side(gold_answer: str) -> str:
     return gold_answer.split("\n")[0].rsplit("=", 1)[0]
 
 
-def swap_numbers(gold_answer: str, numbers: dict[float, float]) -> tuple[str, float] | None:
+def _substitute(tree, leaf):
+    """``tree`` with each number ``x`` replaced by ``leaf(x)`` (a number or a tree)."""
+    if isinstance(tree, Fraction):
+        return leaf(tree)
+    op, a, b = tree
+    return (op, _substitute(a, leaf), _substitute(b, leaf))
+
+
+def swap_numbers(gold_answer: str, numbers: dict[float, float], add: bool = False,
+                 added_first: bool = False) -> tuple[str, float] | None:
     """The gold answer (``56 * 9 = 504\n#### 504``) with each number of its equation replaced
     by ``numbers[its value]``, and its value; None where the equation uses a number not in
     ``numbers``, divides by zero, or comes out negative, or fractional where the gold was whole
-    (``data.conjoin_ask``: the same story asked about its other object)."""
-    def sub(tree):
-        if isinstance(tree, Fraction):
-            return Fraction(numbers[float(tree)])
-        op, a, b = tree
-        return (op, sub(a), sub(b))
+    (``data.conjoin_ask``: the same story asked about its other object). ``add``
+    (``data.conjoin_both``: the story asked about both objects): each number ``x`` found in
+    ``numbers`` becomes ``(x + numbers[x])`` and the others stay, accepted only where that is
+    the sum of the two objects' answers, f(x + y) = f(x) + f(y), checked with the added numbers
+    as given and doubled (``(31 + 27) * 11``, ``(13 + 15) / 28``; not ``x1 / x2``, ``x - 3``);
+    ``added_first`` writes ``(y + x)``, where the story states the added object first."""
+    def other(scale: int):
+        return lambda x: Fraction(numbers[float(x)]) * scale if float(x) in numbers else x
+
+    def summed(scale: int):
+        def leaf(x):
+            if float(x) not in numbers:
+                return x
+            return ("+", other(scale)(x), x) if added_first else ("+", x, other(scale)(x))
+        return leaf
 
     try:
         tree = parse_infix(equation_side(gold_answer))
-        new = sub(tree)
-        value, old = _value(new), _value(tree)
+        old = _value(tree)
+        if add and any(_value(_substitute(tree, summed(k)))
+                       != old + _value(_substitute(tree, other(k))) for k in (1, 2)):
+            return None
+        new = _substitute(tree, summed(1) if add else
+                          lambda x: Fraction(numbers[float(x)]))
+        value = _value(new)
     except (KeyError, ZeroDivisionError, SvampError):
         return None
-    if value < 0 or (value.denominator != 1 and old.denominator == 1):
+    if value < 0 or (value.denominator != 1 and old.denominator == 1) or new == tree:
         return None
     return _answer(new)
 
