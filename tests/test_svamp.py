@@ -614,6 +614,54 @@ def test_conjoin_ask_asks_the_same_story_about_the_added_object():
         cfg.validate()
 
 
+def test_conjoin_both_asks_about_both_objects_with_the_sum_of_their_answers():
+    """data.conjoin_both: with conjoin_every, a share of the changed rows ask about both objects
+    ("How many pencils and tomatoes"), the gold equation the original's with each asked count x
+    written (x + y), and only where that is the sum of the two objects' answers; the prompt's
+    statements are conjoin_every's; off (0), the rows are conjoin_every's, draw for draw; it
+    needs conjoin_every and shares its draw with conjoin_ask."""
+    from spinlora.config import ConfigError, RunConfig
+    from spinlora.data import _sentences, conjoin_objects
+
+    rows = svamp.read_train_csv(SVAMP_DIR / "mawps-asdiv-a_train.csv")
+    every = conjoin_objects(rows, rows, 1.0, 2, 0.5, every=True)
+    assert conjoin_objects(rows, rows, 1.0, 2, 0.5, every=True, both=0.0) == every
+    out, n = conjoin_objects(rows, rows, 1.0, 2, 0.5, every=True, both=0.5)
+    both = [(a, b) for a, b in zip(rows, out) if b.get("asks_both")]
+    assert n == every[1] and 80 <= len(both) <= 200
+    assert not any(b.get("asks_added") for b in out)
+    for a, b in both:
+        added = re.findall(r"(\d+) (?:more )?([a-z]+)", b["conjoined"])
+        noun = added[0][1]
+        old_q, new_q = _sentences(a["prompt"])[-1], _sentences(b["prompt"])[-1]
+        assert re.search(rf"\b\w+ and {noun}\b|\b{noun} and \w+", new_q)
+        assert new_q.replace(f" and {noun}", "").replace(f"{noun} and ", "") == old_q
+        # the sum of the two objects' answers: the gold over the asked numbers, plus the
+        # same equation over the added ones (swap_numbers' own reading of the rows)
+        asked = svamp.number_values(svamp.equation_side(a["answer"]))
+        assert b["value"] == svamp.equation_value(b["answer"]) > a["value"] >= 0
+        used = svamp.number_values(svamp.equation_side(b["answer"]))
+        assert set(asked) <= set(used) and set(used) - set(asked) <= {float(x) for x, _ in added}
+        assert b["answer"].endswith(f"#### {svamp.fmt_number(b['value'])}")
+    # accepted where additive, in the story's order; refused where not, or nothing is added
+    assert svamp.swap_numbers("13 / 28 = 0.46\n#### 0.46", {13.0: 15}, add=True)[0] \
+        .startswith("(13 + 15) / 28 = 1")
+    assert svamp.swap_numbers("31 * 11 = 341\n#### 341", {31.0: 27}, add=True,
+                              added_first=True)[0] == "(27 + 31) * 11 = 638\n#### 638"
+    assert svamp.swap_numbers("51 - 6 = 45\n#### 45", {51.0: 56, 6.0: 4}, add=True) \
+        == ("51 + 56 - (6 + 4) = 97\n#### 97", 97.0)
+    assert svamp.swap_numbers("51 - 6 = 45\n#### 45", {51.0: 56}, add=True) is None  # x - 6
+    assert svamp.swap_numbers("51 / 3 = 17\n#### 17", {51.0: 5, 3.0: 2}, add=True) is None
+    assert svamp.swap_numbers("51 + 6 = 57\n#### 57", {9.0: 5}, add=True) is None
+    cfg = RunConfig()
+    cfg.data.conjoin_both = 0.5
+    with pytest.raises(ConfigError, match="conjoin_every"):
+        cfg.validate()
+    cfg.data.conjoin_every, cfg.data.conjoin_ask, cfg.data.conjoin_both = True, 0.6, 0.5
+    with pytest.raises(ConfigError, match="conjoin_both"):
+        cfg.validate()
+
+
 def test_reorder_moves_a_self_contained_statement_to_the_front():
     """data.reorder: a changed row is its own sentences in another order, one statement with a
     number (no pronoun, not first) moved to the front; question, gold and row count stay; the

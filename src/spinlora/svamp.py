@@ -343,8 +343,10 @@ def swap_numbers(gold_answer: str, numbers: dict[float, float], add: bool = Fals
     (``data.conjoin_both``: the story asked about both objects): each number ``x`` found in
     ``numbers`` becomes ``(x + numbers[x])`` and the others stay, accepted only where that is
     the sum of the two objects' answers, f(x + y) = f(x) + f(y), checked with the added numbers
-    as given and doubled (``(31 + 27) * 11``, ``(13 + 15) / 28``; not ``x1 / x2``, ``x - 3``);
-    ``added_first`` writes ``(y + x)``, where the story states the added object first."""
+    as given and doubled (``(31 + 27) * 11``, ``(13 + 15) / 28``; not ``x1 / x2``, ``x - 3``),
+    and where the added object's own answer f(y) is a possible one (not negative, whole where
+    the gold is: "had 36, gave 42" is no story); ``added_first`` writes ``(y + x)``, where the
+    story states the added object first."""
     def other(scale: int):
         return lambda x: Fraction(numbers[float(x)]) * scale if float(x) in numbers else x
 
@@ -358,9 +360,12 @@ def swap_numbers(gold_answer: str, numbers: dict[float, float], add: bool = Fals
     try:
         tree = parse_infix(equation_side(gold_answer))
         old = _value(tree)
-        if add and any(_value(_substitute(tree, summed(k)))
-                       != old + _value(_substitute(tree, other(k))) for k in (1, 2)):
-            return None
+        if add:
+            alone = _value(_substitute(tree, other(1)))  # the added object's own answer
+            if alone < 0 or (alone.denominator != 1 and old.denominator == 1) or any(
+                    _value(_substitute(tree, summed(k)))
+                    != old + _value(_substitute(tree, other(k))) for k in (1, 2)):
+                return None
         new = _substitute(tree, summed(1) if add else
                           lambda x: Fraction(numbers[float(x)]))
         value = _value(new)
