@@ -580,20 +580,30 @@ def test_conjoin_every_puts_the_object_beside_every_count_of_the_asked_noun():
     assert conjoin_objects(two_kinds, rows, 1.0, 0, every=True) == (two_kinds, 0)
 
 
+def _conjoined_training_rows(option: str, mark: str):
+    """The training file through conjoin_every with ``option`` (ask / both) at 0.5: at 0 the
+    rows are conjoin_every's, draw for draw, and at 0.5 as many rows change; the changed rows
+    and the (original, changed) pairs marked ``mark``."""
+    from spinlora.data import conjoin_objects
+
+    rows = svamp.read_train_csv(SVAMP_DIR / "mawps-asdiv-a_train.csv")
+    every = conjoin_objects(rows, rows, 1.0, 2, 0.5, every=True)
+    assert conjoin_objects(rows, rows, 1.0, 2, 0.5, every=True, **{option: 0.0}) == every
+    out, n = conjoin_objects(rows, rows, 1.0, 2, 0.5, every=True, **{option: 0.5})
+    assert n == every[1]
+    return out, [(a, b) for a, b in zip(rows, out) if b.get(mark)]
+
+
 def test_conjoin_ask_asks_the_same_story_about_the_added_object():
     """data.conjoin_ask: with conjoin_every, a share of the changed rows ask about the added
     object instead; their gold equation is the original's with each number replaced by the
     added object's beside it, its value computed anew; off (0), the rows are conjoin_every's,
     draw for draw; the option needs conjoin_every."""
     from spinlora.config import ConfigError, RunConfig
-    from spinlora.data import _sentences, conjoin_objects
+    from spinlora.data import _sentences
 
-    rows = svamp.read_train_csv(SVAMP_DIR / "mawps-asdiv-a_train.csv")
-    every = conjoin_objects(rows, rows, 1.0, 2, 0.5, every=True)
-    assert conjoin_objects(rows, rows, 1.0, 2, 0.5, every=True, ask=0.0) == every
-    out, n = conjoin_objects(rows, rows, 1.0, 2, 0.5, every=True, ask=0.5)
-    asked = [(a, b) for a, b in zip(rows, out) if b.get("asks_added")]
-    assert n == every[1] and 50 <= len(asked) <= 150
+    out, asked = _conjoined_training_rows("ask", "asks_added")
+    assert 50 <= len(asked) <= 150
     for a, b in asked:
         added = re.findall(r"(\d+) (?:more )?([a-z]+)", b["conjoined"])
         noun = added[0][1]
@@ -621,14 +631,10 @@ def test_conjoin_both_asks_about_both_objects_with_the_sum_of_their_answers():
     statements are conjoin_every's; off (0), the rows are conjoin_every's, draw for draw; it
     needs conjoin_every and shares its draw with conjoin_ask."""
     from spinlora.config import ConfigError, RunConfig
-    from spinlora.data import _sentences, conjoin_objects
+    from spinlora.data import _sentences
 
-    rows = svamp.read_train_csv(SVAMP_DIR / "mawps-asdiv-a_train.csv")
-    every = conjoin_objects(rows, rows, 1.0, 2, 0.5, every=True)
-    assert conjoin_objects(rows, rows, 1.0, 2, 0.5, every=True, both=0.0) == every
-    out, n = conjoin_objects(rows, rows, 1.0, 2, 0.5, every=True, both=0.5)
-    both = [(a, b) for a, b in zip(rows, out) if b.get("asks_both")]
-    assert n == every[1] and 80 <= len(both) <= 200
+    out, both = _conjoined_training_rows("both", "asks_both")
+    assert 80 <= len(both) <= 200
     assert not any(b.get("asks_added") for b in out)
     for a, b in both:
         added = re.findall(r"(\d+) (?:more )?([a-z]+)", b["conjoined"])
