@@ -357,21 +357,23 @@ def swap_numbers(gold_answer: str, numbers: dict[float, float], add: bool = Fals
             return ("+", other(scale)(x), x) if added_first else ("+", x, other(scale)(x))
         return leaf
 
+    def impossible(value: Fraction) -> bool:  # negative, or fractional where the gold is whole
+        return value < 0 or (value.denominator != 1 and old.denominator == 1)
+
     try:
         tree = parse_infix(equation_side(gold_answer))
         old = _value(tree)
+        new = _substitute(tree, summed(1) if add else lambda x: Fraction(numbers[float(x)]))
+        value = _value(new)
         if add:
             alone = _value(_substitute(tree, other(1)))  # the added object's own answer
-            if alone < 0 or (alone.denominator != 1 and old.denominator == 1) or any(
-                    _value(_substitute(tree, summed(k)))
-                    != old + _value(_substitute(tree, other(k))) for k in (1, 2)):
+            if impossible(alone) or value != old + alone or (
+                    _value(_substitute(tree, summed(2)))
+                    != old + _value(_substitute(tree, other(2)))):
                 return None
-        new = _substitute(tree, summed(1) if add else
-                          lambda x: Fraction(numbers[float(x)]))
-        value = _value(new)
     except (KeyError, ZeroDivisionError, SvampError):
         return None
-    if value < 0 or (value.denominator != 1 and old.denominator == 1) or new == tree:
+    if impossible(value) or new == tree:
         return None
     return _answer(new)
 
