@@ -54,3 +54,31 @@ def test_collate_pads_dynamically():
     assert b.answer_mask.tolist() == [[False, False, True, False, False],
                                       [False, True, True, True, True]]
     assert b.attention_mask.sum().item() == 8
+
+
+def test_label_answer_names_what_is_asked_and_keeps_the_score(tiny_model_dir):
+    from spinlora import svamp
+    from spinlora.data import ChatFormat, asked_object, build_examples
+    from spinlora.models import load_tokenizer
+
+    assert asked_object("Tom had 5 pieces of gum. How many more pieces of gum did he chew?") \
+        == "pieces of gum"
+    assert asked_object("He sells 36 boxes. How many cases of 12 boxes does he need?") == "cases"
+    assert asked_object("He sells games for $4 each. How much money could he earn?") == "money"
+    assert asked_object("Paul got 5 apples. How many did he get?") is None
+    assert asked_object("Paul got 5 apples. What is the total?") is None
+    path = SHARED / "svamp" / "mawps-asdiv-a_train.csv"
+    if not path.is_file():
+        pytest.skip("../shared/data/svamp not present")
+    rows = svamp.read_train_csv(path)
+    fmt = ChatFormat(load_tokenizer(str(tiny_model_dir)))
+    plain, _ = build_examples(rows, fmt, DataConfig(max_length=512))
+    labelled, _ = build_examples(rows, fmt, DataConfig(max_length=512, label_answer=True))
+    changed = [(p, q) for p, q in zip(plain, labelled) if p.answer != q.answer]
+    assert 2000 < len(changed) < len(rows)  # most questions ask "how many X" / "how much X"
+    for p, q in changed:
+        assert q.answer.endswith(": " + p.answer) and q.prompt_ids == p.prompt_ids
+    # the labelled gold is still scored right by its equation's value and its stated number
+    for r, q in zip(rows, labelled):
+        s = svamp.score(q.answer, r["value"])
+        assert s["correct"] and s["stated_correct"], q.answer

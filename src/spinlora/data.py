@@ -146,6 +146,45 @@ def split_question(prompt: str) -> tuple[str, str]:
     return "", text
 
 
+# words that may stand between "how many" and what it counts, and words that end it
+_ASKED_LEAD = frozenset("more fewer less total different of the".split())
+_ASKED_END = frozenset(
+    "did does do are is were was has have had will would can could should must shall may might "
+    "in on at for to from than with by into left altogether total together each per that "
+    "them those these they he she it we you i his her their its".split())
+
+
+def asked_object(prompt: str) -> str | None:
+    """What a word problem's question counts or measures: "How many more pieces of gum did he
+    chew?" -> "pieces of gum", "how much money" -> "money" (at most four words, lower-cased);
+    None when the question has no "how many" / "how much" or nothing after it names a thing
+    ("How many did he get?")."""
+    _, question = split_question(prompt)
+    m = re.search(r"\bhow (?:many|much)\b(.*)", question, re.I)
+    if not m:
+        return None
+    words = []
+    for w in re.findall(r"[A-Za-z'-]+|[^\sA-Za-z'-]", m.group(1)):
+        low = w.lower()
+        if not words and low in _ASKED_LEAD:
+            continue
+        if not re.fullmatch(r"[A-Za-z][A-Za-z'-]*", w) or low in _ASKED_END:
+            break
+        words.append(low)
+        if len(words) == 4:
+            break
+    while words and words[-1] in _ASKED_LEAD:  # "cases of 12 boxes" -> "cases"
+        words.pop()
+    return " ".join(words) or None
+
+
+def label_answer(prompt: str, answer: str) -> str:
+    """``data.label_answer``: ``answer`` after what its question counts ("crayons: " + answer),
+    or as it is when ``asked_object`` finds nothing."""
+    asked = asked_object(prompt)
+    return f"{asked}: {answer}" if asked else answer
+
+
 class ChatFormat:
     """Turns prompts and answers into token ids with the tokenizer's own chat template."""
 
@@ -207,6 +246,8 @@ def build_examples(rows: list[dict], fmt: ChatFormat, cfg: DataConfig) -> tuple[
     examples, dropped, truncated = [], 0, 0
     for r in rows:
         answer = strip_calculator_notes(r["answer"]) if cfg.strip_calculator_notes else r["answer"]
+        if cfg.label_answer:
+            answer = label_answer(r["prompt"], answer)
         p_ids, a_ids = fmt.prompt_ids(r["prompt"]), fmt.answer_ids(answer)
         cut = False
         if len(p_ids) + len(a_ids) > cfg.max_length:
