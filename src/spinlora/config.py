@@ -121,9 +121,9 @@ class DataConfig:
     # newline, so that the statements are read with the question in view at no extra length
     # (data.split_question; a one-sentence prompt is left as it is); applied before reread
     question_first: bool = False
-    # every gold answer whose question asks "how many X" starts with X ("crayons: 601 - 406 =
-    # 195"), so the model names what is asked before it picks the numbers
-    # (data.asked_object); the equation and "#### n" follow unchanged
+    # every gold answer whose question asks "how many X" / "how much X" starts with X
+    # ("crayons: 601 - 406 = 195"), so the model names what is asked before it picks the
+    # numbers (data.asked_object); the equation and "#### n" follow unchanged
     label_answer: bool = False
     sft_examples: int | None = 64  # None = all rows
     seed: int = 0  # seeds the subset choice and shuffling
