@@ -353,6 +353,25 @@ def test_number_verdict_sorts_an_answer_by_the_numbers_it_uses():
     assert verdict("1200 + 20 = 1220") == "the gold's numbers, combined wrong"
 
 
+def test_label_case_reads_the_answers_first_line_against_the_question():
+    """benchmarks/svamp_labels.py: the label before ":" on the first line matches the question's
+    asked object, names another, is missing, or none was expected; a re-read prompt is read
+    once."""
+    import importlib.util
+
+    from conftest import ROOT
+    from spinlora.data import READ_AGAIN
+
+    spec = importlib.util.spec_from_file_location("labels", ROOT / "benchmarks" / "svamp_labels.py")
+    labels = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(labels)
+    q = "Paco had 26 salty cookies and 17 sweet cookies. How many salty cookies did Paco have left?"
+    assert labels.label_case(q + READ_AGAIN + q, "salty cookies: 26 - 9 = 17\n#### 17") == "matches"
+    assert labels.label_case(q, "salary: 26 + 17 - 9 = 34\n#### 34") == "another"
+    assert labels.label_case(q, "26 - 9 = 17\n#### 17") == "missing"
+    assert labels.label_case("He had 5. What is the total?", "total: 5 + 1 = 6") == "none expected"
+
+
 def test_svamp_halves_partition_the_test_set_and_restrict_a_comparison(tmp_path, capsys):
     """benchmarks/svamp_folds.py: two seeded halves of SVAMP.json that partition its 1000
     problems, each read by data.train as SVAMP rows; paired.py --problems pairs two samples
