@@ -238,3 +238,54 @@ def test_sft_shared_prefix_gives_the_full_pass_loss_and_gradients(tiny_model_dir
     few = items[:SHARED_ROWS - 1]
     _, calls = run(few, True)
     assert calls == [(len(few), max(len(e.prompt_ids) + len(e.answer_ids) for e in few))]
+
+
+def test_neftune_noises_training_embeddings_only_and_is_removed(tiny_cfg, monkeypatch):
+    """train.neftune_alpha: while SFT trains, every embedding lookup is the clean one plus
+    uniform noise within alpha / sqrt(L * d) (L the batch's padded length), every row runs whole
+    (no shared-prefix pass, whose length would scale the noise otherwise), and after SFT the
+    hook is gone: a later lookup in training mode is the clean one."""
+    import json
+
+    import spinlora.stages.sft as sft
+    from spinlora.pipeline import run
+
+    seen = []  # (rows, L, largest |noise|, bound) of every lookup in training
+
+    def watch(module, args, out):
+        if module.training:
+            clean = module.weight[args[0]]
+            bound = module.neftune_noise_alpha / math.sqrt(out.size(1) * out.size(2))
+            seen.append((out.size(0), out.size(1), float((out - clean).abs().max()), bound))
+
+    real = sft.activate_neftune
+    handles = {}
+
+    def activate(model, alpha):
+        h = real(model, alpha)
+        emb = model.get_base_model().get_input_embeddings()
+        handles["emb"], handles["watch"] = emb, emb.register_forward_hook(watch)
+        return h
+
+    monkeypatch.setattr(sft, "activate_neftune", activate)
+    tiny_cfg.stages = ["sft"]
+    tiny_cfg.train.neftune_alpha = 5.0
+    assert run(tiny_cfg)["status"] == "ok"
+    handles["watch"].remove()
+    res = json.loads(open(f"{tiny_cfg.output_dir}/sft/result.json").read())
+    assert res["neftune_alpha"] == 5.0 and res["steps"] == len(seen) == 3
+    for rows, length, noise, bound in seen:
+        assert rows == tiny_cfg.train.micro_batch_size  # whole rows, never the 1-row prefix
+        assert 0.5 * bound < noise <= bound * (1 + 1e-6)
+    emb = handles["emb"]
+    assert not hasattr(emb, "neftune_noise_alpha")
+    emb.train()
+    ids = torch.tensor([[3, 4, 5]])
+    assert torch.equal(emb(ids), emb.weight[ids])
+
+
+def test_neftune_alpha_below_zero_is_refused():
+    from spinlora.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="train.neftune_alpha"):
+        load_config(None, ["train.neftune_alpha=-1"])

@@ -151,6 +151,12 @@ class TrainConfig:
     # SFT (and RFT): a micro-batch's common prompt prefix (the chat template's system prompt) runs
     # once and the rows run on its KV cache; the same loss in fewer token passes (stages/sft.py)
     share_prefix: bool = True
+    # SFT: NEFTune (Jain et al. 2024): uniform noise of scale alpha / sqrt(L * d) added to the
+    # input embeddings in training only, by transformers' own hook (what Trainer's and TRL's
+    # neftune_noise_alpha do; L is the padded batch length). 0 = off; the paper's default is 5.
+    # Each row then runs whole (share_prefix is not used), so that every row's noise is scaled
+    # by its own batch's length as in those trainers
+    neftune_alpha: float = 0.0
     log_every: int = 5  # one summary line every N optimizer steps
     report_to: list[str] = field(default_factory=list)  # + tensorboard | wandb (JSONL always)
     # SFT early stopping: every N optimizer steps the held-out metric (a spin.keep_best name;
@@ -447,6 +453,7 @@ class RunConfig:
             ("model.quantization", self.model.quantization in ("none", "nf4", "int8"),
              "none, nf4 or int8"),
             ("adapter.dropout", 0 <= self.adapter.dropout < 1, "must be in [0, 1)"),
+            ("train.neftune_alpha", self.train.neftune_alpha >= 0, "must be >= 0 (0 = off)"),
             ("spin.iterations", self.spin.iterations >= 0, "must be >= 0"),
             ("spin.epochs", self.spin.epochs > 0, "must be > 0"),
             ("spin.micro_batch_size", divides_batch(self.spin.micro_batch_size),

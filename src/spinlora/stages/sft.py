@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transformers.integrations.neftune import activate_neftune, deactivate_neftune
+
 from .. import adapters
 from ..accounting import Accountant, count_parameters
 from ..config import RunConfig
@@ -73,14 +75,18 @@ def run_sft(cfg: RunConfig, model, tokenizer, examples: list[Example], out: Path
     log = MetricsLog(out / "metrics.jsonl", cfg.train.report_to, "sft")
     watch = EarlyStop(cfg, model, tokenizer, fmt, heldout, acct) if (
         cfg.train.early_stop_every and heldout) else None
+    noisy = cfg.train.neftune_alpha > 0
+    hook = activate_neftune(model, cfg.train.neftune_alpha) if noisy else None
     try:
-        objective = sft_objective(tokenizer.pad_token_id, cfg.train.share_prefix)
+        objective = sft_objective(tokenizer.pad_token_id, cfg.train.share_prefix and not noisy)
         records = train_loop(model, examples, objective, cfg.train, cfg.train.lr,
                              cfg.train.epochs, acct, log, cfg.seed, "sft",
                              method=cfg.adapter.method, on_step=watch,
                              epoch_items=epoch_examples)
     finally:
         log.close()
+        if hook is not None:  # the saved adapter and every later stage see clean embeddings
+            deactivate_neftune(model, hook)
     if watch:
         watch.restore_best()
     finish = adapters.get(cfg.adapter.method).finish
@@ -91,6 +97,7 @@ def run_sft(cfg: RunConfig, model, tokenizer, examples: list[Example], out: Path
         "stage": "sft", "method": cfg.adapter.method, "examples": len(examples),
         "steps": len(records), **({"selection": selection} if selection else {}),
         "loss_first": records[0]["loss"], "loss_last": records[-1]["loss"],
+        **({"neftune_alpha": cfg.train.neftune_alpha} if noisy else {}),
         "parameters": count_parameters(model),
         **({"early_stop": watch.summary()} if watch else {}),
         **({"drawn_each_epoch": epoch_examples.drawn} if epoch_examples else {}),
