@@ -250,9 +250,7 @@ def test_sft_early_stopping_keeps_the_best_state(tiny_cfg, monkeypatch):
 def test_reward_speed_benchmark_compares_the_same_work(tiny_model_dir, tmp_path):
     """benchmarks/reward_speed.py: both sides score the same answers (the same rewards, the same
     picks) and train on the same pairs (the same loss)."""
-    import importlib.util
-
-    from conftest import ROOT
+    from conftest import load_benchmark
     from spinlora.config import load_config
     from spinlora.reward_model import load_reward_model
 
@@ -272,10 +270,7 @@ def test_reward_speed_benchmark_compares_the_same_work(tiny_model_dir, tmp_path)
                                                {"text": t} for t in (f"#### {2 * i}", "no",
                                                                      f"{i}+{i}={i}. #### {i}")]})
                                + "\n" for i in range(4)))
-    spec = importlib.util.spec_from_file_location("reward_speed",
-                                                  ROOT / "benchmarks" / "reward_speed.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("reward_speed")
     res = bench.main(["--reward-model", str(tmp_path / "rm"), "--config", str(cfg_path),
                       "--samples", str(samples), "--limit", "3", "--shared-batch", "4",
                       "--pairs", str(_pairs(tmp_path, 10)), "--pair-limit", "6", "--micro", "4",

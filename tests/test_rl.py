@@ -58,13 +58,9 @@ def test_rl_stage_end_to_end(tiny_cfg, monkeypatch):
     assert [len(set(d)) for d in drawn] == [4, 4] and drawn[0] != drawn[1]
     assert all(0 <= i < tiny_cfg.data.sft_examples for d in drawn for i in d)
     # benchmarks/svamp_folds.py replays that draw for runs from before it was recorded
-    import importlib.util
+    from conftest import load_benchmark
 
-    from conftest import ROOT
-
-    spec = importlib.util.spec_from_file_location("folds", ROOT / "benchmarks" / "svamp_folds.py")
-    folds = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(folds)
+    folds = load_benchmark("svamp_folds")
     n = tiny_cfg.data.sft_examples
     assert folds.drawn_rows(Path(out), n) == ({i for d in drawn for i in d}, "recorded")
     path = Path(out) / "rl" / "rounds.jsonl"

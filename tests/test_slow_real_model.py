@@ -171,17 +171,14 @@ def test_roofline_shapes_are_the_embedded_models_linear_layers(monkeypatch):
     """benchmarks/roofline.py times SmolLM2's linear layers from its published config, without
     its weights: those shapes must be the embedded model's own ``nn.Linear`` layers, one for one,
     or the bound it prints is another model's."""
-    import importlib.util
     from collections import Counter
 
-    from conftest import ROOT
+    from conftest import ROOT, load_benchmark
     from spinlora.config import ModelConfig
     from spinlora.models import load_model
 
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # its _common
-    spec = importlib.util.spec_from_file_location("roofline", ROOT / "benchmarks" / "roofline.py")
-    roofline = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(roofline)
+    roofline = load_benchmark("roofline")
     model, _ = load_model(ModelConfig(dtype="float32"))
     real = Counter((m.in_features, m.out_features) for m in model.modules()
                    if isinstance(m, torch.nn.Linear))

@@ -185,14 +185,9 @@ def test_study_paired_difference_is_hand_computed():
 
 
 def _study_module():
-    import importlib.util
+    from conftest import load_benchmark
 
-    from conftest import ROOT
-
-    spec = importlib.util.spec_from_file_location("svamp_study",
-                                                  ROOT / "benchmarks" / "svamp_study.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_benchmark("svamp_study")
     return study
 
 
@@ -293,13 +288,9 @@ def test_paired_cli_reads_samples_files_gzipped_or_not(tmp_path, capsys):
     """benchmarks/paired.py: problems matched by index (order and gzip do not matter), gained and
     lost counted, a file that is not an eval samples file refused with its line."""
     import gzip
-    import importlib.util
+    from conftest import load_benchmark
 
-    from conftest import ROOT
-
-    spec = importlib.util.spec_from_file_location("paired_cli", ROOT / "benchmarks" / "paired.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_benchmark("paired")
     ref, other = tmp_path / "sft.jsonl", tmp_path / "spin.jsonl.gz"
     ref.write_text("".join(json.dumps({"index": i, "correct": c}) + "\n"
                            for i, c in enumerate([1, 1, 0, 1, 0])))
@@ -334,13 +325,9 @@ def test_number_verdict_sorts_an_answer_by_the_numbers_it_uses():
     """benchmarks/svamp_forms.py --numbers: right first, then no equation, a number the problem
     does not state, one it states and the gold does not use, fewer numbers than the gold, and
     the gold's numbers combined wrong; numbers compared as values (1,200 is 1200)."""
-    import importlib.util
+    from conftest import load_benchmark
 
-    from conftest import ROOT
-
-    spec = importlib.util.spec_from_file_location("forms", ROOT / "benchmarks" / "svamp_forms.py")
-    forms = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(forms)
+    forms = load_benchmark("svamp_forms")
     problem, gold = "Paul got 1,200 crayons and 406 erasers. He lost 20 crayons. How many?", "1200 - 20"
     verdict = lambda out, ok=False: forms.number_verdict(  # noqa: E731
         {"correct": ok, "output": out}, problem, gold)
@@ -357,14 +344,10 @@ def test_label_case_reads_the_answers_first_line_against_the_question():
     """benchmarks/svamp_labels.py: the label before ":" on the first line matches the question's
     asked object, names another, is missing, or none was expected; a re-read prompt is read
     once."""
-    import importlib.util
-
-    from conftest import ROOT
+    from conftest import load_benchmark
     from spinlora.data import READ_AGAIN
 
-    spec = importlib.util.spec_from_file_location("labels", ROOT / "benchmarks" / "svamp_labels.py")
-    labels = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(labels)
+    labels = load_benchmark("svamp_labels")
     q = "Paco had 26 salty cookies and 17 sweet cookies. How many salty cookies did Paco have left?"
     assert labels.label_case(q + READ_AGAIN + q, "salty cookies: 26 - 9 = 17\n#### 17") == "matches"
     assert labels.label_case(q, "salary: 26 + 17 - 9 = 34\n#### 34") == "another"
@@ -376,20 +359,12 @@ def test_svamp_halves_partition_the_test_set_and_restrict_a_comparison(tmp_path,
     """benchmarks/svamp_folds.py: two seeded halves of SVAMP.json that partition its 1000
     problems, each read by data.train as SVAMP rows; paired.py --problems pairs two samples
     files on one half only (by ID), and with --subset on both restrictions at once."""
-    import importlib.util
-
-    from conftest import ROOT
+    from conftest import load_benchmark
 
     from spinlora.config import DataConfig
     from spinlora.data import load_rows
 
-    def script(name):
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-
-    folds, cli = script("svamp_folds"), script("paired")
+    folds, cli = load_benchmark("svamp_folds"), load_benchmark("paired")
     a, b = folds.main(["--out", str(tmp_path / "f"), "--data-root", str(SHARED)])
     ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
     ids = [r["ID"] for r in json.loads((SVAMP_DIR / "SVAMP.json").read_text())]
