@@ -250,13 +250,13 @@ def test_neftune_noises_training_embeddings_only_and_is_removed(tiny_cfg, monkey
     import spinlora.stages.sft as sft
     from spinlora.pipeline import run
 
-    seen = []  # (rows, L, largest |noise|, bound) of every lookup in training
+    seen = []  # (rows, largest |noise|, bound) of every lookup in training
 
     def watch(module, args, out):
         if module.training:
             clean = module.weight[args[0]]
             bound = module.neftune_noise_alpha / math.sqrt(out.size(1) * out.size(2))
-            seen.append((out.size(0), out.size(1), float((out - clean).abs().max()), bound))
+            seen.append((out.size(0), float((out - clean).abs().max()), bound))
 
     real = sft.activate_neftune
     handles = {}
@@ -274,7 +274,7 @@ def test_neftune_noises_training_embeddings_only_and_is_removed(tiny_cfg, monkey
     handles["watch"].remove()
     res = json.loads(open(f"{tiny_cfg.output_dir}/sft/result.json").read())
     assert res["neftune_alpha"] == 5.0 and res["steps"] == len(seen) == 3
-    for rows, length, noise, bound in seen:
+    for rows, noise, bound in seen:
         assert rows == tiny_cfg.train.micro_batch_size  # whole rows, never the 1-row prefix
         assert 0.5 * bound < noise <= bound * (1 + 1e-6)
     emb = handles["emb"]
