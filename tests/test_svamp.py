@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from conftest import SHARED
+from conftest import SHARED, load_benchmark
 from spinlora import svamp
 
 SVAMP_DIR = SHARED / "svamp"
@@ -174,7 +174,7 @@ def test_svamp_eval_through_the_pipeline(tiny_cfg, tmp_path, capsys):
 def test_study_paired_difference_is_hand_computed():
     """benchmarks/svamp_study.py: the paired difference and its standard error over the same
     problems, only where both models answered."""
-    study = _study_module()
+    study = load_benchmark("svamp_study")
     a = {i: {"correct": c} for i, c in enumerate([1, 1, 0, 1, 0])}
     b = {i: {"correct": c} for i, c in enumerate([1, 0, 0, 0, 1])}
     b[7] = {"correct": 1}  # a problem only one model answered: not paired
@@ -184,19 +184,12 @@ def test_study_paired_difference_is_hand_computed():
     assert n == 5 and mean == pytest.approx(0.2) and se == pytest.approx(math.sqrt(var / 5))
 
 
-def _study_module():
-    from conftest import load_benchmark
-
-    study = load_benchmark("svamp_study")
-    return study
-
-
 def test_study_seeds_aggregate_each_replicate_against_its_own_sft(tmp_path):
     """svamp_study.py --seeds: a model's row gives mean and sample sd over the replicates of its
     accuracy and of its paired difference from its own replicate's SFT, and the seed-level SE
     sd / sqrt(k); a model one replicate lacks gets no row; the replicates' methods start from
     their own SFT adapter."""
-    study = _study_module()
+    study = load_benchmark("svamp_study")
 
     def row(model, method, acc, delta, it=0):
         return {"model": model, "method": method, "iteration": it, "accuracy": acc, "n": 1000,
@@ -288,7 +281,6 @@ def test_paired_cli_reads_samples_files_gzipped_or_not(tmp_path, capsys):
     """benchmarks/paired.py: problems matched by index (order and gzip do not matter), gained and
     lost counted, a file that is not an eval samples file refused with its line."""
     import gzip
-    from conftest import load_benchmark
 
     cli = load_benchmark("paired")
     ref, other = tmp_path / "sft.jsonl", tmp_path / "spin.jsonl.gz"
@@ -325,8 +317,6 @@ def test_number_verdict_sorts_an_answer_by_the_numbers_it_uses():
     """benchmarks/svamp_forms.py --numbers: right first, then no equation, a number the problem
     does not state, one it states and the gold does not use, fewer numbers than the gold, and
     the gold's numbers combined wrong; numbers compared as values (1,200 is 1200)."""
-    from conftest import load_benchmark
-
     forms = load_benchmark("svamp_forms")
     problem, gold = "Paul got 1,200 crayons and 406 erasers. He lost 20 crayons. How many?", "1200 - 20"
     verdict = lambda out, ok=False: forms.number_verdict(  # noqa: E731
@@ -344,7 +334,6 @@ def test_label_case_reads_the_answers_first_line_against_the_question():
     """benchmarks/svamp_labels.py: the label before ":" on the first line matches the question's
     asked object, names another, is missing, or none was expected; a re-read prompt is read
     once."""
-    from conftest import load_benchmark
     from spinlora.data import READ_AGAIN
 
     labels = load_benchmark("svamp_labels")
@@ -359,8 +348,6 @@ def test_svamp_halves_partition_the_test_set_and_restrict_a_comparison(tmp_path,
     """benchmarks/svamp_folds.py: two seeded halves of SVAMP.json that partition its 1000
     problems, each read by data.train as SVAMP rows; paired.py --problems pairs two samples
     files on one half only (by ID), and with --subset on both restrictions at once."""
-    from conftest import load_benchmark
-
     from spinlora.config import DataConfig
     from spinlora.data import load_rows
 
