@@ -12,10 +12,12 @@ kernels up, is left out), the loss of every step, and the bf16 / fp32 ratios. A 
 not depend on what else is in the batch; see docs/adapters.md); ``dtype/whole`` runs every row
 whole (``train.share_prefix=false``) instead of the micro-batch's shared system prompt once,
 ``dtype/peft`` runs LoRA through peft's own forward (``adapter.fused=false``) instead of
-``adapters.lora.fused_forward``; flags combine (``bfloat16/whole/peft``):
+``adapters.lora.fused_forward``, and a flag ``key=value`` is a config override
+(``bfloat16/adapter.dropout=0.1``); flags combine (``bfloat16/whole/peft``):
 
     python benchmarks/train_speed.py --sides float32,float32/whole --batch 16   # shared prefix
     python benchmarks/train_speed.py --sides bfloat16/peft,bfloat16 --batch 16  # fused LoRA
+    python benchmarks/train_speed.py --sides bfloat16,bfloat16/adapter.dropout=0.1 --batch 16
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ def _setup(spec: str, args, n_rows: int, over: list[str]):
     spec, *flags = spec.split("/")
     dtype, _, attn = spec.partition(":")
     over = [f"model.dtype={dtype}", f"train.share_prefix={'whole' not in flags}",
-            f"adapter.fused={'peft' not in flags}"] + over
+            f"adapter.fused={'peft' not in flags}"] + [f for f in flags if "=" in f] + over
     if args.model:
         over.append(f"model.name={args.model}")
     if attn:
