@@ -372,6 +372,11 @@ class EvalConfig:
     # verifier), with pass@k beside it (evaluate/gsm8k.evaluate_self_consistency)
     self_consistency: int = 0
     self_consistency_temperature: float = 0.7
+    # k >= 2: also a "MODEL+checked@k" row per model for svamp: the greedy answer stays unless
+    # the value it is scored by is missing or negative (a count never is); then a beam search
+    # of k beams decodes the problem again and its best beam with a value >= 0 is the answer
+    # (evaluate/gsm8k.evaluate_svamp_checked; no sampling, no label read)
+    checked_beams: int = 0
 
 
 @dataclass
@@ -545,6 +550,11 @@ class RunConfig:
         checks.append(("eval.self_consistency", self.eval.self_consistency == 0 or (
             self.eval.self_consistency >= 2 and bool({"gsm8k", "svamp"} & set(self.eval.tasks))),
             "0 (off), or k >= 2 with gsm8k or svamp in eval.tasks"))
+        checks.append(("eval.checked_beams", self.eval.checked_beams == 0 or (
+            self.eval.checked_beams >= 2 and "svamp" in self.eval.tasks
+            and not self.generation.calculator and self.generation.engine == "torch"),
+            "0 (off), or k >= 2 with svamp in eval.tasks, generation.engine=torch and no "
+            "generation.calculator (its beam search is transformers' generate)"))
         checks.append(("eval.self_consistency_temperature",
                        self.eval.self_consistency_temperature > 0, "must be > 0 (sampling)"))
         for mode in self.eval.prompting:

@@ -891,3 +891,36 @@ def _generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig,
         out = dist.gather({i: g for i, g in enumerate(out) if g is not None}, len(prompts))
         produced = int(dist.sum_floats([produced])[0])
     return out, produced
+
+
+@torch.inference_mode()
+def beam_answers(model, tokenizer, prompt: list[int], cfg: GenerationConfig, stop_ids: list[int],
+                 beams: int) -> tuple[list[Generation], int]:
+    """The ``beams`` answers of a beam search over one prompt (transformers' ``generate``,
+    deterministic, length penalty 1), best first by its score. Returns (answers, new tokens
+    in all of them). ``eval.checked_beams`` decodes again this way the few greedy answers that
+    fail its check, so the search needs no batching of its own."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt], device=device)
+    try:
+        seqs = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                              num_beams=beams, num_return_sequences=beams, do_sample=False,
+                              early_stopping=True, max_new_tokens=cfg.max_new_tokens,
+                              eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
+                              temperature=None, top_p=None, top_k=None)
+    finally:
+        if was_training:
+            model.train()
+    out, produced = [], 0
+    for row in seqs[:, ids.shape[1]:].tolist():
+        toks, finished = [], False
+        for t in row:
+            toks.append(t)
+            if t in stop_ids:
+                finished = True
+                break
+        produced += len(toks)
+        out.append(Generation(toks, tokenizer.decode(toks, skip_special_tokens=True), finished))
+    return out, produced

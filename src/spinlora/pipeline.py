@@ -38,6 +38,7 @@ from .rundir import OutputExistsError  # noqa: F401  (part of this module's API)
 from .data import ChatFormat, DataError, build_examples, load_rows, subset
 from .evaluate import evaluate_gsm8k
 from .evaluate.gsm8k import (PROMPTING, REFLECT, evaluate_best_of_n, evaluate_self_consistency,
+                             evaluate_svamp_checked,
                              evaluate_svamp, fewshot_draws)
 from .evaluate.choice import evaluate_choice_task
 from .evaluate.tasks import DEFAULT_SHOTS, load_task
@@ -392,9 +393,11 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
     # one row per model and mode, "LABEL+mode": the prompting baselines on GSM8K only; the
     # sampled rows (best_of_n, self_consistency) on GSM8K and SVAMP
     n, k = cfg.eval.best_of_n, cfg.eval.self_consistency
+    beams = cfg.eval.checked_beams
     modes = (cfg.eval.prompting + (["best_of_n"] if n else [])
-             + (["self_consistency"] if k else []))
-    names = {"standard": "", "best_of_n": f"+best_of_{n}", "self_consistency": f"+maj@{k}"}
+             + (["self_consistency"] if k else []) + (["checked"] if beams else []))
+    names = {"standard": "", "best_of_n": f"+best_of_{n}", "self_consistency": f"+maj@{k}",
+             "checked": f"+checked@{beams}"}
     rows = [(label + names.get(mode, f"+{mode}"), path, mode)
             for label, path in targets for mode in modes]
     if k:
@@ -444,7 +447,7 @@ def _mode_items(mode: str, choice_items: dict) -> dict:
     sampled rows, none for the GSM8K prompting baselines."""
     if mode == "standard":
         return choice_items
-    if mode in ("best_of_n", "self_consistency"):
+    if mode in ("best_of_n", "self_consistency", "checked"):
         return {t: v for t, v in choice_items.items() if t == "svamp"}
     return {}
 
@@ -500,6 +503,21 @@ def _eval_self_consistency(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Pa
     return r
 
 
+def _eval_checked(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path, acct: Accountant,
+                  r: dict, choice_items) -> dict:
+    """The ``MODEL+checked@k`` row: SVAMP's greedy answers, those with a missing or negative
+    value decoded again by a beam search of k beams (``evaluate_svamp_checked``)."""
+    beams, label = cfg.eval.checked_beams, r["label"]
+    c = evaluate_svamp_checked(model, tok, fmt, choice_items["svamp"], cfg.generation, acct,
+                               label, beams)
+    _write_samples(part, label, "svamp", c.pop("samples"))
+    r["tasks"]["svamp"] = c
+    print(f"[spinlora] eval {label}: SVAMP accuracy {c['acc']:.3f} ± {c['acc_stderr']:.3f} "
+          f"(value of its equation, checked; greedy {c['greedy_acc']:.3f}; stated number "
+          f"{c['stated_acc']:.3f}; n={c['n']})")
+    return r
+
+
 def _eval_one(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path, acct: Accountant,
               init_path: Path | None, label: str, path: Path | None, examples, shots,
               choice_items, prompting: str = "standard", reranker=None) -> dict:
@@ -516,6 +534,8 @@ def _eval_one(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path, acct: Acc
         if prompting == "self_consistency":
             return _eval_self_consistency(cfg, model, tok, fmt, part, acct, r, examples,
                                           choice_items)
+        if prompting == "checked":
+            return _eval_checked(cfg, model, tok, fmt, part, acct, r, choice_items)
         if "gsm8k" in cfg.eval.tasks:
             g = evaluate_gsm8k(model, tok, fmt, examples, cfg.generation, acct, label,
                                shots, cfg.eval.gsm8k_style, cfg.eval.gsm8k_generate, prompting)

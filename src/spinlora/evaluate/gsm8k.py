@@ -22,7 +22,7 @@ from .. import svamp
 from ..accounting import Accountant
 from ..config import GenerationConfig
 from ..data import ChatFormat, Example
-from ..generate import generate
+from ..generate import beam_answers, generate
 from ..scoring import score_sequences
 from .choice import stderr
 
@@ -262,6 +262,55 @@ def evaluate_svamp(model, tokenizer, fmt: ChatFormat, examples: list[Example],
             "with_equation": sum(s["has_equation"] for s in g["samples"]) / max(n, 1),
             "finished_rate": g["own_finished_rate"], "mean_tokens": g["own_mean_tokens"],
             "max_new_tokens": gen_cfg.max_new_tokens, "samples": g["samples"]}
+
+
+def _checked_value(scored: dict) -> float | None:
+    """The value an answer is scored by (its equation's, else its stated number) when it passes
+    ``eval.checked_beams``'s check, else None: a count is never negative (3137 of the 3138
+    training answers are >= 0; 249 are not integers, so the sign is the whole check)."""
+    v = scored["equation_value"] if scored["has_equation"] else scored["stated"]
+    return v if v is not None and v >= 0 else None
+
+
+@torch.inference_mode()
+def evaluate_svamp_checked(model, tokenizer, fmt: ChatFormat, examples: list[Example],
+                           gen_cfg: GenerationConfig, acct: Accountant, label: str,
+                           beams: int) -> dict:
+    """SVAMP with a checked answer (``eval.checked_beams``): the greedy answer stays unless the
+    value it is scored by is missing or negative; then the problem is decoded again by beam
+    search (``beams`` beams, no sampling) and the highest-scoring beam whose value is >= 0
+    replaces it (none: the greedy answer stays). No label is read to choose. Each sample keeps
+    the greedy answer (``greedy_output``, ``greedy_correct``) beside the one scored, so the
+    row pairs with the greedy row problem by problem."""
+    c = evaluate_svamp(model, tokenizer, fmt, examples, gen_cfg, acct, f"{label} greedy")
+    samples = c["samples"]
+    failed = [i for i, s in enumerate(samples) if _checked_value(s) is None]
+    replaced = 0
+    with acct.phase(f"eval_beams[{label} svamp]") as ph:
+        for i in failed:
+            s = samples[i]
+            s.update(greedy_output=s["output"], greedy_correct=s["correct"], checked=True)
+            answers, produced = beam_answers(model, tokenizer, examples[i].prompt_ids, gen_cfg,
+                                             fmt.stop_ids, beams)
+            ph.tokens += produced
+            for j, a in enumerate(answers):
+                scored = svamp.score(a.text, s["gold_value"])
+                if _checked_value(scored) is not None:
+                    s.update(scored, output=a.text, extracted=extract_answer(a.text),
+                             finished=a.finished, beam=j)
+                    replaced += 1
+                    break
+    n = c["n"]
+    acc = sum(s["correct"] for s in samples) / max(n, 1)
+    stated = sum(s["stated_correct"] for s in samples) / max(n, 1)
+    greedy = c["acc"]
+    print(f"[spinlora] eval {label}: SVAMP checked: {len(failed)} of {n} greedy answers failed "
+          f"the check (no value, or a negative one), {replaced} replaced by a beam of {beams}")
+    return {**c, "acc": acc, "acc_stderr": stderr(acc, n), "stated_acc": stated,
+            "stated_acc_stderr": stderr(stated, n), "by_numbers": _by_numbers(samples),
+            "with_equation": sum(s["has_equation"] for s in samples) / max(n, 1),
+            "greedy_acc": greedy, "checked_beams": beams, "failed_check": len(failed),
+            "replaced": replaced, "samples": samples}
 
 
 def _vote_key(value) -> str | None:
