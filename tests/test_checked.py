@@ -33,15 +33,15 @@ def test_checked_answer_replaces_only_failed_greedy_answers(tiny_model_dir, monk
         [Generation([5], t, True) for t in GREEDY[:len(prompts)]], len(prompts)))
     searched = []
 
-    def beams(model, tok, prompt, cfg, stop_ids, k):
-        i = next(j for j, e in enumerate(examples) if e.prompt_ids == prompt)
-        searched.append((i, k))
-        return [Generation([5, 6], t, True) for t in BEAMS[i][:k]], 2 * k
+    def beams(model, tok, prompts, cfg, stop_ids, k, **kw):
+        rows = [next(j for j, e in enumerate(examples) if e.prompt_ids == p) for p in prompts]
+        searched.append((rows, k))
+        return [[Generation([5, 6], t, True) for t in BEAMS[i][:k]] for i in rows], 2 * k * len(rows)
 
     monkeypatch.setattr(g, "beam_answers", beams)
     acct = Accountant(torch.device("cpu"))
     r = g.evaluate_svamp_checked(None, tok, fmt, examples, GenerationConfig(), acct, "m", 3)
-    assert searched == [(1, 3), (2, 3)]
+    assert searched == [([1, 2], 3)]  # one search over the failed problems
     s = r["samples"]
     assert [x["output"] for x in s] == [GREEDY[0], BEAMS[1][1], GREEDY[2], GREEDY[3]]
     assert [x["correct"] for x in s] == [True, True, False, False]
@@ -50,6 +50,24 @@ def test_checked_answer_replaces_only_failed_greedy_answers(tiny_model_dir, monk
     assert (r["greedy_acc"], r["acc"], r["failed_check"], r["replaced"]) == (0.25, 0.5, 2, 1)
     assert r["acc_stderr"] == pytest.approx((0.5 * 0.5 / 3) ** 0.5)
     assert acct.summary()["phases"]["eval_beams[m svamp]"]["tokens"] == 12
+
+    # the greedy row's answers are used as they are for the same problems, in the same order;
+    # for other problems they are decoded again
+    row = {"n": 4, "acc": 0.25, "finished_rate": 1.0}
+    kept = [{**x, "output": GREEDY[0], "correct": True, "equation_value": 7.0,
+             "has_equation": True, "stated": 7.0, "stated_correct": True}
+            for x in r["samples"]]
+    for x in kept:
+        for k in ("checked", "beam", "greedy_output", "greedy_correct"):
+            x.pop(k, None)
+    searched.clear()
+    again = g.evaluate_svamp_checked(None, tok, fmt, examples, GenerationConfig(), acct, "m", 3,
+                                     greedy=(row, kept))
+    assert searched == [] and again["greedy_acc"] == 0.25 and again["acc"] == 1.0
+    assert again["failed_check"] == 0 and again["finished_rate"] == 1.0
+    other = g.evaluate_svamp_checked(None, tok, fmt, examples, GenerationConfig(), acct, "m", 3,
+                                     greedy=(row, kept[::-1]))
+    assert searched == [([1, 2], 3)] and other["acc"] == 0.5
 
 
 def test_beam_answers_are_the_models_best_first(tiny_model_dir):
@@ -63,16 +81,19 @@ def test_beam_answers_are_the_models_best_first(tiny_model_dir):
 
     tok = load_tokenizer(str(tiny_model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
-    prompt = tok("Tom has 3 apples.")["input_ids"]
+    prompts = [tok(t)["input_ids"] for t in ("Tom has 3 apples and", "Ann has", "Bo had 7 pens")]
     cfg = GenerationConfig(max_new_tokens=6)
-    out, produced = beam_answers(model, tok, prompt, cfg, [tok.eos_token_id], 3)
-    assert len(out) == 3 and produced == sum(len(a.ids) for a in out)
-    assert len({tuple(a.ids) for a in out}) == 3 and all(0 < len(a.ids) <= 6 for a in out)
-    ids = torch.tensor([prompt])
-    ref = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=3,
-                         num_return_sequences=1, do_sample=False, max_new_tokens=6,
-                         eos_token_id=[tok.eos_token_id], pad_token_id=tok.pad_token_id)
-    assert ref[0, len(prompt):].tolist()[:len(out[0].ids)] == out[0].ids
+    out, produced = beam_answers(model, tok, prompts, cfg, [tok.eos_token_id], 3, batch=2)
+    assert [len(o) for o in out] == [3, 3, 3]
+    assert produced == sum(len(a.ids) for o in out for a in o)
+    for prompt, o in zip(prompts, out):
+        assert len({tuple(a.ids) for a in o}) == 3 and all(0 < len(a.ids) <= 6 for a in o)
+        # each prompt alone, unpadded: the same best beam as in its left-padded batch
+        ids = torch.tensor([prompt])
+        ref = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=3,
+                             num_return_sequences=1, do_sample=False, max_new_tokens=6,
+                             eos_token_id=[tok.eos_token_id], pad_token_id=tok.pad_token_id)
+        assert ref[0, len(prompt):].tolist()[:len(o[0].ids)] == o[0].ids
 
 
 def test_checked_row_in_the_evaluation_pairs_with_greedy(tiny_cfg, tmp_path):
@@ -110,6 +131,10 @@ def test_checked_row_in_the_evaluation_pairs_with_greedy(tiny_cfg, tmp_path):
         else:
             assert s["output"] == greedy[key]["output"]
     assert sum(bool(s.get("checked")) for s in checked.values()) == c["failed_check"]
+    # greedy decoded once: the checked row started from the greedy row's own answers
+    phases = ev["accounting"]["phases"]
+    assert "eval_generate[base svamp]" in phases
+    assert not any("checked@2 greedy" in k for k in phases)
 
 
 @pytest.mark.parametrize("over,ok", [

@@ -894,33 +894,48 @@ def _generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig,
 
 
 @torch.inference_mode()
-def beam_answers(model, tokenizer, prompt: list[int], cfg: GenerationConfig, stop_ids: list[int],
-                 beams: int) -> tuple[list[Generation], int]:
-    """The ``beams`` answers of a beam search over one prompt (transformers' ``generate``,
-    deterministic, length penalty 1), best first by its score. Returns (answers, new tokens
-    in all of them). ``eval.checked_beams`` decodes again this way the few greedy answers that
-    fail its check, so the search needs no batching of its own."""
+def beam_answers(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig,
+                 stop_ids: list[int], beams: int, batch: int = 16, desc: str = "beams"
+                 ) -> tuple[list[list[Generation]], int]:
+    """The ``beams`` answers of a beam search over each prompt (transformers' ``generate``,
+    deterministic, length penalty 1), best first by its score; ``batch`` prompts (left-padded,
+    in length order) a call. Returns (answers per prompt, new tokens in all of them).
+    ``eval.checked_beams`` decodes again this way the greedy answers that fail its check."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    ids = torch.tensor([prompt], device=device)
+    pad = tokenizer.pad_token_id
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[list[Generation]] = [[] for _ in prompts]
+    produced = 0
+    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False,
+               disable=not dist.is_main())
     try:
-        seqs = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                              num_beams=beams, num_return_sequences=beams, do_sample=False,
-                              early_stopping=True, max_new_tokens=cfg.max_new_tokens,
-                              eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
-                              temperature=None, top_p=None, top_k=None)
+        for b in range(0, len(order), batch):
+            idx = order[b:b + batch]
+            width = max(len(prompts[i]) for i in idx)
+            ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in idx],
+                               device=device)
+            attn = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i])
+                                 for i in idx], device=device)
+            seqs = model.generate(input_ids=ids, attention_mask=attn, num_beams=beams,
+                                  num_return_sequences=beams, do_sample=False,
+                                  early_stopping=True, max_new_tokens=cfg.max_new_tokens,
+                                  eos_token_id=stop_ids, pad_token_id=pad,
+                                  temperature=None, top_p=None, top_k=None)
+            for r, row in enumerate(seqs[:, width:].tolist()):
+                toks, finished = [], False
+                for t in row:
+                    toks.append(t)
+                    if t in stop_ids:
+                        finished = True
+                        break
+                produced += len(toks)
+                out[idx[r // beams]].append(
+                    Generation(toks, tokenizer.decode(toks, skip_special_tokens=True), finished))
+            bar.update(len(idx))
     finally:
+        bar.close()
         if was_training:
             model.train()
-    out, produced = [], 0
-    for row in seqs[:, ids.shape[1]:].tolist():
-        toks, finished = [], False
-        for t in row:
-            toks.append(t)
-            if t in stop_ids:
-                finished = True
-                break
-        produced += len(toks)
-        out.append(Generation(toks, tokenizer.decode(toks, skip_special_tokens=True), finished))
     return out, produced

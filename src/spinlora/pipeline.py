@@ -416,7 +416,7 @@ def run_eval(cfg: RunConfig, model, tok, fmt: ChatFormat, run_dir: Path, part: P
         try:
             results.append(_eval_one(cfg, model, tok, fmt, part, acct, init_path, label, path,
                                      examples, shots, _mode_items(mode, choice_items), mode,
-                                     reranker))
+                                     reranker, _greedy_svamp(part, results, label, mode)))
         except Exception as e:  # noqa: BLE001  a failure costs only the model it happened on
             if _is_oom(e):
                 raise
@@ -440,6 +440,21 @@ def _merged(earlier: dict | None, now: dict) -> dict:
             "seconds_total": round(sum(p["seconds"] for p in phases.values()), 3),
             "peak_over_baseline_bytes": max(earlier.get("peak_over_baseline_bytes", 0),
                                             now["peak_over_baseline_bytes"])}
+
+
+def _greedy_svamp(part: Path, results: list[dict], label: str, mode: str
+                  ) -> tuple[dict, list[dict]] | None:
+    """For a ``MODEL+checked@k`` row: the SVAMP summary and samples of MODEL's greedy row when
+    this evaluation finished it (its samples file is this folder's), so greedy runs once."""
+    if mode != "checked":
+        return None
+    base = label.rsplit("+", 1)[0]
+    row = next((r for r in results if r["label"] == base and "svamp" in r.get("tasks", {})), None)
+    path = part / f"samples_{base}_svamp.jsonl"
+    if row is None or not path.is_file():
+        return None
+    with open(path) as f:
+        return row["tasks"]["svamp"], [json.loads(line) for line in f if line.strip()]
 
 
 def _mode_items(mode: str, choice_items: dict) -> dict:
@@ -504,12 +519,13 @@ def _eval_self_consistency(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Pa
 
 
 def _eval_checked(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path, acct: Accountant,
-                  r: dict, choice_items) -> dict:
-    """The ``MODEL+checked@k`` row: SVAMP's greedy answers, those with a missing or negative
-    value decoded again by a beam search of k beams (``evaluate_svamp_checked``)."""
+                  r: dict, choice_items, greedy: tuple[dict, list[dict]] | None) -> dict:
+    """The ``MODEL+checked@k`` row: SVAMP's greedy answers (the greedy row's, when this
+    evaluation has them), those with a missing or negative value decoded again by a beam
+    search of k beams (``evaluate_svamp_checked``)."""
     beams, label = cfg.eval.checked_beams, r["label"]
     c = evaluate_svamp_checked(model, tok, fmt, choice_items["svamp"], cfg.generation, acct,
-                               label, beams)
+                               label, beams, greedy)
     _write_samples(part, label, "svamp", c.pop("samples"))
     r["tasks"]["svamp"] = c
     print(f"[spinlora] eval {label}: SVAMP accuracy {c['acc']:.3f} ± {c['acc_stderr']:.3f} "
@@ -520,7 +536,8 @@ def _eval_checked(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path, acct:
 
 def _eval_one(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path, acct: Accountant,
               init_path: Path | None, label: str, path: Path | None, examples, shots,
-              choice_items, prompting: str = "standard", reranker=None) -> dict:
+              choice_items, prompting: str = "standard", reranker=None,
+              greedy: tuple[dict, list[dict]] | None = None) -> dict:
     """Every configured task for one model (base when ``path`` is None, else that adapter)."""
     if path is not None:
         # load the saved weights into the one adapter in memory: no second model
@@ -535,7 +552,7 @@ def _eval_one(cfg: RunConfig, model, tok, fmt: ChatFormat, part: Path, acct: Acc
             return _eval_self_consistency(cfg, model, tok, fmt, part, acct, r, examples,
                                           choice_items)
         if prompting == "checked":
-            return _eval_checked(cfg, model, tok, fmt, part, acct, r, choice_items)
+            return _eval_checked(cfg, model, tok, fmt, part, acct, r, choice_items, greedy)
         if "gsm8k" in cfg.eval.tasks:
             g = evaluate_gsm8k(model, tok, fmt, examples, cfg.generation, acct, label,
                                shots, cfg.eval.gsm8k_style, cfg.eval.gsm8k_generate, prompting)

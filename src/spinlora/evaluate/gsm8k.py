@@ -275,41 +275,50 @@ def _checked_value(scored: dict) -> float | None:
 @torch.inference_mode()
 def evaluate_svamp_checked(model, tokenizer, fmt: ChatFormat, examples: list[Example],
                            gen_cfg: GenerationConfig, acct: Accountant, label: str,
-                           beams: int) -> dict:
+                           beams: int, greedy: tuple[dict, list[dict]] | None = None) -> dict:
     """SVAMP with a checked answer (``eval.checked_beams``): the greedy answer stays unless the
     value it is scored by is missing or negative; then the problem is decoded again by beam
     search (``beams`` beams, no sampling) and the highest-scoring beam whose value is >= 0
     replaces it (none: the greedy answer stays). No label is read to choose. Each sample keeps
     the greedy answer (``greedy_output``, ``greedy_correct``) beside the one scored, so the
-    row pairs with the greedy row problem by problem."""
-    c = evaluate_svamp(model, tokenizer, fmt, examples, gen_cfg, acct, f"{label} greedy")
+    row pairs with the greedy row problem by problem. ``greedy``: the greedy row's SVAMP
+    summary and samples for these examples, when this evaluation has them (not decoded again);
+    they are used only when their problems are these, in this order."""
+    if greedy is not None and ([s.get("index") for s in greedy[1]]
+                               == [e.meta.get("index") for e in examples]):
+        c = {**greedy[0], "samples": [dict(s) for s in greedy[1]]}
+        print(f"[spinlora] eval {label}: SVAMP checked, from the greedy row's own answers")
+    else:
+        c = evaluate_svamp(model, tokenizer, fmt, examples, gen_cfg, acct, f"{label} greedy")
     samples = c["samples"]
     failed = [i for i, s in enumerate(samples) if _checked_value(s) is None]
     replaced = 0
-    with acct.phase(f"eval_beams[{label} svamp]") as ph:
-        for i in failed:
-            s = samples[i]
-            s.update(greedy_output=s["output"], greedy_correct=s["correct"], checked=True)
-            answers, produced = beam_answers(model, tokenizer, examples[i].prompt_ids, gen_cfg,
-                                             fmt.stop_ids, beams)
+    found: list = []
+    if failed:
+        with acct.phase(f"eval_beams[{label} svamp]") as ph:
+            found, produced = beam_answers(model, tokenizer,
+                                           [examples[i].prompt_ids for i in failed], gen_cfg,
+                                           fmt.stop_ids, beams, desc=f"eval {label} svamp beams")
             ph.tokens += produced
-            for j, a in enumerate(answers):
-                scored = svamp.score(a.text, s["gold_value"])
-                if _checked_value(scored) is not None:
-                    s.update(scored, output=a.text, extracted=extract_answer(a.text),
-                             finished=a.finished, beam=j)
-                    replaced += 1
-                    break
+    for i, answers in zip(failed, found, strict=True):
+        s = samples[i]
+        s.update(greedy_output=s["output"], greedy_correct=s["correct"], checked=True)
+        for j, a in enumerate(answers):
+            scored = svamp.score(a.text, s["gold_value"])
+            if _checked_value(scored) is not None:
+                s.update(scored, output=a.text, extracted=extract_answer(a.text),
+                         finished=a.finished, beam=j)
+                replaced += 1
+                break
     n = c["n"]
     acc = sum(s["correct"] for s in samples) / max(n, 1)
     stated = sum(s["stated_correct"] for s in samples) / max(n, 1)
-    greedy = c["acc"]
     print(f"[spinlora] eval {label}: SVAMP checked: {len(failed)} of {n} greedy answers failed "
           f"the check (no value, or a negative one), {replaced} replaced by a beam of {beams}")
     return {**c, "acc": acc, "acc_stderr": stderr(acc, n), "stated_acc": stated,
             "stated_acc_stderr": stderr(stated, n), "by_numbers": _by_numbers(samples),
             "with_equation": sum(s["has_equation"] for s in samples) / max(n, 1),
-            "greedy_acc": greedy, "checked_beams": beams, "failed_check": len(failed),
+            "greedy_acc": c["acc"], "checked_beams": beams, "failed_check": len(failed),
             "replaced": replaced, "samples": samples}
 
 
