@@ -43,6 +43,20 @@ def make_tokenizer():
     return fast
 
 
+def write_svamp(root: Path) -> Path:
+    """Five SVAMP problems in SVAMP.json's layout ("Tom has a apples. He buys b more."), under
+    ``root/svamp``; returns ``root`` (an ``eval.data_root``)."""
+    import json
+
+    (root / "svamp").mkdir(parents=True)
+    problems = [{"ID": f"chal-{i}", "Body": f"Tom has {a} apples. He buys {b} more.",
+                 "Question": "How many apples does he have?", "Equation": f"( {a}.0 + {b}.0 )",
+                 "Answer": float(a + b), "Type": "Addition"}
+                for i, (a, b) in enumerate(zip(range(1, 6), range(3, 8)))]
+    (root / "svamp" / "SVAMP.json").write_text(json.dumps(problems))
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -90,13 +90,9 @@ def test_maj_row_in_the_evaluation_pairs_with_greedy(tiny_cfg, tmp_path):
     from spinlora import run, svamp
     from spinlora.paired import compare, read_samples
 
-    root = tmp_path / "data"
-    (root / "svamp").mkdir(parents=True)
-    problems = [{"ID": f"chal-{i}", "Body": f"Tom has {a} apples. He buys {b} more.",
-                 "Question": "How many apples does he have?", "Equation": f"( {a}.0 + {b}.0 )",
-                 "Answer": float(a + b), "Type": "Addition"}
-                for i, (a, b) in enumerate(zip(range(1, 6), range(3, 8)))]
-    (root / "svamp" / "SVAMP.json").write_text(json.dumps(problems))
+    from conftest import write_svamp
+
+    root = write_svamp(tmp_path / "data")
     tiny_cfg.stages, tiny_cfg.eval.models = ["eval"], ["base"]
     tiny_cfg.eval.tasks, tiny_cfg.eval.data_root, tiny_cfg.eval.limit = ["gsm8k", "svamp"], str(root), 4
     tiny_cfg.eval.self_consistency = 3
