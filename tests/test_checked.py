@@ -73,10 +73,10 @@ def test_checked_answer_replaces_only_failed_greedy_answers(tiny_model_dir, monk
 def test_beam_answers_are_the_models_best_first(tiny_model_dir):
     """A real beam search on the tiny model: k answers, distinct, the first the highest-scoring
     one by transformers' own score (its sequences come back sorted)."""
-    from spinlora.config import GenerationConfig
-    from spinlora.generate import beam_answers
     from transformers import AutoModelForCausalLM
 
+    from spinlora.config import GenerationConfig
+    from spinlora.generate import beam_answers
     from spinlora.models import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model_dir))

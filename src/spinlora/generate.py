@@ -201,6 +201,15 @@ def _layout(batch: list[list[int]], shared: int, width: int, pad: int
     return ids, attn
 
 
+def _until_stop(row: list[int], ends: list[int]) -> tuple[list[int], bool]:
+    """A generated row up to and including its first end token, and whether it had one (a row
+    of transformers' ``generate`` goes on with padding after it)."""
+    for k, t in enumerate(row):
+        if t in ends:
+            return row[:k + 1], True
+    return list(row), False
+
+
 def greedy(logits: torch.Tensor) -> torch.Tensor:
     """The argmax of every row, taken in fp32 (the same index; argmax of bf16 on a CPU is ~4x
     slower) from ``upcast``'s workspace (64 rows of a 49k vocabulary are 12.6 MB a step)."""
@@ -873,13 +882,9 @@ def _generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig,
             seqs = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
                                   **kwargs)
         new = seqs[:, width:].tolist()
+        ends = [*stop_ids, *([pad] if stop_strings else [])]  # pad after a stop string
         for row, i in enumerate(idx):
-            toks, finished = [], False
-            for t in new[row]:
-                toks.append(t)
-                if t in stop_ids or (t == pad and stop_strings):  # pad after a stop string
-                    finished = True
-                    break
+            toks, finished = _until_stop(new[row], ends)
             produced += len(toks)
             text = tokenizer.decode(toks, skip_special_tokens=True)
             out[i] = Generation(toks, text, finished)
@@ -914,22 +919,15 @@ def beam_answers(model, tokenizer, prompts: list[list[int]], cfg: GenerationConf
         for b in range(0, len(order), batch):
             idx = order[b:b + batch]
             width = max(len(prompts[i]) for i in idx)
-            ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in idx],
-                               device=device)
-            attn = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i])
-                                 for i in idx], device=device)
-            seqs = model.generate(input_ids=ids, attention_mask=attn, num_beams=beams,
+            ids, attn = _layout([prompts[i] for i in idx], 0, width, pad)
+            seqs = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
+                                  num_beams=beams,
                                   num_return_sequences=beams, do_sample=False,
                                   early_stopping=True, max_new_tokens=cfg.max_new_tokens,
                                   eos_token_id=stop_ids, pad_token_id=pad,
                                   temperature=None, top_p=None, top_k=None)
             for r, row in enumerate(seqs[:, width:].tolist()):
-                toks, finished = [], False
-                for t in row:
-                    toks.append(t)
-                    if t in stop_ids:
-                        finished = True
-                        break
+                toks, finished = _until_stop(row, stop_ids)
                 produced += len(toks)
                 out[idx[r // beams]].append(
                     Generation(toks, tokenizer.decode(toks, skip_special_tokens=True), finished))

@@ -38,8 +38,7 @@ from .rundir import OutputExistsError  # noqa: F401  (part of this module's API)
 from .data import ChatFormat, DataError, build_examples, load_rows, subset
 from .evaluate import evaluate_gsm8k
 from .evaluate.gsm8k import (PROMPTING, REFLECT, evaluate_best_of_n, evaluate_self_consistency,
-                             evaluate_svamp_checked,
-                             evaluate_svamp, fewshot_draws)
+                             evaluate_svamp, evaluate_svamp_checked, fewshot_draws)
 from .evaluate.choice import evaluate_choice_task
 from .evaluate.tasks import DEFAULT_SHOTS, load_task
 from .generate import decide_packing, packed_what, packing_skipped, pick_engine

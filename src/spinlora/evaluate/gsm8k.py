@@ -255,13 +255,20 @@ def evaluate_svamp(model, tokenizer, fmt: ChatFormat, examples: list[Example],
         s.update(svamp.score(s["output"], e.meta["value"]), index=e.meta.get("index"),
                  gold_value=e.meta["value"],
                  irrelevant_numbers=svamp.irrelevant_numbers(e.prompt, e.answer))
-    acc = sum(s["correct"] for s in g["samples"]) / max(n, 1)
-    stated = sum(s["stated_correct"] for s in g["samples"]) / max(n, 1)
-    return {"n": n, "acc": acc, "acc_stderr": stderr(acc, n), "stated_acc": stated,
-            "stated_acc_stderr": stderr(stated, n), "by_numbers": _by_numbers(g["samples"]),
-            "with_equation": sum(s["has_equation"] for s in g["samples"]) / max(n, 1),
-            "finished_rate": g["own_finished_rate"], "mean_tokens": g["own_mean_tokens"],
-            "max_new_tokens": gen_cfg.max_new_tokens, "samples": g["samples"]}
+    return {"n": n, **_svamp_scores(g["samples"]), "finished_rate": g["own_finished_rate"],
+            "mean_tokens": g["own_mean_tokens"], "max_new_tokens": gen_cfg.max_new_tokens,
+            "samples": g["samples"]}
+
+
+def _svamp_scores(samples: list[dict]) -> dict:
+    """A SVAMP row's scores from its scored samples: the headline (equation value), the stated
+    number's, the split by irrelevant numbers and the share that wrote an equation."""
+    n = len(samples)
+    acc = sum(s["correct"] for s in samples) / max(n, 1)
+    stated = sum(s["stated_correct"] for s in samples) / max(n, 1)
+    return {"acc": acc, "acc_stderr": stderr(acc, n), "stated_acc": stated,
+            "stated_acc_stderr": stderr(stated, n), "by_numbers": _by_numbers(samples),
+            "with_equation": sum(s["has_equation"] for s in samples) / max(n, 1)}
 
 
 def _checked_value(scored: dict) -> float | None:
@@ -310,16 +317,11 @@ def evaluate_svamp_checked(model, tokenizer, fmt: ChatFormat, examples: list[Exa
                          finished=a.finished, beam=j)
                 replaced += 1
                 break
-    n = c["n"]
-    acc = sum(s["correct"] for s in samples) / max(n, 1)
-    stated = sum(s["stated_correct"] for s in samples) / max(n, 1)
-    print(f"[spinlora] eval {label}: SVAMP checked: {len(failed)} of {n} greedy answers failed "
-          f"the check (no value, or a negative one), {replaced} replaced by a beam of {beams}")
-    return {**c, "acc": acc, "acc_stderr": stderr(acc, n), "stated_acc": stated,
-            "stated_acc_stderr": stderr(stated, n), "by_numbers": _by_numbers(samples),
-            "with_equation": sum(s["has_equation"] for s in samples) / max(n, 1),
-            "greedy_acc": c["acc"], "checked_beams": beams, "failed_check": len(failed),
-            "replaced": replaced, "samples": samples}
+    print(f"[spinlora] eval {label}: SVAMP checked: {len(failed)} of {c['n']} greedy answers "
+          f"failed the check (no value, or a negative one), {replaced} replaced by a beam of "
+          f"{beams}")
+    return {**c, **_svamp_scores(samples), "greedy_acc": c["acc"], "checked_beams": beams,
+            "failed_check": len(failed), "replaced": replaced, "samples": samples}
 
 
 def _vote_key(value) -> str | None:
