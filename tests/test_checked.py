@@ -96,6 +96,33 @@ def test_beam_answers_are_the_models_best_first(tiny_model_dir):
         assert ref[0, len(prompt):].tolist()[:len(o[0].ids)] == o[0].ids
 
 
+def test_beam_calls_are_split_over_processes(tiny_model_dir, monkeypatch):
+    """Under two processes, process 1 runs the beam-search calls 1, 3, … (in length order) and
+    the merged answers are the one process's; here its peers' share comes back empty."""
+    from transformers import AutoModelForCausalLM
+
+    from spinlora import dist
+    from spinlora.config import GenerationConfig
+    from spinlora.generate import beam_answers
+    from spinlora.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    texts = ("Ann has", "Bo had 7 pens", "Tom has 3 apples and", "Tom has 3 apples and 4 pears")
+    prompts = [tok(t)["input_ids"] for t in texts]  # in length order
+    assert sorted(map(len, prompts)) == list(map(len, prompts))
+    cfg = GenerationConfig(max_new_tokens=4)
+    alone, _ = beam_answers(model, tok, prompts, cfg, [tok.eos_token_id], 2, batch=1)
+    monkeypatch.setattr(dist, "world", lambda: 2)
+    monkeypatch.setattr(dist, "rank", lambda: 1)
+    monkeypatch.setattr(dist, "gather", lambda local, n: [local.get(i, []) for i in range(n)])
+    monkeypatch.setattr(dist, "sum_floats", lambda v: v)
+    mine, produced = beam_answers(model, tok, prompts, cfg, [tok.eos_token_id], 2, batch=1)
+    assert [len(o) for o in mine] == [0, 2, 0, 2]
+    assert [[a.ids for a in o] for o in mine[1::2]] == [[a.ids for a in o] for o in alone[1::2]]
+    assert produced == sum(len(a.ids) for o in mine for a in o)
+
+
 def test_checked_row_in_the_evaluation_pairs_with_greedy(tiny_cfg, tmp_path):
     """``eval.checked_beams=2``: a ``base+checked@2`` row after ``base``, SVAMP only; where the
     check passed its answer is the greedy row's own text."""

@@ -69,3 +69,28 @@ def test_two_processes_equal_one(tiny_model_dir, tiny_data, tmp_path):
     assert [r["accuracy"] for r in e2] == [r["accuracy"] for r in e1]
     assert [r["gold_logp_per_token"] for r in e2] == pytest.approx(
         [r["gold_logp_per_token"] for r in e1], abs=1e-4)
+
+
+def test_checked_beams_split_over_two_processes_equal_one(tiny_model_dir, tmp_path):
+    """``eval.checked_beams``: two processes each run half of the beam-search calls and write
+    the one process's answers; the checked row reads the greedy row's file only once the main
+    process has written it."""
+    from conftest import write_svamp
+
+    root = write_svamp(tmp_path / "data")
+    runs = {}
+    for n in (1, 2):
+        out = tmp_path / f"p{n}"
+        _launch(n, ["run", f"output_dir={out}", f"model.name={tiny_model_dir}",
+                    "model.dtype=float32", "model.device=cpu", "stages=[eval]",
+                    "eval.models=[base]", "eval.tasks=[svamp]", f"eval.data_root={root}",
+                    "eval.checked_beams=2", "generation.max_new_tokens=8",
+                    "generation.batch_size=2"])
+        runs[n] = out / "eval"
+    one = _lines(runs[1] / "samples_base+checked@2_svamp.jsonl")
+    two = _lines(runs[2] / "samples_base+checked@2_svamp.jsonl")
+    assert len(one) == 5 and sum(bool(s.get("checked")) for s in one) >= 2  # 2+ beam calls
+    assert two == one
+    rows = json.loads((runs[2] / "result.json").read_text())["rows"]
+    assert [r["label"] for r in rows] == ["base", "base+checked@2"]
+    assert "error" not in rows[1]

@@ -169,3 +169,19 @@ def test_report_names_an_rft_run_and_leaves_out_checks_it_has_not(tmp_path):
             "8 samples a prompt)") in md
     assert "| 1 | 64 | 512 | 0.250 | 30 | 70 | 14 | - | - | 0.1200 | - |" in md
     assert "Step-0 checks" not in md and "FAILED" not in md
+
+
+def test_report_says_how_a_checked_row_decodes(tmp_path):
+    plain = _fixture_run(tmp_path, "plain", 0.1, [])
+    checked = _fixture_run(tmp_path, "checked", 0.1, [])
+    ev = json.loads((checked / "eval" / "result.json").read_text())
+    ev["rows"].append({"label": "lora_sft+checked@4", "tasks": {"svamp": {
+        "acc": 0.43, "acc_stderr": 0.016, "n": 1000, "checked_beams": 4}}})
+    (checked / "eval" / "result.json").write_text(json.dumps(ev))
+    write_report(plain, checked, out=tmp_path / "rep")
+    notes = [line for line in (tmp_path / "rep" / "summary.md").read_text().splitlines()
+             if line.startswith("- plain:") or line.startswith("- checked:")]
+    assert len(notes) == 2
+    assert "checked@" not in notes[0]
+    assert notes[1].endswith("greedy (+checked@4: greedy, and a 4-beam search where the greedy "
+                             "answer's value is missing or negative)")

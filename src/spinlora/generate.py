@@ -905,7 +905,9 @@ def beam_answers(model, tokenizer, prompts: list[list[int]], cfg: GenerationConf
     """The ``beams`` answers of a beam search over each prompt (transformers' ``generate``,
     deterministic, length penalty 1), best first by its score; ``batch`` prompts (left-padded,
     in length order) a call. Returns (answers per prompt, new tokens in all of them).
-    ``eval.checked_beams`` decodes again this way the greedy answers that fail its check."""
+    ``eval.checked_beams`` decodes again this way the greedy answers that fail its check.
+    Under several processes call ``b`` is process ``b mod world``'s, as ``generate``'s
+    batches are, and every process gets all the answers."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -916,8 +918,10 @@ def beam_answers(model, tokenizer, prompts: list[list[int]], cfg: GenerationConf
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False,
                disable=not dist.is_main())
     try:
-        for b in range(0, len(order), batch):
+        for k, b in enumerate(range(0, len(order), batch)):
             idx = order[b:b + batch]
+            if not dist.mine(k):
+                continue
             width = max(len(prompts[i]) for i in idx)
             ids, attn = _layout([prompts[i] for i in idx], 0, width, pad)
             seqs = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
@@ -931,9 +935,12 @@ def beam_answers(model, tokenizer, prompts: list[list[int]], cfg: GenerationConf
                 produced += len(toks)
                 out[idx[r // beams]].append(
                     Generation(toks, tokenizer.decode(toks, skip_special_tokens=True), finished))
-            bar.update(len(idx))
+            bar.update(len(idx) * dist.world())
     finally:
         bar.close()
         if was_training:
             model.train()
+    if dist.world() > 1:
+        out = dist.gather({i: a for i, a in enumerate(out) if a}, len(prompts))
+        produced = int(dist.sum_floats([produced])[0])
     return out, produced

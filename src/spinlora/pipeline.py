@@ -447,6 +447,7 @@ def _greedy_svamp(part: Path, results: list[dict], label: str, mode: str
     this evaluation finished it (its samples file is this folder's), so greedy runs once."""
     if mode != "checked":
         return None
+    dist.barrier()  # several processes: the main one has written the greedy row's file
     base = label.rsplit("+", 1)[0]
     row = next((r for r in results if r["label"] == base and "svamp" in r.get("tasks", {})), None)
     path = part / f"samples_{base}_svamp.jsonl"

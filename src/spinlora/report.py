@@ -106,8 +106,18 @@ def _column_notes(runs: list[Path]) -> list[str]:
             notes.append(f"{run.name}: " + ", ".join(
                 f"{t} {k}-shot" for t, k in shots.items()) +
                 f"; subset limit {ev['limit']} (seed {ev['seed']}){gsm8k}, "
-                + ("sampled" if ev.get("generation", {}).get("do_sample") else "greedy"))
+                + ("sampled" if ev.get("generation", {}).get("do_sample") else "greedy")
+                + _checked_note(ev))
     return notes
+
+
+def _checked_note(ev: dict) -> str:
+    """How a ``+checked@k`` row decodes (``eval.checked_beams``), where the run has one: its
+    answers are not all greedy."""
+    beams = {r["tasks"][t]["checked_beams"] for r in ev.get("rows", [])
+             for t in r.get("tasks", {}) if "checked_beams" in r["tasks"][t]}
+    return "".join(f" (+checked@{k}: greedy, and a {k}-beam search where the greedy answer's "
+                   "value is missing or negative)" for k in sorted(beams))
 
 
 def plot_losses(run: Path, dest: Path) -> None:

@@ -285,7 +285,8 @@ def evaluate_svamp_checked(model, tokenizer, fmt: ChatFormat, examples: list[Exa
                            beams: int, greedy: tuple[dict, list[dict]] | None = None) -> dict:
     """SVAMP with a checked answer (``eval.checked_beams``): the greedy answer stays unless the
     value it is scored by is missing or negative; then the problem is decoded again by beam
-    search (``beams`` beams, no sampling) and the highest-scoring beam whose value is >= 0
+    search (``beams`` beams, no sampling; ``generation.batch_size`` sequences, so that many
+    over ``beams`` problems, a call) and the highest-scoring beam whose value is >= 0
     replaces it (none: the greedy answer stays). No label is read to choose. Each sample keeps
     the greedy answer (``greedy_output``, ``greedy_correct``) beside the one scored, so the
     row pairs with the greedy row problem by problem. ``greedy``: the greedy row's SVAMP
@@ -305,7 +306,9 @@ def evaluate_svamp_checked(model, tokenizer, fmt: ChatFormat, examples: list[Exa
         with acct.phase(f"eval_beams[{label} svamp]") as ph:
             found, produced = beam_answers(model, tokenizer,
                                            [examples[i].prompt_ids for i in failed], gen_cfg,
-                                           fmt.stop_ids, beams, desc=f"eval {label} svamp beams")
+                                           fmt.stop_ids, beams,
+                                           batch=_beam_batch(gen_cfg, beams),
+                                           desc=f"eval {label} svamp beams")
             ph.tokens += produced
     for i, answers in zip(failed, found, strict=True):
         s = samples[i]
@@ -322,6 +325,13 @@ def evaluate_svamp_checked(model, tokenizer, fmt: ChatFormat, examples: list[Exa
           f"{beams}")
     return {**c, **_svamp_scores(samples), "greedy_acc": c["acc"], "checked_beams": beams,
             "failed_check": len(failed), "replaced": replaced, "samples": samples}
+
+
+def _beam_batch(gen_cfg: GenerationConfig, beams: int) -> int:
+    """Problems per beam-search call: ``generation.batch_size`` sequences (16 problems where
+    it is ``auto``, whose probe measured greedy rows, not beams)."""
+    size = gen_cfg.batch_size
+    return max(1, size // beams) if isinstance(size, int) else 16
 
 
 def _vote_key(value) -> str | None:
