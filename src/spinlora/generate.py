@@ -906,7 +906,7 @@ def beam_answers(model, tokenizer, prompts: list[list[int]], cfg: GenerationConf
     deterministic, length penalty 1), best first by its score; ``batch`` prompts (left-padded,
     in length order) a call. Returns (answers per prompt, new tokens in all of them).
     ``eval.checked_beams`` decodes again this way the greedy answers that fail its check.
-    Under several processes call ``b`` is process ``b mod world``'s, as ``generate``'s
+    Under several processes call ``k`` is process ``k mod world``'s, as ``generate``'s
     batches are, and every process gets all the answers."""
     was_training = model.training
     model.eval()

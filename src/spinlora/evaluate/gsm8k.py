@@ -285,8 +285,8 @@ def evaluate_svamp_checked(model, tokenizer, fmt: ChatFormat, examples: list[Exa
                            beams: int, greedy: tuple[dict, list[dict]] | None = None) -> dict:
     """SVAMP with a checked answer (``eval.checked_beams``): the greedy answer stays unless the
     value it is scored by is missing or negative; then the problem is decoded again by beam
-    search (``beams`` beams, no sampling; ``generation.batch_size`` sequences, so that many
-    over ``beams`` problems, a call) and the highest-scoring beam whose value is >= 0
+    search (``beams`` beams, no sampling; ``generation.batch_size / beams`` problems a call)
+    and the highest-scoring beam whose value is >= 0
     replaces it (none: the greedy answer stays). No label is read to choose. Each sample keeps
     the greedy answer (``greedy_output``, ``greedy_correct``) beside the one scored, so the
     row pairs with the greedy row problem by problem. ``greedy``: the greedy row's SVAMP
