@@ -123,6 +123,32 @@ def test_beam_calls_are_split_over_processes(tiny_model_dir, monkeypatch):
     assert produced == sum(len(a.ids) for o in mine for a in o)
 
 
+def test_beam_batch_is_generations_rows_over_the_beams(tiny_model_dir, monkeypatch):
+    """Without ``batch``: ``generation.batch_size`` rows a call, ``beams`` of them a prompt; with
+    ``auto`` the rows ``auto_batch_size`` finds memory for, as ``generate`` takes them."""
+    from transformers import AutoModelForCausalLM
+
+    import spinlora.generate as g
+    from spinlora.config import GenerationConfig
+    from spinlora.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    prompts = [tok(t)["input_ids"] for t in ("Ann has", "Bo had 7 pens", "Tom has 3 apples")]
+    calls = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: calls.append(
+        len(kw["input_ids"])) or real(**kw))
+    g.beam_answers(model, tok, prompts, GenerationConfig(max_new_tokens=3, batch_size=5),
+                   [tok.eos_token_id], 2)
+    assert calls == [2, 1]  # 5 rows // 2 beams = 2 prompts a call
+    calls.clear()
+    monkeypatch.setattr(g, "auto_batch_size", lambda model, prompts, new, engine="torch": 7)
+    g.beam_answers(model, tok, prompts, GenerationConfig(max_new_tokens=3, batch_size="auto"),
+                   [tok.eos_token_id], 2)
+    assert calls == [3]  # 7 rows // 2 beams = 3 prompts a call
+
+
 def test_checked_row_in_the_evaluation_pairs_with_greedy(tiny_cfg, tmp_path):
     """``eval.checked_beams=2``: a ``base+checked@2`` row after ``base``, SVAMP only; where the
     check passed its answer is the greedy row's own text."""

@@ -543,6 +543,15 @@ def auto_batch_size(model, prompts: list[list[int]], max_new_tokens: int, cap: i
     return max(1, min(cap, free_memory(next(model.parameters()).device) // 2 // per_row))
 
 
+def batch_rows(model, prompts: list[list[int]], cfg: GenerationConfig,
+               engine: str = "torch") -> int:
+    """Generation rows a call: ``generation.batch_size``, or ``auto_batch_size``'s where it is
+    ``auto``."""
+    if cfg.batch_size == "auto":
+        return auto_batch_size(model, prompts, cfg.max_new_tokens, engine=engine)
+    return cfg.batch_size
+
+
 def gen_row_tokens(engine: str, prompt_tokens: int, new_tokens: int) -> int:
     """The KV cache length, in tokens, one generation row holds with ``engine``."""
     if engine == "llamacpp":
@@ -747,8 +756,7 @@ def _generate_llamacpp(model, tokenizer, prompts: list[list[int]], cfg: Generati
     path = llamacpp.engine_file(model)
     llamacpp.check_base(model, path)
     engine = llamacpp.Engine.get(path, torch.get_num_threads())
-    size = (auto_batch_size(model, prompts, cfg.max_new_tokens, engine="llamacpp")
-            if cfg.batch_size == "auto" else cfg.batch_size)
+    size = batch_rows(model, prompts, cfg, engine="llamacpp")
     calculator = None
     if cfg.calculator:
         from .svamp import calculate as calculator
@@ -781,8 +789,7 @@ def _generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig,
     produced = 0
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False,
                disable=not dist.is_main())
-    size = (auto_batch_size(model, prompts, cfg.max_new_tokens) if cfg.batch_size == "auto"
-            else cfg.batch_size)
+    size = batch_rows(model, prompts, cfg)
     calculator = None
     if cfg.calculator:
         if prompt_learning or cfg.decode == "hf":
@@ -900,11 +907,13 @@ def _generate(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig,
 
 @torch.inference_mode()
 def beam_answers(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig,
-                 stop_ids: list[int], beams: int, batch: int = 16, desc: str = "beams"
-                 ) -> tuple[list[list[Generation]], int]:
+                 stop_ids: list[int], beams: int, batch: int | None = None,
+                 desc: str = "beams") -> tuple[list[list[Generation]], int]:
     """The ``beams`` answers of a beam search over each prompt (transformers' ``generate``,
     deterministic, length penalty 1), best first by its score; ``batch`` prompts (left-padded,
-    in length order) a call. Returns (answers per prompt, new tokens in all of them).
+    in length order) a call, by default ``generation.batch_size`` rows (``auto``: the rows
+    memory holds, as for ``generate``) over ``beams`` rows a prompt. Returns (answers per
+    prompt, new tokens in all of them).
     ``eval.checked_beams`` decodes again this way the greedy answers that fail its check.
     Under several processes call ``k`` is process ``k mod world``'s, as ``generate``'s
     batches are, and every process gets all the answers."""
@@ -912,6 +921,8 @@ def beam_answers(model, tokenizer, prompts: list[list[int]], cfg: GenerationConf
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
+    if batch is None:
+        batch = max(1, batch_rows(model, prompts, cfg) // beams)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[Generation]] = [[] for _ in prompts]
     produced = 0

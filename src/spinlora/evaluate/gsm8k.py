@@ -306,9 +306,7 @@ def evaluate_svamp_checked(model, tokenizer, fmt: ChatFormat, examples: list[Exa
         with acct.phase(f"eval_beams[{label} svamp]") as ph:
             found, produced = beam_answers(model, tokenizer,
                                            [examples[i].prompt_ids for i in failed], gen_cfg,
-                                           fmt.stop_ids, beams,
-                                           batch=_beam_batch(gen_cfg, beams),
-                                           desc=f"eval {label} svamp beams")
+                                           fmt.stop_ids, beams, desc=f"eval {label} svamp beams")
             ph.tokens += produced
     for i, answers in zip(failed, found, strict=True):
         s = samples[i]
@@ -325,13 +323,6 @@ def evaluate_svamp_checked(model, tokenizer, fmt: ChatFormat, examples: list[Exa
           f"{beams}")
     return {**c, **_svamp_scores(samples), "greedy_acc": c["acc"], "checked_beams": beams,
             "failed_check": len(failed), "replaced": replaced, "samples": samples}
-
-
-def _beam_batch(gen_cfg: GenerationConfig, beams: int) -> int:
-    """Problems per beam-search call: ``generation.batch_size`` sequences (16 problems where
-    it is ``auto``, whose probe measured greedy rows, not beams)."""
-    size = gen_cfg.batch_size
-    return max(1, size // beams) if isinstance(size, int) else 16
 
 
 def _vote_key(value) -> str | None:
