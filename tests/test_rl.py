@@ -74,6 +74,19 @@ def test_rl_stage_end_to_end(tiny_cfg, monkeypatch):
     assert [r["label"] for r in rows] == ["base", "lora_sft", "lora_rl"]
 
 
+def test_rl_prompt_rows_varied_without_a_variation_fails_before_training(tiny_cfg):
+    """rl.prompt_rows=varied with no data variation on: the run stops with what to do before
+    SFT trains (no finished work to lose)."""
+    from spinlora.data import DataError
+    from spinlora.pipeline import run
+
+    tiny_cfg.stages = ["sft", "rl"]
+    tiny_cfg.rl.prompt_rows = "varied"
+    with pytest.raises(DataError, match="rl.prompt_rows=varied"):
+        run(tiny_cfg)
+    assert not (Path(tiny_cfg.output_dir) / "sft").exists()
+
+
 def _kl_setup(tiny_cfg, seed=0):
     """The tiny model with a LoRA, its start state (π_ref) and a perturbed state (π ≠ π_ref)."""
     from spinlora import adapters

@@ -746,6 +746,35 @@ def test_sft_set_applies_conjoin_and_counts_it(tiny_cfg, tiny_model_dir):
     assert sum(" and " in e.prompt for e in examples_add) > sum(" and " in e.prompt for e in examples)
 
 
+def test_prompt_rows_varied_draws_only_the_rows_a_variation_changed(tiny_cfg, tiny_model_dir):
+    """spin.prompt_rows / rl.prompt_rows = varied: the prompt pool is exactly the SFT rows a
+    data variation changed (every reordered and every conjoined row, none else); with no
+    variation on it is refused with what to do, and an unknown value by validate."""
+    from spinlora.config import ConfigError
+    from spinlora.data import ChatFormat, DataError, prompt_pool
+    from spinlora.models import load_tokenizer
+    from spinlora.start import sft_set
+
+    fmt = ChatFormat(load_tokenizer(str(tiny_model_dir)))
+    cfg = tiny_cfg
+    cfg.data.train, cfg.data.sft_examples = str(SVAMP_DIR / "mawps-asdiv-a_train.csv"), 400
+    cfg.data.max_length = 1024
+    rows, chosen, _, plain, _ = sft_set(cfg, fmt)
+    assert prompt_pool(plain, "all", "rl.prompt_rows") is plain
+    with pytest.raises(DataError, match="rl.prompt_rows=varied.*data.conjoin"):
+        prompt_pool(plain, "varied", "rl.prompt_rows")
+    cfg.data.conjoin, cfg.data.reorder = 1.0, 0.5
+    _, _, _, varied_set, counts = sft_set(cfg, fmt)
+    pool = prompt_pool(varied_set, "varied", "spin.prompt_rows")
+    changed = [e for e, i in zip(varied_set, chosen) if e.prompt != rows[i]["prompt"]]
+    assert counts["with_conjoined_object"] >= 25 and counts["reordered"] >= 25
+    assert [e.prompt for e in pool] == [e.prompt for e in changed]
+    assert len(pool) <= counts["with_conjoined_object"] + counts["reordered"] < len(varied_set)
+    cfg.rl.prompt_rows = "changed"
+    with pytest.raises(ConfigError, match="rl.prompt_rows"):
+        cfg.validate()
+
+
 def test_augment_each_epoch_draws_the_objects_anew_on_the_same_rows(tiny_cfg, tiny_model_dir):
     """data.augment_each_epoch: each later epoch holds the same rows in the same places (same
     gold answers), the conjoined objects drawn with that epoch's seed (other objects, about as

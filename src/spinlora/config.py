@@ -26,6 +26,7 @@ DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 SPIN_LOSSES = ("sigmoid", "sigmoid_nll", "dpop", "ipo")  # losses.spin_loss
 ANSWER_CHECKS = ("final", "equation", "auto")  # data.answer_check
 KEEP_BEST = ("heldout_accuracy", "heldout_gold_logp", "heldout_win_rate", "heldout_reward")
+PROMPT_ROWS = ("all", "varied")  # spin.prompt_rows, rl.prompt_rows (data.prompt_pool)
 
 
 class ConfigError(ValueError):
@@ -233,6 +234,9 @@ class SpinConfig:
 
     iterations: int = 2
     prompts: int | None = 32  # SFT prompts used per iteration (None = all SFT rows)
+    # all | varied: only the SFT rows a data variation changed (data.distractors / conjoin /
+    # reorder): prompts drawn afresh from the SFT set, ones an SFT on the plain rows never fitted
+    prompt_rows: str = "all"
     beta: Union[float, list[float]] = 0.1  # λ; a list gives one value per iteration
     lr: Union[float, list[float]] = 2e-5  # a list gives one value per iteration
     epochs: float = 1.0
@@ -307,6 +311,7 @@ class RLConfig:
 
     rounds: int = 4  # rounds of sampling + updates
     prompts: int | None = 16  # SFT prompts per round (a new seeded draw each round)
+    prompt_rows: str = "all"  # all | varied, as spin.prompt_rows
     samples: int = 4  # answers per prompt (the group)
     temperature: float = 1.0
     top_p: float = 1.0
@@ -460,6 +465,8 @@ class RunConfig:
             ("adapter.dropout", 0 <= self.adapter.dropout < 1, "must be in [0, 1)"),
             ("train.neftune_alpha", self.train.neftune_alpha >= 0, "must be >= 0 (0 = off)"),
             ("spin.iterations", self.spin.iterations >= 0, "must be >= 0"),
+            ("spin.prompt_rows", self.spin.prompt_rows in PROMPT_ROWS, "all or varied"),
+            ("rl.prompt_rows", self.rl.prompt_rows in PROMPT_ROWS, "all or varied"),
             ("spin.epochs", self.spin.epochs > 0, "must be > 0"),
             ("spin.micro_batch_size", divides_batch(self.spin.micro_batch_size),
              "must divide train.batch_size (or be null: train.micro_batch_size)"),

@@ -239,6 +239,24 @@ class ChatFormat:
         return self.tok(answer, add_special_tokens=False).input_ids + [self.end_id]
 
 
+# the keys a data variation adds to the rows it changed (add_distractors, conjoin_objects,
+# reorder_statements)
+VARIED_KEYS = ("distractor", "conjoined", "moved")
+
+
+def prompt_pool(examples: list[Example], rows: str, key: str) -> list[Example]:
+    """The SFT examples a stage draws its prompts from: all, or (``rows="varied"``) those a data
+    variation changed. ``key`` names the setting in the error."""
+    if rows == "all":
+        return examples
+    varied = [e for e in examples if e.meta.get("varied")]
+    if not varied:
+        raise DataError(f"{key}=varied: no SFT row was changed by a data variation; turn one on "
+                        "(data.conjoin, data.distractors or data.reorder above 0) or use "
+                        f"{key}=all")
+    return varied
+
+
 def build_examples(rows: list[dict], fmt: ChatFormat, cfg: DataConfig) -> tuple[list[Example], dict]:
     """Tokenize rows, applying the overlong policy. Returns (examples, counts for the report).
     A row's ``index`` (its place in its file) and ``value`` (SVAMP's gold value) are kept in
@@ -257,8 +275,10 @@ def build_examples(rows: list[dict], fmt: ChatFormat, cfg: DataConfig) -> tuple[
                 continue
             a_ids, cut = a_ids[:room], True
             truncated += 1
-        examples.append(Example(r["prompt"], answer, p_ids, a_ids, cut,
-                                {k: r[k] for k in ("index", "value") if k in r}))
+        meta = {k: r[k] for k in ("index", "value") if k in r}
+        if any(k in r for k in VARIED_KEYS):
+            meta["varied"] = True
+        examples.append(Example(r["prompt"], answer, p_ids, a_ids, cut, meta))
     return examples, {"rows": len(rows), "kept": len(examples), "dropped_overlong": dropped,
                       "truncated_overlong": truncated, "policy": cfg.overlong,
                       "max_length": cfg.max_length}

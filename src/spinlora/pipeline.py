@@ -35,7 +35,8 @@ from . import adapters
 from . import dist, rundir, svamp
 from .config import RunConfig, parse_bytes
 from .rundir import OutputExistsError  # noqa: F401  (part of this module's API)
-from .data import ChatFormat, DataError, build_examples, load_rows, subset
+from .data import (ChatFormat, DataError, build_examples, load_rows, prompt_pool,
+                   subset)
 from .evaluate import evaluate_gsm8k
 from .evaluate.gsm8k import (PROMPTING, REFLECT, evaluate_best_of_n, evaluate_self_consistency,
                              evaluate_svamp, evaluate_svamp_checked, fewshot_draws)
@@ -230,6 +231,9 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
         raise DataError(f"data.train {cfg.data.train}: no example left to train on "
                         f"({counts['rows']} rows, {counts['dropped_overlong']} dropped as longer "
                         f"than data.max_length={cfg.data.max_length}); {advice}")
+    for stage in ("spin", "rl"):  # a prompt pool with nothing in it fails before any training
+        if stage in cfg.stages and sft_examples:
+            prompt_pool(sft_examples, getattr(cfg, stage).prompt_rows, f"{stage}.prompt_rows")
     if "spin" in cfg.stages and cfg.spin.keep_best and not heldout:
         print("[spinlora] note: no held-out rows left outside the SFT set; spin.keep_best and "
               "spin.early_stop are off for this run")

@@ -49,7 +49,7 @@ import torch
 from .. import adapters, dist
 from ..accounting import Accountant, count_parameters
 from ..config import RunConfig, own_micro_batch
-from ..data import DataError, Example, subset
+from ..data import DataError, Example, prompt_pool, subset
 from ..generate import generate
 from ..scoring import score_answers
 from ..train import MetricsLog, Objective, train_loop
@@ -210,7 +210,8 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
            init_path: Path | None = None) -> dict:
     """``cfg.rl.rounds`` rounds of sampling and group-relative updates on the adapter."""
     r, pad = cfg.rl, tokenizer.pad_token_id
-    examples = [e for e in sft_examples if is_correct("", e.answer) is not None]
+    examples = [e for e in prompt_pool(sft_examples, r.prompt_rows, "rl.prompt_rows")
+                if is_correct("", e.answer) is not None]
     if not examples:
         raise DataError("rl: no training row has a checkable gold answer ('#### N'); the "
                         "correctness reward needs one")

@@ -26,7 +26,7 @@ from .. import adapters, dist, rundir, svamp
 from ..accounting import Accountant, count_parameters
 from ..config import (DpoConfig, GenerationConfig, RunConfig, SpinConfig,
                       own_micro_batch)
-from ..data import Example, subset
+from ..data import Example, prompt_pool, subset
 from ..evaluate import evaluate_gsm8k
 from ..evaluate.gsm8k import extract_answer, extract_strict
 from ..generate import generate
@@ -316,7 +316,8 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
     ``new_accountant()`` gives a fresh Accountant per iteration. Each iteration is built in
     ``iter_t.partial`` and takes its final name when complete (``rundir``).
     """
-    prompts = subset(sft_examples, cfg.spin.prompts, cfg.data.seed)
+    prompts = subset(prompt_pool(sft_examples, cfg.spin.prompt_rows, "spin.prompt_rows"),
+                     cfg.spin.prompts, cfg.data.seed)
     pad = tokenizer.pad_token_id
     out.mkdir(parents=True, exist_ok=True)
     reranker = None
