@@ -2,6 +2,7 @@
 
     python benchmarks/generation_speed.py                                  # SmolLM2, hf vs auto
     python benchmarks/generation_speed.py --model qwen.gguf --prompts 64   # the 0.5B model
+    python benchmarks/generation_speed.py --prompts 16 --samples 8 --sides continuous  # RL's groups
 
 The same seeded GSM8K training prompts in the chat template, the same model object (base + a
 LoRA on q/k/v, as the SPIN opponent runs; ``--adapter`` loads a trained one), the same
@@ -101,6 +102,9 @@ def main() -> None:
     p.add_argument("--sides", default="hf,auto",
                    help="hf, auto, dynamic, drop, continuous, static, llamacpp")
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--samples", type=int, default=1,
+                   help="each prompt this many times in a row, as RL's groups and the SPIN "
+                        "opponent's samples give them (greedy: every copy the same work)")
     p.add_argument("--data", default=str(ROOT.parent / "shared/data/gsm8k/train.jsonl"))
     p.add_argument("--out")
     args = p.parse_args()
@@ -118,6 +122,8 @@ def main() -> None:
     prompt_ids = [fmt.prompt_ids(r["prompt"]) for r in rows]
     texts = [tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
                                      add_generation_prompt=True) for r in rows]
+    prompt_ids = [p for p in prompt_ids for _ in range(args.samples)]
+    texts = [t for t in texts for _ in range(args.samples)]
     same = sum(tok(t, add_special_tokens=False).input_ids == ids for t, ids in zip(texts, prompt_ids))
     assert same == len(texts), "the HF side's prompts must be the same tokens"
     stop_ids = fmt.stop_ids

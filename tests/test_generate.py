@@ -441,3 +441,33 @@ def test_generate_decodes_under_the_decoding_heap(tiny_model_dir, monkeypatch):
     gens, _ = generate(model, tok, [[1, 5, 6]], GenerationConfig(max_new_tokens=3), stop_ids=[2])
     assert seen == [True] and len(gens) == 1
     assert not accounting.decoding_heap_active()
+
+
+def test_continuous_batching_prefills_a_repeated_prompt_once(tiny_model_dir):
+    """RL's groups and the opponent's samples repeat each prompt k times: continuous decoding
+    prefills each distinct prompt of an admission once and gives its rows its cache. Greedy,
+    every copy is HF generate's answer to that prompt (with a shared prefix too); sampled, the
+    copies draw their own answers, the same again for the same seed."""
+    import dataclasses
+
+    model, tok, prompts, hf, stops, ref, _ = _hf_reference(tiny_model_dir)
+    distinct = prompts[:5]
+    repeated = [p for p in distinct for _ in range(4)]  # 20 rows, 5 prompts
+    rows = []  # the rows of every prefill pass (more than one token a row)
+    hook = model.model.embed_tokens.register_forward_hook(
+        lambda m, a, o: rows.append(a[0].shape[0]) if a[0].shape[1] > 1 else None)
+    cont = GenerationConfig(max_new_tokens=40, batch_size=8, decode="continuous")
+    ours, _ = generate(model, tok, repeated, cont, stop_ids=stops)
+    hook.remove()
+    assert [g.ids for g in ours] == [g.ids for g in ref[:5] for _ in range(4)]
+    assert rows[0] == 2  # the first admission: 8 slots, two distinct prompts
+    assert sum(rows) < len(repeated)
+    pre = [list(range(10, 50)) + p for p in repeated]
+    a, _ = generate(model, tok, pre[::4], hf, stop_ids=stops, min_shared=32)
+    b, _ = generate(model, tok, pre, cont, stop_ids=stops, min_shared=32)
+    assert [g.ids for g in b] == [g.ids for g in a for _ in range(4)]
+    sampled = dataclasses.replace(cont, do_sample=True, temperature=1.0, seed=3)
+    x, _ = generate(model, tok, repeated, sampled, stop_ids=[2])
+    y, _ = generate(model, tok, repeated, sampled, stop_ids=[2])
+    assert [g.ids for g in x] == [g.ids for g in y]
+    assert all(len({tuple(g.ids) for g in x[i:i + 4]}) > 1 for i in range(0, 20, 4))

@@ -386,7 +386,7 @@ def decode_continuous(model, tokenizer, prompts: list[list[int]], slots: int,
 
     Once an eighth of the slots have finished, as many new prompts are prefilled together (on a
     copy of the shared prefix's cache when the prompts share ``min_shared`` tokens or more: that
-    prefix runs once per call) and written into the finished rows' slots of the KV cache,
+    prefix runs once per call; a prompt repeated among them runs once) and written into the finished rows' slots of the KV cache,
     right-aligned with the running rows (positions follow the attention mask, as in HF
     ``generate``); only their own keys and values are copied. Columns that no row attends any
     more are cut now and then, and when no prompt is left finished rows leave the batch.
@@ -416,17 +416,27 @@ def decode_continuous(model, tokenizer, prompts: list[list[int]], slots: int,
         """Prefill the next k prompts; their cache, mask, next positions, first tokens, rows,
         and which of them ended at their first token."""
         idx = [pending.popleft() for _ in range(k)]
-        batch = [prompts[i] for i in idx]
+        # a prompt repeated in the batch (RL's group, the opponent's samples) runs once; its
+        # rows share its keys, values and logits, each row then samples on its own
+        first_of: dict[tuple, int] = {}
+        inv = [first_of.setdefault(tuple(prompts[i]), len(first_of)) for i in idx]
+        batch = [list(p) for p in first_of]
+        u = len(batch)
         ids, mask = _layout(batch, shared, max(len(p) for p in batch), pad)
         ids, mask = ids.to(device), mask.to(device)
         new = growing_cache(model)
         if prefix:
             for layer, (k_, v_) in zip(new.layers, prefix):
-                layer.adopt([(k_.expand(k, -1, -1, -1), v_.expand(k, -1, -1, -1))], shared)
+                layer.adopt([(k_.expand(u, -1, -1, -1), v_.expand(u, -1, -1, -1))], shared)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = model(input_ids=ids[:, shared:], attention_mask=mask,
                        position_ids=pos[:, shared:], past_key_values=new, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
+        if u < k:
+            sel = torch.tensor(inv, dtype=torch.long, device=device)
+            for layer in new.layers:
+                layer.adopt([(layer.keys[sel], layer.values[sel])], layer.keys.shape[-2])
+            mask, pos, logits = mask[sel], pos[sel], logits[sel]
         ended = [False] * k
         first = st.take(idx, logits, ended)
         return new, mask, pos[:, -1] + 1, first, idx, ended
