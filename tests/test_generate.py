@@ -443,9 +443,10 @@ def test_generate_decodes_under_the_decoding_heap(tiny_model_dir, monkeypatch):
     assert not accounting.decoding_heap_active()
 
 
-def test_continuous_batching_prefills_a_repeated_prompt_once(tiny_model_dir):
-    """RL's groups and the opponent's samples repeat each prompt k times: continuous decoding
-    prefills each distinct prompt of an admission once and gives its rows its cache. Greedy,
+@pytest.mark.parametrize("decode", ["continuous", "drop"])
+def test_decoding_prefills_a_repeated_prompt_once(tiny_model_dir, decode):
+    """RL's groups and the opponent's samples repeat each prompt k times: both decoding loops
+    prefill each distinct prompt of an admission (a batch) once and give its rows its cache. Greedy,
     every copy is HF generate's answer to that prompt (with a shared prefix too); sampled, the
     copies draw their own answers, the same again for the same seed."""
     import dataclasses
@@ -456,11 +457,11 @@ def test_continuous_batching_prefills_a_repeated_prompt_once(tiny_model_dir):
     rows = []  # the rows of every prefill pass (more than one token a row)
     hook = model.model.embed_tokens.register_forward_hook(
         lambda m, a, o: rows.append(a[0].shape[0]) if a[0].shape[1] > 1 else None)
-    cont = GenerationConfig(max_new_tokens=40, batch_size=8, decode="continuous")
+    cont = GenerationConfig(max_new_tokens=40, batch_size=8, decode=decode)
     ours, _ = generate(model, tok, repeated, cont, stop_ids=stops)
     hook.remove()
     assert [g.ids for g in ours] == [g.ids for g in ref[:5] for _ in range(4)]
-    assert rows[0] == 2  # the first admission: 8 slots, two distinct prompts
+    assert rows[0] == 2  # the first admission (batch): 8 rows, two distinct prompts
     assert sum(rows) < len(repeated)
     pre = [list(range(10, 50)) + p for p in repeated]
     a, _ = generate(model, tok, pre[::4], hf, stop_ids=stops, min_shared=32)

@@ -285,8 +285,9 @@ def decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, cache
     the batch (input, mask, positions and the KV cache, ``Cache.batch_select_indices``) once they
     are an eighth of it, and the work done is close to the tokens actually produced. Positions
     follow the attention mask as in HF ``generate`` (left padding, or padding after a shared
-    prefix already in ``cache``). Returns each row's new tokens (up to and including its stop
-    token or stop string) and whether it finished.
+    prefix already in ``cache``). A prompt repeated in the batch is prefilled once, its rows
+    given its keys and values (a growing cache). Returns each row's new tokens (up to and
+    including its stop token or stop string) and whether it finished.
 
     ``calculator(text) -> str | None`` (``generation.calculator``): after a token that ends in
     ``=``, it gets the row's answer so far; the tokens of " value" it returns are then written
@@ -297,12 +298,31 @@ def decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, cache
     st = _Rows(n, cfg, stop_ids, tokenizer, stop_strings, gen, calculator, device)
     rows = list(range(n))  # which original row each batch row is
     done = [False] * n
-    if n > PREFILL_ROWS and hasattr(cache.layers[0], "reserve"):
+    # a prompt repeated in the batch (RL's group, the opponent's samples) is prefilled once and
+    # its rows share its keys, values and logits; each row then samples on its own
+    growing = bool(cache.layers) and all(hasattr(layer, "adopt") for layer in cache.layers)
+    inv = None
+    if growing and n > 1:
+        uniq, inv = torch.unique(torch.cat([ids, attn.to(ids.dtype)], 1), dim=0,
+                                 return_inverse=True)
+        if uniq.shape[0] < n:
+            first = torch.full((uniq.shape[0],), n, dtype=torch.long, device=device)
+            first = first.scatter_reduce(0, inv, torch.arange(n, device=device), "amin")
+            if shared:
+                cache.batch_select_indices(first)
+            ids, attn, pos = ids[first], attn[first], pos[first]
+        else:
+            inv = None
+    if ids.shape[0] > PREFILL_ROWS and hasattr(cache.layers[0], "reserve"):
         logits, attn = prefill_in_chunks(model, ids, attn, pos, cache, shared, PREFILL_ROWS)
     else:
         logits = model(input_ids=ids[:, shared:], attention_mask=attn,
                        position_ids=pos[:, shared:], past_key_values=cache, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
+    if inv is not None:
+        for layer in cache.layers:
+            layer.adopt([(layer.keys[inv], layer.values[inv])], layer.keys.shape[-2])
+        logits, attn, pos = logits[inv], attn[inv], pos[inv]
     next_pos = pos[:, -1] + 1
     for step in range(cfg.max_new_tokens):
         tok = st.take(rows, logits, done)
