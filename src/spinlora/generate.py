@@ -406,7 +406,8 @@ def decode_continuous(model, tokenizer, prompts: list[list[int]], slots: int,
 
     Once an eighth of the slots have finished, as many new prompts are prefilled together (on a
     copy of the shared prefix's cache when the prompts share ``min_shared`` tokens or more: that
-    prefix runs once per call; a prompt repeated among them runs once) and written into the finished rows' slots of the KV cache,
+    prefix runs once per call; a prompt repeated among them runs once) and written into the
+    finished rows' slots of the KV cache,
     right-aligned with the running rows (positions follow the attention mask, as in HF
     ``generate``); only their own keys and values are copied. Columns that no row attends any
     more are cut now and then, and when no prompt is left finished rows leave the batch.
