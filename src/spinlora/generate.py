@@ -271,6 +271,24 @@ def prefill_in_chunks(model, ids: torch.Tensor, attn: torch.Tensor, pos: torch.T
     return torch.cat(logits), torch.cat(masks)
 
 
+def _distinct(rows: list[list[int]]) -> tuple[list[int], list[int]]:
+    """The first place of each distinct row, and for every row the index of its distinct row:
+    a prompt repeated in a batch (RL's group, the opponent's samples) is prefilled once."""
+    first_of: dict[tuple, int] = {}
+    inv = [first_of.setdefault(tuple(r), len(first_of)) for r in rows]
+    first = [0] * len(first_of)
+    for i in reversed(range(len(rows))):
+        first[inv[i]] = i
+    return first, inv
+
+
+def _repeat_rows(cache, inv: torch.Tensor) -> None:
+    """A growing cache's rows laid out again as ``inv`` picks them (the distinct prompts'
+    keys and values given to every row that repeats them)."""
+    for layer in cache.layers:
+        layer.adopt([(layer.keys[inv], layer.values[inv])], layer.keys.shape[-2])
+
+
 def decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, cache, shared: int,
                              cfg: GenerationConfig, stop_ids: list[int], tokenizer=None,
                              stop_strings: list[str] | None = None,
@@ -302,12 +320,10 @@ def decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, cache
     # its rows share its keys, values and logits; each row then samples on its own
     growing = bool(cache.layers) and all(hasattr(layer, "adopt") for layer in cache.layers)
     inv = None
-    if growing and n > 1:
-        uniq, inv = torch.unique(torch.cat([ids, attn.to(ids.dtype)], 1), dim=0,
-                                 return_inverse=True)
-        if uniq.shape[0] < n:
-            first = torch.full((uniq.shape[0],), n, dtype=torch.long, device=device)
-            first = first.scatter_reduce(0, inv, torch.arange(n, device=device), "amin")
+    if growing and n > 1:  # rows of one batch are equal exactly where their prompts are
+        first, inv = _distinct(ids.tolist())
+        if len(first) < n:
+            first = torch.tensor(first, dtype=torch.long, device=device)
             if shared:
                 cache.batch_select_indices(first)
             ids, attn, pos = ids[first], attn[first], pos[first]
@@ -320,8 +336,8 @@ def decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, cache
                        position_ids=pos[:, shared:], past_key_values=cache, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
     if inv is not None:
-        for layer in cache.layers:
-            layer.adopt([(layer.keys[inv], layer.values[inv])], layer.keys.shape[-2])
+        inv = torch.tensor(inv, dtype=torch.long, device=device)
+        _repeat_rows(cache, inv)
         logits, attn, pos = logits[inv], attn[inv], pos[inv]
     next_pos = pos[:, -1] + 1
     for step in range(cfg.max_new_tokens):
@@ -439,9 +455,8 @@ def decode_continuous(model, tokenizer, prompts: list[list[int]], slots: int,
         idx = [pending.popleft() for _ in range(k)]
         # a prompt repeated in the batch (RL's group, the opponent's samples) runs once; its
         # rows share its keys, values and logits, each row then samples on its own
-        first_of: dict[tuple, int] = {}
-        inv = [first_of.setdefault(tuple(prompts[i]), len(first_of)) for i in idx]
-        batch = [list(p) for p in first_of]
+        first, inv = _distinct([prompts[i] for i in idx])
+        batch = [prompts[idx[j]] for j in first]
         u = len(batch)
         ids, mask = _layout(batch, shared, max(len(p) for p in batch), pad)
         ids, mask = ids.to(device), mask.to(device)
@@ -455,8 +470,7 @@ def decode_continuous(model, tokenizer, prompts: list[list[int]], slots: int,
                        logits_to_keep=1).logits[:, -1]
         if u < k:
             sel = torch.tensor(inv, dtype=torch.long, device=device)
-            for layer in new.layers:
-                layer.adopt([(layer.keys[sel], layer.values[sel])], layer.keys.shape[-2])
+            _repeat_rows(new, sel)
             mask, pos, logits = mask[sel], pos[sel], logits[sel]
         ended = [False] * k
         first = st.take(idx, logits, ended)
