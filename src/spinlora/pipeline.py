@@ -9,6 +9,8 @@ Run folder (``output_dir``)::
     sft/                   adapter/, metrics.jsonl, result.json
     spin/iter_N/           adapter/, generations.jsonl, metrics.jsonl, result.json
     spin/best_adapter/     copy of the iteration with the best held-out metric (if not the start)
+    rl/                    adapter/ (the last round's), round_N/ (adapter/, metrics.jsonl,
+                           result.json), rounds.jsonl, metrics.jsonl, result.json
     eval/result.json       GSM8K table rows; eval/samples_<model>.jsonl the outputs
     run.json               status, timings, environment; summary.md + loss.png (the report)
 
@@ -286,7 +288,8 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
         rundir.write_json(out / "spin" / "result.json", result)
         _stage(out, summary, "spin", "ok")
 
-    # RL and DPO: one folder each, built in .partial; a finished one is kept on --resume
+    # RL and DPO: one folder each, built in .partial; a finished one is kept on --resume, and
+    # so are RL's finished rounds inside an interrupted one (rl.partial/round_t)
     for name, stage in (("rl", lambda part, acct: run_rl(cfg, model, tok, fmt, sft_examples,
                                                          heldout, part, acct, init_path)),
                         ("dpo", lambda part, acct: run_dpo(cfg, model, tok, fmt, dpo_rows, part,
@@ -297,7 +300,7 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
             _stage(out, summary, name, "reused")
             print(f"[spinlora] resume: {name} finished earlier")
             continue
-        part, acct = rundir.begin(out / name), new_acct()
+        part, acct = rundir.begin(out / name, keep=cfg.resume and name == "rl"), new_acct()
         result = stage(part, acct)
         result["accounting"] = acct.summary()
         rundir.finish(part, result)

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from .. import adapters, dist
+from .. import adapters, dist, rundir
 from ..accounting import Accountant, count_parameters
 from ..config import RunConfig, own_micro_batch
 from ..data import DataError, Example, prompt_pool, subset
@@ -208,86 +208,59 @@ def rl_objective(pad_id: int, beta: float, clip: float, temperature: float = 1.0
 def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
            heldout: list[Example], out: Path, acct: Accountant,
            init_path: Path | None = None) -> dict:
-    """``cfg.rl.rounds`` rounds of sampling and group-relative updates on the adapter."""
-    r, pad = cfg.rl, tokenizer.pad_token_id
+    """``cfg.rl.rounds`` rounds of sampling and group-relative updates on the adapter.
+
+    Each round is built in ``out/round_t.partial`` and takes its final name when complete
+    (``rundir``): its adapter, its training log and its record. With ``--resume`` the rounds
+    finished earlier are reused: round t draws its prompts, samples, optimizer and training
+    seed from t alone and trains against the starting adapter, so round k+1 runs exactly as it
+    would have without the stop."""
+    r = cfg.rl
     examples = [e for e in prompt_pool(sft_examples, r.prompt_rows, "rl.prompt_rows")
                 if is_correct("", e.answer) is not None]
     if not examples:
         raise DataError("rl: no training row has a checkable gold answer ('#### N'); the "
                         "correctness reward needs one")
     place = {id(e): i for i, e in enumerate(sft_examples)}  # a prompt's row in the SFT set
-    start = adapters.snapshot(model)
-    before = _heldout(model, tokenizer, fmt, heldout, cfg, acct, "rl_start")
-    log = MetricsLog(out / "metrics.jsonl", cfg.train.report_to, "rl")
+    start = adapters.snapshot(model)  # the KL reference: the adapter RL starts from
+    start_file = out / "start.json"
+    if cfg.resume and start_file.is_file():
+        before = json.loads(start_file.read_text())
+    else:
+        before = _heldout(model, tokenizer, fmt, heldout, cfg, acct, "rl_start")
+        rundir.write_json(start_file, before)
     tcfg = own_micro_batch(cfg.train, r.micro_batch_size)  # RL's samples a pass
     rounds = []
-    try:
-        for t in range(r.rounds):
-            prompts = subset(examples, r.prompts, cfg.data.seed + t) if r.prompts else examples
-            gen_cfg = dataclasses.replace(cfg.generation, do_sample=True,
-                                          temperature=r.temperature, top_p=r.top_p,
-                                          seed=r.seed + 1000 * t)
-            with acct.phase("generate") as ph:
-                gens, produced = generate(model, tokenizer,
-                                          [e.prompt_ids for e in prompts for _ in range(r.samples)],
-                                          gen_cfg, fmt.stop_ids, desc=f"rl round {t + 1}")
-                ph.tokens += produced
-            samples, rewards_all, informative = [], [], 0
-            for i, e in enumerate(prompts):
-                group = gens[i * r.samples:(i + 1) * r.samples]
-                check = answer_check(cfg, e)
-                rewards = [float(bool(is_correct(g.text, e.answer, check))) for g in group]
-                rewards_all += rewards
-                room = cfg.data.max_length - len(e.prompt_ids)
-                if r.algorithm == "rft":  # fitted text must be right in its arithmetic too:
-                    # an equation-checked answer may state a wrong sum (`56 * 9 = 524`)
-                    fit = [x if check != "equation" else x * stated_right(g.text, e.answer)
-                           for g, x in zip(group, rewards)]
-                    kept = right_answers(group, fit, r.keep, room)
-                    informative += bool(kept)
-                    samples += [Example(e.prompt, g.text, e.prompt_ids, list(g.ids)) for g in kept]
-                    continue
-                if max(rewards) == min(rewards):
-                    continue  # no signal in this group
-                informative += 1
-                for g, a in zip(group, advantages(rewards, r.advantage)):
-                    samples.append(Sample(e.prompt_ids, list(g.ids[:room]) or [fmt.end_id], a))
-            rec = {"round": t + 1, "prompts": len(prompts), "samples": len(gens),
-                   "generated_tokens": produced,
-                   "reward_mean": sum(rewards_all) / max(len(rewards_all), 1),
-                   "informative_groups": informative, "trained_samples": len(samples),
-                   "sft_rows": sorted(place[id(e)] for e in prompts)}  # the rows drawn as prompts
-            if samples and r.algorithm == "rft":  # the kept answers as SFT rows: NLL, no ratio or KL
-                fit = sft_objective(pad, cfg.train.share_prefix)
-                steps = train_loop(model, samples, fit, tcfg, r.lr, r.epochs, acct, log,
-                                   cfg.seed + t + 1, f"rft round {t + 1}",
-                                   extra={"round": t + 1}, method=cfg.adapter.method)
-                rec.update(steps=len(steps), loss_first=steps[0]["loss"],
-                           loss_last=steps[-1]["loss"])
-            elif samples:
-                with acct.phase("reference") as ph:
-                    units, passes = old_and_ref(model, samples, start, pad,
-                                                tcfg.micro_batch_size, r.temperature)
-                    ph.tokens += passes * sum(len(s.prompt_ids) + len(s.gen_ids) for s in samples)
-                steps = train_loop(model, samples, rl_objective(pad, r.beta, r.clip, r.temperature),
-                                   tcfg, r.lr, r.epochs, acct, log, cfg.seed + t + 1,
-                                   f"rl round {t + 1}", extra={"round": t + 1},
-                                   method=cfg.adapter.method, units=units)
-                rec.update(steps=len(steps), step0_ratio=steps[0]["ratio"],
-                           step0_kl=steps[0]["kl"], loss_last=steps[-1]["loss"],
-                           kl_last=steps[-1]["kl"])
-            rounds.append(rec)
-            print(f"[spinlora] rl round {t + 1}: reward {rec['reward_mean']:.3f}, "
-                  f"{informative}/{len(prompts)} "
-                  + ("prompts with a right answer kept" if r.algorithm == "rft"
-                     else "groups with signal"))
-    finally:
-        log.close()
+    while (cfg.resume and len(rounds) < r.rounds
+           and rundir.finished(out / f"round_{len(rounds) + 1}")):
+        rounds.append(json.loads((out / f"round_{len(rounds) + 1}" / "result.json").read_text()))
+    reused = len(rounds)  # their time and memory are in the interrupted attempt's, not here
+    if rounds:
+        adapters.load_weights(model, cfg.adapter, out / f"round_{len(rounds)}" / "adapter")
+        print(f"[spinlora] resume: RL rounds 1..{len(rounds)} finished earlier, reused")
+    for t in range(len(rounds), r.rounds):
+        part = rundir.begin(out / f"round_{t + 1}")
+        log = MetricsLog(part / "metrics.jsonl", cfg.train.report_to, "rl")
+        try:
+            rec = _round(cfg, t, model, tokenizer, fmt, examples, place, start, tcfg, acct, log)
+        finally:
+            log.close()
+        with acct.phase("save"):
+            adapters.save(model, cfg.adapter, part / "adapter", init_path)
+        rundir.finish(part, rec)
+        rounds.append(rec)
+        print(f"[spinlora] rl round {t + 1}: reward {rec['reward_mean']:.3f}, "
+              f"{rec['informative_groups']}/{rec['prompts']} "
+              + ("prompts with a right answer kept" if r.algorithm == "rft"
+                 else "groups with signal"))
     with acct.phase("save"):
         adapters.save(model, cfg.adapter, out / "adapter", init_path)
         if dist.is_main():
             with open(out / "rounds.jsonl", "w") as f:
                 f.writelines(json.dumps(x) + "\n" for x in rounds)
+            with open(out / "metrics.jsonl", "w") as f:  # every round's steps, in order
+                for t in range(r.rounds):
+                    f.write((out / f"round_{t + 1}" / "metrics.jsonl").read_text())
     after = _heldout(model, tokenizer, fmt, heldout, cfg, acct, "rl_end")
     trained = [x for x in rounds if "step0_ratio" in x]
     rft = r.algorithm == "rft"  # no ratio, no KL: their step-0 checks do not apply (None)
@@ -295,7 +268,7 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
             "algorithm": r.algorithm, "advantage": None if rft else r.advantage,
             "beta": None if rft else r.beta, "clip": None if rft else r.clip, "lr": r.lr,
             **({"keep": r.keep} if rft else {}),
-            "samples_per_prompt": r.samples, "rounds": rounds,
+            "samples_per_prompt": r.samples, "rounds": rounds, "rounds_reused": reused,
             "step0_ratio_ok": None if rft else all(abs(x["step0_ratio"] - 1) < 1e-4
                                                     for x in trained),
             "first_round_kl0_ok": None if rft else bool(trained) and trained[0]["round"] == 1
@@ -303,3 +276,64 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
             "heldout_before": before, "heldout_after": after,
             "generated_tokens": sum(x["generated_tokens"] for x in rounds),
             "parameters": count_parameters(model), "method": cfg.adapter.method}
+
+
+def _round(cfg: RunConfig, t: int, model, tokenizer, fmt, examples: list[Example], place: dict,
+           start: dict[str, torch.Tensor], tcfg, acct: Accountant, log: MetricsLog) -> dict:
+    """Round ``t`` (from 0): sample ``rl.samples`` answers to a seeded draw of prompts, reward
+    them, and train the adapter on the groups with a signal. Returns the round's record."""
+    r, pad = cfg.rl, tokenizer.pad_token_id
+    prompts = subset(examples, r.prompts, cfg.data.seed + t) if r.prompts else examples
+    gen_cfg = dataclasses.replace(cfg.generation, do_sample=True,
+                                  temperature=r.temperature, top_p=r.top_p,
+                                  seed=r.seed + 1000 * t)
+    with acct.phase("generate") as ph:
+        gens, produced = generate(model, tokenizer,
+                                  [e.prompt_ids for e in prompts for _ in range(r.samples)],
+                                  gen_cfg, fmt.stop_ids, desc=f"rl round {t + 1}")
+        ph.tokens += produced
+    samples, rewards_all, informative = [], [], 0
+    for i, e in enumerate(prompts):
+        group = gens[i * r.samples:(i + 1) * r.samples]
+        check = answer_check(cfg, e)
+        rewards = [float(bool(is_correct(g.text, e.answer, check))) for g in group]
+        rewards_all += rewards
+        room = cfg.data.max_length - len(e.prompt_ids)
+        if r.algorithm == "rft":  # fitted text must be right in its arithmetic too:
+            # an equation-checked answer may state a wrong sum (`56 * 9 = 524`)
+            fit = [x if check != "equation" else x * stated_right(g.text, e.answer)
+                   for g, x in zip(group, rewards)]
+            kept = right_answers(group, fit, r.keep, room)
+            informative += bool(kept)
+            samples += [Example(e.prompt, g.text, e.prompt_ids, list(g.ids)) for g in kept]
+            continue
+        if max(rewards) == min(rewards):
+            continue  # no signal in this group
+        informative += 1
+        for g, a in zip(group, advantages(rewards, r.advantage)):
+            samples.append(Sample(e.prompt_ids, list(g.ids[:room]) or [fmt.end_id], a))
+    rec = {"round": t + 1, "prompts": len(prompts), "samples": len(gens),
+           "generated_tokens": produced,
+           "reward_mean": sum(rewards_all) / max(len(rewards_all), 1),
+           "informative_groups": informative, "trained_samples": len(samples),
+           "sft_rows": sorted(place[id(e)] for e in prompts)}  # the rows drawn as prompts
+    if samples and r.algorithm == "rft":  # the kept answers as SFT rows: NLL, no ratio or KL
+        fit = sft_objective(pad, cfg.train.share_prefix)
+        steps = train_loop(model, samples, fit, tcfg, r.lr, r.epochs, acct, log,
+                           cfg.seed + t + 1, f"rft round {t + 1}",
+                           extra={"round": t + 1}, method=cfg.adapter.method)
+        rec.update(steps=len(steps), loss_first=steps[0]["loss"],
+                   loss_last=steps[-1]["loss"])
+    elif samples:
+        with acct.phase("reference") as ph:
+            units, passes = old_and_ref(model, samples, start, pad,
+                                        tcfg.micro_batch_size, r.temperature)
+            ph.tokens += passes * sum(len(s.prompt_ids) + len(s.gen_ids) for s in samples)
+        steps = train_loop(model, samples, rl_objective(pad, r.beta, r.clip, r.temperature),
+                           tcfg, r.lr, r.epochs, acct, log, cfg.seed + t + 1,
+                           f"rl round {t + 1}", extra={"round": t + 1},
+                           method=cfg.adapter.method, units=units)
+        rec.update(steps=len(steps), step0_ratio=steps[0]["ratio"],
+                   step0_kl=steps[0]["kl"], loss_last=steps[-1]["loss"],
+                   kl_last=steps[-1]["kl"])
+    return rec
