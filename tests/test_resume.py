@@ -17,11 +17,9 @@ from spinlora.config import save_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CHILD = r"""
+# a child process that kills itself (SIGKILL) at the n-th call of the function `where` names
+KILLER = r"""
 import os, signal, sys
-import spinlora.pipeline as pl
-import spinlora.stages.spin as sp
-import spinlora.train as tr
 from spinlora import cli
 
 where, n = sys.argv[1], int(sys.argv[2])
@@ -34,6 +32,12 @@ def killer(fn):
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: like kill -9
         return fn(*a, **k)
     return wrapped
+"""
+
+CHILD = KILLER + r"""
+import spinlora.pipeline as pl
+import spinlora.stages.spin as sp
+import spinlora.train as tr
 
 if where == "train_step":
     tr.MetricsLog.log = killer(tr.MetricsLog.log)
@@ -115,24 +119,11 @@ def test_resume_refuses_another_config(recipe, tmp_path, capsys):
     assert rc == 2 and "no spinlora run" in capsys.readouterr().err
 
 
-RL_CHILD = r"""
-import os, signal, sys
+RL_CHILD = KILLER + r"""
 import spinlora.stages.rl as rl
-from spinlora import cli
 
 # the tiny model never gets a sum right: a stand-in reward that differs inside each group
 rl.is_correct = lambda text, gold, check="final": len(text) % 2 == 0
-where, n = sys.argv[1], int(sys.argv[2])
-calls = {"n": 0}
-
-def killer(fn):
-    def wrapped(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == n:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return fn(*a, **k)
-    return wrapped
-
 if where == "generate":
     rl.generate = killer(rl.generate)
 elif where == "train":
