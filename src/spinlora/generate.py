@@ -319,16 +319,15 @@ def decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, cache
     # a prompt repeated in the batch (RL's group, the opponent's samples) is prefilled once and
     # its rows share its keys, values and logits; each row then samples on its own
     growing = bool(cache.layers) and all(hasattr(layer, "adopt") for layer in cache.layers)
-    inv = None
+    inv = None  # for every row, its distinct row: set only when some prompt repeats
     if growing and n > 1:  # rows of one batch are equal exactly where their prompts are
-        first, inv = _distinct(ids.tolist())
+        first, rep = _distinct(ids.tolist())
         if len(first) < n:
+            inv = torch.tensor(rep, dtype=torch.long, device=device)
             first = torch.tensor(first, dtype=torch.long, device=device)
             if shared:
                 cache.batch_select_indices(first)
             ids, attn, pos = ids[first], attn[first], pos[first]
-        else:
-            inv = None
     if ids.shape[0] > PREFILL_ROWS and hasattr(cache.layers[0], "reserve"):
         logits, attn = prefill_in_chunks(model, ids, attn, pos, cache, shared, PREFILL_ROWS)
     else:
@@ -336,7 +335,6 @@ def decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, cache
                        position_ids=pos[:, shared:], past_key_values=cache, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
     if inv is not None:
-        inv = torch.tensor(inv, dtype=torch.long, device=device)
         _repeat_rows(cache, inv)
         logits, attn, pos = logits[inv], attn[inv], pos[inv]
     next_pos = pos[:, -1] + 1
