@@ -87,6 +87,40 @@ def test_rl_prompt_rows_varied_without_a_variation_fails_before_training(tiny_cf
     assert not (Path(tiny_cfg.output_dir) / "sft").exists()
 
 
+def test_rl_plain_prompts_add_a_draw_of_the_rows_no_variation_changed(tiny_cfg, monkeypatch):
+    """rl.plain_prompts=k with rl.prompt_rows=varied: each round draws rl.prompts varied rows and
+    k rows no variation changed (a new draw each round), and records the plain groups' signal
+    and reward; with rl.prompt_rows=all, or below 0, it is refused."""
+    import spinlora.stages.rl as rl
+    from spinlora.config import ConfigError
+    from spinlora.data import ChatFormat
+    from spinlora.models import load_tokenizer
+    from spinlora.pipeline import run
+    from spinlora.start import sft_set
+
+    monkeypatch.setattr(rl, "is_correct", lambda text, gold, check="final": len(text) % 2 == 0)
+    cfg = tiny_cfg
+    cfg.data.train = str(Path(__file__).parents[2] / "shared/data/svamp/mawps-asdiv-a_train.csv")
+    cfg.data.sft_examples, cfg.data.max_length, cfg.data.conjoin = 40, 1024, 0.5
+    cfg.stages = ["sft", "rl"]
+    cfg.rl.rounds, cfg.rl.prompts, cfg.rl.plain_prompts, cfg.rl.samples = 2, 3, 2, 2
+    cfg.rl.prompt_rows, cfg.rl.heldout = "varied", 2
+    assert run(cfg)["status"] == "ok"
+    res = json.loads((Path(cfg.output_dir) / "rl" / "result.json").read_text())
+    examples = sft_set(cfg, ChatFormat(load_tokenizer(cfg.model.name)))[3]
+    drawn = [r["sft_rows"] for r in res["rounds"]]
+    assert drawn[0] != drawn[1]
+    for r, rows in zip(res["rounds"], drawn):
+        varied = [bool(examples[i].meta.get("varied")) for i in rows]
+        assert len(set(rows)) == 5 and sorted(varied) == [False] * 2 + [True] * 3
+        assert r["prompts"] == 5 and r["plain_prompts"] == 2
+        assert 0 <= r["plain_groups_with_signal"] <= 2 and 0 <= r["plain_reward_mean"] <= 1
+    for rows_setting, k in (("all", 2), ("varied", -1)):
+        cfg.rl.prompt_rows, cfg.rl.plain_prompts = rows_setting, k
+        with pytest.raises(ConfigError, match="rl.plain_prompts"):
+            cfg.validate()
+
+
 def _kl_setup(tiny_cfg, seed=0):
     """The tiny model with a LoRA, its start state (π_ref) and a perturbed state (π ≠ π_ref)."""
     from spinlora import adapters

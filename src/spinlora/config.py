@@ -312,6 +312,10 @@ class RLConfig:
     rounds: int = 4  # rounds of sampling + updates
     prompts: int | None = 16  # SFT prompts per round (a new seeded draw each round)
     prompt_rows: str = "all"  # all | varied, as spin.prompt_rows
+    # with prompt_rows=varied: this many more prompts a round from the SFT rows no variation
+    # changed (their own draw). Every varied row has a number to leave out; a plain row's group
+    # gets a signal when the policy starts leaving one out where none is to be (0 = none)
+    plain_prompts: int = 0
     samples: int = 4  # answers per prompt (the group)
     temperature: float = 1.0
     top_p: float = 1.0
@@ -467,6 +471,10 @@ class RunConfig:
             ("spin.iterations", self.spin.iterations >= 0, "must be >= 0"),
             ("spin.prompt_rows", self.spin.prompt_rows in PROMPT_ROWS, "all or varied"),
             ("rl.prompt_rows", self.rl.prompt_rows in PROMPT_ROWS, "all or varied"),
+            ("rl.plain_prompts", self.rl.plain_prompts >= 0
+             and (not self.rl.plain_prompts or self.rl.prompt_rows == "varied"),
+             "must be >= 0, and needs rl.prompt_rows=varied (with all, the plain rows are "
+             "already in the pool)"),
             ("spin.epochs", self.spin.epochs > 0, "must be > 0"),
             ("spin.micro_batch_size", divides_batch(self.spin.micro_batch_size),
              "must divide train.batch_size (or be null: train.micro_batch_size)"),

@@ -245,10 +245,17 @@ VARIED_KEYS = ("distractor", "conjoined", "moved")
 
 
 def prompt_pool(examples: list[Example], rows: str, key: str) -> list[Example]:
-    """The SFT examples a stage draws its prompts from: all, or (``rows="varied"``) those a data
-    variation changed. ``key`` names the setting in the error."""
+    """The SFT examples a stage draws its prompts from: all, (``rows="varied"``) those a data
+    variation changed, or (``rows="plain"``, rl.plain_prompts) those none changed. ``key``
+    names the setting in the error."""
     if rows == "all":
         return examples
+    if rows == "plain":
+        plain = [e for e in examples if not e.meta.get("varied")]
+        if not plain:
+            raise DataError(f"{key}: every SFT row was changed by a data variation, none is left "
+                            f"plain; lower the variation's share or set {key}=0")
+        return plain
     varied = [e for e in examples if e.meta.get("varied")]
     if not varied:
         raise DataError(f"{key}=varied: no SFT row was changed by a data variation; turn one on "

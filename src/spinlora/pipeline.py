@@ -236,6 +236,8 @@ def _run_stages(cfg: RunConfig, out: Path, summary: dict) -> None:
     for stage in ("spin", "rl"):  # a prompt pool with nothing in it fails before any training
         if stage in cfg.stages and sft_examples:
             prompt_pool(sft_examples, getattr(cfg, stage).prompt_rows, f"{stage}.prompt_rows")
+    if "rl" in cfg.stages and sft_examples and cfg.rl.plain_prompts:
+        prompt_pool(sft_examples, "plain", "rl.plain_prompts")
     if "spin" in cfg.stages and cfg.spin.keep_best and not heldout:
         print("[spinlora] note: no held-out rows left outside the SFT set; spin.keep_best and "
               "spin.early_stop are off for this run")

@@ -216,8 +216,10 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
     seed from t alone and trains against the starting adapter, so round k+1 runs exactly as it
     would have without the stop."""
     r = cfg.rl
-    examples = [e for e in prompt_pool(sft_examples, r.prompt_rows, "rl.prompt_rows")
-                if is_correct("", e.answer) is not None]
+    checkable = lambda pool: [e for e in pool if is_correct("", e.answer) is not None]  # noqa: E731
+    examples = checkable(prompt_pool(sft_examples, r.prompt_rows, "rl.prompt_rows"))
+    plain = (checkable(prompt_pool(sft_examples, "plain", "rl.plain_prompts"))
+             if r.plain_prompts else [])
     if not examples:
         raise DataError("rl: no training row has a checkable gold answer ('#### N'); the "
                         "correctness reward needs one")
@@ -242,7 +244,8 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
         part = rundir.begin(out / f"round_{t + 1}")
         log = MetricsLog(part / "metrics.jsonl", cfg.train.report_to, "rl")
         try:
-            rec = _round(cfg, t, model, tokenizer, fmt, examples, place, start, tcfg, acct, log)
+            rec = _round(cfg, t, model, tokenizer, fmt, examples, plain, place, start, tcfg,
+                         acct, log)
         finally:
             log.close()
         with acct.phase("save"):
@@ -252,7 +255,9 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
         print(f"[spinlora] rl round {t + 1}: reward {rec['reward_mean']:.3f}, "
               f"{rec['informative_groups']}/{rec['prompts']} "
               + ("prompts with a right answer kept" if r.algorithm == "rft"
-                 else "groups with signal"))
+                 else "groups with signal")
+              + (f" ({rec['plain_groups_with_signal']}/{rec['plain_prompts']} plain, reward "
+                 f"{rec['plain_reward_mean']:.3f})" if plain else ""))
     with acct.phase("save"):
         adapters.save(model, cfg.adapter, out / "adapter", init_path)
         if dist.is_main():
@@ -278,12 +283,16 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
             "parameters": count_parameters(model), "method": cfg.adapter.method}
 
 
-def _round(cfg: RunConfig, t: int, model, tokenizer, fmt, examples: list[Example], place: dict,
-           start: dict[str, torch.Tensor], tcfg, acct: Accountant, log: MetricsLog) -> dict:
-    """Round ``t`` (from 0): sample ``rl.samples`` answers to a seeded draw of prompts, reward
-    them, and train the adapter on the groups with a signal. Returns the round's record."""
+def _round(cfg: RunConfig, t: int, model, tokenizer, fmt, examples: list[Example],
+           plain: list[Example], place: dict, start: dict[str, torch.Tensor], tcfg,
+           acct: Accountant, log: MetricsLog) -> dict:
+    """Round ``t`` (from 0): sample ``rl.samples`` answers to a seeded draw of prompts (and of
+    ``rl.plain_prompts`` from ``plain``), reward them, and train the adapter on the groups with
+    a signal. Returns the round's record."""
     r, pad = cfg.rl, tokenizer.pad_token_id
     prompts = subset(examples, r.prompts, cfg.data.seed + t) if r.prompts else examples
+    n_pool = len(prompts)  # the prompts from rl.prompt_rows' pool; the plain ones follow
+    prompts = prompts + (subset(plain, r.plain_prompts, cfg.data.seed + t) if plain else [])
     gen_cfg = dataclasses.replace(cfg.generation, do_sample=True,
                                   temperature=r.temperature, top_p=r.top_p,
                                   seed=r.seed + 1000 * t)
@@ -292,12 +301,13 @@ def _round(cfg: RunConfig, t: int, model, tokenizer, fmt, examples: list[Example
                                   [e.prompt_ids for e in prompts for _ in range(r.samples)],
                                   gen_cfg, fmt.stop_ids, desc=f"rl round {t + 1}")
         ph.tokens += produced
-    samples, rewards_all, informative = [], [], 0
+    samples, rewards_all, informative, plain_signal = [], [], 0, 0
     for i, e in enumerate(prompts):
         group = gens[i * r.samples:(i + 1) * r.samples]
         check = answer_check(cfg, e)
         rewards = [float(bool(is_correct(g.text, e.answer, check))) for g in group]
         rewards_all += rewards
+        plain_signal += i >= n_pool and max(rewards) != min(rewards)
         room = cfg.data.max_length - len(e.prompt_ids)
         if r.algorithm == "rft":  # fitted text must be right in its arithmetic too:
             # an equation-checked answer may state a wrong sum (`56 * 9 = 524`)
@@ -317,6 +327,10 @@ def _round(cfg: RunConfig, t: int, model, tokenizer, fmt, examples: list[Example
            "reward_mean": sum(rewards_all) / max(len(rewards_all), 1),
            "informative_groups": informative, "trained_samples": len(samples),
            "sft_rows": sorted(place[id(e)] for e in prompts)}  # the rows drawn as prompts
+    if plain:  # the plain prompts' share of the above
+        k = len(prompts) - n_pool
+        rec.update(plain_prompts=k, plain_groups_with_signal=plain_signal,
+                   plain_reward_mean=sum(rewards_all[n_pool * r.samples:]) / max(k * r.samples, 1))
     if samples and r.algorithm == "rft":  # the kept answers as SFT rows: NLL, no ratio or KL
         fit = sft_objective(pad, cfg.train.share_prefix)
         steps = train_loop(model, samples, fit, tcfg, r.lr, r.epochs, acct, log,
