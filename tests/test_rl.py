@@ -56,6 +56,9 @@ def test_rl_stage_end_to_end(tiny_cfg, monkeypatch):
     # each round records which SFT rows it drew: a new seeded draw of rl.prompts each round
     drawn = [r["sft_rows"] for r in res["rounds"]]
     assert [len(set(d)) for d in drawn] == [4, 4] and drawn[0] != drawn[1]
+    for r in res["rounds"]:  # each drawn row's mean reward: together the round's mean
+        assert len(r["sft_row_rewards"]) == 4
+        assert sum(r["sft_row_rewards"]) / 4 == pytest.approx(r["reward_mean"])
     assert all(0 <= i < tiny_cfg.data.sft_examples for d in drawn for i in d)
     # benchmarks/svamp_folds.py replays that draw for runs from before it was recorded
     from conftest import load_benchmark
@@ -115,6 +118,8 @@ def test_rl_plain_prompts_add_a_draw_of_the_rows_no_variation_changed(tiny_cfg, 
         assert len(set(rows)) == 5 and sorted(varied) == [False] * 2 + [True] * 3
         assert r["prompts"] == 5 and r["plain_prompts"] == 2
         assert 0 <= r["plain_groups_with_signal"] <= 2 and 0 <= r["plain_reward_mean"] <= 1
+        plain_rewards = [x for x, v in zip(r["sft_row_rewards"], varied) if not v]
+        assert sum(plain_rewards) / 2 == pytest.approx(r["plain_reward_mean"])
     for rows_setting, k in (("all", 2), ("varied", -1)):
         cfg.rl.prompt_rows, cfg.rl.plain_prompts = rows_setting, k
         with pytest.raises(ConfigError, match="rl.plain_prompts"):
