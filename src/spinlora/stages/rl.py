@@ -205,6 +205,11 @@ def rl_objective(pad_id: int, beta: float, clip: float, temperature: float = 1.0
                      metric_keys=("ratio", "kl", "clipped"))
 
 
+def _checkable(pool: list[Example]) -> list[Example]:
+    """The rows whose gold answer has a final number the reward can check."""
+    return [e for e in pool if is_correct("", e.answer) is not None]
+
+
 def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
            heldout: list[Example], out: Path, acct: Accountant,
            init_path: Path | None = None) -> dict:
@@ -216,9 +221,8 @@ def run_rl(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
     seed from t alone and trains against the starting adapter, so round k+1 runs exactly as it
     would have without the stop."""
     r = cfg.rl
-    checkable = lambda pool: [e for e in pool if is_correct("", e.answer) is not None]  # noqa: E731
-    examples = checkable(prompt_pool(sft_examples, r.prompt_rows, "rl.prompt_rows"))
-    plain = (checkable(prompt_pool(sft_examples, "plain", "rl.plain_prompts"))
+    examples = _checkable(prompt_pool(sft_examples, r.prompt_rows, "rl.prompt_rows"))
+    plain = (_checkable(prompt_pool(sft_examples, "plain", "rl.plain_prompts"))
              if r.plain_prompts else [])
     if not examples:
         raise DataError("rl: no training row has a checkable gold answer ('#### N'); the "
