@@ -7,6 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import SHARED
+
 
 def test_advantages():
     from spinlora.stages.rl import advantages
@@ -103,7 +105,7 @@ def test_rl_plain_prompts_add_a_draw_of_the_rows_no_variation_changed(tiny_cfg, 
 
     monkeypatch.setattr(rl, "is_correct", lambda text, gold, check="final": len(text) % 2 == 0)
     cfg = tiny_cfg
-    cfg.data.train = str(Path(__file__).parents[2] / "shared/data/svamp/mawps-asdiv-a_train.csv")
+    cfg.data.train = str(SHARED / "svamp" / "mawps-asdiv-a_train.csv")
     cfg.data.sft_examples, cfg.data.max_length, cfg.data.conjoin = 40, 1024, 0.5
     cfg.stages = ["sft", "rl"]
     cfg.rl.rounds, cfg.rl.prompts, cfg.rl.plain_prompts, cfg.rl.samples = 2, 3, 2, 2

@@ -305,14 +305,13 @@ def _round(cfg: RunConfig, t: int, model, tokenizer, fmt, examples: list[Example
                                   [e.prompt_ids for e in prompts for _ in range(r.samples)],
                                   gen_cfg, fmt.stop_ids, desc=f"rl round {t + 1}")
         ph.tokens += produced
-    samples, rewards_all, informative, plain_signal, by_row = [], [], 0, 0, {}
+    samples, rewards_all, informative, by_row = [], [], 0, {}
     for i, e in enumerate(prompts):
         group = gens[i * r.samples:(i + 1) * r.samples]
         check = answer_check(cfg, e)
         rewards = [float(bool(is_correct(g.text, e.answer, check))) for g in group]
         rewards_all += rewards
         by_row[place[id(e)]] = sum(rewards) / len(rewards)
-        plain_signal += i >= n_pool and max(rewards) != min(rewards)
         room = cfg.data.max_length - len(e.prompt_ids)
         if r.algorithm == "rft":  # fitted text must be right in its arithmetic too:
             # an equation-checked answer may state a wrong sum (`56 * 9 = 524`)
@@ -333,10 +332,10 @@ def _round(cfg: RunConfig, t: int, model, tokenizer, fmt, examples: list[Example
            "informative_groups": informative, "trained_samples": len(samples),
            "sft_rows": sorted(by_row),  # the rows drawn as prompts, and each one's mean reward
            "sft_row_rewards": [by_row[i] for i in sorted(by_row)]}
-    if plain:  # the plain prompts' share of the above
-        k = len(prompts) - n_pool
-        rec.update(plain_prompts=k, plain_groups_with_signal=plain_signal,
-                   plain_reward_mean=sum(rewards_all[n_pool * r.samples:]) / max(k * r.samples, 1))
+    if plain:  # the plain prompts' share of the above (rewards are 0 / 1: a signal is 0 < mean < 1)
+        means = [by_row[place[id(e)]] for e in prompts[n_pool:]]
+        rec.update(plain_prompts=len(means), plain_groups_with_signal=sum(0 < x < 1 for x in means),
+                   plain_reward_mean=sum(means) / max(len(means), 1))
     if samples and r.algorithm == "rft":  # the kept answers as SFT rows: NLL, no ratio or KL
         fit = sft_objective(pad, cfg.train.share_prefix)
         steps = train_loop(model, samples, fit, tcfg, r.lr, r.epochs, acct, log,
