@@ -865,3 +865,45 @@ def test_question_first_puts_the_last_sentence_first(tiny_model_dir):
     assert qf.user_text("How many is 3 + 4?") == "How many is 3 + 4?"
     both = ChatFormat(tok, None, reread=True, question_first=True)
     assert both.user_text("Tom has 3. How many?") == f"How many?\nTom has 3.{READ_AGAIN}How many?\nTom has 3."
+
+
+@needs_data
+def test_rl_row_kinds_sorts_each_drawn_row_by_what_the_variations_made_of_it(tmp_path, capsys):
+    """benchmarks/rl_row_kinds.py: the SFT set rebuilt from a run's config.yaml as the run built
+    it; each round's drawn rows averaged by kind (asked about both objects, about the added one,
+    an object conjoined beside the asked one, plain); a record without per-row rewards, or rows
+    past the rebuilt set, refused with what is wrong while the other runs still print."""
+    import yaml
+
+    kinds = load_benchmark("rl_row_kinds")
+    data = {"train": str(SVAMP_DIR / "mawps-asdiv-a_train.csv"), "sft_examples": 3000,
+            "conjoin": 1.0, "conjoin_before": 0.5, "conjoin_every": True, "conjoin_ask": 0.5,
+            "conjoin_both": 0.5}
+    run = tmp_path / "run"
+    (run / "rl").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": data}))
+    rows = kinds.sft_rows(kinds.config_from_dict({"data": data}))[3]
+    assert len(rows) == 3000
+    by_kind = {k: [i for i, r in enumerate(rows) if kinds.kind(r) == k] for k in kinds.KINDS}
+    # the counts the run itself prints: 527 with a second object, 87 / 109 asking about it / both
+    assert [len(by_kind[k]) for k in kinds.KINDS] == [109, 87, 527 - 109 - 87, 0, 3000 - 527]
+    assert all(rows[i]["answer"].count("+") >= 1 for i in by_kind["asks both"])
+    drawn = by_kind["asks both"][:2] + by_kind["conjoined"][:3] + by_kind["plain"][:1]
+    rewards = [0.0, 0.25, 0.5, 0.5, 1.0, 0.125]
+    rec = {"round": 1, "sft_rows": drawn, "sft_row_rewards": rewards}
+    (run / "rl" / "rounds.jsonl").write_text(json.dumps(rec) + "\n")
+    table = kinds.table(run)
+    assert "| 1 | 0.125 (2) | – | 0.667 (3) | – | 0.125 (1) |" in table
+    old = tmp_path / "old"
+    (old / "rl").mkdir(parents=True)
+    (old / "config.yaml").write_text(yaml.safe_dump({"data": data}))
+    (old / "rl" / "rounds.jsonl").write_text(json.dumps({"round": 1, "sft_rows": drawn}) + "\n")
+    with pytest.raises(SystemExit) as ended:
+        kinds.main([str(old), str(run)])
+    assert ended.value.code == 1
+    out = capsys.readouterr()
+    assert "0.667 (3)" in out.out and "keep no per-row rewards" in out.err
+    rec["sft_rows"] = [3000]
+    (run / "rl" / "rounds.jsonl").write_text(json.dumps(rec) + "\n")
+    with pytest.raises(ValueError, match="past the 3000 SFT rows"):
+        kinds.table(run)

@@ -36,13 +36,21 @@ def _counted(cfg: RunConfig, changes: dict) -> dict:
     return {k: v for k, v in changes.items() if on[k]}
 
 
-def sft_set(cfg: RunConfig, fmt: ChatFormat):
+def sft_rows(cfg: RunConfig):
     """The training split's rows, the indices of the SFT subset and of the rest (held-out rows
-    come from there), the SFT examples and their counts."""
+    come from there), the SFT rows with ``data``'s variations (before tokenizing) and how many
+    rows each variation changed."""
     rows = load_rows(cfg.data.train, cfg.data, "train")
     chosen = subset(list(range(len(rows))), cfg.data.sft_examples, cfg.data.seed)
     rest = sorted(set(range(len(rows))) - set(chosen))
     picked, changes = _augment(cfg, [rows[i] for i in chosen], rows)
+    return rows, chosen, rest, picked, changes
+
+
+def sft_set(cfg: RunConfig, fmt: ChatFormat):
+    """The training split's rows, the indices of the SFT subset and of the rest (held-out rows
+    come from there), the SFT examples and their counts."""
+    rows, chosen, rest, picked, changes = sft_rows(cfg)
     sft_examples, counts = build_examples(picked, fmt, cfg.data)
     counts.update(_counted(cfg, changes))
     return rows, chosen, rest, sft_examples, counts
