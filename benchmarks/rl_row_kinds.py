@@ -51,7 +51,9 @@ def kind(row: dict) -> str:
 
 def table(run: Path) -> str:
     cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()))
-    if cfg.data.overlong == "drop":  # the places count kept rows only: tokenizing would tell
+    # the places count the rows the run kept: with overlong=drop (or a prompt longer than
+    # data.max_length by itself, which the run's "SFT set: … dropped" line counts) they shift
+    if cfg.data.overlong == "drop":
         raise ValueError(f"{run}: data.overlong=drop; the rows it dropped shift the places")
     rows = sft_rows(cfg)[3]
     lines = [f"## {run}", "", "| round | " + " | ".join(KINDS) + " |",
