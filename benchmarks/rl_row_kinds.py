@@ -30,21 +30,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from spinlora.config import config_from_dict  # noqa: E402
+from spinlora.data import VARIED_KEYS  # noqa: E402
 from spinlora.start import sft_rows  # noqa: E402
 
 KINDS = ("asks both", "asks added", "conjoined", "other varied", "plain")
 
 
 def kind(row: dict) -> str:
-    """What the data variations made of an SFT row (the keys they add: ``data.VARIED_KEYS``,
-    ``asks_both``, ``asks_added``)."""
+    """What the data variations made of an SFT row: the keys they add (``asks_both``,
+    ``asks_added``, ``data.VARIED_KEYS``, whose presence is what makes a row varied for
+    ``prompt_pool``)."""
     if row.get("asks_both"):
         return "asks both"
     if row.get("asks_added"):
         return "asks added"
-    if row.get("conjoined"):
+    if "conjoined" in row:
         return "conjoined"
-    if row.get("distractor") or row.get("moved"):
+    if any(k in row for k in VARIED_KEYS):
         return "other varied"
     return "plain"
 
