@@ -48,10 +48,15 @@ def paired(a: dict, b: dict) -> tuple[float, float, int]:
     if not keys:
         raise ValueError("the two samples share no problem: nothing to pair")
     d = [int(a[k]["correct"]) - int(b[k]["correct"]) for k in keys]
+    return (*mean_se(d), len(d))
+
+
+def mean_se(d: list[float]) -> tuple[float, float]:
+    """Mean of per-problem differences and its standard error (0 for a single problem)."""
     n = len(d)
     mean = sum(d) / n
     var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
-    return mean, math.sqrt(var / n), n
+    return mean, math.sqrt(var / n)
 
 
 def compare(reference: dict, other: dict) -> dict:
