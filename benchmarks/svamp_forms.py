@@ -2,6 +2,7 @@
 
     python benchmarks/svamp_forms.py benchmarks/results/svamp_lr5e-4/extra/*/eval/*.gz
     python benchmarks/svamp_forms.py --numbers benchmarks/results/svamp_s47/K3/*.gz
+    python benchmarks/svamp_forms.py --pairs benchmarks/results/svamp_s66/I1/spin_iter_*_generations.jsonl.gz
 
 Each answer's form is the set of operators in the equation its score comes from
 (``svamp.last_equation``: ``-``, ``+-``, ``+/`` …; ``none`` without one). A method that shifts the forms away from the gold ones
@@ -11,6 +12,11 @@ shows here before it shows in the accuracy (docs/svamp.md, "What was tried").
 problem's and the gold equation's (``number_verdict``), apart for the problems with an
 irrelevant number and the rest: whether a model fails at choosing the numbers or at combining
 them (docs/svamp.md, "Where the errors are").
+
+``--pairs`` reads a SPIN iteration's pairs (``spin/iter_N/generations.jsonl``) and counts them by
+how many of the problem's numbers the preferred answer's equation uses against the rejected
+one's (``pair_direction``): which way a preference pushes the choice of numbers (docs/svamp.md,
+"Own-correct SPIN on the varied rows").
 """
 from __future__ import annotations
 
@@ -61,6 +67,28 @@ def number_verdict(sample: dict, problem: str, gold_equation: str) -> str:
     return "fewer numbers than the gold" if gold - used else "the gold's numbers, combined wrong"
 
 
+def used_numbers(text: str, problem: str) -> set[float]:
+    """The problem's numbers that the equation ``text`` is scored by uses (as values)."""
+    eq = last_equation(text)
+    return set(number_values(eq[0])) & set(number_values(problem)) if eq else set()
+
+
+def pair_direction(pair: dict) -> str:
+    """``fewer``, ``more`` or ``as many``: the problem's numbers in the preferred answer's
+    equation (``chosen``) against the rejected one's (``generated``)."""
+    chosen, rejected = (len(used_numbers(pair[k], pair["prompt"])) for k in ("chosen", "generated"))
+    return "fewer" if chosen < rejected else "more" if chosen > rejected else "as many"
+
+
+def pairs_table(paths: list[Path]) -> None:
+    print("| pairs | the preferred answer uses fewer of the problem's numbers | more | as many |")
+    print("|---|---|---|---|")
+    for p in paths:
+        c = Counter(pair_direction(r) for r in read(p))
+        print(f"| {p.parent.name}/{p.name.split('_generations')[0]} ({sum(c.values())}) | "
+              f"{c['fewer']} | {c['more']} | {c['as many']} |")
+
+
 def numbers_table(paths: list[Path], data_root: Path) -> None:
     problems = load_test(data_root)
     cols = {}
@@ -101,7 +129,12 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=7)
     ap.add_argument("--numbers", action="store_true",
                     help="sort the answers by the numbers their equation uses (number_verdict)")
+    ap.add_argument("--pairs", action="store_true",
+                    help="the files are SPIN pairs (spin/iter_N/generations.jsonl[.gz]): count "
+                         "them by the numbers the preferred answer uses against the rejected one")
     args = ap.parse_args()
+    if args.pairs:
+        return pairs_table(args.samples)
     if args.numbers:
         return numbers_table(args.samples, args.gold.parent.parent)
     gold = Counter(form(r["Equation"]) for r in json.loads(args.gold.read_text()))

@@ -330,6 +330,21 @@ def test_number_verdict_sorts_an_answer_by_the_numbers_it_uses():
     assert verdict("1200 + 20 = 1220") == "the gold's numbers, combined wrong"
 
 
+def test_pair_direction_counts_the_problems_numbers_each_answer_uses():
+    """benchmarks/svamp_forms.py --pairs: a pair is ``fewer`` when the preferred answer's
+    equation uses fewer of the problem's numbers than the rejected one's, ``more`` when more;
+    numbers the problem does not state and a missing equation count for nothing."""
+    forms = load_benchmark("svamp_forms")
+    problem = "Jazmin had 1209 dolls and Geraldine had 3744 onions and 2186 dolls. How many dolls?"
+    pair = lambda chosen, rejected: forms.pair_direction(  # noqa: E731
+        {"prompt": problem, "chosen": chosen, "generated": rejected})
+    assert pair("1209 + 2186 = 3395\n#### 3395", "1209 + 3744 + 2186 = 7139") == "fewer"
+    assert pair("1209 + 3744 + 2186 = 7139", "1209 + 2186 = 3395") == "more"
+    assert pair("1209 + 2186 = 3395", "1209 + 3744 = 4953") == "as many"
+    assert pair("1209 + 2186 = 3395", "1209 * 2 = 2418") == "more"
+    assert pair("#### 3395", "1209 + 2186 = 3395") == "fewer"
+
+
 def test_label_case_reads_the_answers_first_line_against_the_question():
     """benchmarks/svamp_labels.py: the label before ":" on the first line matches the question's
     asked object, names another, is missing, or none was expected; a re-read prompt is read
