@@ -294,6 +294,10 @@ def test_paired_cli_reads_samples_files_gzipped_or_not(tmp_path, capsys):
     assert row["delta"] == pytest.approx(-0.2) and row["accuracy"] == pytest.approx(0.4)
     assert json.loads(capsys.readouterr().out)[0]["delta_se"] == pytest.approx(row["delta_se"])
     assert row["same_text"] is None  # no answers in these files: nothing to compare word for word
+    from spinlora.paired import differences, read_samples
+
+    d = differences(read_samples(other), read_samples(ref))  # the per-problem terms of delta
+    assert d == {0: 0, 1: -1, 2: 0, 3: -1, 4: 1}  # index 5 is in one file only
     texts = tmp_path / "texts.jsonl"
     texts.write_text("".join(json.dumps({"index": i, "correct": c, "output": o}) + "\n"
                              for i, (c, o) in enumerate([(1, "3"), (0, "x"), (1, "5")])))

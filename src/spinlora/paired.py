@@ -42,12 +42,17 @@ def read_samples(path: str | Path) -> dict:
     return out
 
 
+def differences(a: dict, b: dict) -> dict:
+    """{problem key: correct(a) − correct(b)} over the problems both answered (−1, 0 or 1)."""
+    keys = sorted(set(a) & set(b), key=str)
+    return {k: int(a[k]["correct"]) - int(b[k]["correct"]) for k in keys}
+
+
 def paired(a: dict, b: dict) -> tuple[float, float, int]:
     """Mean and standard error of correct(a) − correct(b) over the problems both answered."""
-    keys = sorted(set(a) & set(b), key=str)
-    if not keys:
+    d = list(differences(a, b).values())
+    if not d:
         raise ValueError("the two samples share no problem: nothing to pair")
-    d = [int(a[k]["correct"]) - int(b[k]["correct"]) for k in keys]
     return (*mean_se(d), len(d))
 
 

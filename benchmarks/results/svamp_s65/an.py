@@ -6,7 +6,7 @@ runs (a shared SFT counts once in the SE: session 59's figure), on all problems 
 """
 import sys
 
-from spinlora.paired import compare, line, mean_se, read_samples
+from spinlora.paired import compare, differences, line, mean_se, read_samples
 
 
 def parts(d: dict) -> str:
@@ -28,7 +28,7 @@ for arg in sys.argv[1:]:
     neg = sum(1 for r in other.values() if (r.get("equation_value") or 0) < 0)
     row = compare(ref, other)
     print(f"{name}: {100 * row['accuracy']:.1f} %  {line(row)}  negative answers {neg}")
-    d = {k: int(other[k]["correct"]) - int(ref[k]["correct"]) for k in ref if k in other}
+    d = differences(other, ref)
     print(f"  {parts(d)}")
     runs.append(d)
 if len(runs) > 1:
