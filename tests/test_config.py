@@ -22,6 +22,8 @@ def test_bad_values_name_the_flag():
         load_config(None, ["adapter.r=abc"])
     with pytest.raises(ConfigError, match=r"micro_batch_size"):
         load_config(None, ["train.batch_size=8", "train.micro_batch_size=3"])
+    with pytest.raises(ConfigError, match=r"spin\.reference: .*opponent or start"):
+        load_config(None, ["spin.reference=sft"])
 
 
 def test_overrides_and_round_trip(tmp_path):

@@ -65,6 +65,27 @@ def test_reference_is_theta0_plus_delta_t_through_plain_peft(tiny_cfg, tmp_path)
     assert far > 1e-2, "reference equals the bare base model: the adapter was ignored"
 
 
+def test_reference_start_scores_under_the_stage_start_and_puts_the_adapter_back(tiny_cfg):
+    """spin.reference=start: the reference pass swaps the snapshot of the stage's start in, gives
+    exactly its log-probs (not the moved adapter's) and leaves the moved adapter as it was."""
+    from spinlora import adapters
+
+    model, tok, fmt, examples = _setup(tiny_cfg)
+    _sft(model, tok, examples, tiny_cfg)
+    start = adapters.snapshot(model)  # Δθ_0
+    acct = Accountant(torch.device("cpu"))
+    pairs, _, _ = make_pairs(model, tok, fmt, examples, tiny_cfg, acct, "o")
+    reference_pass(model, pairs, tok.pad_token_id, acct)  # at the start: the opponent's
+    at_start = [(p.ref_real, p.ref_gen) for p in pairs]
+    _sft(model, tok, examples, tiny_cfg)  # the adapter moves on: Δθ_1
+    moved = adapters.snapshot(model)
+    reference_pass(model, pairs, tok.pad_token_id, acct)
+    assert max(abs(p.ref_real - a) for p, (a, _) in zip(pairs, at_start)) > 1e-3
+    reference_pass(model, pairs, tok.pad_token_id, acct, state=start)
+    assert [(p.ref_real, p.ref_gen) for p in pairs] == at_start
+    assert adapters.at_state(model, moved) and not adapters.at_state(model, start)
+
+
 def test_only_adapter_gets_gradients_and_base_never_changes(tiny_cfg):
     model, tok, fmt, examples = _setup(tiny_cfg)
     before = _base_state(model)
@@ -162,3 +183,23 @@ def test_mix_previous_and_drop_truncated(tiny_cfg):
     tiny_cfg.spin.drop_truncated, tiny_cfg.overwrite = True, True
     with pytest.raises(RuntimeError, match="no pairs left"):
         run(tiny_cfg)
+
+
+def test_reference_start_in_the_pipeline(tiny_cfg):
+    """spin.reference=start: iteration 1 is the paper's (player = reference at step 0, ln 2,
+    checked); iteration 2 starts away from its reference (Δθ_1 against Δθ_0): not ln 2, and
+    recorded as unchecked rather than as a failed check; the report says so."""
+    from pathlib import Path
+
+    from spinlora.pipeline import run
+    from spinlora.report import write_report
+
+    tiny_cfg.spin.reference = "start"
+    tiny_cfg.stages = ["sft", "spin"]
+    run(tiny_cfg)
+    spin = Path(tiny_cfg.output_dir) / "spin"
+    r1, r2 = (json.loads((spin / f"iter_{t}" / "result.json").read_text()) for t in (1, 2))
+    assert r1["step0_ok"] is True and r1["reference"] == "start"
+    assert r2["step0_ok"] is None and abs(r2["step0_pref_loss"] - math.log(2)) > 1e-3
+    md = Path(write_report(tiny_cfg.output_dir)["summary"]).read_text()
+    assert "(unchecked: reference = start)" in md and "(0.6931)" in md  # iteration 1 checked

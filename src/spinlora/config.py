@@ -245,6 +245,12 @@ class SpinConfig:
     # SFT row, and a CPU's SFT runs faster at larger micro-batches
     micro_batch_size: int | None = None
     mix_previous: bool = False  # also train on the previous iteration's generated pairs
+    # the reference of the loss's log-ratios: "opponent" (the paper's p_t: θ0 + Δθ_t, the adapter
+    # the iteration starts from) or "start": the adapter the SPIN stage started from (θ0 + Δθ_0,
+    # the SFT adapter) in every iteration, as online DPO keeps its reference fixed (Guo et al.
+    # 2024, arXiv 2402.04792) and as RL keeps its KL to the start. From iteration 2 on the
+    # player then starts away from its reference: the step-0 loss is not ln 2 and not checked
+    reference: str = "opponent"
     # heldout_accuracy | heldout_gold_logp | heldout_win_rate | None
     keep_best: str | None = "heldout_gold_logp"
     # held-out rows of the *training* split (never test rows, never SFT rows) for keep_best,
@@ -490,6 +496,7 @@ class RunConfig:
              "divergence needs a summed loss (sigmoid, sigmoid_nll, dpop): ipo averages over "
              "each answer's tokens"),
             ("spin.chosen", self.spin.chosen in ("gold", "own_correct"), "gold or own_correct"),
+            ("spin.reference", self.spin.reference in ("opponent", "start"), "opponent or start"),
             ("spin.chosen", self.spin.chosen == "gold" or (
                 self.spin.opponent.samples >= 2 and self.spin.opponent.temperature > 0),
              "own_correct needs spin.opponent.samples >= 2 and spin.opponent.temperature > 0 "

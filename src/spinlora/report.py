@@ -423,11 +423,13 @@ def _run_details(run: Path) -> list[str]:
         for r in its:
             h, g = r.get("heldout") or {}, r["generation"]
             acc = h.get("accuracy")
+            expected = (f"{r.get('step0_expected', 0.6931):.4f}" if "step0_ok" not in r
+                        or r["step0_ok"] is not None else "unchecked: reference = start")
             lines.append(
                 f"| {r['iteration']} | {r.get('loss', 'sigmoid')} | {r['beta']} | {r['lr']} | "
                 f"{r['pairs']} | {g.get('opponent_correct', '-')} ({g.get('dropped_correct', 0)}) | "
                 f"{g['unfinished']} | {r.get('step0_pref_loss', r['step0_loss']):.4f} "
-                f"({r.get('step0_expected', 0.6931):.4f}) | {r['loss_last']:.4f} | "
+                f"({expected}) | {r['loss_last']:.4f} | "
                 f"{r['margin_last']:.3f} | {r['disc_accuracy_last']:.2f} | "
                 f"{'-' if acc is None else f'{acc:.3f}'} | "
                 f"{h.get('gold_logp_per_token', float('nan')):.3f} | "

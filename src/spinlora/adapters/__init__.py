@@ -12,6 +12,7 @@ fine-tuning saves a transformers checkpoint. ``load`` reads any of them back.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -211,6 +212,23 @@ def restore(model, state: dict[str, torch.Tensor]) -> None:
             p.copy_(state[n])
 
 
+@contextlib.contextmanager
+def adapter_state(model, state: dict[str, torch.Tensor]):
+    """The trainable tensors set to ``state`` for the block, then put back as they were."""
+    saved = snapshot(model)
+    restore(model, state)
+    try:
+        yield
+    finally:
+        restore(model, saved)
+
+
+def at_state(model, state: dict[str, torch.Tensor]) -> bool:
+    """Whether the trainable tensors equal ``state`` exactly."""
+    return all(torch.equal(p, state[n]) for n, p in model.named_parameters()
+               if p.requires_grad and n in state)
+
+
 def save(model, cfg: AdapterConfig, path: str | Path, init_path: str | Path | None = None) -> None:
     """Write the adapter folder at ``path`` (see the module docstring for the formats). Launched
     with several processes, only the main one writes (the others hold the same adapter)."""
@@ -273,8 +291,6 @@ def load_base_view(model, cfg: AdapterConfig, init_path: str | Path | None):
     method started from, which is the base by construction (PiSSA family: W0 − B0·A0 + B0·A0;
     BitFit: the original or zero biases; Houlsby: W_up = 0; full: the original weights); the
     caller loads other weights afterwards."""
-    import contextlib
-
     if not get(cfg.method).base_from_init:
         return model.disable_adapter()
     if init_path is None:

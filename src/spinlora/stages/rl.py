@@ -38,7 +38,6 @@ each round). A group with every answer right still teaches, where GRPO skips it.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -47,6 +46,7 @@ from pathlib import Path
 import torch
 
 from .. import adapters, dist, rundir
+from ..adapters import adapter_state, at_state
 from ..accounting import Accountant, count_parameters
 from ..config import RunConfig, own_micro_batch
 from ..data import DataError, Example, prompt_pool, subset
@@ -74,23 +74,6 @@ def advantages(rewards: list[float], kind: str) -> list[float]:
         return [r - (sum(rewards) - r) / (k - 1) for r in rewards]
     std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / (k - 1)) if k > 1 else 0.0
     return [(r - mean) / (std + 1e-4) for r in rewards]
-
-
-@contextlib.contextmanager
-def adapter_state(model, state: dict[str, torch.Tensor]):
-    """The trainable tensors set to ``state`` for the block, then put back as they were."""
-    saved = adapters.snapshot(model)
-    adapters.restore(model, state)
-    try:
-        yield
-    finally:
-        adapters.restore(model, saved)
-
-
-def at_state(model, state: dict[str, torch.Tensor]) -> bool:
-    """Whether the trainable tensors equal ``state`` exactly."""
-    return all(torch.equal(p, state[n]) for n, p in model.named_parameters()
-               if p.requires_grad and n in state)
 
 
 def group_units(samples: list[Sample], size: int) -> list[list[int]]:

@@ -4,15 +4,18 @@ Iteration t+1 (t = 0 … T-1), with one copy of the base weights θ0 for the who
   1. the opponent θ0 + Δθ_t answers the SFT prompts (same chat template as training);
   2. the reference log-probs log p_θt(y|x), log p_θt(y'|x) are computed once, in inference mode,
      with the very adapter the player starts from: the reference is exactly θ0 + Δθ_t, never the
-     bare base model, and needs no second model nor a copy of the adapter;
+     bare base model, and needs no second model nor a copy of the adapter (``spin.reference:
+     start``: the adapter the stage started from, θ0 + Δθ_0, in every iteration instead, its
+     tensors swapped in for the pass from one snapshot);
   3. the player (the same adapter, trained in place) minimises
      ℓ(λ·[log p_θ(y|x)/p_θt(y|x) − log p_θ(y'|x)/p_θt(y'|x)]), ℓ(z) = log(1 + e^-z);
   4. Δθ_{t+1}, the generations and the metrics are saved in ``RUN/spin/iter_{t+1}``.
 At the first step of every iteration player = opponent, so the loss is ln 2 and the margin 0;
-the result file records that check. Held-out diagnostics pick the best iteration (``keep_best``).
+the result file records that check (not made where the reference is the start, after iteration 1). Held-out diagnostics pick the best iteration (``keep_best``).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -264,15 +267,19 @@ def _own_pairs(gens: list, examples: list[Example], cfg: RunConfig
 
 
 def reference_pass(model, pairs: list[Pair], pad_id: int, acct: Accountant,
-                   batch_size: int = 8) -> list[list[int]]:
-    """Fill ref_real / ref_gen with log p_θt under the current adapter (θ0 + Δθ_t), once.
+                   batch_size: int = 8, state: dict | None = None) -> list[list[int]]:
+    """Fill ref_real / ref_gen with log p_θt under the current adapter (θ0 + Δθ_t), once; with
+    ``state`` (an ``adapters.snapshot``; ``spin.reference: start``) under that adapter instead,
+    swapped in for the pass and put back.
 
     Returns the micro-batches it scored (indices into ``pairs``, grouped by length): pass them to
     ``train_loop(units=...)`` and every pair is trained beside the same companions, so the
     training pass computes exactly what the reference pass computed (bf16 included)."""
     units = length_units([len(p.prompt_ids) + max(len(p.real_ids), len(p.gen_ids))
                           for p in pairs], batch_size)
-    with acct.phase("reference") as ph, torch.inference_mode():
+    swap = (adapters.adapter_state(model, state) if state is not None
+            and not adapters.at_state(model, state) else contextlib.nullcontext())
+    with acct.phase("reference") as ph, torch.inference_mode(), swap:
         was_training = model.training
         model.eval()
         done = {}
@@ -325,6 +332,9 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
         from ..reward_model import load_reranker
 
         reranker = load_reranker(cfg.spin.reward_model, cfg)
+    # spin.reference=start: the adapter the stage starts from, before any --resume loads a
+    # finished iteration's
+    anchor = adapters.snapshot(model) if cfg.spin.reference == "start" else None
     acct0 = new_accountant()
     start_file = out / "start.json"
     if cfg.resume and start_file.is_file():
@@ -376,7 +386,7 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
                 f"SPIN {name}: no pairs left to train on ({skipped or 'no prompts'}); use more "
                 "spin.prompts, spin.correct_pairs=keep, spin.drop_truncated=false, or (with "
                 "spin.chosen=own_correct) more spin.opponent.samples")
-        units = reference_pass(model, train_pairs, pad, acct, tcfg.micro_batch_size)
+        units = reference_pass(model, train_pairs, pad, acct, tcfg.micro_batch_size, anchor)
         log = MetricsLog(part / "metrics.jsonl", cfg.train.report_to, f"spin/{name}")
         try:
             records = train_loop(model, train_pairs, spin_objective(pad, beta, cfg.spin), tcfg,
@@ -393,12 +403,15 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
         # player = opponent at step 0, so the preference part of the loss is ln 2 (sigmoid family)
         # or 1/(4β²) (IPO), exact: the same micro-batches as the reference pass (bf16 too);
         # dropout > 0 makes it approximate
+        # (spin.reference=start from iteration 2 on: the player is not its reference, no check)
         step0, expected = records[0]["pref_loss"], step0_value(cfg.spin.loss, beta)
+        checked = anchor is None or t == 0
         result = {
             "stage": "spin", "iteration": t + 1, "beta": beta, "lr": lr, "loss": cfg.spin.loss,
             **({"nll_weight": cfg.spin.nll_weight} if cfg.spin.loss == "sigmoid_nll" else {}),
             **({"dpop_lambda": cfg.spin.dpop_lambda} if cfg.spin.loss == "dpop" else {}),
             "correct_pairs": cfg.spin.correct_pairs, "chosen": cfg.spin.chosen,
+            "reference": cfg.spin.reference,
             "pair_tokens": cfg.spin.pair_tokens,
             "pairs": len(train_pairs), "new_pairs": len(pairs),
             "mixed_previous": len(train_pairs) - len(pairs), "generation": counts,
@@ -407,14 +420,14 @@ def run_spin(cfg: RunConfig, model, tokenizer, fmt, sft_examples: list[Example],
                                   "max_new_tokens": cfg.generation.max_new_tokens},
             "steps": len(records), "step0_loss": records[0]["loss"],
             "step0_pref_loss": step0, "step0_expected": expected,
-            "step0_ok": abs(step0 - expected) < 1e-3 * max(1.0, expected),
+            "step0_ok": (abs(step0 - expected) < 1e-3 * max(1.0, expected)) if checked else None,
             "loss_last": records[-1]["loss"],
             "margin_last": records[-1]["margin"], "disc_accuracy_last": records[-1]["disc_accuracy"],
             "heldout": held, "parameters": count_parameters(model), "method": cfg.adapter.method,
             **({"selection": selection} if selection else {}),
             "accounting": acct.summary(),
         }
-        if not result["step0_ok"] and cfg.adapter.dropout == 0:
+        if result["step0_ok"] is False and cfg.adapter.dropout == 0:
             print(f"[spinlora] WARNING: SPIN {name} step-0 loss {step0:.6f} != {expected:.6f}: "
                   "the reference is not the opponent")
         rundir.finish(part, result)
