@@ -3,6 +3,7 @@ scores as a run that was never interrupted (finished stages and iterations reuse
 interrupted one redone; λ / lr schedule, mix_previous pairs and sampling seeds restored)."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,6 +118,17 @@ def test_resume_refuses_another_config(recipe, tmp_path, capsys):
     assert rc == 2 and "spin.lr" in capsys.readouterr().err
     rc = cli.main(["run", str(path), "--output-dir", str(tmp_path / "none"), "--resume"])
     assert rc == 2 and "no spinlora run" in capsys.readouterr().err
+    # a run written before an option existed ran at its default: it resumes with the default,
+    # and is refused with another value
+    older = tmp_path / "older"
+    shutil.copytree(ref, older)
+    text = (older / "config.yaml").read_text()
+    assert "  reference: opponent\n" in text
+    (older / "config.yaml").write_text(text.replace("  reference: opponent\n", ""))
+    rc = cli.main(["run", str(path), "--output-dir", str(older), "--resume", "spin.reference=start"])
+    assert rc == 2 and "['spin.reference']" in capsys.readouterr().err
+    assert cli.main(["run", str(path), "--output-dir", str(older), "--resume"]) == 0
+    assert "  reference: opponent\n" in (older / "config.yaml").read_text()
 
 
 RL_CHILD = KILLER + r"""

@@ -122,8 +122,11 @@ def prepare(cfg: RunConfig) -> Path:
         saved = _flat(yaml.safe_load((out / "config.yaml").read_text()) or {})
         now = _flat(config_to_dict(cfg))
         ignore = (*FLAGS, "output_dir")  # a moved or copied run resumes where it now lies
+        # a key the run's config.yaml lacks (written by a spinlora before that option) ran at
+        # the option's default
+        default = _flat(config_to_dict(RunConfig()))
         differ = sorted(k for k in set(saved) | set(now) if k not in ignore
-                        and saved.get(k) != now.get(k))
+                        and saved.get(k, default.get(k)) != now.get(k))
         if differ:
             raise ConfigError(f"--resume: the config differs from the run's own in {differ}; "
                               "resume with the same config, or start a new run")
