@@ -23,7 +23,7 @@ writes; ``prepare`` and ``finish`` end with a barrier, so the others read finish
   (``abandon``) leaves the old one back in place, bitwise, and no half-made folder.
 - **Identity.** ``config.yaml`` is the recipe as resolved, without the command line's flags
   (``resume``, ``overwrite``); ``--resume`` compares it without ``output_dir``, so a moved or
-  copied run folder resumes.
+  copied run folder resumes, and reads a key it lacks (an older spinlora's) as the default.
 """
 from __future__ import annotations
 
