@@ -46,8 +46,8 @@ from pathlib import Path
 import torch
 
 from .. import adapters, dist, rundir
-from ..adapters import adapter_state, at_state
 from ..accounting import Accountant, count_parameters
+from ..adapters import adapter_state, at_state
 from ..config import RunConfig, own_micro_batch
 from ..data import DataError, Example, prompt_pool, subset
 from ..generate import generate

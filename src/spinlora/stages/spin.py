@@ -11,7 +11,8 @@ Iteration t+1 (t = 0 … T-1), with one copy of the base weights θ0 for the who
      ℓ(λ·[log p_θ(y|x)/p_θt(y|x) − log p_θ(y'|x)/p_θt(y'|x)]), ℓ(z) = log(1 + e^-z);
   4. Δθ_{t+1}, the generations and the metrics are saved in ``RUN/spin/iter_{t+1}``.
 At the first step of every iteration player = opponent, so the loss is ln 2 and the margin 0;
-the result file records that check (not made where the reference is the start, after iteration 1). Held-out diagnostics pick the best iteration (``keep_best``).
+the result file records that check (not made after iteration 1 where the reference is the
+start). Held-out diagnostics pick the best iteration (``keep_best``).
 """
 from __future__ import annotations
 
