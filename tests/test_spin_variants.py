@@ -345,9 +345,9 @@ def test_spin_trains_on_its_own_micro_batch(tiny_cfg, monkeypatch):
     seen = {}
     real_ref, real_loop = sp.reference_pass, sp.train_loop
 
-    def ref(model, pairs, pad, acct, micro):
+    def ref(model, pairs, pad, acct, micro, state=None):
         seen["reference"] = micro
-        return real_ref(model, pairs, pad, acct, micro)
+        return real_ref(model, pairs, pad, acct, micro, state)
 
     def loop(model, items, objective, cfg, *a, **k):
         seen["train"] = cfg.micro_batch_size
