@@ -50,10 +50,14 @@ def differences(a: dict, b: dict) -> dict:
 
 def paired(a: dict, b: dict) -> tuple[float, float, int]:
     """Mean and standard error of correct(a) − correct(b) over the problems both answered."""
-    d = list(differences(a, b).values())
+    return _summary(differences(a, b))
+
+
+def _summary(d: dict) -> tuple[float, float, int]:
+    """Mean, standard error and number of per-problem differences ({key: Δ}, ``differences``)."""
     if not d:
         raise ValueError("the two samples share no problem: nothing to pair")
-    return (*mean_se(d), len(d))
+    return (*mean_se(list(d.values())), len(d))
 
 
 def mean_se(d: list[float]) -> tuple[float, float]:
@@ -67,10 +71,10 @@ def mean_se(d: list[float]) -> tuple[float, float]:
 def compare(reference: dict, other: dict) -> dict:
     """``other`` against ``reference`` on their shared problems: both accuracies, the paired
     difference and its standard error, and the problems gained and lost."""
-    delta, se, n = paired(other, reference)
-    keys = set(reference) & set(other)
-    gained = sum(1 for k in keys if other[k]["correct"] and not reference[k]["correct"])
-    lost = sum(1 for k in keys if reference[k]["correct"] and not other[k]["correct"])
+    d = differences(other, reference)
+    delta, se, n = _summary(d)
+    keys = d.keys()
+    gained, lost = sum(x == 1 for x in d.values()), sum(x == -1 for x in d.values())
     texts = all("output" in reference[k] and "output" in other[k] for k in keys)
     return {"n": n, "accuracy": sum(bool(other[k]["correct"]) for k in keys) / n,
             "reference_accuracy": sum(bool(reference[k]["correct"]) for k in keys) / n,
